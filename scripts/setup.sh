@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs whatever vmlet needs on a Debian node, idempotently, saying what it does:
+# Debian packages, npm packages, the TypeScript build, and (with --test-guests) the
+# test guests built from Debian packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: vmlet manages network namespaces and taps; run as root" >&2
+  exit 1
+fi
+
+# Runtime needs: CNI plugins, iproute2 for operators, QEMU, DHCP clients for tests,
+# and the tools the test guests are built with.
+APT_PACKAGES=(
+  containernetworking-plugins iproute2 util-linux procps
+  qemu-system-x86 qemu-utils
+  udhcpc isc-dhcp-client dhcpcd-base iputils-ping
+  cpio mtools dosfstools syslinux syslinux-common genisoimage
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "Debian packages present"
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm packages (npm ci)"
+  npm ci --no-fund --no-audit
+else
+  say "npm packages present"
+fi
+
+say "building (tsc)"
+npx --no-install tsc -p .
+
+if [ "${1:-}" = "--test-guests" ] && [ -x scripts/build-test-guests.sh ]; then
+  scripts/build-test-guests.sh
+fi

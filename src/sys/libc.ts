@@ -1,0 +1,79 @@
+// The handful of libc calls Node lacks, bound through koffi. Every wrapper returns the
+// raw result and leaves errno checking to `check`, so callers name the operation.
+import os from "node:os";
+import koffi from "koffi";
+
+const libc = koffi.load("libc.so.6");
+
+export const open = libc.func("int open(const char *path, int flags, int mode)");
+export const close = libc.func("int close(int fd)");
+export const ioctlPtr = libc.func("int ioctl(int fd, unsigned long request, void *arg)");
+// ioctl is variadic; on x86_64 an integer third argument passes the same way.
+export const ioctlInt = libc.func("ioctl", "int", ["int", "unsigned long", "unsigned long"]);
+export const setns = libc.func("int setns(int fd, int nstype)");
+export const unshare = libc.func("int unshare(int flags)");
+export const mount = libc.func(
+  "int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data)",
+);
+export const umount2 = libc.func("int umount2(const char *target, int flags)");
+export const socket = libc.func("int socket(int domain, int type, int protocol)");
+export const setsockopt = libc.func(
+  "int setsockopt(int fd, int level, int name, const void *value, uint32_t len)",
+);
+export const bind = libc.func("int bind(int fd, const void *addr, uint32_t len)");
+export const gettid = libc.func("int gettid(void)");
+
+// linux/sched.h
+export const CLONE_NEWNET = 0x40000000;
+// asm-generic/fcntl.h
+export const O_RDONLY = 0;
+export const O_RDWR = 2;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_CLOEXEC = 0o2000000;
+// linux/mount.h
+export const MS_BIND = 4096;
+export const MS_REC = 16384;
+export const MS_SHARED = 1 << 20;
+export const MNT_DETACH = 2;
+// linux/socket.h, linux/in.h
+export const AF_INET = 2;
+export const SOCK_DGRAM = 2;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SO_REUSEADDR = 2;
+export const SO_BROADCAST = 6;
+export const SO_BINDTODEVICE = 25;
+export const IPPROTO_UDP = 17;
+
+/** errno of the last failed call on this thread. */
+export function errno(): number {
+  return koffi.errno();
+}
+
+/** The symbolic name of an errno value, e.g. "EEXIST". */
+export function errnoName(code: number): string {
+  for (const [name, value] of Object.entries(os.constants.errno)) {
+    if (value === code) return name;
+  }
+  return `errno ${code}`;
+}
+
+/** A failed system call, named by what it was for. */
+export class SysCallError extends Error {
+  readonly errno: number;
+  readonly code: string;
+  constructor(operation: string, errnoValue: number) {
+    const code = errnoName(errnoValue);
+    super(`${operation}: ${code}`);
+    this.name = "SysCallError";
+    this.errno = errnoValue;
+    this.code = code;
+  }
+}
+
+/** Throws a SysCallError naming `operation` when a libc call returned -1. */
+export function check(result: number, operation: string): number {
+  if (result === -1) throw new SysCallError(operation, errno());
+  return result;
+}

@@ -1,0 +1,57 @@
+// Runs this process again inside private network, mount and PID namespaces, so that
+// whatever it builds (netns, links, IPAM files, processes) vanishes with it, even after
+// SIGKILL: --kill-child ties the namespace's init to us, and its death ends the rest.
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import * as libc from "./libc";
+
+const MARKER = "VMLET_PRIVATE_NS";
+
+/** Directories that get a fresh tmpfs inside, so nothing there reaches the machine. */
+const PRIVATE_DIRS = ["/run", "/var/lib/cni", "/tmp"];
+
+export function inPrivateNamespace(): boolean {
+  return process.env[MARKER] === String(process.pid) || process.env[MARKER] === "1";
+}
+
+/**
+ * When outside, re-executes `argv` under unshare and exits with its status. When inside,
+ * mounts the private dirs and returns.
+ */
+export function enterPrivateNamespace(argv: string[] = process.argv.slice(1)): void {
+  if (process.env[MARKER] === "1") {
+    mountPrivateDirs();
+    return;
+  }
+  const result = spawnSync(
+    "unshare",
+    [
+      "--net",
+      "--mount",
+      "--pid",
+      "--fork",
+      "--kill-child",
+      "--mount-proc",
+      "--propagation",
+      "private",
+      process.execPath,
+      ...process.execArgv,
+      ...argv,
+    ],
+    { stdio: "inherit", env: { ...process.env, [MARKER]: "1" } },
+  );
+  if (result.error) {
+    throw new Error(`unshare into a private namespace: ${result.error.message}`, {
+      cause: result.error,
+    });
+  }
+  process.exit(result.status ?? 128 + 1);
+}
+
+function mountPrivateDirs(): void {
+  for (const dir of PRIVATE_DIRS) {
+    fs.mkdirSync(dir, { recursive: true });
+    libc.check(libc.mount("tmpfs", dir, "tmpfs", 0, "mode=755"), `mount tmpfs on ${dir}`);
+  }
+  fs.chmodSync("/tmp", 0o1777);
+}

@@ -1,0 +1,465 @@
+// rtnetlink inside one netns: links, addresses, routes, neighbours. The socket is made
+// while the main thread is inside the netns, so every request manages that netns.
+import { createRtNetlink, type RtNetlinkSocket, rt } from "netlink";
+import { formatInfo, parseInfo } from "netlink/dist/rt/ifla";
+import { AttrStream } from "netlink/dist/structs";
+import { withNetns } from "./netns";
+
+// linux/socket.h
+const AF_UNSPEC = 0;
+const AF_INET = 2;
+const AF_INET6 = 10;
+// linux/rtnetlink.h
+const RTNH_F_ONLINK = 4;
+const RT_TABLE_MAIN = 254;
+const RTPROT_BOOT = 3;
+const RT_SCOPE_UNIVERSE = 0;
+const RT_SCOPE_LINK = 253;
+const RT_SCOPE_HOST = 254;
+// linux/veth.h
+const VETH_INFO_PEER = 1;
+// linux/if_link.h
+const IFLA_IFNAME = 3;
+const IFLA_NET_NS_FD = 28;
+// netlink requests to the kernel answer at once; a silent socket means something broke.
+const REQUEST_TIMEOUT_MS = 5000;
+
+export type IpFamily = 4 | 6;
+
+export interface LinkInfo {
+  index: number;
+  name: string;
+  /** Lower-case colon-separated MAC; empty for links without one (lo has 00:00:...). */
+  mac: string;
+  mtu: number;
+  up: boolean;
+  /** Index of the bridge this link is enslaved to. */
+  master?: number;
+  /** IFLA_INFO_KIND: "bridge", "veth", "tun", ... */
+  kind?: string;
+  /** For a veth: the peer's index in its own netns (IFLA_LINK). */
+  peerIndex?: number;
+}
+
+export interface AddressInfo {
+  index: number;
+  family: IpFamily;
+  address: string;
+  prefixLength: number;
+  scope: number;
+}
+
+export interface RouteInfo {
+  family: IpFamily;
+  /** Destination network, e.g. "10.1.0.0"; "0.0.0.0" or "::" for the default route. */
+  dst: string;
+  dstLength: number;
+  gateway?: string;
+  /** Output link index. */
+  oif?: number;
+  scope: number;
+  table: number;
+  onlink: boolean;
+  priority?: number;
+  /** RTN_* type: 1 unicast, 2 local, 3 broadcast, ... */
+  type: number;
+}
+
+export interface RouteSpec {
+  dst: string;
+  dstLength: number;
+  gateway?: string;
+  /** Link name the route goes out of. */
+  device?: string;
+  onlink?: boolean;
+  /** "link" for a route without gateway; inferred when omitted. */
+  scope?: "link" | "universe" | "host";
+  priority?: number;
+}
+
+/** A failed rtnetlink request, naming the operation, the netns and the errno. */
+export class RtnlError extends Error {
+  readonly code: string;
+  constructor(operation: string, nsPath: string, code: string, options?: ErrorOptions) {
+    super(`${operation} in ${nsPath}: ${code}`, options);
+    this.name = "RtnlError";
+    this.code = code;
+  }
+}
+
+export function macToString(mac: Buffer | undefined): string {
+  if (!mac) return "";
+  return [...mac].map((b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+export function macToBuffer(mac: string): Buffer {
+  const parts = mac.split(":");
+  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
+    throw new Error(`MAC ${JSON.stringify(mac)}: expected six hex octets separated by ':'`);
+  }
+  return Buffer.from(parts.map((p) => Number.parseInt(p, 16)));
+}
+
+export function ipToBuffer(ip: string): Buffer {
+  if (ip.includes(":")) return ipv6ToBuffer(ip);
+  const octets = ip.split(".").map(Number);
+  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) {
+    throw new Error(`IP ${JSON.stringify(ip)}: not an IPv4 or IPv6 address`);
+  }
+  return Buffer.from(octets);
+}
+
+function ipv6ToBuffer(ip: string): Buffer {
+  const [head, tail = ""] = ip.split("::");
+  const words = (s: string) => (s ? s.split(":") : []);
+  const left = words(head);
+  const right = words(tail);
+  const missing = 8 - left.length - right.length;
+  if (missing < 0 || (!ip.includes("::") && missing !== 0)) {
+    throw new Error(`IP ${JSON.stringify(ip)}: not an IPv6 address`);
+  }
+  const all = [...left, ...Array<string>(missing).fill("0"), ...right];
+  const buf = Buffer.alloc(16);
+  all.forEach((w, i) => {
+    if (!/^[0-9a-fA-F]{1,4}$/.test(w))
+      throw new Error(`IP ${JSON.stringify(ip)}: not an IPv6 address`);
+    buf.writeUInt16BE(Number.parseInt(w, 16), i * 2);
+  });
+  return buf;
+}
+
+export function bufferToIp(buf: Buffer): string {
+  if (buf.length === 4) return [...buf].join(".");
+  const words: string[] = [];
+  for (let i = 0; i < 16; i += 2) words.push(buf.readUInt16BE(i).toString(16));
+  // Compress the longest run of zero words, as RFC 5952 asks.
+  let best = { start: -1, len: 0 };
+  for (let i = 0; i < 8; ) {
+    if (words[i] !== "0") {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && words[j] === "0") j++;
+    if (j - i > best.len && j - i > 1) best = { start: i, len: j - i };
+    i = j;
+  }
+  if (best.start < 0) return words.join(":");
+  return `${words.slice(0, best.start).join(":")}::${words.slice(best.start + best.len).join(":")}`;
+}
+
+function familyOf(ip: string): IpFamily {
+  return ip.includes(":") ? 6 : 4;
+}
+
+function afOf(family: IpFamily): number {
+  return family === 4 ? AF_INET : AF_INET6;
+}
+
+function encode(data: Parameters<AttrStream["emit"]>[0]): Buffer {
+  const stream = new AttrStream();
+  stream.emit(data);
+  return Buffer.concat(stream.bufs);
+}
+
+function attr(type: number, payload: Buffer): Buffer {
+  const len = 4 + payload.length;
+  const out = Buffer.alloc((len + 3) & ~3);
+  out.writeUInt16LE(len, 0);
+  out.writeUInt16LE(type, 2);
+  payload.copy(out, 4);
+  return out;
+}
+
+function errnoCode(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return /Request rejected: (\S+)/.exec(message)?.[1] ?? message;
+}
+
+/** An rtnetlink connection to one netns. Close it when done. */
+export class Rtnl {
+  private constructor(
+    private readonly socket: RtNetlinkSocket,
+    readonly nsPath: string,
+  ) {}
+
+  static open(nsPath: string): Rtnl {
+    const socket = withNetns(nsPath, () => createRtNetlink());
+    return new Rtnl(socket, nsPath);
+  }
+
+  close(): void {
+    this.socket.socket.socket.close();
+  }
+
+  private async call<T>(operation: string, request: () => Promise<T>): Promise<T> {
+    try {
+      return await request();
+    } catch (error) {
+      throw new RtnlError(operation, this.nsPath, errnoCode(error), { cause: error });
+    }
+  }
+
+  async links(): Promise<LinkInfo[]> {
+    const messages = await this.call("RTM_GETLINK dump", () =>
+      this.socket.getLinks(undefined, undefined, { timeout: REQUEST_TIMEOUT_MS }),
+    );
+    return messages.map((m) => {
+      const kind = m.attrs.linkinfo ? parseInfo(m.attrs.linkinfo).kind : undefined;
+      const link: LinkInfo = {
+        index: m.data.index ?? 0,
+        name: m.attrs.ifname ?? "",
+        mac: macToString(m.attrs.address),
+        mtu: m.attrs.mtu ?? 0,
+        up: Boolean(m.data.flags?.up),
+      };
+      if (m.attrs.master) link.master = m.attrs.master;
+      if (kind) link.kind = kind;
+      if (m.attrs.link) link.peerIndex = m.attrs.link.readUInt32LE(0);
+      return link;
+    });
+  }
+
+  /** The link called `name`, or undefined. */
+  async findLink(name: string): Promise<LinkInfo | undefined> {
+    return (await this.links()).find((l) => l.name === name);
+  }
+
+  async link(name: string): Promise<LinkInfo> {
+    const link = await this.findLink(name);
+    if (!link) throw new RtnlError(`find link ${name}`, this.nsPath, "ENODEV");
+    return link;
+  }
+
+  async addresses(family?: IpFamily): Promise<AddressInfo[]> {
+    const messages = await this.call("RTM_GETADDR dump", () =>
+      this.socket.getAddresses(family ? { family: afOf(family) } : undefined, undefined, {
+        timeout: REQUEST_TIMEOUT_MS,
+      }),
+    );
+    return messages
+      .filter((m) => m.data.family === AF_INET || m.data.family === AF_INET6)
+      .map((m) => ({
+        index: m.data.index ?? 0,
+        family: m.data.family === AF_INET ? 4 : 6,
+        address: bufferToIp((m.attrs.local ?? m.attrs.address) as Buffer),
+        prefixLength: m.data.prefixlen ?? 0,
+        scope: m.data.scope ?? 0,
+      }));
+  }
+
+  /** Routes of the main table. */
+  async routes(family: IpFamily = 4): Promise<RouteInfo[]> {
+    const messages = await this.call("RTM_GETROUTE dump", () =>
+      this.socket.getRoutes({ family: afOf(family) }, undefined, { timeout: REQUEST_TIMEOUT_MS }),
+    );
+    const zero = family === 4 ? "0.0.0.0" : "::";
+    return messages
+      .map((m) => {
+        const table = m.attrs.table ?? m.data.table ?? 0;
+        const route: RouteInfo = {
+          family,
+          dst: m.attrs.dst ? bufferToIp(m.attrs.dst) : zero,
+          dstLength: m.data.dstLen ?? 0,
+          scope: Number(m.data.scope ?? 0),
+          table,
+          onlink: ((rtFlagsRaw(m.data.flags) ?? 0) & RTNH_F_ONLINK) !== 0,
+          type: Number(m.data.type ?? 0),
+        };
+        if (m.attrs.gateway) route.gateway = bufferToIp(m.attrs.gateway);
+        if (m.attrs.oif) route.oif = m.attrs.oif;
+        if (m.attrs.priority !== undefined) route.priority = m.attrs.priority;
+        return route;
+      })
+      .filter((r) => r.table === RT_TABLE_MAIN);
+  }
+
+  private async newLink(
+    operation: string,
+    name: string,
+    kindAttrs: Buffer[],
+    extra: Buffer[] = [],
+  ) {
+    const ifname = attr(IFLA_IFNAME, Buffer.from(`${name}\0`));
+    const body = Buffer.concat([
+      rt.formatLink({ family: AF_UNSPEC }),
+      ifname,
+      ...kindAttrs,
+      ...extra,
+    ]);
+    await this.call(operation, () =>
+      this.socket.request(rt.MessageType.NEWLINK, body, {
+        flags: 0x400 | 0x200, // NLM_F_CREATE | NLM_F_EXCL
+        timeout: REQUEST_TIMEOUT_MS,
+      }),
+    );
+  }
+
+  async createBridge(name: string): Promise<void> {
+    const linkinfo = encode(formatInfo({ kind: "bridge" }));
+    await this.newLink(`RTM_NEWLINK bridge ${name}`, name, [
+      attr(18 /* IFLA_LINKINFO */, linkinfo),
+    ]);
+  }
+
+  /**
+   * Creates a veth pair `name` here and `peerName` in the netns open at `peerNsFd`
+   * (here when omitted).
+   */
+  async createVeth(name: string, peerName: string, peerNsFd?: number): Promise<void> {
+    const peerAttrs = [attr(IFLA_IFNAME, Buffer.from(`${peerName}\0`))];
+    if (peerNsFd !== undefined) {
+      const fd = Buffer.alloc(4);
+      fd.writeUInt32LE(peerNsFd);
+      peerAttrs.push(attr(IFLA_NET_NS_FD, fd));
+    }
+    const peer = attr(
+      VETH_INFO_PEER,
+      Buffer.concat([rt.formatLink({ family: AF_UNSPEC }), ...peerAttrs]),
+    );
+    const linkinfo = encode(formatInfo({ kind: "veth", data: peer }));
+    await this.newLink(`RTM_NEWLINK veth ${name} peer ${peerName}`, name, [attr(18, linkinfo)]);
+  }
+
+  private async setLink(operation: string, name: string, change: { up?: boolean }, attrs: object) {
+    const link = await this.link(name);
+    await this.call(operation, () =>
+      this.socket.setLink(
+        {
+          index: link.index,
+          // DeviceFlags only models set bits: an empty `flags` with `change.up` clears it.
+          ...(change.up === undefined
+            ? {}
+            : { change: { up: true as const }, flags: change.up ? { up: true as const } : {} }),
+        },
+        attrs,
+        { timeout: REQUEST_TIMEOUT_MS },
+      ),
+    );
+  }
+
+  async setUp(name: string): Promise<void> {
+    await this.setLink(`set ${name} up`, name, { up: true }, {});
+  }
+
+  async setDown(name: string): Promise<void> {
+    await this.setLink(`set ${name} down`, name, { up: false }, {});
+  }
+
+  async setMaster(name: string, master: string): Promise<void> {
+    const bridge = await this.link(master);
+    await this.setLink(`set ${name} master ${master}`, name, {}, { master: bridge.index });
+  }
+
+  async setMac(name: string, mac: string): Promise<void> {
+    await this.setLink(`set ${name} address ${mac}`, name, {}, { address: macToBuffer(mac) });
+  }
+
+  async setMtu(name: string, mtu: number): Promise<void> {
+    await this.setLink(`set ${name} mtu ${mtu}`, name, {}, { mtu });
+  }
+
+  async deleteLink(name: string): Promise<void> {
+    const link = await this.link(name);
+    await this.call(`RTM_DELLINK ${name}`, () =>
+      this.socket.delLink({ index: link.index }, undefined, { timeout: REQUEST_TIMEOUT_MS }),
+    );
+  }
+
+  private addressMessage(index: number, cidr: string) {
+    const [ip, len] = cidr.split("/");
+    const family = familyOf(ip);
+    const prefixlen = Number(len ?? (family === 4 ? 32 : 128));
+    const bytes = ipToBuffer(ip);
+    return {
+      data: { family: afOf(family), prefixlen, index },
+      attrs: { local: bytes, address: bytes },
+    };
+  }
+
+  async addAddress(name: string, cidr: string): Promise<void> {
+    const link = await this.link(name);
+    const { data, attrs } = this.addressMessage(link.index, cidr);
+    await this.call(`RTM_NEWADDR ${cidr} dev ${name}`, () =>
+      this.socket.newAddress(data, attrs, { flags: 0x400 | 0x200, timeout: REQUEST_TIMEOUT_MS }),
+    );
+  }
+
+  async deleteAddress(name: string, cidr: string): Promise<void> {
+    const link = await this.link(name);
+    const { data, attrs } = this.addressMessage(link.index, cidr);
+    await this.call(`RTM_DELADDR ${cidr} dev ${name}`, () =>
+      this.socket.delAddress(data, attrs, { timeout: REQUEST_TIMEOUT_MS }),
+    );
+  }
+
+  private async routeMessage(spec: RouteSpec) {
+    const family = familyOf(spec.dst);
+    const attrs: rt.RouteAttrs = { table: RT_TABLE_MAIN };
+    if (spec.dstLength > 0) attrs.dst = ipToBuffer(spec.dst);
+    if (spec.gateway) attrs.gateway = ipToBuffer(spec.gateway);
+    if (spec.device) attrs.oif = (await this.link(spec.device)).index;
+    if (spec.priority !== undefined) attrs.priority = spec.priority;
+    const scope =
+      spec.scope === "host"
+        ? RT_SCOPE_HOST
+        : spec.scope === "link" || (spec.scope === undefined && !spec.gateway)
+          ? RT_SCOPE_LINK
+          : RT_SCOPE_UNIVERSE;
+    const data: rt.Route = {
+      family: afOf(family),
+      dstLen: spec.dstLength,
+      table: RT_TABLE_MAIN,
+      protocol: RTPROT_BOOT,
+      scope,
+      type: 1, // RTN_UNICAST
+      flags: spec.onlink ? { __unknown: RTNH_F_ONLINK } : {},
+    };
+    return { data, attrs };
+  }
+
+  static describeRoute(spec: RouteSpec): string {
+    const dst = spec.dstLength === 0 ? "default" : `${spec.dst}/${spec.dstLength}`;
+    return [
+      dst,
+      spec.gateway ? `via ${spec.gateway}` : "",
+      spec.device ? `dev ${spec.device}` : "",
+      spec.onlink ? "onlink" : "",
+    ]
+      .filter(Boolean)
+      .join(" ");
+  }
+
+  async addRoute(spec: RouteSpec): Promise<void> {
+    const { data, attrs } = await this.routeMessage(spec);
+    await this.call(`RTM_NEWROUTE ${Rtnl.describeRoute(spec)}`, () =>
+      this.socket.newRoute(data, attrs, { flags: 0x400 | 0x200, timeout: REQUEST_TIMEOUT_MS }),
+    );
+  }
+
+  async deleteRoute(spec: RouteSpec): Promise<void> {
+    const { data, attrs } = await this.routeMessage(spec);
+    // The kernel matches on what is given; leave scope and protocol open.
+    data.scope = 255; // RT_SCOPE_NOWHERE: any
+    delete data.protocol;
+    await this.call(`RTM_DELROUTE ${Rtnl.describeRoute(spec)}`, () =>
+      this.socket.delRoute(data, attrs, { timeout: REQUEST_TIMEOUT_MS }),
+    );
+  }
+
+  /** A permanent neighbour entry, so replies reach a client that cannot answer ARP yet. */
+  async setNeighbour(name: string, ip: string, mac: string): Promise<void> {
+    const link = await this.link(name);
+    await this.call(`RTM_NEWNEIGH ${ip} lladdr ${mac} dev ${name}`, () =>
+      this.socket.newNeighbor(
+        { family: afOf(familyOf(ip)), ifindex: link.index, state: { permanent: true } },
+        { dst: ipToBuffer(ip), lladdr: macToBuffer(mac) },
+        { flags: 0x400 | 0x100 /* NLM_F_CREATE | NLM_F_REPLACE */, timeout: REQUEST_TIMEOUT_MS },
+      ),
+    );
+  }
+}
+
+function rtFlagsRaw(flags: rt.RouteFlags | undefined): number | undefined {
+  return flags ? rt.formatRouteFlags(flags) : undefined;
+}
