@@ -1,6 +1,7 @@
 // Runs this process again inside private network, mount and PID namespaces, so that
 // whatever it builds (netns, links, IPAM files, processes) vanishes with it, even after
-// SIGKILL: --kill-child ties the namespace's init to us, and its death ends the rest.
+// SIGKILL: setpriv's parent-death signal ties unshare to us, --kill-child ties the
+// namespace's init to unshare, and the death of a PID namespace's init ends the rest.
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import * as libc from "./libc";
@@ -24,8 +25,11 @@ export function enterPrivateNamespace(argv: string[] = process.argv.slice(1)): v
     return;
   }
   const result = spawnSync(
-    "unshare",
+    "setpriv",
     [
+      "--pdeathsig",
+      "SIGKILL",
+      "unshare",
       "--net",
       "--mount",
       "--pid",
@@ -41,7 +45,7 @@ export function enterPrivateNamespace(argv: string[] = process.argv.slice(1)): v
     { stdio: "inherit", env: { ...process.env, [MARKER]: "1" } },
   );
   if (result.error) {
-    throw new Error(`unshare into a private namespace: ${result.error.message}`, {
+    throw new Error(`setpriv/unshare into a private namespace: ${result.error.message}`, {
       cause: result.error,
     });
   }

@@ -1,0 +1,123 @@
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import { after, before, describe, it } from "node:test";
+import { Rtnl } from "../../src/sys/rtnl";
+import { ipIn, linksIn, makeNetns, requirePrivateNamespace, type TestNetns } from "../harness/fixtures";
+
+requirePrivateNamespace();
+
+describe("rtnetlink inside a netns", () => {
+  let pod: TestNetns;
+  let peer: TestNetns;
+  let rtnl: Rtnl;
+  before(() => {
+    pod = makeNetns("rt");
+    peer = makeNetns("rp");
+    rtnl = Rtnl.open(pod.path);
+  });
+  after(() => {
+    rtnl.close();
+    pod.remove();
+    peer.remove();
+  });
+
+  it("creates a bridge and a veth whose peer lands in another netns", async () => {
+    await rtnl.createBridge("br0");
+    const peerFd = fs.openSync(peer.path, "r");
+    try {
+      await rtnl.createVeth("eth0", "veth-peer", peerFd);
+    } finally {
+      fs.closeSync(peerFd);
+    }
+    const kinds = Object.fromEntries(linksIn(pod.name).map((l) => [l.ifname, l.linkinfo?.info_kind]));
+    assert.equal(kinds.br0, "bridge");
+    assert.equal(kinds.eth0, "veth");
+    assert.ok(linksIn(peer.name).some((l) => l.ifname === "veth-peer"));
+    const listed = await rtnl.links();
+    assert.equal(listed.find((l) => l.name === "br0")?.kind, "bridge");
+    assert.equal(listed.find((l) => l.name === "eth0")?.kind, "veth");
+  });
+
+  it("sets master, MAC, MTU, up and down as iproute2 reports them", async () => {
+    await rtnl.setMaster("eth0", "br0");
+    await rtnl.setMac("eth0", "0a:58:0a:f4:01:05");
+    await rtnl.setMtu("eth0", 1450);
+    await rtnl.setUp("eth0");
+    await rtnl.setUp("br0");
+    let eth0 = linksIn(pod.name).find((l) => l.ifname === "eth0")!;
+    assert.equal(eth0.master, "br0");
+    assert.equal(eth0.address, "0a:58:0a:f4:01:05");
+    assert.equal(eth0.mtu, 1450);
+    assert.ok(eth0.flags.includes("UP"));
+    const mine = await rtnl.link("eth0");
+    assert.deepEqual(
+      { mac: mine.mac, mtu: mine.mtu, up: mine.up, master: mine.master },
+      { mac: "0a:58:0a:f4:01:05", mtu: 1450, up: true, master: (await rtnl.link("br0")).index },
+    );
+    await rtnl.setDown("eth0");
+    eth0 = linksIn(pod.name).find((l) => l.ifname === "eth0")!;
+    assert.ok(!eth0.flags.includes("UP"));
+    await rtnl.setUp("eth0");
+  });
+
+  it("adds, lists and deletes IPv4 and IPv6 addresses", async () => {
+    await rtnl.addAddress("br0", "10.244.1.5/24");
+    await rtnl.addAddress("br0", "fd00:10::5/64");
+    const addrs = (await rtnl.addresses()).filter((a) => a.scope === 0);
+    const br0 = (await rtnl.link("br0")).index;
+    assert.deepEqual(
+      addrs.filter((a) => a.index === br0).map((a) => `${a.address}/${a.prefixLength}`).sort(),
+      ["10.244.1.5/24", "fd00:10::5/64"],
+    );
+    assert.match(ipIn(pod.name, "-4", "addr", "show", "br0"), /inet 10\.244\.1\.5\/24/);
+    await rtnl.deleteAddress("br0", "fd00:10::5/64");
+    assert.doesNotMatch(ipIn(pod.name, "-6", "addr", "show", "br0"), /fd00:10::5/);
+  });
+
+  it("adds and deletes routes, including an on-link gateway outside every subnet", async () => {
+    await rtnl.addRoute({ dst: "169.254.1.1", dstLength: 32, device: "br0", scope: "link" });
+    await rtnl.addRoute({ dst: "0.0.0.0", dstLength: 0, gateway: "169.254.1.1", device: "br0" });
+    await rtnl.addRoute({ dst: "10.96.0.0", dstLength: 12, gateway: "10.244.1.1", device: "br0", onlink: true });
+    const shown = ipIn(pod.name, "-4", "route", "show");
+    assert.match(shown, /^default via 169\.254\.1\.1 dev br0/m);
+    assert.match(shown, /^169\.254\.1\.1 dev br0 .*scope link/m);
+    assert.match(shown, /^10\.96\.0\.0\/12 via 10\.244\.1\.1 dev br0 .*onlink/m);
+    const routes = await rtnl.routes(4);
+    const def = routes.find((r) => r.dstLength === 0);
+    assert.equal(def?.gateway, "169.254.1.1");
+    assert.equal(routes.find((r) => r.dst === "10.96.0.0")?.onlink, true);
+    await rtnl.deleteRoute({ dst: "10.96.0.0", dstLength: 12, gateway: "10.244.1.1", device: "br0" });
+    assert.doesNotMatch(ipIn(pod.name, "-4", "route", "show"), /10\.96\.0\.0/);
+  });
+
+  it("sets a permanent neighbour entry", async () => {
+    await rtnl.setNeighbour("br0", "10.244.1.9", "0a:58:0a:f4:01:09");
+    assert.match(
+      ipIn(pod.name, "neigh", "show", "dev", "br0"),
+      /10\.244\.1\.9 lladdr 0a:58:0a:f4:01:09 PERMANENT/,
+    );
+  });
+
+  it("names the operation, the netns and the errno when the kernel refuses", async () => {
+    await assert.rejects(
+      rtnl.createBridge("br0"),
+      (e: Error) =>
+        e.message === `RTM_NEWLINK bridge br0 in ${pod.path}: EEXIST` && (e as { code?: string }).code === "EEXIST",
+    );
+    await assert.rejects(rtnl.setUp("nope0"), new RegExp(`find link nope0 in ${pod.path}: ENODEV`));
+    await assert.rejects(
+      rtnl.addRoute({ dst: "10.9.0.0", dstLength: 16, gateway: "192.0.2.1" }),
+      /RTM_NEWROUTE 10\.9\.0\.0\/16 via 192\.0\.2\.1 in .*: ENETUNREACH/,
+    );
+  });
+
+  it("deletes links", async () => {
+    await rtnl.deleteLink("eth0");
+    await rtnl.deleteLink("br0");
+    assert.deepEqual(
+      linksIn(pod.name).map((l) => l.ifname),
+      ["lo"],
+    );
+    assert.ok(!linksIn(peer.name).some((l) => l.ifname === "veth-peer"), "the peer went with it");
+  });
+});
