@@ -1,7 +1,12 @@
 // The spec's operations on one network configuration list: ADD chains the plugins with
 // prevResult, DEL runs them in reverse, CHECK/STATUS/GC where the list's version has them.
 import type { NetworkConfigList, PluginConfig } from "./config";
-import { CniConfigError, type CniErrorContext, CniInvalidResultError } from "./errors";
+import {
+  CniConfigError,
+  type CniErrorContext,
+  CniInvalidResultError,
+  CniPluginNotFoundError,
+} from "./errors";
 import { type CniCommand, execPlugin, findPlugin } from "./exec";
 import {
   type CniResult,
@@ -121,8 +126,10 @@ export async function addNetworkList(
     }
   } catch (error) {
     try {
-      // Plugins after the failed one never ran: they hold nothing (and may not exist).
-      await delNetworkList(runner, list, rt, prev, started);
+      // Plugins after the failed one never ran, nor did one that was not found: they
+      // hold nothing and may not exist.
+      const ran = error instanceof CniPluginNotFoundError ? started - 1 : started;
+      await delNetworkList(runner, list, rt, prev, ran);
       if (error instanceof Error) {
         error.message += "; rolled back with DEL";
         rolledBack.add(error);
