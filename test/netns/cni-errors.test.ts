@@ -24,6 +24,7 @@ import {
   makePod,
   misbehavingPlugin,
   ptpList,
+  writePlugin,
 } from "../harness/cni-fixtures";
 import { ipIn, makeNetns, requirePrivateNamespace, type TestNetns } from "../harness/fixtures";
 
@@ -193,8 +194,9 @@ describe("CNI errors", () => {
       name: "badres",
       plugins: [{ type: "liar" }],
     });
-    fs.writeFileSync(
-      path.join(sandbox.binDir, "liar"),
+    writePlugin(
+      sandbox.binDir,
+      "liar",
       `#!/bin/sh\ncat >/dev/null\n[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.300/24"}]}'\nexit 0\n`,
     );
     const error = await client.addPod(pod, ns.path).catch((e: Error) => e);

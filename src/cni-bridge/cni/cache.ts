@@ -37,9 +37,16 @@ export class ResultCache {
   /** Writes the entry atomically: a reader sees the old entry or the new one, never half. */
   async put(entry: Omit<CacheEntry, "kind">): Promise<void> {
     const file = this.file(entry);
-    await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
     const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`;
-    const handle = await fs.promises.open(tmp, "w", 0o600);
+    let handle: fs.promises.FileHandle;
+    try {
+      handle = await fs.promises.open(tmp, "w", 0o600);
+    } catch (error) {
+      // The container's dir is made on its first entry only: one file op less per write.
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+      await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+      handle = await fs.promises.open(tmp, "w", 0o600);
+    }
     try {
       await handle.writeFile(JSON.stringify({ kind: KIND, ...entry }));
       await handle.datasync();
