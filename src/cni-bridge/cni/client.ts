@@ -170,8 +170,9 @@ export class CniClient {
           }
           throw error;
         }
-        await this.cache.put({ ...entry, result: toWire(result, list.cniVersion) });
+        // Counted as added before the record is completed, so a failed write is undone too.
         added.push({ network: list.name, ifname: rt.ifname, result });
+        await this.cache.put({ ...entry, result: toWire(result, list.cniVersion) });
       }
     } catch (error) {
       const undone = await this.undo(pod, netnsPath, added);
@@ -330,7 +331,12 @@ export class CniClient {
       const list = entry ? this.cachedList(entry, pod, "DEL") : this.network(a.network);
       try {
         if (!list) throw new Error("config gone");
-        await this.delOne(pod, netnsPath, list, a.ifname, entry);
+        // The record may still be the one made before ADD: the result is at hand.
+        const withResult = entry && {
+          ...entry,
+          result: entry.result ?? toWire(a.result, list.cniVersion),
+        };
+        await this.delOne(pod, netnsPath, list, a.ifname, withResult);
       } catch (error) {
         failed.push(`${a.network} (${a.ifname}): ${(error as Error).message}`);
       }
