@@ -1,0 +1,126 @@
+// The on-disk record of each attachment (network + container + ifname): the config and
+// args it was added with and, once ADD succeeded, its result. DEL and CHECK read it back,
+// so they work after a vmlet restart and after the netns is gone.
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import type { RuntimeConfig } from "./runtime-config";
+
+type Json = Record<string, unknown>;
+
+const KIND = "vmletCniCacheV1";
+
+export interface CacheEntry {
+  kind: typeof KIND;
+  network: string;
+  containerId: string;
+  ifname: string;
+  netns?: string;
+  cniArgs: string;
+  capabilities: RuntimeConfig;
+  /** The conflist the attachment was made with (name, versions, plugins as written). */
+  config: Json;
+  /** The final result of ADD at the list's version; absent while ADD is under way. */
+  result?: Json;
+}
+
+export type CacheKey = Pick<CacheEntry, "network" | "containerId" | "ifname">;
+
+export class ResultCache {
+  constructor(readonly dir: string) {}
+
+  /** One dir per container; ':' appears in neither network names nor ifnames. */
+  private file(key: CacheKey): string {
+    return path.join(this.dir, key.containerId, `${key.network}:${key.ifname}.json`);
+  }
+
+  /** Writes the entry atomically: a reader sees the old entry or the new one, never half. */
+  async put(entry: Omit<CacheEntry, "kind">): Promise<void> {
+    const file = this.file(entry);
+    const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`;
+    let handle: fs.promises.FileHandle;
+    try {
+      handle = await fs.promises.open(tmp, "w", 0o600);
+    } catch (error) {
+      // The container's dir is made on its first entry only: one file op less per write.
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+      await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+      handle = await fs.promises.open(tmp, "w", 0o600);
+    }
+    try {
+      await handle.writeFile(JSON.stringify({ kind: KIND, ...entry }));
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    try {
+      await fs.promises.rename(tmp, file);
+    } catch (error) {
+      await fs.promises.rm(tmp, { force: true });
+      throw error;
+    }
+  }
+
+  async get(key: CacheKey): Promise<CacheEntry | undefined> {
+    return this.read(this.file(key));
+  }
+
+  /** The entries of one container, in the order their ifnames sort (eth0, net1, ...). */
+  async list(containerId: string): Promise<CacheEntry[]> {
+    const dir = path.join(this.dir, containerId);
+    let names: string[];
+    try {
+      names = await fs.promises.readdir(dir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw error;
+    }
+    const entries: CacheEntry[] = [];
+    for (const name of names.filter((n) => n.endsWith(".json"))) {
+      const entry = await this.read(path.join(dir, name));
+      if (entry) entries.push(entry);
+    }
+    return entries.sort((a, b) => ifnameOrder(a.ifname) - ifnameOrder(b.ifname));
+  }
+
+  /** Every container id with entries. */
+  async containers(): Promise<string[]> {
+    try {
+      return (await fs.promises.readdir(this.dir)).sort();
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw error;
+    }
+  }
+
+  /** Removes the entry, and the container's dir once it is empty; absent is fine. */
+  async remove(key: CacheKey): Promise<void> {
+    await fs.promises.rm(this.file(key), { force: true });
+    try {
+      await fs.promises.rmdir(path.dirname(this.file(key)));
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== "ENOENT" && code !== "ENOTEMPTY") throw error;
+    }
+  }
+
+  private async read(file: string): Promise<CacheEntry | undefined> {
+    let text: string;
+    try {
+      text = await fs.promises.readFile(file, "utf8");
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw error;
+    }
+    const entry = JSON.parse(text) as CacheEntry;
+    if (entry.kind !== KIND) throw new Error(`CNI cache ${file}: unknown kind ${entry.kind}`);
+    return entry;
+  }
+}
+
+/** eth0 first, then net1, net2, ... by number; anything else after them. */
+function ifnameOrder(ifname: string): number {
+  if (ifname === "eth0") return 0;
+  const m = /^net(\d+)$/.exec(ifname);
+  return m ? Number(m[1]) : Number.MAX_SAFE_INTEGER;
+}
