@@ -38,7 +38,10 @@ describe("the private namespace the tests run in", () => {
     `;
     const env = { ...process.env };
     delete env.VMLET_PRIVATE_NS;
-    const run = spawn(process.execPath, ["-e", script, script], { env, stdio: ["ignore", "pipe", "inherit"] });
+    const run = spawn(process.execPath, ["-e", script, script], {
+      env,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     const inode = await new Promise<number>((resolve, reject) => {
       run.stdout.on("data", (d: Buffer) => {
         const m = /ready (\d+)/.exec(d.toString());

@@ -2,7 +2,13 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { Rtnl } from "../../src/sys/rtnl";
-import { ipIn, linksIn, makeNetns, requirePrivateNamespace, type TestNetns } from "../harness/fixtures";
+import {
+  ipIn,
+  linksIn,
+  makeNetns,
+  requirePrivateNamespace,
+  type TestNetns,
+} from "../harness/fixtures";
 
 requirePrivateNamespace();
 
@@ -29,7 +35,9 @@ describe("rtnetlink inside a netns", () => {
     } finally {
       fs.closeSync(peerFd);
     }
-    const kinds = Object.fromEntries(linksIn(pod.name).map((l) => [l.ifname, l.linkinfo?.info_kind]));
+    const kinds = Object.fromEntries(
+      linksIn(pod.name).map((l) => [l.ifname, l.linkinfo?.info_kind]),
+    );
     assert.equal(kinds.br0, "bridge");
     assert.equal(kinds.eth0, "veth");
     assert.ok(linksIn(peer.name).some((l) => l.ifname === "veth-peer"));
@@ -66,7 +74,10 @@ describe("rtnetlink inside a netns", () => {
     const addrs = (await rtnl.addresses()).filter((a) => a.scope === 0);
     const br0 = (await rtnl.link("br0")).index;
     assert.deepEqual(
-      addrs.filter((a) => a.index === br0).map((a) => `${a.address}/${a.prefixLength}`).sort(),
+      addrs
+        .filter((a) => a.index === br0)
+        .map((a) => `${a.address}/${a.prefixLength}`)
+        .sort(),
       ["10.244.1.5/24", "fd00:10::5/64"],
     );
     assert.match(ipIn(pod.name, "-4", "addr", "show", "br0"), /inet 10\.244\.1\.5\/24/);
@@ -77,7 +88,13 @@ describe("rtnetlink inside a netns", () => {
   it("adds and deletes routes, including an on-link gateway outside every subnet", async () => {
     await rtnl.addRoute({ dst: "169.254.1.1", dstLength: 32, device: "br0", scope: "link" });
     await rtnl.addRoute({ dst: "0.0.0.0", dstLength: 0, gateway: "169.254.1.1", device: "br0" });
-    await rtnl.addRoute({ dst: "10.96.0.0", dstLength: 12, gateway: "10.244.1.1", device: "br0", onlink: true });
+    await rtnl.addRoute({
+      dst: "10.96.0.0",
+      dstLength: 12,
+      gateway: "10.244.1.1",
+      device: "br0",
+      onlink: true,
+    });
     const shown = ipIn(pod.name, "-4", "route", "show");
     assert.match(shown, /^default via 169\.254\.1\.1 dev br0/m);
     assert.match(shown, /^169\.254\.1\.1 dev br0 .*scope link/m);
@@ -86,7 +103,12 @@ describe("rtnetlink inside a netns", () => {
     const def = routes.find((r) => r.dstLength === 0);
     assert.equal(def?.gateway, "169.254.1.1");
     assert.equal(routes.find((r) => r.dst === "10.96.0.0")?.onlink, true);
-    await rtnl.deleteRoute({ dst: "10.96.0.0", dstLength: 12, gateway: "10.244.1.1", device: "br0" });
+    await rtnl.deleteRoute({
+      dst: "10.96.0.0",
+      dstLength: 12,
+      gateway: "10.244.1.1",
+      device: "br0",
+    });
     assert.doesNotMatch(ipIn(pod.name, "-4", "route", "show"), /10\.96\.0\.0/);
   });
 
@@ -102,7 +124,8 @@ describe("rtnetlink inside a netns", () => {
     await assert.rejects(
       rtnl.createBridge("br0"),
       (e: Error) =>
-        e.message === `RTM_NEWLINK bridge br0 in ${pod.path}: EEXIST` && (e as { code?: string }).code === "EEXIST",
+        e.message === `RTM_NEWLINK bridge br0 in ${pod.path}: EEXIST` &&
+        (e as { code?: string }).code === "EEXIST",
     );
     await assert.rejects(rtnl.setUp("nope0"), new RegExp(`find link nope0 in ${pod.path}: ENODEV`));
     await assert.rejects(
