@@ -3,6 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Tapmanager } from "../../src/tapmanager";
+import { calicoPluginInto } from "../harness/calico-plugin";
 import {
   allocations,
   bridgeList,
@@ -119,6 +120,55 @@ describe("tapmanager on a ptp network", () => {
         ["10.71.0.1/32 via 0.0.0.0", "10.71.0.0/16 via 10.71.0.1", "0.0.0.0/0 via 10.71.0.1"],
       );
       await tm.tearDown(pod.sandboxId);
+    } finally {
+      await tm.close();
+      cni.remove();
+    }
+  });
+});
+
+describe("tapmanager on a Calico-style network", () => {
+  it("serves a /32 with an on-link route to 169.254.1.1 and the default route through it", async () => {
+    const cni = makeCniSandbox();
+    const type = calicoPluginInto(cni.binDir);
+    cni.writeConf("10-calico.conflist", {
+      cniVersion: "1.0.0",
+      name: "k8s-pod-network",
+      plugins: [
+        {
+          type,
+          mtu: 1440,
+          ipam: {
+            type: "host-local",
+            dataDir: cni.dataDir,
+            ranges: [[{ subnet: "192.168.77.0/24" }]],
+          },
+        },
+      ],
+    });
+    const tm = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
+    const pod = makePod();
+    try {
+      const network = await tm.setUp({ pod });
+      const eth0 = network.interfaces[0];
+      assert.equal(eth0.mtu, 1440);
+      assert.equal(eth0.gateway, "169.254.1.1");
+      const record = JSON.parse(
+        fs.readFileSync(path.join(cni.root, "pods", `${pod.sandboxId}.json`), "utf8"),
+      );
+      const lease = record.interfaces[0].lease;
+      assert.equal(lease.prefixLength, 32);
+      assert.equal(lease.mac, eth0.guestMac);
+      assert.deepEqual(
+        lease.routes.map(
+          (r: { dst: string; prefixLength: number; gateway: string }) =>
+            `${r.dst}/${r.prefixLength} via ${r.gateway}`,
+        ),
+        ["169.254.1.1/32 via 0.0.0.0", "0.0.0.0/0 via 169.254.1.1"],
+      );
+      await tm.tearDown(pod.sandboxId);
+      assert.deepEqual(allocations(cni.dataDir, "k8s-pod-network"), []);
+      assert.doesNotMatch(ip("-o", "link"), /cali[0-9a-f]{11}/);
     } finally {
       await tm.close();
       cni.remove();
