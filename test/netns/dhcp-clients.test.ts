@@ -228,13 +228,15 @@ function ping(netns: string, address: string): boolean {
  * one's address and the host routes it away).
  */
 function hostTookForGateway(host: string): number {
-  const out = execFileSync(
-    "ip",
-    ["netns", "exec", host, "nstat", "-az", "UdpNoPorts", "IpForwDatagrams"],
-    { encoding: "utf8" },
-  );
+  const out = hostCounters(host);
   const counter = (name: string) => Number(new RegExp(`${name}\\s+(\\d+)`).exec(out)?.[1] ?? 0);
   return counter("UdpNoPorts") + counter("IpForwDatagrams");
+}
+
+function hostCounters(host: string): string {
+  return execFileSync("ip", ["netns", "exec", host, "nstat", "-az", "Udp*", "IpForwDatagrams"], {
+    encoding: "utf8",
+  });
 }
 
 /** Removes the intercept from the guest's port: unicast renewals now go to the host. */
@@ -288,14 +290,21 @@ const clients: ClientSpec[] = [
   },
   {
     name: "dhclient",
-    leaseSeconds: 12,
+    leaseSeconds: 20,
     classless: true,
-    start: (t, dir) =>
-      new Client(t.guest.name, [
+    start: (t, dir) => {
+      // Debian's configuration, with retries a second apart: dhclient's default backoff
+      // can sleep through a short lease's whole rebinding window.
+      const conf = path.join(dir, "dhclient.conf");
+      const stock = fs.readFileSync("/etc/dhcp/dhclient.conf", "utf8");
+      fs.writeFileSync(conf, `${stock}\ninitial-interval 1;\nbackoff-cutoff 1;\n`);
+      return new Client(t.guest.name, [
         "dhclient",
         "-4",
         "-d",
         "-v",
+        "-cf",
+        conf,
         "-sf",
         "/sbin/dhclient-script",
         "-lf",
@@ -303,7 +312,8 @@ const clients: ClientSpec[] = [
         "-pf",
         path.join(dir, "dhclient.pid"),
         "eth0",
-      ]),
+      ]);
+    },
     acks: /DHCPACK of \S+ from/,
     rebind: /DHCPREQUEST for \S+ on eth0 to 255\.255\.255\.255/,
     discover: /DHCPDISCOVER/,
@@ -463,7 +473,7 @@ describe("DHCP server with real clients", () => {
           assert.equal(
             hostTookForGateway(t.host.name),
             hostNoPorts,
-            "no renewal leaked to the host",
+            `no renewal leaked to the host: server ${JSON.stringify(server.stats())}\n${hostCounters(t.host.name)}`,
           );
           assert.equal(guestState(t.guest.name).address, want);
 
