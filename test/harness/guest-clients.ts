@@ -1,0 +1,292 @@
+// Real DHCP clients (busybox udhcpc with Debian's stock script, ISC dhclient, dhcpcd) run
+// in a guest netns, e.g. the relay guest's. Each client runs in the foreground (its PID is
+// ours to stop) inside its own mount and UTS namespaces, where /etc is an overlay whose
+// upper layer is in the client's temp dir: the client's scripts write /etc/resolv.conf
+// (and anything else in /etc) there, never to the machine's. The stock scripts run
+// unchanged, through a small hook that calls them and then logs the event to a file.
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { ipIn } from "./fixtures";
+
+export type DhcpClientKind = "udhcpc" | "dhclient" | "dhcpcd";
+
+export interface DhcpClientOptions {
+  /** The guest netns name. */
+  netns: string;
+  ifname: string;
+  /** Extra client arguments, e.g. ["-O", "staticroutes"] for udhcpc, ["--noarp"] for dhcpcd. */
+  args?: string[];
+  /** Reuse a directory (lease files kept: a restart is an INIT-REBOOT). */
+  dir?: string;
+}
+
+/** The guest's network as the client left it. */
+export interface GuestNetState {
+  /** IPv4 addresses on the interface, as CIDRs. */
+  addresses: string[];
+  /** `ip -4 route show` lines of the netns's main table, whitespace normalised. */
+  routes: string[];
+  mtu: number;
+  /** From the resolv.conf the client's script wrote ("" and [] if it wrote none). */
+  resolvConf: string;
+  dns: string[];
+  search: string[];
+  domain: string;
+}
+
+export interface DhcpClientEvent {
+  /** udhcpc: bound, renew, deconfig, leasefail, nak; dhclient/dhcpcd: $reason (BOUND, RENEW, REBIND, REBOOT, ...). */
+  event: string;
+  rc: number;
+}
+
+export interface DhcpClient {
+  kind: DhcpClientKind;
+  pid: number;
+  netns: string;
+  ifname: string;
+  /** Temp dir with the pid/lease files, the /etc overlay and the event log. */
+  dir: string;
+  /** The client's stdout and stderr so far. */
+  output(): string;
+  /** Script events so far, in order. */
+  events(): DhcpClientEvent[];
+  /** Waits for the event with index >= `from` that configured a lease, then reads the state. */
+  waitForLease(options?: { from?: number; timeoutMs?: number }): Promise<GuestNetState>;
+  state(): GuestNetState;
+  /**
+   * Asks for a renewal (unicast REQUEST to the server) and waits for the resulting lease.
+   * udhcpc: SIGUSR1; dhcpcd: `dhcpcd -N`; dhclient has no renew trigger (throws).
+   */
+  renew(timeoutMs?: number): Promise<GuestNetState>;
+  /**
+   * dhcpcd only: `dhcpcd -n` (rebind: REQUEST broadcast for the current address).
+   * udhcpc and dhclient have no trigger; they rebind at T2 when renewals go unanswered.
+   */
+  rebind(timeoutMs?: number): Promise<GuestNetState>;
+  /** SIGTERM (then SIGKILL after 3 s) to the client's own PID; waits for it. Leaves the dir. */
+  stop(): Promise<void>;
+}
+
+const LEASE_EVENTS: Record<DhcpClientKind, string[]> = {
+  udhcpc: ["bound", "renew"],
+  dhclient: ["BOUND", "RENEW", "REBIND", "REBOOT"],
+  dhcpcd: ["BOUND", "RENEW", "REBIND", "REBOOT", "STATIC"],
+};
+
+function stockScript(kind: DhcpClientKind): string {
+  switch (kind) {
+    case "udhcpc":
+      return "/etc/udhcpc/default.script";
+    case "dhclient":
+      return "/sbin/dhclient-script";
+    case "dhcpcd":
+      return fs.existsSync("/usr/lib/dhcpcd/dhcpcd-run-hooks")
+        ? "/usr/lib/dhcpcd/dhcpcd-run-hooks"
+        : "/lib/dhcpcd/dhcpcd-run-hooks";
+  }
+}
+
+/** Runs `cmd` in its own mount+UTS namespaces, /etc overlaid, inside the netns. */
+const WRAPPER = `
+set -e
+d=$1; ns=$2; shift 2
+mkdir -p "$d/etc-upper" "$d/etc-work" "$d/varlib"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$d/etc-upper,workdir=$d/etc-work" /etc
+for v in /var/lib/dhcp /var/lib/dhcpcd; do [ -d "$v" ] && mount --bind "$d/varlib" "$v"; done
+: > /etc/resolv.conf
+exec ip netns exec "$ns" "$@"
+`;
+
+function commandLine(kind: DhcpClientKind, dir: string, ifname: string, args: string[]): string[] {
+  const hook = path.join(dir, "hook");
+  switch (kind) {
+    case "udhcpc":
+      return ["udhcpc", "-i", ifname, "-f", "-s", hook, "-p", path.join(dir, "pid"), ...args];
+    case "dhclient":
+      return [
+        "dhclient",
+        "-4",
+        "-d",
+        "-v",
+        "-pf",
+        path.join(dir, "pid"),
+        "-lf",
+        path.join(dir, "leases"),
+        "-sf",
+        hook,
+        ...args,
+        ifname,
+      ];
+    case "dhcpcd":
+      return ["dhcpcd", "-B", "-4", "-L", "-t", "0", "-c", hook, ...args, ifname];
+  }
+}
+
+function normalise(line: string): string {
+  return line.replace(/\s+/g, " ").trim();
+}
+
+/** Reads a guest netns's IPv4 state, and a resolv.conf the client wrote. */
+export function readGuestNetState(
+  netns: string,
+  ifname: string,
+  resolvConfPath?: string,
+): GuestNetState {
+  const addrs = JSON.parse(ipIn(netns, "-j", "-4", "addr", "show", "dev", ifname)) as Array<{
+    mtu: number;
+    addr_info?: Array<{ local: string; prefixlen: number }>;
+  }>;
+  const routes = ipIn(netns, "-4", "route", "show").split("\n").map(normalise).filter(Boolean);
+  let resolvConf = "";
+  if (resolvConfPath) {
+    try {
+      resolvConf = fs.readFileSync(resolvConfPath, "utf8");
+    } catch {
+      resolvConf = "";
+    }
+  }
+  const words = (key: string) =>
+    resolvConf
+      .split("\n")
+      .map((l) => l.trim().split(/\s+/))
+      .filter((w) => w[0] === key)
+      .flatMap((w) => w.slice(1));
+  return {
+    addresses: (addrs[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`),
+    routes,
+    mtu:
+      addrs[0]?.mtu ?? Number(ipIn(netns, "-j", "link", "show", ifname).match(/"mtu":(\d+)/)?.[1]),
+    resolvConf,
+    dns: words("nameserver"),
+    search: words("search"),
+    domain: words("domain")[0] ?? "",
+  };
+}
+
+/** Starts a DHCP client on `ifname` in the guest netns. */
+export async function startDhcpClient(
+  kind: DhcpClientKind,
+  options: DhcpClientOptions,
+): Promise<DhcpClient> {
+  const { netns, ifname, args = [] } = options;
+  const dir = options.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), `vmlet-${kind}-`));
+  const eventsFile = path.join(dir, "events");
+  const eventVar = kind === "udhcpc" ? "$1" : "$reason";
+  fs.writeFileSync(
+    path.join(dir, "hook"),
+    `#!/bin/sh\n${stockScript(kind)} "$@"\nrc=$?\necho "${eventVar} $rc" >> ${eventsFile}\nexit $rc\n`,
+    { mode: 0o755 },
+  );
+  const argv = commandLine(kind, dir, ifname, args);
+  const child: ChildProcess = spawn(
+    "unshare",
+    [
+      "--mount",
+      "--uts",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      WRAPPER,
+      "sh",
+      dir,
+      netns,
+      ...argv,
+    ],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  if (child.pid === undefined) throw new Error(`${kind}: did not start`);
+  let out = "";
+  child.stdout!.on("data", (d) => {
+    out += d;
+  });
+  child.stderr!.on("data", (d) => {
+    out += d;
+  });
+  let exitInfo: string | undefined;
+  const exited = new Promise<void>((resolve) => {
+    child.on("exit", (code, signal) => {
+      exitInfo = String(code ?? signal);
+      resolve();
+    });
+  });
+  const pid = child.pid;
+  const resolvConf = path.join(dir, "etc-upper", "resolv.conf");
+
+  const events = (): DhcpClientEvent[] => {
+    let text = "";
+    try {
+      text = fs.readFileSync(eventsFile, "utf8");
+    } catch {
+      return [];
+    }
+    return text
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => {
+        const [event, rc] = l.split(" ");
+        return { event, rc: Number(rc) };
+      });
+  };
+
+  const state = () => readGuestNetState(netns, ifname, resolvConf);
+
+  const waitForLease = async (o: { from?: number; timeoutMs?: number } = {}) => {
+    const { from = 0, timeoutMs = 30_000 } = o;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const hit = events()
+        .slice(from)
+        .find((e) => LEASE_EVENTS[kind].includes(e.event));
+      if (hit) return state();
+      if (exitInfo !== undefined) {
+        throw new Error(`${kind} in ${netns} exited (${exitInfo}) before a lease:\n${out}`);
+      }
+      if (Date.now() > deadline) {
+        throw new Error(
+          `${kind} in ${netns}: no lease after ${timeoutMs} ms; events ${JSON.stringify(events())}:\n${out}`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  const control = (flag: string) =>
+    execFileSync("dhcpcd", ["-4", flag, ifname], { encoding: "utf8", stdio: "pipe" });
+
+  return {
+    kind,
+    pid,
+    netns,
+    ifname,
+    dir,
+    output: () => out,
+    events,
+    waitForLease,
+    state,
+    async renew(timeoutMs = 30_000) {
+      const from = events().length;
+      if (kind === "udhcpc") process.kill(pid, "SIGUSR1");
+      else if (kind === "dhcpcd") control("-N");
+      else throw new Error("dhclient has no renew trigger; restart it (INIT-REBOOT) or use T1");
+      return waitForLease({ from, timeoutMs });
+    },
+    async rebind(timeoutMs = 30_000) {
+      if (kind !== "dhcpcd") throw new Error(`${kind} has no rebind trigger; it rebinds at T2`);
+      const from = events().length;
+      control("-n");
+      return waitForLease({ from, timeoutMs });
+    },
+    async stop() {
+      if (exitInfo !== undefined) return;
+      // SIGTERM first: dhcpcd then takes its own helper processes down with it.
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 3000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}

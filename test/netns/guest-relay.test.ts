@@ -1,0 +1,140 @@
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import { after, before, describe, it } from "node:test";
+import { ipIn, requirePrivateNamespace, run } from "../harness/fixtures";
+import { startDhcpClient } from "../harness/guest-clients";
+import { makePodTap, type PodTap, startStandInDhcpServer } from "../harness/guest-pod";
+import { type RelayGuest, startRelay } from "../harness/relay";
+
+requirePrivateNamespace();
+
+const MAC = "52:54:00:aa:bb:01";
+
+function ping(netns: string, to: string, size = 56): void {
+  run(netns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-s", String(size), to);
+}
+
+describe("relay guest", () => {
+  let pod: PodTap;
+  let relay: RelayGuest;
+
+  before(async () => {
+    pod = makePodTap({ address: "10.20.0.1/24" });
+    relay = await startRelay({ podTapFd: pod.tapFd, mac: MAC });
+  });
+  after(async () => {
+    await relay?.stop();
+    pod?.remove();
+  });
+
+  it("gives the guest netns a NIC with the guest MAC, up, behind the pod tap", () => {
+    const link = JSON.parse(ipIn(relay.netns, "-j", "link", "show", relay.ifname))[0];
+    assert.equal(link.address, MAC);
+    assert.ok(link.flags.includes("UP"));
+    assert.ok(link.flags.includes("LOWER_UP"), "carrier: the relay holds the guest tap open");
+    const tap = JSON.parse(ipIn(pod.netns, "-j", "link", "show", "tap0"))[0];
+    assert.ok(tap.flags.includes("LOWER_UP"), "pod tap has carrier");
+  });
+
+  it("passes frames both ways: ARP and ping, small and full-size", () => {
+    ipIn(relay.netns, "addr", "add", "10.20.0.2/24", "dev", relay.ifname);
+    try {
+      ping(relay.netns, "10.20.0.1");
+      ping(pod.netns, "10.20.0.2");
+      ping(relay.netns, "10.20.0.1", 1472); // a 1500-byte IP packet, unfragmented
+      const neigh = ipIn(pod.netns, "neigh", "show", "10.20.0.2");
+      assert.match(neigh, new RegExp(`lladdr ${MAC}`), "the pod side learned the guest MAC");
+    } finally {
+      ipIn(relay.netns, "addr", "flush", "dev", relay.ifname);
+    }
+  });
+
+  it("leaves the guest tap to the relay: stop() removes it and the netns it made", async () => {
+    const pod2 = makePodTap();
+    const r = await startRelay({ podTapFd: pod2.tapFd, mac: "52:54:00:aa:bb:02" });
+    try {
+      await r.stop();
+      assert.throws(() => process.kill(r.pid, 0), /ESRCH/);
+      assert.ok(!fs.existsSync(r.nsPath), "guest netns removed");
+    } finally {
+      pod2.remove();
+    }
+  });
+});
+
+describe("DHCP clients in the relay guest (stand-in server: busybox udhcpd)", () => {
+  const resolvBefore = fs.readFileSync("/etc/resolv.conf", "utf8");
+  const server = {
+    start: "10.30.0.50",
+    subnet: "255.255.255.0",
+    router: "10.30.0.1",
+    dns: ["10.30.0.53"],
+    domain: "pod.test",
+    mtu: 1400,
+    leaseSeconds: 600,
+  };
+
+  for (const kind of ["udhcpc", "dhclient", "dhcpcd"] as const) {
+    it(`${kind} takes the lease: address, default route, MTU, resolv.conf; pings the gateway`, async () => {
+      const pod = makePodTap({ address: "10.30.0.1/24", mtu: 1400 });
+      const relay = await startRelay({
+        podTapFd: pod.tapFd,
+        mac: MAC,
+        ifname: `e${kind}`.slice(0, 15),
+      });
+      const udhcpd = await startStandInDhcpServer(pod.netns, pod.bridge, server);
+      const client = await startDhcpClient(kind, { netns: relay.netns, ifname: relay.ifname });
+      try {
+        const t0 = Date.now();
+        const state = await client.waitForLease({ timeoutMs: 30_000 });
+        const ms = Date.now() - t0;
+        assert.deepEqual(state.addresses, ["10.30.0.50/24"], client.output());
+        assert.ok(
+          state.routes.some((r) => r.startsWith("default via 10.30.0.1 dev")),
+          String(state.routes),
+        );
+        // dhcpcd 9 puts option 26 on its routes (`mtu 1400`) instead of the link.
+        if (kind === "dhcpcd") {
+          assert.ok(
+            state.routes.every((r) => r.includes("mtu 1400")),
+            String(state.routes),
+          );
+        } else {
+          assert.equal(state.mtu, 1400);
+        }
+        assert.deepEqual(state.dns, ["10.30.0.53"]);
+        assert.ok(
+          state.domain === "pod.test" || state.search.includes("pod.test"),
+          state.resolvConf,
+        );
+        ping(relay.netns, "10.30.0.1");
+        ping(pod.netns, "10.30.0.50");
+        if (kind !== "dhclient") {
+          const renewed = await client.renew();
+          assert.deepEqual(renewed.addresses, ["10.30.0.50/24"]);
+          assert.ok(
+            /RENEW|renew/.test(client.events().at(-1)!.event),
+            JSON.stringify(client.events()),
+          );
+        }
+        if (kind === "dhcpcd") {
+          const rebound = await client.rebind();
+          assert.deepEqual(rebound.addresses, ["10.30.0.50/24"]);
+        }
+        process.stderr.write(
+          `# ${kind}: lease in ${ms} ms; events ${JSON.stringify(client.events())}\n`,
+        );
+      } finally {
+        await client.stop();
+        await udhcpd.stop();
+        await relay.stop();
+        pod.remove();
+      }
+      assert.equal(
+        fs.readFileSync("/etc/resolv.conf", "utf8"),
+        resolvBefore,
+        "machine resolv.conf untouched",
+      );
+    });
+  }
+});
