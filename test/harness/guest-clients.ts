@@ -40,6 +40,8 @@ export interface DhcpClientEvent {
   /** udhcpc: bound, renew, deconfig, leasefail, nak; dhclient/dhcpcd: $reason (BOUND, RENEW, REBIND, REBOOT, ...). */
   event: string;
   rc: number;
+  /** The server id the script saw ("" when none). */
+  serverId: string;
 }
 
 export interface DhcpClient {
@@ -58,17 +60,27 @@ export interface DhcpClient {
   state(): GuestNetState;
   /**
    * Asks for a renewal (unicast REQUEST to the server) and waits for the resulting lease.
-   * udhcpc: SIGUSR1; dhcpcd: `dhcpcd -N`; dhclient has no renew trigger (throws).
+   * udhcpc: SIGUSR1; dhcpcd: `dhcpcd -4 -N IFACE`; dhclient has no renew trigger (throws:
+   * restart it with the same dir for an INIT-REBOOT, or let T1 expire).
    */
   renew(timeoutMs?: number): Promise<GuestNetState>;
   /**
-   * dhcpcd only: `dhcpcd -n` (rebind: REQUEST broadcast for the current address).
-   * udhcpc and dhclient have no trigger; they rebind at T2 when renewals go unanswered.
+   * udhcpc only: a rebind (broadcast REQUEST, no server id). Points the guest's neighbour
+   * entry for the server at a MAC nobody has, sends SIGUSR1 (the unicast renew is lost;
+   * after udhcpc's -T timeout, 3 s by default, it goes to REBINDING and broadcasts), waits
+   * for the lease, removes the entry. (Routes and rules do not stop udhcpc's unicast: its
+   * socket is bound to the device.)
+   * dhclient and dhcpcd have no trigger; they rebind at T2 when renewals go unanswered.
    */
   rebind(timeoutMs?: number): Promise<GuestNetState>;
+  /** The server id of the last lease (from the script's environment). */
+  serverId(): string | undefined;
   /** SIGTERM (then SIGKILL after 3 s) to the client's own PID; waits for it. Leaves the dir. */
   stop(): Promise<void>;
 }
+
+/** A locally administered MAC no test uses: frames sent to it reach no one. */
+export const NOWHERE_MAC = "02:00:00:de:ad:01";
 
 const LEASE_EVENTS: Record<DhcpClientKind, string[]> = {
   udhcpc: ["bound", "renew"],
@@ -175,9 +187,10 @@ export async function startDhcpClient(
   const dir = options.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), `vmlet-${kind}-`));
   const eventsFile = path.join(dir, "events");
   const eventVar = kind === "udhcpc" ? "$1" : "$reason";
+  const serverVar = kind === "udhcpc" ? "$serverid" : "$new_dhcp_server_identifier";
   fs.writeFileSync(
     path.join(dir, "hook"),
-    `#!/bin/sh\n${stockScript(kind)} "$@"\nrc=$?\necho "${eventVar} $rc" >> ${eventsFile}\nexit $rc\n`,
+    `#!/bin/sh\n${stockScript(kind)} "$@"\nrc=$?\necho "${eventVar} $rc ${serverVar}" >> ${eventsFile}\nexit $rc\n`,
     { mode: 0o755 },
   );
   const argv = commandLine(kind, dir, ifname, args);
@@ -227,12 +240,16 @@ export async function startDhcpClient(
       .split("\n")
       .filter(Boolean)
       .map((l) => {
-        const [event, rc] = l.split(" ");
-        return { event, rc: Number(rc) };
+        const [event, rc, serverId = ""] = l.split(" ");
+        return { event, rc: Number(rc), serverId };
       });
   };
 
   const state = () => readGuestNetState(netns, ifname, resolvConf);
+  const serverId = () =>
+    events()
+      .filter((e) => LEASE_EVENTS[kind].includes(e.event) && e.serverId)
+      .at(-1)?.serverId;
 
   const waitForLease = async (o: { from?: number; timeoutMs?: number } = {}) => {
     const { from = 0, timeoutMs = 30_000 } = o;
@@ -275,11 +292,30 @@ export async function startDhcpClient(
       return waitForLease({ from, timeoutMs });
     },
     async rebind(timeoutMs = 30_000) {
-      if (kind !== "dhcpcd") throw new Error(`${kind} has no rebind trigger; it rebinds at T2`);
+      if (kind !== "udhcpc") throw new Error(`${kind} has no rebind trigger; it rebinds at T2`);
+      const server = serverId();
+      if (!server) throw new Error("udhcpc rebind: no lease with a server id yet");
       const from = events().length;
-      control("-n");
-      return waitForLease({ from, timeoutMs });
+      ipIn(
+        netns,
+        "neigh",
+        "replace",
+        server,
+        "lladdr",
+        NOWHERE_MAC,
+        "dev",
+        ifname,
+        "nud",
+        "permanent",
+      );
+      try {
+        process.kill(pid, "SIGUSR1");
+        return await waitForLease({ from, timeoutMs });
+      } finally {
+        ipIn(netns, "neigh", "del", server, "dev", ifname);
+      }
     },
+    serverId,
     async stop() {
       if (exitInfo !== undefined) return;
       // SIGTERM first: dhcpcd then takes its own helper processes down with it.

@@ -339,6 +339,24 @@ export class GuestVm {
     return this.waitForLease({ index, timeoutMs });
   }
 
+  /**
+   * A rebind (broadcast REQUEST without server id): points the guest's ARP entry for the
+   * last lease's server id at a MAC nobody has, sends SIGUSR1 (the unicast renew is lost;
+   * after udhcpc's -T timeout, 1 s in this guest, it goes to REBINDING and broadcasts),
+   * waits for the lease, removes the entry.
+   */
+  async rebind(timeoutMs = 30_000): Promise<GuestLease> {
+    const server = this.leases.at(-1)?.dhcp.serverid;
+    if (!server) throw new Error(`guest ${this.pid}: rebind needs a lease with a server id`);
+    const add = await this.run(`arp -i eth0 -s ${server} 02:00:00:de:ad:01`);
+    if (add.rc !== 0) throw new Error(`guest rebind: arp -s: ${add.output.join(" ")}`);
+    try {
+      return await this.renew(timeoutMs);
+    } finally {
+      await this.run(`arp -i eth0 -d ${server}`);
+    }
+  }
+
   /** SIGUSR2 to udhcpc: releases the lease and deconfigures eth0. */
   async release(timeoutMs = 30_000): Promise<void> {
     const from = this.reports.length;

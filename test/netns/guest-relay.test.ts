@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { ipIn, requirePrivateNamespace, run } from "../harness/fixtures";
@@ -83,7 +84,10 @@ describe("DHCP clients in the relay guest (stand-in server: busybox udhcpd)", ()
         ifname: `e${kind}`.slice(0, 15),
       });
       const udhcpd = await startStandInDhcpServer(pod.netns, pod.bridge, server);
-      const client = await startDhcpClient(kind, { netns: relay.netns, ifname: relay.ifname });
+      const client = await startDhcpClient(kind, {
+        netns: relay.netns,
+        ifname: relay.ifname,
+      });
       try {
         const t0 = Date.now();
         const state = await client.waitForLease({ timeoutMs: 30_000 });
@@ -117,9 +121,27 @@ describe("DHCP clients in the relay guest (stand-in server: busybox udhcpd)", ()
             JSON.stringify(client.events()),
           );
         }
-        if (kind === "dhcpcd") {
+        if (kind === "udhcpc") {
+          const td = spawn(
+            "ip",
+            ["netns", "exec", pod.netns, "tcpdump", "-n", "-l", "-i", "br0", "udp port 67"],
+            { stdio: ["ignore", "pipe", "ignore"] },
+          );
+          let dump = "";
+          td.stdout!.on("data", (d) => {
+            dump += d;
+          });
+          await new Promise((r) => setTimeout(r, 500));
           const rebound = await client.rebind();
           assert.deepEqual(rebound.addresses, ["10.30.0.50/24"]);
+          assert.equal(client.serverId(), "10.30.0.1");
+          await new Promise((r) => setTimeout(r, 300));
+          td.kill();
+          assert.match(
+            dump,
+            /10\.30\.0\.50\.68 > 255\.255\.255\.255\.67: BOOTP\/DHCP, Request/,
+            `a broadcast rebind:\n${dump}`,
+          );
         }
         process.stderr.write(
           `# ${kind}: lease in ${ms} ms; events ${JSON.stringify(client.events())}\n`,
