@@ -70,6 +70,8 @@ export interface StandInServerConfig {
   domain?: string;
   mtu?: number;
   leaseSeconds?: number;
+  /** More udhcpd.conf lines, e.g. "option staticroutes 10.99.0.0/16 10.40.0.1". */
+  extra?: string[];
 }
 
 export interface StandInServer {
@@ -97,12 +99,14 @@ export async function startStandInDhcpServer(
     ...(config.domain ? [`option domain ${config.domain}`] : []),
     ...(config.mtu ? [`option mtu ${config.mtu}`] : []),
     `option lease ${config.leaseSeconds ?? 600}`,
+    ...(config.extra ?? []),
   ];
   fs.writeFileSync(path.join(dir, "udhcpd.conf"), `${lines.join("\n")}\n`);
   fs.writeFileSync(path.join(dir, "leases"), "");
   const child: ChildProcess = spawn(
     "ip",
-    ["netns", "exec", netns, "busybox", "udhcpd", "-f", path.join(dir, "udhcpd.conf")],
+    // -a 0: no ARP ping of the address before offering (it costs 2 s a lease).
+    ["netns", "exec", netns, "busybox", "udhcpd", "-f", "-a", "0", path.join(dir, "udhcpd.conf")],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let out = "";

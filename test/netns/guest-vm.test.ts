@@ -3,7 +3,7 @@ import type dgram from "node:dgram";
 import { describe, it } from "node:test";
 import { openBoundUdpSocket } from "../../src/sys/udp";
 import { requirePrivateNamespace, run } from "../harness/fixtures";
-import { makePodTap, startStandInDhcpServer } from "../harness/guest-pod";
+import { makePodTap, type StandInServer, startStandInDhcpServer } from "../harness/guest-pod";
 import { bootGuest, type GuestVm, guestImagesBuilt } from "../harness/guest-vm";
 
 requirePrivateNamespace();
@@ -51,25 +51,11 @@ function nextDiscover(socket: dgram.Socket, mac: string, timeoutMs: number): Pro
 async function bootToLease(boot: "kernel" | "disk", mac: string): Promise<void> {
   const pod = makePodTap({ address: "10.40.0.1/24" });
   let vm: GuestVm | undefined;
-  let server: Awaited<ReturnType<typeof startStandInDhcpServer>> | undefined;
+  let server: StandInServer | undefined;
+  let socket: dgram.Socket | undefined;
   try {
-    // 1. With no DHCP server: the guest's DISCOVER comes out of the pod tap onto the bridge.
-    const socket = await openBoundUdpSocket(pod.nsPath, { device: pod.bridge, port: 67 });
-    const t0 = performance.now();
-    const discover = nextDiscover(socket, mac, 60_000);
-    try {
-      vm = bootGuest({ tapFd: pod.tapFd, mac, boot });
-      const d = await discover;
-      process.stderr.write(
-        `# ${boot} boot: first DISCOVER ${Math.round(d.at - t0)} ms after spawn\n`,
-      );
-    } finally {
-      socket.close();
-    }
-    const nic = await vm.waitForReport("nic");
-    assert.equal(nic.fields.mac, mac, "the guest NIC has the MAC given to QEMU");
-
-    // 2. With a (stand-in) server: the guest reports the lease its stock script applied.
+    // A socket on the pod bridge sees the guest's DISCOVER (next to the stand-in server).
+    socket = await openBoundUdpSocket(pod.nsPath, { device: pod.bridge, port: 67 });
     server = await startStandInDhcpServer(pod.netns, pod.bridge, {
       start: "10.40.0.7",
       subnet: "255.255.255.0",
@@ -77,10 +63,25 @@ async function bootToLease(boot: "kernel" | "disk", mac: string): Promise<void> 
       dns: ["10.40.0.53", "10.40.0.54"],
       domain: "guest.test",
       mtu: 1450,
+      extra: ["option staticroutes 10.99.0.0/16 10.40.0.1"],
     });
+    const discover = nextDiscover(socket, mac, 60_000);
+    const t0 = performance.now();
+    vm = bootGuest({
+      tapFd: pod.tapFd,
+      mac,
+      boot,
+      udhcpcArgs: boot === "kernel" ? ["-O", "staticroutes"] : undefined,
+    });
+    const d = await discover;
+    socket.close();
+    socket = undefined;
+    const nic = await vm.waitForReport("nic");
+    assert.equal(nic.fields.mac, mac, "the guest NIC has the MAC given to QEMU");
+
     const lease = await vm.waitForLease({ timeoutMs: 60_000 });
     process.stderr.write(
-      `# ${boot} boot: lease ${Math.round(lease.at)} ms after spawn (guest uptime ${lease.uptime} s)\n`,
+      `# ${boot} boot: first DISCOVER ${Math.round(d.at - t0)} ms, lease ${Math.round(lease.at)} ms after spawn (guest uptime ${lease.uptime} s)\n`,
     );
     assert.equal(lease.event, "bound");
     assert.equal(lease.cidr, "10.40.0.7/24");
@@ -89,8 +90,12 @@ async function bootToLease(boot: "kernel" | "disk", mac: string): Promise<void> 
     assert.deepEqual(lease.dns, ["10.40.0.53", "10.40.0.54"]);
     assert.equal(lease.domain, "guest.test");
     assert.equal(lease.dhcp.serverid, "10.40.0.1");
+    if (boot === "kernel") {
+      assert.equal(lease.dhcp.staticroutes, "10.99.0.0/16 10.40.0.1", "udhcpcArgs reach udhcpc");
+      assert.ok(!lease.routes.some((r) => r.startsWith("10.99.")), "the stock script ignores 121");
+    }
 
-    // 3. Traffic both ways, console commands, and a renew.
+    // Traffic both ways, a renew and a rebind.
     const ping = await vm.run("ping -c 2 -W 2 10.40.0.1");
     assert.equal(ping.rc, 0, ping.output.join("\n"));
     assert.ok(
@@ -101,9 +106,14 @@ async function bootToLease(boot: "kernel" | "disk", mac: string): Promise<void> 
     const renewed = await vm.renew();
     assert.equal(renewed.event, "renew");
     assert.equal(renewed.cidr, "10.40.0.7/24");
+    const rebound = await vm.rebind();
+    assert.equal(rebound.event, "renew", "udhcpc runs the script with renew after a rebind ACK");
+    assert.equal(rebound.cidr, "10.40.0.7/24");
     const status = await vm.status();
     assert.equal(status.cidr, "10.40.0.7/24");
+    assert.ok(status.routes.includes("default via 10.40.0.1 dev eth0"), String(status.routes));
   } finally {
+    socket?.close();
     await vm?.stop();
     await server?.stop();
     pod.remove();
@@ -118,11 +128,13 @@ describe("tiny test VM (TCG)", { skip }, () => {
   it("boots from the qcow2 disk on virtio-blk the same way", () =>
     bootToLease("disk", "52:54:00:cc:dd:02"));
 
-  it("runs console commands and reports their exit codes", async () => {
+  it("runs console commands and reports their exit codes; host_mtu reaches the NIC", async () => {
     const pod = makePodTap();
-    const vm = bootGuest({ tapFd: pod.tapFd, mac: "52:54:00:cc:dd:03" });
+    const vm = bootGuest({ tapFd: pod.tapFd, mac: "52:54:00:cc:dd:03", hostMtu: 1400 });
     try {
       await vm.waitForReport("ready");
+      const nic = await vm.waitForReport("nic");
+      assert.equal(nic.fields.mtu, "1400", "virtio-net host_mtu sets the guest MTU without DHCP");
       const ok = await vm.run("cat /sys/class/net/eth0/address");
       assert.deepEqual(ok, { rc: 0, output: ["52:54:00:cc:dd:03"] });
       const bad = await vm.run("exit 3");
