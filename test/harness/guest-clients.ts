@@ -75,7 +75,10 @@ export interface DhcpClient {
   rebind(timeoutMs?: number): Promise<GuestNetState>;
   /** The server id of the last lease (from the script's environment). */
   serverId(): string | undefined;
-  /** SIGTERM (then SIGKILL after 3 s) to the client's own PID; waits for it. Leaves the dir. */
+  /**
+   * SIGTERM (then SIGKILL after 3 s) to the client's own PID, waits for it, then for the
+   * helper processes it forked (dhcpcd's privsep), killing those left after 3 s. Leaves the dir.
+   */
   stop(): Promise<void>;
 }
 
@@ -139,6 +142,40 @@ function commandLine(kind: DhcpClientKind, dir: string, ifname: string, args: st
 
 function normalise(line: string): string {
   return line.replace(/\s+/g, " ").trim();
+}
+
+/** PIDs whose parent chain leads to `pid`, read from /proc. */
+function descendants(pid: number): number[] {
+  const parent = new Map<number, number>();
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
+      // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      parent.set(Number(entry), ppid);
+    } catch {}
+  }
+  const out: number[] = [];
+  for (const p of parent.keys()) {
+    for (let q = parent.get(p); q !== undefined && q > 1; q = parent.get(q)) {
+      if (q === pid) {
+        out.push(p);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+/** Running (a zombie, exited but not reaped, counts as gone). */
+function alive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat[stat.lastIndexOf(")") + 2] !== "Z";
+  } catch {
+    return false;
+  }
 }
 
 /** Reads a guest netns's IPv4 state, and a resolv.conf the client wrote. */
@@ -211,7 +248,8 @@ export async function startDhcpClient(
     ],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
-  if (child.pid === undefined) throw new Error(`${kind}: did not start`);
+  child.on("error", () => {}); // a failed spawn: reported below
+  if (child.pid === undefined) throw new Error(`${kind}: unshare did not start`);
   let out = "";
   child.stdout!.on("data", (d) => {
     out += d;
@@ -318,11 +356,17 @@ export async function startDhcpClient(
     serverId,
     async stop() {
       if (exitInfo !== undefined) return;
-      // SIGTERM first: dhcpcd then takes its own helper processes down with it.
+      // dhcpcd forks privilege-separation helpers: they are our client's, so we end them too.
+      const helpers = descendants(pid);
       child.kill("SIGTERM");
       const timer = setTimeout(() => child.kill("SIGKILL"), 3000);
       await exited;
       clearTimeout(timer);
+      const deadline = Date.now() + 3000;
+      while (helpers.some(alive) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      for (const h of helpers.filter(alive)) process.kill(h, "SIGKILL");
     },
   };
 }

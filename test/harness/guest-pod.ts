@@ -109,6 +109,7 @@ export async function startStandInDhcpServer(
     ["netns", "exec", netns, "busybox", "udhcpd", "-f", "-a", "0", path.join(dir, "udhcpd.conf")],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
+  child.on("error", () => {}); // a failed spawn ends in "exit" too
   let out = "";
   const ready = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`udhcpd not started: ${out}`)), 5000);

@@ -206,8 +206,9 @@ export class GuestVm {
     this.child = spawn("qemu-system-x86_64", argv, {
       stdio: ["pipe", "pipe", "pipe", options.tapFd],
     });
+    this.child.on("error", () => {}); // a failed spawn: reported below
     if (this.child.pid === undefined) {
-      throw new Error("bootGuest: qemu-system-x86_64 did not start");
+      throw new Error("bootGuest: qemu-system-x86_64 did not start (not installed?)");
     }
     this.pid = this.child.pid;
     const onData = (chunk: Buffer) => {

@@ -75,6 +75,7 @@ export async function startRelay(options: RelayOptions): Promise<RelayGuest> {
       child = spawn(process.execPath, [path.join(__dirname, "relay-child.js")], {
         stdio: ["ignore", "pipe", "pipe", options.podTapFd, tap.fd],
       });
+      child.on("error", () => {}); // a failed spawn ends in "exit" too
     } finally {
       // The child holds the guest tap now; it vanishes when the child exits.
       fs.closeSync(tap.fd);

@@ -11,6 +11,24 @@ requirePrivateNamespace();
 
 const MAC = "52:54:00:aa:bb:01";
 
+function processesNamed(name: string): number[] {
+  return fs
+    .readdirSync("/proc")
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        // Exited helpers reparented to the runner (PID 1 here, which does not reap them)
+        // stay zombies until the namespace ends: they count as gone.
+        const stat = fs.readFileSync(`/proc/${p}/stat`, "utf8");
+        const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+        return fs.readFileSync(`/proc/${p}/comm`, "utf8").trim() === name && state !== "Z";
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
 function ping(netns: string, to: string, size = 56): void {
   run(netns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-s", String(size), to);
 }
@@ -143,6 +161,22 @@ describe("DHCP clients in the relay guest (stand-in server: busybox udhcpd)", ()
             `a broadcast rebind:\n${dump}`,
           );
         }
+        if (kind === "dhclient") {
+          // No renew trigger: a restart with the same lease file is an INIT-REBOOT.
+          await client.stop();
+          const again = await startDhcpClient(kind, {
+            netns: relay.netns,
+            ifname: relay.ifname,
+            dir: client.dir,
+          });
+          try {
+            const rebooted = await again.waitForLease({ from: client.events().length });
+            assert.deepEqual(rebooted.addresses, ["10.30.0.50/24"]);
+            assert.equal(again.events().at(-1)!.event, "REBOOT", JSON.stringify(again.events()));
+          } finally {
+            await again.stop();
+          }
+        }
         process.stderr.write(
           `# ${kind}: lease in ${ms} ms; events ${JSON.stringify(client.events())}\n`,
         );
@@ -157,6 +191,8 @@ describe("DHCP clients in the relay guest (stand-in server: busybox udhcpd)", ()
         resolvBefore,
         "machine resolv.conf untouched",
       );
+      // Inside the runner's PID namespace only our own processes are visible.
+      assert.deepEqual(processesNamed(kind), [], `no ${kind} process left`);
     });
   }
 });
