@@ -6,7 +6,7 @@ import fs from "node:fs";
 import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-bridge/cni";
 import { withoutDefaultRoute } from "../cni-bridge/guest-view";
 import { readInterface, rewireInterface, rewireNames, unwireInterface } from "../cni-bridge/rewire";
-import { type DhcpLease, type DhcpLog, DhcpServer } from "../dhcp/server";
+import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhcp/server";
 import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
@@ -252,6 +252,11 @@ export class Tapmanager {
     } catch (error) {
       return `cleanup failed, state kept for a retry: ${(error as Error).message}`;
     }
+  }
+
+  /** What each of the pod's DHCP servers received, answered and dropped, by interface. */
+  dhcpStats(sandboxId: string): DhcpStats[] {
+    return (this.servers.get(sandboxId) ?? []).map((server) => server.stats());
   }
 
   get(sandboxId: string): PodNetwork | undefined {
