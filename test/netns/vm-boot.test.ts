@@ -280,4 +280,43 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
       fs.rmSync(path.dirname(dir), { recursive: true, force: true });
     }
   });
+
+  it("ends with exit 0 Completed when its guest powers off, and keeps logging to a rotated log after reopenLog", async (t: TestContext) => {
+    const pod = podNet();
+    const dir = tempDir();
+    const tap = openTap(pod.nsPath, { name: "tap0" });
+    try {
+      plugTap(pod, "tap0");
+      const spec = vmSpec(dir, tap.fd);
+      const t0 = Date.now();
+      const vm = await new VmLauncher().start(spec);
+      await until("the guest ready", () => logHas(spec.logPath, /^VMLET-GUEST ready$/));
+      t.diagnostic(`start() to the guest's "ready" line: ${Date.now() - t0} ms`);
+
+      // kubelet's rotation: rename the file, then ReopenContainerLog.
+      fs.renameSync(spec.logPath, `${spec.logPath}.1`);
+      await vm.reopenLog();
+      const console = net.createConnection(vm.record.consoleSocket);
+      console.on("data", () => {});
+      await new Promise((resolve) => console.once("connect", resolve));
+      console.write("run 1 echo after-rotation\n");
+      await until("output in the new log", () => logHas(spec.logPath, /^after-rotation$/));
+      assert.ok(!criLog(`${spec.logPath}.1`).includes("after-rotation"));
+
+      console.write("poweroff\n");
+      const exit = await vm.exited;
+      console.destroy();
+      assert.deepEqual(
+        [exit.exitCode, exit.reason, exit.message],
+        [0, "Completed", "the guest shut down"],
+      );
+      await vm.cleanup();
+      assert.ok(!fs.existsSync(dir));
+      assert.deepEqual(liveQemus(), []);
+    } finally {
+      fs.closeSync(tap.fd);
+      pod.remove();
+      fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+    }
+  });
 });

@@ -54,14 +54,14 @@ export class VmLauncher {
     const paths = vmPaths(spec.dir);
     const accel = resolveAccel(spec.accel, this.options.hasKvm);
     const command = buildQemuArgv(spec, paths, accel);
-    const fail = (step: string, error: unknown): VmError =>
-      error instanceof VmError
-        ? error
-        : new VmError(spec.id, step, errorMessage(error), { cause: error });
 
-    await fs.promises.mkdir(spec.dir, { recursive: true, mode: 0o700 });
-    await removeVmFiles(paths); // what an earlier, interrupted start left
+    const madeDir = await fs.promises.mkdir(spec.dir, { recursive: true, mode: 0o700 });
+    // What an earlier start that never returned left: its QEMU (found by the pidfile,
+    // written before the record could be) and its files.
+    await killStrayQemu(paths);
+    await removeVmFiles(paths);
     let child: ChildProcess | undefined;
+    let exit: Promise<ChildExit> | undefined;
     let qmp: QmpClient | undefined;
     let step = "create overlay";
     try {
@@ -72,6 +72,7 @@ export class VmLauncher {
       step = "spawn QEMU";
       const started = spawnDetached(this.qemuBinary, command.args, command.extraFds, paths.qemuLog);
       child = started.child;
+      exit = started.exit;
       step = "wait for QMP";
       await waitForSocket(paths.qmpSocket, started.exit, this.options.startTimeoutMs ?? 10_000);
       qmp = await QmpClient.connect(paths.qmpSocket);
@@ -108,20 +109,24 @@ export class VmLauncher {
       return handle;
     } catch (error) {
       qmp?.close();
-      const qemuSays = await tail(paths.qemuLog);
-      if (child?.pid !== undefined) {
+      // QEMU may have created its QMP socket and then failed on a later option.
+      const ended = exit && (await Promise.race([exit, sleep(200).then(() => undefined)]));
+      if (child?.pid !== undefined && exit && !ended) {
         try {
           process.kill(child.pid, "SIGKILL");
         } catch {
           // Already gone.
         }
+        await exit;
       }
+      const qemuSays = await tail(paths.qemuLog);
       await removeVmFiles(paths).catch(() => {});
-      const detail = qemuSays ? ` (QEMU: ${qemuSays})` : "";
-      const wrapped = fail(
-        step,
-        new Error(`${errorMessage(error)}${detail}; removed its files`, { cause: error }),
-      );
+      if (madeDir !== undefined) await fs.promises.rmdir(spec.dir).catch(() => {});
+      const what =
+        ended && !ended.error
+          ? `QEMU exited (${ended.signal ?? `code ${ended.code}`})${qemuSays ? `: ${qemuSays}` : ""}`
+          : `${errorMessage(error)}${qemuSays ? ` (QEMU: ${qemuSays})` : ""}`;
+      const wrapped = new VmError(spec.id, step, `${what}; removed its files`, { cause: error });
       this.log.error({ vm: spec.id, err: wrapped.message }, "vm start failed");
       throw wrapped;
     }
@@ -177,15 +182,10 @@ export class VmLauncher {
         overlay,
       ]);
     } catch (error) {
-      const stderr = (error as { stderr?: string }).stderr?.trim();
-      throw new VmError(
-        spec.id,
-        "create overlay",
-        `qemu-img create ${overlay} on ${base}: ${stderr || errorMessage(error)}`,
-        {
-          cause: error,
-        },
-      );
+      const stderr = (error as { stderr?: string }).stderr?.trim().replaceAll("\n", " ");
+      throw new Error(`qemu-img create ${overlay} on ${base}: ${stderr || errorMessage(error)}`, {
+        cause: error,
+      });
     }
   }
 }
@@ -221,6 +221,23 @@ export async function removeVmState(record: VmRecord): Promise<void> {
   });
 }
 
+async function killStrayQemu(paths: VmPaths): Promise<void> {
+  const pid = Number((await fs.promises.readFile(paths.pidFile, "utf8").catch(() => "")).trim());
+  if (!Number.isSafeInteger(pid) || pid <= 1) return;
+  const cmdline = await fs.promises.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  if (!cmdline.includes(paths.qmpSocket)) return;
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    return;
+  }
+  for (let i = 0; i < 250; i++) {
+    const stat = await readProcStat(pid);
+    if (!stat || stat.state === "Z") return;
+    await sleep(20);
+  }
+}
+
 interface ChildExit {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -244,7 +261,6 @@ function spawnDetached(
       child.once("exit", (code, signal) => resolve({ code, signal }));
       child.once("error", (error) => resolve({ code: null, signal: null, error }));
     });
-    child.unref();
     return { child, exit };
   } finally {
     fs.closeSync(logFd);
@@ -339,9 +355,9 @@ class RunningVm implements VmHandle {
     if (origin.kind === "child") {
       void origin.exit.then((e) => vm.finish(childExit(e, vm.guestShutdown)));
     } else {
-      qmp.on("close", () => vm.checkAlive());
+      qmp.on("close", () => vm.watchExit());
+      // Not unref'd: like the child of a started VM, a watched VM keeps vmlet's loop alive.
       vm.pollTimer = setInterval(() => vm.checkAlive(), options.pollMs);
-      vm.pollTimer.unref();
     }
     // A guest that shut down before QMP was connected (or while vmlet was away) left
     // QEMU stopped in "shutdown" (-no-shutdown): finish what the event would have done.
@@ -358,6 +374,7 @@ class RunningVm implements VmHandle {
   }
 
   async stop(timeoutMs: number): Promise<void> {
+    this.assertAttached("stop");
     if (this.done) return;
     try {
       await this.qmp.execute("system_powerdown");
@@ -382,6 +399,7 @@ class RunningVm implements VmHandle {
   }
 
   async kill(): Promise<void> {
+    this.assertAttached("kill");
     if (this.done) return;
     if (await isSameLiveProcess(this.record.pid, this.record.pidStartTime)) {
       this.killedByUs = true;
@@ -409,6 +427,8 @@ class RunningVm implements VmHandle {
   }
 
   async reopenLog(): Promise<void> {
+    this.assertAttached("reopen log");
+    if (this.done) return;
     await this.writer.reopen();
   }
 
@@ -416,6 +436,7 @@ class RunningVm implements VmHandle {
     if (this.detached || this.done) return;
     this.detached = true;
     if (this.pollTimer) clearInterval(this.pollTimer);
+    if (this.origin.kind === "child") this.origin.child.unref();
     await this.tailer?.stop(false);
     this.qmp.removeAllListeners();
     this.qmp.close();
@@ -425,6 +446,11 @@ class RunningVm implements VmHandle {
   async cleanup(): Promise<void> {
     if (!this.done && !this.detached) await this.kill();
     await removeVmState(this.record);
+  }
+
+  private assertAttached(step: string): void {
+    if (this.detached)
+      throw new VmError(this.record.id, step, "handle detached; adopt the VM again");
   }
 
   private onQmpEvent(event: QmpEvent): void {
@@ -438,6 +464,15 @@ class RunningVm implements VmHandle {
     this.qmp.execute("quit").catch(() => {
       // The connection closes as QEMU quits; that is the expected answer.
     });
+  }
+
+  /** QMP closed: QEMU is ending. Look often until the process is gone. */
+  private async watchExit(): Promise<void> {
+    const deadline = Date.now() + 5000;
+    while (!this.done && !this.detached && Date.now() < deadline) {
+      await this.checkAlive();
+      await sleep(20);
+    }
   }
 
   /** For an adopted QEMU: finishes when the process is gone (no exit status to read). */
