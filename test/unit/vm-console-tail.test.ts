@@ -40,7 +40,13 @@ async function withFiles(fn: (raw: string, offset: string, log: string) => Promi
   }
 }
 
-async function tailer(raw: string, offsetPath: string, log: string, partialFlushMs = 200) {
+async function tailer(
+  raw: string,
+  offsetPath: string,
+  log: string,
+  partialFlushMs = 200,
+  reclaimBytes = 0,
+) {
   const writer = await CriLogWriter.open(log);
   const t = await ConsoleTailer.start({
     rawPath: raw,
@@ -48,6 +54,7 @@ async function tailer(raw: string, offsetPath: string, log: string, partialFlush
     writer,
     partialFlushMs,
     pollMs: 50,
+    reclaimBytes,
     onError: (error) => assert.fail(error),
   });
   return {
@@ -113,6 +120,21 @@ describe("the console tailer", () => {
       await until("after truncation", () => logLines(log).length === 2);
       await close(false);
       assert.deepEqual(logLines(log), ["F:a long first line", "F:new"]);
+    });
+  });
+
+  it("frees the disk blocks of console output already logged, keeping offsets valid", async () => {
+    await withFiles(async (raw, offset, log) => {
+      const { close } = await tailer(raw, offset, log, 200, 64 * 1024);
+      const line = `${"x".repeat(1023)}\n`;
+      fs.appendFileSync(raw, line.repeat(1024)); // 1 MiB
+      await until("every line", () => logLines(log).length === 1024);
+      await until("blocks freed", () => fs.statSync(raw).blocks * 512 < 128 * 1024);
+      assert.equal(fs.statSync(raw).size, 1024 * 1024, "the size (and so the offsets) unchanged");
+      fs.appendFileSync(raw, "after\n");
+      await until("a line after the hole", () => logLines(log).length === 1025);
+      await close(false);
+      assert.equal(logLines(log).at(-1), "F:after");
     });
   });
 });

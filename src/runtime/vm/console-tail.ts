@@ -2,7 +2,9 @@
 // got is saved next to the file, so a vmlet restarted later resumes where the last one
 // stopped and nothing the guest printed meanwhile is lost. Lines are written at least
 // once: a crash between writing lines and saving the offset repeats them.
+import { execFile } from "node:child_process";
 import fs from "node:fs";
+import { promisify } from "node:util";
 import {
   CriLineSplitter,
   type CriLogWriter,
@@ -19,15 +21,22 @@ export interface ConsoleTailOptions {
   partialFlushMs?: number;
   /** Fallback for missed inotify events. */
   pollMs?: number;
+  /** Free the logged part of the raw file after this many bytes (0: never). */
+  reclaimBytes?: number;
   onError(error: Error): void;
 }
 
 const CHUNK = 64 * 1024;
+/** Logged bytes of the raw file are freed (a hole punched) once this many have piled up. */
+const RECLAIM_BYTES = 1024 * 1024;
+const BLOCK = 4096;
+const execFileAsync = promisify(execFile);
 
 export class ConsoleTailer {
   private readonly splitter: CriLineSplitter;
   private readPos: number;
   private savedOffset: number;
+  private reclaimed = 0;
   private pendingSince = 0;
   private watcher: fs.FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -139,6 +148,28 @@ export class ConsoleTailer {
     }
     await this.options.writer.write(pieces);
     await this.saveOffset();
+    await this.reclaim();
+  }
+
+  /**
+   * QEMU only ever appends (O_APPEND), so the file cannot be truncated under it; instead
+   * the blocks already in the CRI log are deallocated. Offsets stay valid, the disk use
+   * of a chatty console stays bounded.
+   */
+  private async reclaim(): Promise<void> {
+    const threshold = this.options.reclaimBytes ?? RECLAIM_BYTES;
+    const upTo = Math.floor(this.savedOffset / BLOCK) * BLOCK;
+    if (threshold <= 0 || upTo - this.reclaimed < threshold) return;
+    const raw = this.options.rawPath;
+    await execFileAsync("fallocate", [
+      "--punch-hole",
+      "--offset",
+      "0",
+      "--length",
+      String(upTo),
+      raw,
+    ]);
+    this.reclaimed = upTo;
   }
 
   private async saveOffset(): Promise<void> {
