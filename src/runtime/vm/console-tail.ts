@@ -161,15 +161,16 @@ export class ConsoleTailer {
     const upTo = Math.floor(this.savedOffset / BLOCK) * BLOCK;
     if (threshold <= 0 || upTo - this.reclaimed < threshold) return;
     const raw = this.options.rawPath;
-    await execFileAsync("fallocate", [
-      "--punch-hole",
-      "--offset",
-      "0",
-      "--length",
-      String(upTo),
-      raw,
-    ]);
     this.reclaimed = upTo;
+    const args = ["--punch-hole", "--offset", "0", "--length", String(upTo), raw];
+    try {
+      await execFileAsync("fallocate", args);
+    } catch (error) {
+      this.reclaimed = Number.POSITIVE_INFINITY; // not supported here: say so once
+      throw new Error(`free logged blocks of ${raw}: ${(error as Error).message.trim()}`, {
+        cause: error,
+      });
+    }
   }
 
   private async saveOffset(): Promise<void> {
