@@ -137,6 +137,9 @@ export class VmLauncher {
    * console. Undefined when the process is gone (or its PID now belongs to another).
    */
   async adopt(record: VmRecord): Promise<VmHandle | undefined> {
+    if (record.version !== 1) {
+      throw new VmError(record.id, "adopt", `record version ${record.version}; this vmlet reads 1`);
+    }
     if (!(await this.isOurQemu(record))) return undefined;
     let qmp: QmpClient;
     try {
