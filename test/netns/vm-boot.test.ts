@@ -319,4 +319,41 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
       fs.rmSync(path.dirname(dir), { recursive: true, force: true });
     }
   });
+
+  it("reports a guest that powered off while no vmlet watched as Completed when adopted later", async () => {
+    const pod = podNet();
+    const dir = tempDir();
+    const tap = openTap(pod.nsPath, { name: "tap0" });
+    try {
+      plugTap(pod, "tap0");
+      const spec = vmSpec(dir, tap.fd);
+      const vm = await new VmLauncher().start(spec);
+      await until("the guest ready", () => logHas(spec.logPath, /^VMLET-GUEST ready$/));
+      await vm.detach(); // vmlet goes away
+
+      const console = net.createConnection(vm.record.consoleSocket);
+      console.on("data", () => {});
+      await new Promise((resolve) => console.once("connect", resolve));
+      console.write("poweroff\n");
+      // -no-shutdown: QEMU stays, stopped, until a vmlet sees the shutdown.
+      await until("the power-off printed", () =>
+        fs.readFileSync(vm.record.consoleRaw, "utf8").includes('cmd="poweroff"'),
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      console.destroy();
+      assert.ok(await isSameLiveProcess(vm.pid, vm.record.pidStartTime), "QEMU waits for vmlet");
+
+      const adopted = await new VmLauncher().adopt(vm.record);
+      assert.ok(adopted);
+      const exit = await adopted.exited;
+      assert.deepEqual([exit.exitCode, exit.reason], [0, "Completed"]);
+      assert.ok(logHas(spec.logPath, /^VMLET-GUEST ok cmd="poweroff"$/), "logged by the adopter");
+      await adopted.cleanup();
+      assert.ok(!fs.existsSync(dir));
+    } finally {
+      fs.closeSync(tap.fd);
+      pod.remove();
+      fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+    }
+  });
 });

@@ -129,3 +129,26 @@ describe("a VM that cannot start", () => {
     }),
   );
 });
+
+describe("an adopted VM whose QEMU ends without a guest shutdown", () => {
+  it(
+    "exits 137 Killed, saying its status is unknown, when killed by someone else",
+    withDir(async (root) => {
+      const s = spec(root);
+      const first = await new VmLauncher().start(s);
+      await first.detach();
+      const vm = await new VmLauncher({ pollMs: 100 }).adopt(first.record);
+      assert.ok(vm);
+      const stats = await vm.stats();
+      assert.ok(stats.memoryBytes > 0);
+      process.kill(vm.pid, "SIGKILL"); // not vmlet
+      const exit = await vm.exited;
+      assert.equal(exit.exitCode, 137);
+      assert.equal(exit.reason, "Killed");
+      assert.match(exit.message, /without a guest shutdown.*exit status is unknown/);
+      assert.deepEqual(await vm.stats(), { cpuNanos: 0n, memoryBytes: 0 });
+      await vm.cleanup();
+      assert.ok(!fs.existsSync(s.dir));
+    }),
+  );
+});
