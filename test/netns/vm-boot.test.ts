@@ -124,7 +124,10 @@ function liveQemus(): number[] {
     .filter((pid) => {
       try {
         const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-        return stat.includes("(qemu-system-x86") && !/\) Z /.test(stat);
+        return (
+          stat.includes("(qemu-system-x86") &&
+          (!/\) Z /.test(stat) || fs.readdirSync(`/proc/${pid}/task`).length > 1)
+        );
       } catch {
         return false;
       }

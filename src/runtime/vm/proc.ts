@@ -57,10 +57,15 @@ export async function readRssBytes(pid: number): Promise<number> {
   return match ? Number(match[1]) * 1024 : 0;
 }
 
-/** Whether `pid` is still the live process that started at `startTime` (a zombie is not). */
+/**
+ * Whether `pid` is still the process that started at `startTime`. A zombie counts as
+ * alive while any of its threads still runs: the leader of a multi-threaded process
+ * (QEMU's vCPU threads) turns Z before the others have exited and closed its fds.
+ */
 export async function isSameLiveProcess(pid: number, startTime: string): Promise<boolean> {
   const stat = await readProcStat(pid);
-  return (
-    stat !== undefined && stat.startTime === startTime && stat.state !== "Z" && stat.state !== "X"
-  );
+  if (stat === undefined || stat.startTime !== startTime || stat.state === "X") return false;
+  if (stat.state !== "Z") return true;
+  const tasks = await fs.promises.readdir(`/proc/${pid}/task`).catch(() => []);
+  return tasks.length > 1;
 }
