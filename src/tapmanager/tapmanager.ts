@@ -161,10 +161,13 @@ export class Tapmanager {
       ? request.dns.servers
       : (result.dns.nameservers ?? []);
     const search = request.dns?.searches.length ? request.dns.searches : (result.dns.search ?? []);
+    // Clients whose scripts ignore option 119 (Debian's udhcpc) still get the first
+    // search domain through option 15.
+    const domain = result.dns.domain ?? search[0];
     return {
       nameservers: nameservers.filter((s) => !s.includes(":")),
       search,
-      ...(result.dns.domain ? { domain: result.dns.domain } : {}),
+      ...(domain ? { domain } : {}),
     };
   }
 

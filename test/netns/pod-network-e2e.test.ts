@@ -12,6 +12,7 @@ import type { PodNetwork } from "../../src/tapmanager/types";
 import { calicoPluginInto } from "../harness/calico-plugin";
 import { type CniSandbox, hostLocal, makeCniSandbox, makePod } from "../harness/cni-fixtures";
 import {
+  ip as ipCmd,
   makeNetns,
   requirePrivateNamespace,
   run,
@@ -40,6 +41,8 @@ interface NetworkStyle {
   extraRoutes: RegExp[];
   /** Whether the gateway itself answers ping (Calico's 169.254.1.1 is only proxy-ARPed). */
   gatewayAnswersPing: boolean;
+  /** The node's uplink with a default route: proxy ARP answers only for routable targets. */
+  needsUplink?: boolean;
 }
 
 const STYLES: NetworkStyle[] = [
@@ -111,6 +114,7 @@ const STYLES: NetworkStyle[] = [
     gateway: "169.254.1.1",
     extraRoutes: [/^169\.254\.1\.1 dev eth0/],
     gatewayAnswersPing: false,
+    needsUplink: true,
   },
 ];
 
@@ -123,6 +127,7 @@ interface Node {
   plainClient: CniClient;
   /** A second, ordinary pod on the same network. */
   other: { ns: TestNetns; pod: PodRef; ip: string };
+  uplink?: string;
 }
 
 async function makeNode(style: NetworkStyle): Promise<Node> {
@@ -134,7 +139,14 @@ async function makeNode(style: NetworkStyle): Promise<Node> {
   const pod = makePod();
   const [attachment] = await plainClient.addPod(pod, ns.path);
   const ip = attachment.result.ips[0].address.split("/")[0];
-  return { cni, tapmanager, plainClient, other: { ns, pod, ip } };
+  const node: Node = { cni, tapmanager, plainClient, other: { ns, pod, ip } };
+  if (style.needsUplink) {
+    node.uplink = uniqueName("up");
+    ipCmd("link", "add", node.uplink, "type", "veth", "peer", "name", `${node.uplink}p`);
+    ipCmd("link", "set", node.uplink, "up");
+    ipCmd("route", "add", "default", "dev", node.uplink);
+  }
+  return node;
 }
 
 async function removeNode(node: Node): Promise<void> {
@@ -142,6 +154,7 @@ async function removeNode(node: Node): Promise<void> {
   await node.plainClient.delPod(node.other.pod, node.other.ns.path);
   node.other.ns.remove();
   node.cni.remove();
+  if (node.uplink) ipCmd("link", "del", node.uplink);
 }
 
 function ping(netns: string, ip: string): void {
@@ -151,9 +164,10 @@ function ping(netns: string, ip: string): void {
 function assertLeaseMatches(
   style: NetworkStyle,
   network: PodNetwork,
-  state: { addresses: string[]; routes: string[]; mtu: number; dns: string[]; search: string[] },
+  state: GuestNetState,
   takes121: boolean,
   mtuOnRoutes = false,
+  takes119 = takes121,
 ): void {
   const eth0 = network.interfaces[0];
   const cniAddress = eth0.addresses.find((a) => a.family === 4)!;
@@ -178,7 +192,16 @@ function assertLeaseMatches(
     );
   else assert.equal(state.mtu, style.mtu);
   assert.deepEqual(state.dns, DNS.nameservers);
-  assert.deepEqual(state.search, DNS.search);
+  if (takes119) {
+    // dhclient writes the names fully qualified, with the root's dot.
+    assert.deepEqual(
+      state.search.map((s) => s.replace(/\.$/, "")),
+      DNS.search,
+    );
+  } else {
+    // Debian's udhcpc script ignores 119 and writes option 15 as "domain".
+    assert.equal(state.domain, DNS.search[0]);
+  }
 }
 
 for (const style of STYLES) {
@@ -203,13 +226,20 @@ for (const style of STYLES) {
           const state: GuestNetState = await client.waitForLease({ timeoutMs: 30_000 });
           assertLeaseMatches(style, network, state, kind !== "udhcpc", kind === "dhcpcd");
           if (style.gatewayAnswersPing) ping(guest.netns, style.gateway);
-          ping(guest.netns, node.other.ip);
+          try {
+            ping(guest.netns, node.other.ip);
+          } catch (error) {
+            throw new Error(
+              `guest routes ${JSON.stringify(state.routes)}: ${(error as Error).message}`,
+            );
+          }
           ping(node.other.ns.name, state.addresses[0].split("/")[0]);
 
           const before = node.tapmanager.dhcpStats(pod.sandboxId)[0].replied;
           if (kind === "dhclient") {
             // dhclient has no renew trigger; its restart with the lease file is an INIT-REBOOT.
             const dir = client.dir;
+            const from = client.events().length;
             await client.stop();
             const again = await startDhcpClient(kind, {
               netns: guest.netns,
@@ -217,12 +247,8 @@ for (const style of STYLES) {
               dir,
             });
             try {
-              assertLeaseMatches(
-                style,
-                network,
-                await again.waitForLease({ timeoutMs: 30_000 }),
-                true,
-              );
+              const rebooted = await again.waitForLease({ from, timeoutMs: 30_000 });
+              assertLeaseMatches(style, network, rebooted, true);
             } finally {
               await again.stop();
             }
@@ -260,7 +286,7 @@ for (const style of STYLES) {
       fs.closeSync(tap.fd);
       try {
         const lease = await vm.waitForLease({ timeoutMs: 60_000 });
-        const state = { ...lease, addresses: [lease.cidr] };
+        const state = { ...lease, addresses: [lease.cidr], resolvConf: "" };
         assertLeaseMatches(style, network, state, false);
         assert.equal(lease.dhcp.serverid, style.gateway, "the server id is the gateway");
         if (style.gatewayAnswersPing)
