@@ -20,7 +20,7 @@ async function main(): Promise<void> {
   if (files.length === 0) throw new Error(`no test files match ${filters.join(" ")}`);
   const result = spawnSync(
     process.execPath,
-    ["--test", "--test-reporter=spec", "--test-concurrency=1", ...files],
+    ["--test", "--test-reporter=spec", "--test-concurrency=1", "--test-timeout=300000", ...files],
     { stdio: "inherit" },
   );
   process.exit(result.status ?? 1);

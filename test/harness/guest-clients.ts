@@ -111,6 +111,9 @@ d=$1; ns=$2; shift 2
 mkdir -p "$d/etc-upper" "$d/etc-work" "$d/varlib"
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$d/etc-upper,workdir=$d/etc-work" /etc
 for v in /var/lib/dhcp /var/lib/dhcpcd; do [ -d "$v" ] && mount --bind "$d/varlib" "$v"; done
+# dhcpcd keeps per-interface state (DNS for resolv.conf, its control socket) in /run/dhcpcd:
+# a fresh one per client, or an earlier test's eth0 leaks into this one's resolv.conf.
+mkdir -p "$d/run-dhcpcd" /run/dhcpcd && mount --bind "$d/run-dhcpcd" /run/dhcpcd
 : > /etc/resolv.conf
 exec ip netns exec "$ns" "$@"
 `;
@@ -309,8 +312,12 @@ export async function startDhcpClient(
     }
   };
 
+  // The control socket is in the client's private /run/dhcpcd: talk to it from there.
   const control = (flag: string) =>
-    execFileSync("dhcpcd", ["-4", flag, ifname], { encoding: "utf8", stdio: "pipe" });
+    execFileSync("nsenter", ["-t", String(pid), "-m", "dhcpcd", "-4", flag, ifname], {
+      encoding: "utf8",
+      stdio: "pipe",
+    });
 
   return {
     kind,
