@@ -20,6 +20,22 @@ async function rejectsWith(
   });
 }
 
+/** Until the process is gone or a zombie: SIGKILL is not instant. */
+async function waitDead(pid: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    let state: string | undefined;
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+      state = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0];
+    } catch {
+      return;
+    }
+    if (state === "Z") return;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error(`process ${pid} did not die`);
+}
+
 /** A tiny qcow2: just the header magic and padding; the stand-in launcher never reads it. */
 function qcow2Bytes(): Buffer {
   const b = Buffer.alloc(8192);
@@ -516,6 +532,7 @@ describe("CRI server", () => {
     await t.restart();
     // While vmlet was down, one VM died.
     process.kill(pidB, "SIGKILL");
+    await waitDead(pidB);
     await t.restart();
 
     assert.ok(t.networks.calls.includes("recover"));
