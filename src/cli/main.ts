@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // vmlet's command line.
 import { runDemo } from "./demo";
+import { NET_RUN_USAGE, netRun, parseNetRunArgs } from "./net-run";
 
 const USAGE = `usage: vmlet <command>
 
 commands:
   demo      build a pod network in a private demo node namespace and show it
+  net run   set up pod networks from a CNI conf dir and serve them (see vmlet net run --help)
   version   print the version`;
 
 async function main(argv: string[]): Promise<number> {
@@ -13,6 +15,16 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "demo":
       return runDemo(rest);
+    case "net":
+      if (rest[0] !== "run") {
+        console.error(NET_RUN_USAGE);
+        return 2;
+      }
+      if (rest.includes("--help") || rest.includes("-h")) {
+        console.log(NET_RUN_USAGE);
+        return 0;
+      }
+      return netRun(parseNetRunArgs(rest.slice(1)));
     case "version":
       console.log(`vmlet ${require("../../../package.json").version}`);
       return 0;

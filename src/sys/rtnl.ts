@@ -192,12 +192,20 @@ export class Rtnl {
     this.socket.socket.socket.close();
   }
 
-  private async call<T>(operation: string, request: () => Promise<T>): Promise<T> {
-    try {
-      return await request();
-    } catch (error) {
-      throw new RtnlError(operation, this.nsPath, errnoCode(error), { cause: error });
-    }
+  /** Requests go one at a time: the netlink package cannot tell interleaved dumps apart. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private call<T>(operation: string, request: () => Promise<T>): Promise<T> {
+    const run = async () => {
+      try {
+        return await request();
+      } catch (error) {
+        throw new RtnlError(operation, this.nsPath, errnoCode(error), { cause: error });
+      }
+    };
+    const result = this.queue.then(run, run);
+    this.queue = result.catch(() => undefined);
+    return result;
   }
 
   async links(): Promise<LinkInfo[]> {
@@ -261,10 +269,10 @@ export class Rtnl {
           family,
           dst: m.attrs.dst ? bufferToIp(m.attrs.dst) : zero,
           dstLength: m.data.dstLen ?? 0,
-          scope: Number(m.data.scope ?? 0),
+          scope: enumValue(rt.RouteScope, m.data.scope),
           table,
           onlink: ((rtFlagsRaw(m.data.flags) ?? 0) & RTNH_F_ONLINK) !== 0,
-          type: Number(m.data.type ?? 0),
+          type: enumValue(rt.RouteType, m.data.type),
         };
         if (m.attrs.gateway) route.gateway = bufferToIp(m.attrs.gateway);
         if (m.attrs.oif) route.oif = m.attrs.oif;
@@ -458,6 +466,17 @@ export class Rtnl {
       ),
     );
   }
+}
+
+/** The netlink package gives known enum values as names and unknown ones as numbers. */
+function enumValue(
+  table: Record<string, string | number>,
+  value: string | number | undefined,
+): number {
+  if (value === undefined) return 0;
+  if (typeof value === "number") return value;
+  const n = table[value];
+  return typeof n === "number" ? n : 0;
 }
 
 function rtFlagsRaw(flags: rt.RouteFlags | undefined): number | undefined {

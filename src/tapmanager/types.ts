@@ -11,6 +11,8 @@ export interface PodNetworkRequest {
   networks?: string[];
   /** CNI capability args (portMappings, dns, ...). */
   capabilities?: RuntimeConfig;
+  /** kubelet's DNS config for the pod (PodSandboxConfig.dns_config); wins over CNI's. */
+  dns?: { servers: string[]; searches: string[] };
   /** DHCP option 12; the pod name when absent. */
   hostname?: string;
 }

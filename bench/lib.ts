@@ -1,0 +1,108 @@
+// Shared by the benchmarks: cases timed alternately in one process (so a baseline and the
+// thing measured see the same machine), summaries, a printed table and a JSON file.
+import fs from "node:fs";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+
+export interface Summary {
+  n: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  mean: number;
+}
+
+export function summarize(samples: number[]): Summary {
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? Number.NaN;
+  const mean = s.reduce((a, b) => a + b, 0) / Math.max(1, s.length);
+  return { n: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), mean };
+}
+
+export type BenchCase = (iteration: number) => Promise<void> | void;
+
+/**
+ * Runs every case once per iteration, rotating which goes first so none always runs on
+ * a warmer cache; a few untimed warm-up rounds first. Returns milliseconds per case.
+ */
+export async function alternate(
+  iterations: number,
+  cases: Record<string, BenchCase>,
+  warmup = 3,
+): Promise<Record<string, number[]>> {
+  const names = Object.keys(cases);
+  const samples: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+  for (let i = 0; i < warmup; i++) for (const n of names) await cases[n](-1 - i);
+  for (let i = 0; i < iterations; i++) {
+    const order = names.map((_, k) => names[(k + i) % names.length]);
+    for (const name of order) {
+      const t0 = performance.now();
+      await cases[name](i);
+      samples[name].push(performance.now() - t0);
+    }
+  }
+  return samples;
+}
+
+export interface Ratio {
+  name: string;
+  /** Case measured. */
+  of: string;
+  /** Baseline case. */
+  to: string;
+}
+
+/** Prints the table and writes bench/results/<file>.json; returns what was written. */
+export function report(
+  file: string,
+  title: string,
+  samples: Record<string, number[]>,
+  ratios: Ratio[],
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
+  const summaries = Object.fromEntries(
+    Object.entries(samples).map(([name, s]) => [name, summarize(s)]),
+  );
+  const width = Math.max(24, ...Object.keys(samples).map((n) => n.length + 2));
+  const cols = ["p50", "p90", "p99", "mean"] as const;
+  const line = (name: string, values: number[], digits: number) =>
+    `${name.padEnd(width)}${values.map((v) => v.toFixed(digits).padStart(10)).join("")}`;
+  console.log(title);
+  console.log(`${"(ms)".padEnd(width)}${cols.map((c) => c.padStart(10)).join("")}`);
+  for (const [name, s] of Object.entries(summaries)) {
+    console.log(
+      line(
+        name,
+        cols.map((c) => s[c]),
+        3,
+      ),
+    );
+  }
+  const ratioValues = ratios.map((r) => {
+    const a = summaries[r.of];
+    const b = summaries[r.to];
+    const value = Object.fromEntries(cols.map((c) => [c, a[c] / b[c]]));
+    console.log(
+      line(
+        r.name,
+        cols.map((c) => value[c]),
+        3,
+      ),
+    );
+    return { ...r, ...value };
+  });
+  const result = {
+    benchmark: title,
+    unit: "ms",
+    summaries,
+    ratios: ratioValues,
+    ...extra,
+    date: new Date().toISOString(),
+    node: process.version,
+  };
+  const outDir = path.join(__dirname, "..", "..", "bench", "results");
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, `${file}.json`), `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`written: bench/results/${file}.json`);
+  return result;
+}

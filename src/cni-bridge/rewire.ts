@@ -1,0 +1,110 @@
+// Rewiring one CNI interface of a pod's netns for a VM: the veth CNI made joins a bridge
+// with a tap, the guest takes the veth's MAC and addresses (served by DHCP), and the
+// veth keeps only its link to the node.
+import crypto from "node:crypto";
+import fs from "node:fs";
+import { type Rtnl, RtnlError } from "../sys/rtnl";
+import { openTap } from "../sys/tap";
+import { type GuestView, guestViewOf } from "./guest-view";
+
+export interface RewireNames {
+  /** The CNI interface (the veth's pod end), e.g. eth0. */
+  ifname: string;
+  bridge: string;
+  tap: string;
+}
+
+export interface RewiredInterface extends RewireNames {
+  guestMac: string;
+  view: GuestView;
+}
+
+/** Bridge and tap names for a CNI interface; unique inside the pod's netns. */
+export function rewireNames(ifname: string): RewireNames {
+  return { ifname, bridge: `br-${ifname}`.slice(0, 15), tap: `tap-${ifname}`.slice(0, 15) };
+}
+
+/** A random unicast, locally administered MAC (RFC 7042 section 2.1). */
+export function randomLocalMac(): string {
+  const bytes = crypto.randomBytes(6);
+  bytes[0] = (bytes[0] & 0xfc) | 0x02;
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+/** Reads what the plugins really built for `ifname`: the netns is the truth. */
+export async function readInterface(
+  rtnl: Rtnl,
+  ifname: string,
+): Promise<GuestView & { mac: string }> {
+  const link = await rtnl.link(ifname);
+  const [addresses, routes4, routes6] = await Promise.all([
+    rtnl.addresses(),
+    rtnl.routes(4),
+    rtnl.routes(6),
+  ]);
+  return { ...guestViewOf({ link, addresses, routes: [...routes4, ...routes6] }), mac: link.mac };
+}
+
+/**
+ * Moves the pod's identity from the veth to the guest: addresses and routes off the veth,
+ * a new MAC on it, then bridge + persistent tap (vnet headers, the veth's MTU) with it.
+ * Safe to run again on a half-rewired netns: each step checks what is already there.
+ */
+export async function rewireInterface(
+  rtnl: Rtnl,
+  nsPath: string,
+  names: RewireNames,
+  view: GuestView & { mac: string },
+): Promise<RewiredInterface> {
+  const { ifname, bridge, tap } = names;
+  const veth = await rtnl.link(ifname);
+  // Routes through the veth go with its addresses; delete the rest explicitly first.
+  for (const route of view.routes) {
+    await ignoring(["ESRCH", "ENOENT"], () =>
+      rtnl.deleteRoute({
+        dst: route.dst,
+        dstLength: route.prefixLength,
+        device: ifname,
+        ...(route.gateway === "0.0.0.0" ? {} : { gateway: route.gateway }),
+      }),
+    );
+  }
+  for (const a of view.addresses) {
+    await ignoring(["EADDRNOTAVAIL"], () =>
+      rtnl.deleteAddress(ifname, `${a.address}/${a.prefixLength}`),
+    );
+  }
+  // Calico and others pin the pod IP to this MAC on the node: the guest must take it.
+  if (veth.mac === view.mac) await rtnl.setMac(ifname, randomLocalMac());
+
+  if (!(await rtnl.findLink(bridge))) {
+    await rtnl.createBridge(bridge);
+    await rtnl.setMac(bridge, randomLocalMac());
+  }
+  await rtnl.setMtu(bridge, view.mtu);
+  if (!(await rtnl.findLink(tap))) {
+    // Persistent, so it outlives this fd and can be reopened for QEMU, also after a restart.
+    fs.closeSync(openTap(nsPath, { name: tap, persist: true }).fd);
+  }
+  await rtnl.setMtu(tap, view.mtu);
+  await rtnl.setMaster(ifname, bridge);
+  await rtnl.setMaster(tap, bridge);
+  for (const name of [bridge, tap, ifname]) await rtnl.setUp(name);
+  return { ...names, guestMac: view.mac, view };
+}
+
+/** Deletes the tap and the bridge of an interface; gone already is fine. */
+export async function unwireInterface(rtnl: Rtnl, names: RewireNames): Promise<void> {
+  for (const name of [names.tap, names.bridge]) {
+    await ignoring(["ENODEV"], () => rtnl.deleteLink(name));
+  }
+}
+
+async function ignoring(codes: string[], step: () => Promise<void>): Promise<void> {
+  try {
+    await step();
+  } catch (error) {
+    if (error instanceof RtnlError && codes.includes(error.code)) return;
+    throw error;
+  }
+}

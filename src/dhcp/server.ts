@@ -1,0 +1,255 @@
+// The per-pod static DHCP server: a socket on the pod's bridge inside the pod's netns,
+// answering only the MACs it was given. All pods' servers live in the one daemon.
+import type dgram from "node:dgram";
+import fs from "node:fs";
+import { withNetns } from "../sys/netns";
+import { Rtnl, RtnlError } from "../sys/rtnl";
+import { openBoundUdpSocket } from "../sys/udp";
+import { ipToUint32, SERVER_PORT } from "./codec";
+import { DhcpIntercept } from "./intercept";
+import { type DhcpDropReason, type DhcpLease, type DhcpOutcome, DhcpResponder } from "./responder";
+
+export type { DhcpDropReason, DhcpLease, DhcpRoute } from "./responder";
+
+/** The subset of a pino logger the server uses. */
+export interface DhcpLog {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  debug(fields: object, message: string): void;
+}
+
+export interface DhcpStats {
+  received: number;
+  replied: number;
+  released: number;
+  declined: number;
+  dropped: Partial<Record<DhcpDropReason, number>>;
+}
+
+export interface DhcpServerOptions {
+  nsPath: string;
+  /** The pod bridge; the server's socket is bound to it. */
+  device: string;
+  /**
+   * Option 54 and the address renewals are unicast to. Give the guest's gateway (option
+   * 3): every client can reach it by unicast, and the intercept brings those frames here.
+   */
+  serverId: string;
+  leases: DhcpLease[];
+  log?: DhcpLog;
+  /** Replies per second the server sends at most (burst the same); a flood is dropped. */
+  maxRepliesPerSecond?: number;
+}
+
+export class DhcpServerError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "DhcpServerError";
+  }
+}
+
+const silentLog: DhcpLog = { info() {}, warn() {}, debug() {} };
+
+/** What the server does with each datagram, apart from the socket; never throws. */
+export class DhcpHandler {
+  readonly responder: DhcpResponder;
+  private readonly counters: DhcpStats = {
+    received: 0,
+    replied: 0,
+    released: 0,
+    declined: 0,
+    dropped: {},
+  };
+  private tokens: number;
+  private refilledAt = Date.now();
+
+  constructor(
+    serverId: string,
+    leases: DhcpLease[],
+    private readonly send: (datagram: Buffer, port: number, address: string) => Promise<void>,
+    private readonly log: DhcpLog = silentLog,
+    private readonly maxPerSecond = 200,
+    private readonly where = "",
+  ) {
+    this.responder = new DhcpResponder(serverId, leases);
+    this.tokens = maxPerSecond;
+  }
+
+  stats(): DhcpStats {
+    return { ...this.counters, dropped: { ...this.counters.dropped } };
+  }
+
+  /** The socket's message handler. */
+  handle(datagram: Buffer): void {
+    this.counters.received++;
+    let outcome: DhcpOutcome;
+    try {
+      outcome = this.responder.handle(datagram);
+    } catch (error) {
+      outcome = { kind: "drop", reason: "internal", detail: String(error) };
+    }
+    try {
+      this.act(outcome);
+    } catch (error) {
+      this.count("internal", String(error));
+    }
+  }
+
+  private act(outcome: DhcpOutcome): void {
+    if (outcome.kind === "drop") {
+      this.count(outcome.reason, outcome.detail);
+      return;
+    }
+    if (outcome.kind === "note") {
+      if (outcome.event === "RELEASE") this.counters.released++;
+      else this.counters.declined++;
+      this.log.info(
+        { where: this.where, mac: outcome.mac, ip: outcome.ip },
+        `DHCP ${outcome.event}`,
+      );
+      return;
+    }
+    if (!this.takeToken()) {
+      this.count("rate-limited", `${outcome.request.mac} ${outcome.reply.type}`);
+      return;
+    }
+    const { reply, request } = outcome;
+    this.send(reply.datagram, reply.port, reply.address).then(
+      () => {
+        this.counters.replied++;
+        this.log.debug(
+          { where: this.where, mac: request.mac, xid: reply.xid, to: reply.address },
+          `DHCP ${reply.type}`,
+        );
+      },
+      (error: unknown) => this.count("send-failed", `${reply.type} to ${reply.address}: ${error}`),
+    );
+  }
+
+  private takeToken(): boolean {
+    const now = Date.now();
+    this.tokens = Math.min(
+      this.maxPerSecond,
+      this.tokens + ((now - this.refilledAt) * this.maxPerSecond) / 1000,
+    );
+    this.refilledAt = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
+
+  private count(reason: DhcpDropReason, detail: string): void {
+    const dropped = this.counters.dropped;
+    dropped[reason] = (dropped[reason] ?? 0) + 1;
+    // A flood must not become a log flood: the first of each reason is a warning.
+    if (dropped[reason] === 1) this.log.warn({ where: this.where, reason, detail }, "DHCP drop");
+    else this.log.debug({ where: this.where, reason, detail }, "DHCP drop");
+  }
+}
+
+function tolerate(codes: string[]): (error: unknown) => void {
+  return (error) => {
+    if (!(error instanceof RtnlError && codes.includes(error.code))) throw error;
+  };
+}
+
+/**
+ * One pod bridge's DHCP server. start() resolves once the socket listens and unicast
+ * renewals are steered to it: a DISCOVER sent after that is answered.
+ */
+export class DhcpServer {
+  private closed = false;
+
+  private constructor(
+    private readonly options: DhcpServerOptions,
+    private readonly handler: DhcpHandler,
+    private readonly socket: dgram.Socket,
+    private readonly intercept: DhcpIntercept,
+  ) {}
+
+  static async start(options: DhcpServerOptions): Promise<DhcpServer> {
+    const { nsPath, device, serverId, leases } = options;
+    const where = `DHCP on ${device} in ${nsPath}`;
+    let socket: dgram.Socket | undefined;
+    const rtnl = Rtnl.open(nsPath);
+    try {
+      const send = (datagram: Buffer, port: number, address: string) =>
+        new Promise<void>((resolve, reject) => {
+          if (!socket) return reject(new Error("no socket"));
+          socket.send(datagram, port, address, (error) => (error ? reject(error) : resolve()));
+        });
+      const handler = new DhcpHandler(
+        serverId,
+        leases,
+        send,
+        options.log,
+        options.maxRepliesPerSecond,
+        where,
+      );
+      const bridge = await rtnl.link(device);
+      const ports = (await rtnl.links()).filter((l) => l.master === bridge.index);
+      // The bridge holds the server id (the guest's gateway address) so that steered
+      // renewals are local; it must never answer ARP for it, or it would take the
+      // guest's traffic to the real gateway.
+      withNetns(nsPath, () =>
+        fs.writeFileSync(`/proc/sys/net/ipv4/conf/${device}/arp_ignore`, "8"),
+      );
+      await rtnl.addAddress(device, `${serverId}/32`).catch(tolerate(["EEXIST"]));
+      // Unicast replies need a route and a neighbour entry for each lease; a permanent
+      // entry means the netns never sends an ARP request (which would teach the guest
+      // that the gateway address lives at the bridge's MAC).
+      for (const lease of handler.responder.leases()) {
+        await rtnl
+          .addRoute({ dst: lease.ip, dstLength: 32, device, scope: "link" })
+          .catch(tolerate(["EEXIST"]));
+        await rtnl.setNeighbour(device, lease.ip, lease.mac);
+      }
+      socket = await openBoundUdpSocket(nsPath, { device, port: SERVER_PORT });
+      socket.on("message", (datagram) => handler.handle(datagram));
+      socket.on("error", (error) =>
+        options.log?.warn({ where, error: String(error) }, "DHCP socket"),
+      );
+      const intercept = await DhcpIntercept.attach(
+        nsPath,
+        ipToUint32(serverId),
+        bridge.index,
+        ports.map((p) => ({ name: p.name, index: p.index })),
+      );
+      options.log?.info({ where, serverId, leases: leases.length }, "DHCP server listening");
+      return new DhcpServer(options, handler, socket, intercept);
+    } catch (error) {
+      socket?.close();
+      throw new DhcpServerError(`start ${where}: ${(error as Error).message}`, { cause: error });
+    } finally {
+      rtnl.close();
+    }
+  }
+
+  stats(): DhcpStats {
+    return this.handler.stats();
+  }
+
+  /** Stops answering and removes the filters, routes and address it added. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.close();
+    await this.intercept.detach();
+    const { nsPath, device, serverId } = this.options;
+    let rtnl: Rtnl;
+    try {
+      rtnl = Rtnl.open(nsPath);
+    } catch {
+      return; // the netns is gone, and all of it with it
+    }
+    try {
+      const gone = tolerate(["ENODEV", "ESRCH", "EADDRNOTAVAIL", "ENOENT"]);
+      for (const lease of this.handler.responder.leases()) {
+        await rtnl.deleteRoute({ dst: lease.ip, dstLength: 32, device, scope: "link" }).catch(gone);
+      }
+      await rtnl.deleteAddress(device, `${serverId}/32`).catch(gone);
+    } finally {
+      rtnl.close();
+    }
+  }
+}

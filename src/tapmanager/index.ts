@@ -1,0 +1,2 @@
+export { PodNetworkError, Tapmanager, type TapmanagerOptions } from "./tapmanager";
+export type * from "./types";

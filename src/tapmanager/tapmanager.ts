@@ -1,0 +1,362 @@
+// Each pod's network for the pod's whole life: netns, CNI ADD, read the netns, rewire,
+// serve DHCP, persist; and back again. recover() after a restart is setUp's second half
+// run from the persisted state.
+
+import fs from "node:fs";
+import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-bridge/cni";
+import { withoutDefaultRoute } from "../cni-bridge/guest-view";
+import { readInterface, rewireInterface, rewireNames, unwireInterface } from "../cni-bridge/rewire";
+import { type DhcpLease, type DhcpLog, DhcpServer } from "../dhcp/server";
+import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
+import { Rtnl } from "../sys/rtnl";
+import { openTap } from "../sys/tap";
+import { KeyedLock } from "./keyed-lock";
+import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
+import type { OpenedTap, PodNetwork, PodNetworkRequest } from "./types";
+
+export interface TapmanagerOptions {
+  cni: CniClient;
+  /** Where each pod's network description is kept, e.g. /var/lib/vmlet/pods. */
+  stateDir: string;
+  /** DHCP lease time; the addresses are static, so renewals only refresh it. */
+  leaseSeconds?: number;
+  log?: DhcpLog;
+}
+
+/** setUp or tearDown of one pod failed; the message says what was cleaned up. */
+export class PodNetworkError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "PodNetworkError";
+  }
+}
+
+const DEFAULT_LEASE_SECONDS = 86_400;
+/** The server id of a NIC whose network has no IPv4 gateway at all. */
+const LINK_LOCAL_SERVER_ID = "169.254.255.254";
+const silentLog: DhcpLog = { info() {}, warn() {}, debug() {} };
+
+function podLabel(request: PodNetworkRequest): string {
+  return `${request.pod.namespace}/${request.pod.name}`;
+}
+
+function netnsNameFor(sandboxId: string): string {
+  return `vmlet-${sandboxId}`.slice(0, 63);
+}
+
+export class Tapmanager {
+  private readonly store: PodStateStore;
+  private readonly lock = new KeyedLock();
+  private readonly servers = new Map<string, DhcpServer[]>();
+  private readonly log: DhcpLog;
+
+  constructor(private readonly options: TapmanagerOptions) {
+    this.store = new PodStateStore(options.stateDir);
+    this.log = options.log ?? silentLog;
+  }
+
+  networkStatus(): NetworkStatus {
+    return this.options.cni.status();
+  }
+
+  /** Builds the pod's network; returns at once with what exists if it is already built. */
+  setUp(request: PodNetworkRequest): Promise<PodNetwork> {
+    const id = request.pod.sandboxId;
+    return this.lock.run(id, async () => {
+      const existing = this.store.read(id);
+      if (existing?.phase === "ready" && this.servers.has(id)) return this.describe(existing);
+      if (existing) await this.tearDownRecord(existing);
+      try {
+        return this.describe(await this.build(request));
+      } catch (error) {
+        const cleanup = await this.cleanUpAfter(id);
+        throw new PodNetworkError(
+          `setUp ${podLabel(request)}: ${(error as Error).message}; ${cleanup}`,
+          { cause: error },
+        );
+      }
+    });
+  }
+
+  private async build(request: PodNetworkRequest): Promise<PodRecord> {
+    const id = request.pod.sandboxId;
+    const netnsName = netnsNameFor(id);
+    // Recorded before anything exists, so a crash at any point can be cleaned up.
+    const record: PodRecord = {
+      version: 1,
+      request,
+      netnsName,
+      netnsPath: netnsPath(netnsName),
+      hostname: request.hostname ?? request.pod.name,
+      phase: "creating",
+      interfaces: [],
+    };
+    this.store.write(record);
+    createNetns(netnsName);
+    await this.step("loopback up", () => this.withRtnl(record, (r) => r.setUp("lo")));
+    const attachments = await this.options.cni.addPod(request.pod, record.netnsPath, {
+      ...(request.networks ? { networks: request.networks } : {}),
+      ...(request.capabilities ? { capabilities: request.capabilities } : {}),
+    });
+    record.interfaces = await this.step("read the netns", () =>
+      this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
+    );
+    record.phase = "wiring";
+    this.store.write(record);
+    await this.configure(record);
+    record.phase = "ready";
+    this.store.write(record);
+    return record;
+  }
+
+  /** Reads what CNI built for each attachment into the guest's side of the network. */
+  private async discover(
+    rtnl: Rtnl,
+    record: PodRecord,
+    attachments: PodAttachment[],
+  ): Promise<PersistedInterface[]> {
+    const out: PersistedInterface[] = [];
+    for (const [i, attachment] of attachments.entries()) {
+      const read = await readInterface(rtnl, attachment.ifname);
+      const view = i === 0 ? read : withoutDefaultRoute(read);
+      const names = rewireNames(attachment.ifname);
+      const dns = this.dnsFor(record.request, attachment.result);
+      const serverId = view.gateway ?? cniGateway(attachment.result) ?? LINK_LOCAL_SERVER_ID;
+      const iface = {
+        ifname: attachment.ifname,
+        network: attachment.network,
+        bridge: names.bridge,
+        tap: names.tap,
+        guestMac: read.mac,
+        mtu: view.mtu,
+        addresses: view.addresses,
+        routes: view.routes,
+        dns,
+        ...(view.gateway ? { gateway: view.gateway } : {}),
+      };
+      const lease: DhcpLease | undefined = view.ipv4 && {
+        mac: read.mac,
+        ip: view.ipv4.address,
+        prefixLength: view.ipv4.prefixLength,
+        routes: view.routes.map((r) => ({ ...r })),
+        mtu: view.mtu,
+        dns: dns.nameservers,
+        search: dns.search,
+        hostname: record.hostname,
+        leaseSeconds: this.options.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
+        ...(view.gateway ? { router: view.gateway } : {}),
+        ...(dns.domain ? { domain: dns.domain } : {}),
+      };
+      out.push({ ...iface, serverId, ...(lease ? { lease } : {}) });
+    }
+    return out;
+  }
+
+  private dnsFor(
+    request: PodNetworkRequest,
+    result: CniResult,
+  ): PodNetwork["interfaces"][0]["dns"] {
+    // kubelet's DNS config for the pod (cluster DNS) wins over what the plugin reported.
+    const nameservers = request.dns?.servers.length
+      ? request.dns.servers
+      : (result.dns.nameservers ?? []);
+    const search = request.dns?.searches.length ? request.dns.searches : (result.dns.search ?? []);
+    return {
+      nameservers: nameservers.filter((s) => !s.includes(":")),
+      search,
+      ...(result.dns.domain ? { domain: result.dns.domain } : {}),
+    };
+  }
+
+  /** Rewires every interface and serves DHCP on it: setUp's second half and recover(). */
+  private async configure(record: PodRecord): Promise<void> {
+    const id = record.request.pod.sandboxId;
+    await this.stopServing(id);
+    const servers: DhcpServer[] = [];
+    this.servers.set(id, servers);
+    await this.withRtnl(record, async (rtnl) => {
+      for (const iface of record.interfaces) {
+        const names = { ifname: iface.ifname, bridge: iface.bridge, tap: iface.tap };
+        await this.step(`rewire ${iface.ifname}`, () =>
+          rewireInterface(rtnl, record.netnsPath, names, {
+            addresses: iface.addresses,
+            routes: iface.routes,
+            mtu: iface.mtu,
+            mac: iface.guestMac,
+            ...(iface.gateway ? { gateway: iface.gateway } : {}),
+          }),
+        );
+      }
+    });
+    for (const iface of record.interfaces) {
+      const lease = iface.lease;
+      if (!lease) continue;
+      const server = await this.step(`serve DHCP on ${iface.bridge}`, () =>
+        DhcpServer.start({
+          nsPath: record.netnsPath,
+          device: iface.bridge,
+          serverId: iface.serverId,
+          leases: [lease],
+          log: this.log,
+        }),
+      );
+      servers.push(server);
+    }
+  }
+
+  /** Undoes everything in reverse; a pod that is not there is fine (kubelet retries). */
+  tearDown(sandboxId: string): Promise<void> {
+    return this.lock.run(sandboxId, async () => {
+      const record = this.store.read(sandboxId);
+      if (record) await this.tearDownRecord(record);
+    });
+  }
+
+  private async tearDownRecord(record: PodRecord): Promise<void> {
+    const id = record.request.pod.sandboxId;
+    const label = podLabel(record.request);
+    await this.stopServing(id);
+    const present = isNetns(record.netnsPath);
+    if (present) {
+      try {
+        await this.withRtnl(record, async (rtnl) => {
+          for (const iface of record.interfaces) await unwireInterface(rtnl, iface);
+        });
+      } catch (error) {
+        throw new PodNetworkError(
+          `tearDown ${label}: remove taps and bridges: ${(error as Error).message}`,
+          {
+            cause: error,
+          },
+        );
+      }
+    }
+    try {
+      await this.options.cni.delPod(record.request.pod, present ? record.netnsPath : undefined);
+    } catch (error) {
+      throw new PodNetworkError(`tearDown ${label}: CNI DEL: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+    deleteNetns(record.netnsName);
+    this.store.remove(id);
+  }
+
+  /** After a failed setUp: everything the record says may exist is removed. */
+  private async cleanUpAfter(sandboxId: string): Promise<string> {
+    const record = this.store.read(sandboxId);
+    if (!record) return "nothing to clean up";
+    try {
+      await this.tearDownRecord(record);
+      return "cleaned up: DHCP, taps, bridges, CNI attachments, netns and state";
+    } catch (error) {
+      return `cleanup failed, state kept for a retry: ${(error as Error).message}`;
+    }
+  }
+
+  get(sandboxId: string): PodNetwork | undefined {
+    const record = this.store.read(sandboxId);
+    return record?.phase === "ready" ? this.describe(record) : undefined;
+  }
+
+  list(): PodNetwork[] {
+    return this.store
+      .list()
+      .map((id) => this.get(id))
+      .filter((n): n is PodNetwork => n !== undefined);
+  }
+
+  /** Opens the pod's taps for a VM, in interface order. The caller closes the fds. */
+  openTaps(sandboxId: string): OpenedTap[] {
+    const record = this.store.read(sandboxId);
+    if (record?.phase !== "ready") {
+      throw new PodNetworkError(`open taps of sandbox ${sandboxId}: no ready pod network`);
+    }
+    const opened: OpenedTap[] = [];
+    try {
+      for (const iface of record.interfaces) {
+        const tap = openTap(record.netnsPath, { name: iface.tap });
+        opened.push({
+          ifname: iface.ifname,
+          tap: tap.name,
+          fd: tap.fd,
+          guestMac: iface.guestMac,
+          mtu: iface.mtu,
+        });
+      }
+    } catch (error) {
+      for (const t of opened) fs.closeSync(t.fd);
+      throw new PodNetworkError(
+        `open taps of ${podLabel(record.request)}: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+    return opened;
+  }
+
+  /**
+   * Re-attaches every pod network after a restart: ready and half-wired pods are
+   * configured again from their records, pods caught while creating are torn down.
+   */
+  async recover(): Promise<{ recovered: string[]; removed: string[] }> {
+    const recovered: string[] = [];
+    const removed: string[] = [];
+    for (const id of this.store.list()) {
+      await this.lock.run(id, async () => {
+        const record = this.store.read(id);
+        if (!record) return;
+        if (record.phase === "creating" || !isNetns(record.netnsPath)) {
+          await this.tearDownRecord(record);
+          removed.push(id);
+          return;
+        }
+        await this.configure(record);
+        record.phase = "ready";
+        this.store.write(record);
+        recovered.push(id);
+      });
+    }
+    return { recovered, removed };
+  }
+
+  /** Stops every DHCP server; the networks stay for the next start to recover. */
+  async close(): Promise<void> {
+    for (const id of [...this.servers.keys()]) await this.stopServing(id);
+  }
+
+  private async stopServing(sandboxId: string): Promise<void> {
+    const servers = this.servers.get(sandboxId) ?? [];
+    this.servers.delete(sandboxId);
+    for (const server of servers) await server.close();
+  }
+
+  private describe(record: PodRecord): PodNetwork {
+    return {
+      pod: record.request.pod,
+      netnsPath: record.netnsPath,
+      hostname: record.hostname,
+      interfaces: record.interfaces.map(({ serverId: _s, lease: _l, ...iface }) => iface),
+    };
+  }
+
+  private async withRtnl<T>(record: PodRecord, fn: (rtnl: Rtnl) => Promise<T>): Promise<T> {
+    const rtnl = Rtnl.open(record.netnsPath);
+    try {
+      return await fn(rtnl);
+    } finally {
+      rtnl.close();
+    }
+  }
+
+  private async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (error) {
+      throw new Error(`${name}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+}
+
+function cniGateway(result: CniResult): string | undefined {
+  return result.ips.find((ip) => ip.gateway && !ip.gateway.includes(":"))?.gateway;
+}

@@ -1,0 +1,103 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import path from "node:path";
+import readline from "node:readline";
+import { describe, it } from "node:test";
+import { allocations, bridgeList, DEBIAN_CNI_DIR, makeCniSandbox } from "../harness/cni-fixtures";
+import { ip, requirePrivateNamespace } from "../harness/fixtures";
+
+requirePrivateNamespace();
+
+const VMLET = path.join(__dirname, "../../src/cli/main.js");
+
+function netRun(args: string[]) {
+  const child = spawn(process.execPath, [VMLET, "net", "run", ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (d) => {
+    stderr += d;
+  });
+  const lines = readline.createInterface({ input: child.stdout });
+  const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+  return { child, lines, exited, stderr: () => stderr };
+}
+
+describe("vmlet net run", () => {
+  it("prints each pod's network as JSON, and tears everything down on SIGTERM", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-br.conflist", bridgeList("br", "1.0.0", cni.dataDir, "10.99.0.0/24"));
+    const run = netRun([
+      "--conf-dir",
+      cni.confDir,
+      "--bin-dir",
+      DEBIAN_CNI_DIR,
+      "--state-dir",
+      path.join(cni.root, "state"),
+      "--pod",
+      "default/vm1",
+      "--pod",
+      "default/vm2",
+    ]);
+    try {
+      const it = run.lines[Symbol.asyncIterator]();
+      const first = JSON.parse((await it.next()).value);
+      const second = JSON.parse((await it.next()).value);
+      assert.equal(first.pod, "default/vm1");
+      assert.equal(second.pod, "default/vm2");
+      const eth0 = first.interfaces[0];
+      assert.equal(eth0.ifname, "eth0");
+      assert.match(eth0.tap, /^tap-eth0$/);
+      assert.match(eth0.mac, /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+      assert.equal(eth0.mtu, 1500);
+      assert.match(eth0.addresses[0], /^10\.99\.0\.\d+\/24$/);
+      assert.equal(eth0.gateway, "10.99.0.1");
+      assert.deepEqual(eth0.routes, [{ dst: "0.0.0.0/0", gateway: "10.99.0.1" }]);
+      assert.ok(ip("netns", "list").includes(path.basename(first.netns)));
+      assert.equal(allocations(cni.dataDir, "br").length, 2);
+      run.child.kill("SIGTERM");
+      assert.equal(await run.exited, 0, run.stderr());
+      assert.ok(!ip("netns", "list").includes(path.basename(first.netns)));
+      assert.deepEqual(allocations(cni.dataDir, "br"), []);
+    } finally {
+      run.child.kill("SIGKILL");
+      cni.remove();
+    }
+  });
+
+  it("runs --exec with the taps as fds and exits with its status after tearing down", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-br.conflist", bridgeList("br", "1.0.0", cni.dataDir, "10.98.0.0/24"));
+    const script =
+      'echo "fds=$VMLET_TAP_FDS macs=$VMLET_MACS mtus=$VMLET_MTUS fd3=$(readlink /proc/self/fd/3)"; exit 7';
+    const run = netRun([
+      "--conf-dir",
+      cni.confDir,
+      "--bin-dir",
+      DEBIAN_CNI_DIR,
+      "--state-dir",
+      path.join(cni.root, "state"),
+      "--pod",
+      "default/vm1",
+      "--exec",
+      script,
+    ]);
+    try {
+      const out: string[] = [];
+      for await (const line of run.lines) out.push(line);
+      assert.equal(await run.exited, 7, run.stderr());
+      const pod = JSON.parse(out[0]);
+      assert.equal(out[1], `fds=3 macs=${pod.interfaces[0].mac} mtus=1500 fd3=/dev/net/tun`);
+      assert.deepEqual(allocations(cni.dataDir, "br"), []);
+      assert.ok(!ip("netns", "list").includes(path.basename(pod.netns)));
+    } finally {
+      cni.remove();
+    }
+  });
+
+  it("names the flag when the input is bad", async () => {
+    const run = netRun(["--pod", "Not/Valid_Name"]);
+    assert.equal(await run.exited, 1);
+    assert.match(run.stderr(), /--pod "Not\/Valid_Name": expected NAMESPACE\/NAME/);
+  });
+});
