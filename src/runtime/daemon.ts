@@ -17,6 +17,8 @@ export interface VmletOptions {
   accel: Accel;
   logger: Logger;
   cgroupDriver?: CgroupDriver;
+  /** How often a failed RunPodSandbox's teardown is retried. */
+  reapIntervalMs?: number;
 }
 
 export interface Vmlet {
@@ -49,6 +51,7 @@ export async function startVmlet(options: VmletOptions): Promise<Vmlet> {
     cgroupDriver: options.cgroupDriver,
   });
   await runtime.recover();
+  runtime.startReaper(options.reapIntervalMs);
   const server = new CriServer(runtime, log);
   await server.listen(options.socket);
   return {
@@ -56,7 +59,7 @@ export async function startVmlet(options: VmletOptions): Promise<Vmlet> {
     server,
     async close() {
       await server.close();
-      runtime.detach();
+      await runtime.detach();
     },
   };
 }

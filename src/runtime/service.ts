@@ -72,6 +72,9 @@ export class VmRuntime {
   private readonly running = new Map<string, Running>();
   private readonly cpuSamples = new Map<string, { atNs: bigint; cpuNanos: bigint }>();
   private podCidr = "";
+  /** Sandboxes inside RunPodSandbox: the reaper leaves them alone. */
+  private readonly creating = new Set<string>();
+  private reaper: NodeJS.Timeout | undefined;
 
   constructor(options: VmRuntimeOptions) {
     this.store = options.store;
@@ -195,13 +198,22 @@ export class VmRuntime {
       ips: [],
     };
     // Recorded before anything is built: a crash from here on is cleaned up by recover().
-    await this.store.sandboxes.put(record);
+    this.creating.add(id);
+    try {
+      await this.store.sandboxes.put(record);
+    } catch (error) {
+      this.creating.delete(id);
+      throw error;
+    }
     return this.lock.run(id, async () => {
       try {
         const network = await this.networks.setUp({
           pod: { namespace: md.namespace, name: md.name, uid: md.uid, sandboxId: id },
           hostname: record.hostname,
           capabilities: capabilities(config),
+          dns: config.dnsConfig
+            ? { servers: config.dnsConfig.servers, searches: config.dnsConfig.searches }
+            : undefined,
         });
         await this.store.sandboxes.put({ ...record, phase: "ready", ips: podIps(network) });
         log.info({ ips: podIps(network) }, "pod sandbox ready");
@@ -211,10 +223,10 @@ export class VmRuntime {
         throw new CriError(
           "UNKNOWN",
           `RunPodSandbox ${pod}: set up network: ${errorMessage(error)}; ${cleaned}`,
-          {
-            cause: error,
-          },
+          { cause: error },
         );
+      } finally {
+        this.creating.delete(id);
       }
     });
   }
@@ -645,12 +657,7 @@ export class VmRuntime {
     } catch (error) {
       this.logger.error({ err: error }, "recover pod networks failed");
     }
-    for (const sandbox of this.store.sandboxes.list()) {
-      if (sandbox.phase === "creating") {
-        const log = this.sandboxLog(sandbox);
-        log.warn(`found half-made after a restart: ${await this.undoSandbox(sandbox.id, log)}`);
-      }
-    }
+    await this.reapHalfMade("found half-made after a restart");
     for (const record of this.store.containers.list()) {
       const log = this.containerLog(record);
       if (record.phase === "starting") {
@@ -684,9 +691,36 @@ export class VmRuntime {
     }
   }
 
-  /** Forgets the VM handles without stopping the VMs: they outlive vmlet. */
-  detach(): void {
+  /**
+   * Retries, every `intervalMs`, the teardown of sandboxes whose RunPodSandbox failed
+   * and whose network could not be torn down then: kubelet never learnt their ids.
+   */
+  startReaper(intervalMs = 30_000): void {
+    this.reaper = setInterval(() => {
+      this.reapHalfMade("retrying the teardown of a failed RunPodSandbox").catch((error: unknown) =>
+        this.logger.error({ err: error }, "reap half-made sandboxes failed"),
+      );
+    }, intervalMs);
+    this.reaper.unref();
+  }
+
+  async reapHalfMade(why: string): Promise<void> {
+    for (const sandbox of this.store.sandboxes.list()) {
+      if (sandbox.phase !== "creating" || this.creating.has(sandbox.id)) continue;
+      await this.lock.run(sandbox.id, async () => {
+        if (this.store.sandboxes.get(sandbox.id)?.phase !== "creating") return;
+        const log = this.sandboxLog(sandbox);
+        log.warn(`${why}: ${await this.undoSandbox(sandbox.id, log)}`);
+      });
+    }
+  }
+
+  /** Lets go of the VMs without stopping them: they outlive vmlet and are adopted next start. */
+  async detach(): Promise<void> {
+    if (this.reaper) clearInterval(this.reaper);
+    const handles = [...this.running.values()].map((r) => r.handle);
     this.running.clear();
+    for (const handle of handles) await handle.detach?.().catch(() => {});
   }
 
   // ---- internals ----
@@ -758,7 +792,7 @@ export class VmRuntime {
       await this.recordExit(id, {
         exitCode: exit.exitCode,
         reason: exit.reason || (exit.exitCode === 0 ? "Completed" : "Error"),
-        message,
+        message: message || exit.message || "",
         finishedAt: toNs(exit.finishedAt),
       });
       this.containerLog(this.store.containers.get(id)).info(
@@ -779,23 +813,24 @@ export class VmRuntime {
     await this.store.containers.put({ ...record, phase: "exited", ...exit });
   }
 
-  /** Tears down whatever part of the sandbox exists and forgets it; says what it did. */
+  /**
+   * Tears down whatever part of the sandbox's network exists, then forgets the sandbox;
+   * says what it did. A failed teardown keeps the `creating` record, so that the
+   * reaper and the next start retry it: nothing is leaked unrecorded.
+   */
   private async undoSandbox(id: string, log: Logger): Promise<string> {
-    const done: string[] = [];
     try {
       await this.networks.tearDown(id);
-      done.push("network torn down");
     } catch (error) {
       log.error({ err: error }, "tear down network failed");
-      done.push(`network teardown failed (${errorMessage(error)})`);
+      return `cleanup failed: network teardown: ${errorMessage(error)}; sandbox ${id} kept unlisted to retry the teardown`;
     }
     try {
       await this.store.sandboxes.delete(id);
-      done.push("record removed");
     } catch (error) {
-      done.push(`record removal failed (${errorMessage(error)})`);
+      return `cleaned up: network torn down; record removal failed (${errorMessage(error)})`;
     }
-    return `cleaned up: ${done.join(", ")}`;
+    return "cleaned up: network torn down, record removed";
   }
 
   private async statsOf(record: ContainerRecord): Promise<cri.ContainerStats> {

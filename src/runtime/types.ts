@@ -19,7 +19,8 @@ export interface PodNetworks {
   get(sandboxId: string): PodNetwork | undefined;
   /** Fresh fds of the pod's taps; the caller closes them once QEMU has them. */
   openTaps(sandboxId: string): OpenedTap[];
-  recover(): Promise<void>;
+  /** Re-attaches pod networks after a restart; what it returns is only logged. */
+  recover(): Promise<unknown>;
   networkStatus(): NetworkReadiness;
 }
 
@@ -27,7 +28,7 @@ export type Accel = "kvm" | "tcg" | "auto";
 
 export interface CloudInitFile {
   path: string;
-  content: string;
+  content: Buffer | string;
   permissions?: string;
 }
 
@@ -56,6 +57,7 @@ export interface VmSpec {
 export interface VmExit {
   exitCode: number;
   reason: string;
+  message?: string;
   finishedAt: Date | number;
 }
 
@@ -75,6 +77,8 @@ export interface VmHandle {
   stats(): Promise<VmStats>;
   /** Reopen the log file after kubelet rotated it; absent when the launcher cannot. */
   reopenLog?(): Promise<void>;
+  /** Stop watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
+  detach?(): Promise<void>;
 }
 
 /** The VM launcher, as the runtime sees it. */

@@ -119,7 +119,7 @@ export function filesFromMount(mount: {
       }
       out.push({
         path: guest,
-        content: fs.readFileSync(host, "utf8"),
+        content: fs.readFileSync(host),
         permissions: `0${(st.mode & 0o777).toString(8)}`,
       });
     }

@@ -253,6 +253,29 @@ describe("CRI server", () => {
     assert.equal(listed.items.length, 0);
   });
 
+  test("when the teardown of a failed network fails too, the sandbox is kept unlisted and retried", async () => {
+    const r = t.client.runtime;
+    t.networks.failNextSetUp = new Error("CNI ADD: boom");
+    t.networks.failNextTearDown = new Error("CNI DEL: still broken");
+    await rejectsWith(
+      r.RunPodSandbox({ config: podConfig("sticky") }),
+      status.UNKNOWN,
+      /cleanup failed: network teardown: CNI DEL: still broken; sandbox [0-9a-f]{64} kept unlisted to retry the teardown/,
+    );
+    const listed = await r.ListPodSandbox({ filter: { labelSelector: { app: "sticky" } } });
+    assert.equal(listed.items.length, 0, "kubelet never sees it");
+    const kept = fs
+      .readdirSync(path.join(t.stateDir, "sandboxes"))
+      .map((f) => f.replace(".json", ""));
+    const id = kept.find(
+      (k) => t.networks.networks.has(k) && t.networks.networks.get(k)?.pod.name === "sticky",
+    );
+    assert.ok(id, "the record is kept while its network is");
+    await t.vmlet.runtime.reapHalfMade("test");
+    assert.ok(!t.networks.networks.has(id), "torn down on retry");
+    assert.ok(!fs.existsSync(path.join(t.stateDir, "sandboxes", `${id}.json`)));
+  });
+
   test("unknown ids: NOT_FOUND for status and create, OK for stop and remove", async () => {
     const r = t.client.runtime;
     const ghost = "f".repeat(64);
