@@ -146,9 +146,17 @@ export class ImageStore {
   }
 
   private async pullOnce(name: string): Promise<ImageRecord> {
+    let rules: ImageRule[];
+    try {
+      rules = this.rules();
+    } catch (error) {
+      throw new CriError("FAILED_PRECONDITION", `PullImage ${name}: ${errorMessage(error)}`, {
+        cause: error,
+      });
+    }
     let resolved: ReturnType<typeof resolveImage>;
     try {
-      resolved = resolveImage(this.rules(), name);
+      resolved = resolveImage(rules, name);
     } catch (error) {
       throw new CriError("INVALID_ARGUMENT", `PullImage ${name}: ${errorMessage(error)}`, {
         cause: error,
