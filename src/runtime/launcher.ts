@@ -21,3 +21,8 @@ class MissingLauncher implements VmLauncher {
 export function createVmLauncher(_options: { logger: Logger }): VmLauncher {
   return new MissingLauncher();
 }
+
+/** Whether this build can start VMs at all. */
+export function vmLauncherAvailable(): boolean {
+  return false;
+}
