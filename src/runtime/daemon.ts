@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import { CriServer } from "./cri/server";
 import { ImageStore } from "./images/image-store";
 import type { ImageRule } from "./images/rules";
-import { type CgroupDriver, VmRuntime } from "./service";
+import { type CgroupDriver, checkStateDirDepth, VmRuntime } from "./service";
 import { openStateStore } from "./store";
 import type { Accel, PodNetworks, VmLauncher } from "./types";
 
@@ -30,6 +30,7 @@ export interface Vmlet {
 
 export async function startVmlet(options: VmletOptions): Promise<Vmlet> {
   const log = options.logger;
+  checkStateDirDepth(options.stateDir);
   const store = await openStateStore(options.stateDir);
   for (const kind of [store.sandboxes, store.containers, store.images]) {
     for (const u of kind.unreadable)

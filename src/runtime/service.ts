@@ -336,7 +336,7 @@ export class VmRuntime {
         throw invalidArgument(`${where}: ${errorMessage(error)}`);
       }
       const id = newId();
-      const dir = path.join(this.vmDir, id);
+      const dir = vmDirFor(this.vmDir, id);
       const logPath = config.logPath
         ? path.resolve(
             sandbox.logDirectory || path.join(this.store.dir, "logs", sandboxId),
@@ -944,6 +944,32 @@ export class VmRuntime {
       podSandboxId: record.sandboxId,
       containerId: record.id,
     });
+  }
+}
+
+/** QEMU's sockets live in the VM dir, and a unix socket path has 108 bytes (linux/un.h). */
+const UNIX_PATH_MAX = 108;
+/** The longest name the launcher gives a socket in the VM dir, with room to spare. */
+const SOCKET_NAME_BUDGET = 24;
+/** Enough of the container id to be unique on a node, short enough for socket paths. */
+const VM_DIR_ID_CHARS = 16;
+
+function vmDirFor(vmDir: string, id: string): string {
+  return path.join(vmDir, id.slice(0, VM_DIR_ID_CHARS));
+}
+
+/** Refuses a state dir so deep that QEMU could not bind its sockets under it. */
+export function checkStateDirDepth(stateDir: string): void {
+  const longest = path.join(
+    path.resolve(stateDir),
+    "vms",
+    "x".repeat(VM_DIR_ID_CHARS),
+    "x".repeat(SOCKET_NAME_BUDGET),
+  );
+  if (Buffer.byteLength(longest) >= UNIX_PATH_MAX) {
+    throw new Error(
+      `state dir ${stateDir}: too deep for QEMU's unix sockets under it (${Buffer.byteLength(longest)} of ${UNIX_PATH_MAX} bytes); use a shorter path`,
+    );
   }
 }
 

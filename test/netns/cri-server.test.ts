@@ -423,7 +423,7 @@ describe("CRI server", () => {
     });
     await r.RemoveContainer({ containerId: next.containerId });
 
-    const dir = path.join(t.stateDir, "vms", containerId);
+    const dir = path.join(t.stateDir, "vms", containerId.slice(0, 16));
     assert.ok(fs.existsSync(dir));
     await rejectsWith(
       t.client.image.RemoveImage({ image: { image: imageRef } }),

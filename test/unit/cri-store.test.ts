@@ -75,3 +75,14 @@ describe("state store", () => {
     assert.equal(fs.statSync(file).mode & 0o777, 0o600);
   });
 });
+
+describe("state dir", () => {
+  test("a state dir too deep for QEMU's unix sockets is refused up front, with the numbers", async () => {
+    const { checkStateDirDepth } = await import("../../src/runtime/service");
+    checkStateDirDepth("/var/lib/vmlet");
+    assert.throws(
+      () => checkStateDirDepth(`/${"d".repeat(80)}`),
+      /too deep for QEMU's unix sockets .* of 108 bytes/,
+    );
+  });
+});
