@@ -598,6 +598,89 @@ describe("CRI server", () => {
     assert.ok(!fs.existsSync(path.join(t.stateDir, "sandboxes", `${id}.json`)));
   });
 
+  test("cloud-init gets user-data, SSH keys and the container's Secret files; other mounts stay out", async () => {
+    const r = t.client.runtime;
+    const secret = path.join(t.dir, "kubelet/pods/u/volumes/kubernetes.io~secret/creds");
+    fs.mkdirSync(secret, { recursive: true });
+    fs.writeFileSync(path.join(secret, "token"), "abc");
+    const sandboxConfig = podConfig("seeded", {
+      annotations: {
+        "vmlet.io/cloud-init-user-data": "#cloud-config\nruncmd: [true]\n",
+        "vmlet.io/ssh-keys": "ssh-ed25519 AAAA k",
+      },
+    });
+    const { podSandboxId } = await r.RunPodSandbox({ config: sandboxConfig });
+    const { containerId } = await r.CreateContainer({
+      podSandboxId,
+      config: {
+        metadata: { name: "c" },
+        image: { image: imageRef },
+        mounts: [
+          { containerPath: "/etc/creds", hostPath: secret, readonly: true },
+          { containerPath: "/data", hostPath: t.dir },
+        ],
+      },
+      sandboxConfig,
+    });
+    await r.StartContainer({ containerId });
+    const spec = t.launcher.started.at(-1);
+    assert.equal(spec?.cloudInit.instanceId, containerId);
+    assert.equal(spec?.cloudInit.userData, "#cloud-config\nruncmd: [true]\n");
+    assert.deepEqual(spec?.cloudInit.sshKeys, ["ssh-ed25519 AAAA k"]);
+    assert.deepEqual(
+      spec?.cloudInit.files.map((f) => [f.path, f.content.toString()]),
+      [["/etc/creds/token", "abc"]],
+    );
+    const mounts = (await r.ContainerStatus({ containerId })).status?.mounts ?? [];
+    assert.deepEqual(
+      mounts.map((m) => m.containerPath),
+      ["/etc/creds", "/data"],
+    );
+    await rejectsWith(
+      r.ReopenContainerLog({ containerId }),
+      status.UNIMPLEMENTED,
+      /cannot reopen its log/,
+    );
+    await r.RemovePodSandbox({ podSandboxId });
+    await rejectsWith(r.ReopenContainerLog({ containerId }), status.NOT_FOUND, /not found/);
+  });
+
+  test("concurrent stop and remove of one pod, and many pods at once, end consistent", async () => {
+    const r = t.client.runtime;
+    const ids = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        r.RunPodSandbox({ config: podConfig(`many-${i}`) }).then((x) => x.podSandboxId),
+      ),
+    );
+    assert.equal(new Set(ids).size, 8);
+    await Promise.all(
+      ids.flatMap((id) => [
+        r.StopPodSandbox({ podSandboxId: id }),
+        r.RemovePodSandbox({ podSandboxId: id }),
+      ]),
+    );
+    for (const id of ids) {
+      await rejectsWith(r.PodSandboxStatus({ podSandboxId: id }), status.NOT_FOUND, /not found/);
+      assert.ok(!t.networks.networks.has(id));
+    }
+  });
+
+  test("GetContainerEvents, a stream, is UNIMPLEMENTED so kubelet relists", async () => {
+    const { loadCri } = await import("../../src/runtime/cri/proto");
+    const grpc = await import("@grpc/grpc-js");
+    const raw = new (loadCri().RuntimeService)(
+      `unix:${t.socket}`,
+      grpc.credentials.createInsecure(),
+    );
+    const code = await new Promise<number>((resolve) => {
+      const stream = raw.GetContainerEvents({});
+      stream.on("error", (e: { code: number }) => resolve(e.code));
+      stream.on("data", () => {});
+    });
+    raw.close();
+    assert.equal(code, status.UNIMPLEMENTED);
+  });
+
   test("a stale socket is replaced; a live one is not", async () => {
     const { CriServer } = await import("../../src/runtime/cri/server");
     const pino = (await import("pino")).default;
