@@ -669,23 +669,11 @@ export class VmRuntime {
         });
         log.warn("VM start interrupted by a restart: marked exited");
       } else if (record.phase === "running") {
-        let handle: VmHandle | undefined;
         try {
-          handle = record.vm === undefined ? undefined : await this.launcher.adopt(record.vm);
+          await this.reattach(record);
         } catch (error) {
-          log.error({ err: error }, "adopt VM failed");
-        }
-        if (handle) {
-          this.watch(record.id, handle);
-          log.info({ pid: handle.pid }, "VM adopted");
-        } else {
-          await this.recordExit(record.id, {
-            exitCode: UNKNOWN_EXIT,
-            reason: "Error",
-            message: "the VM exited while vmlet was not running",
-            finishedAt: nowNs(),
-          });
-          log.warn("VM gone after a restart: marked exited");
+          // Left RUNNING on record: a stop or removal tries again rather than leak the VM.
+          log.error({ err: error }, "adopt VM failed; a stop or removal will retry");
         }
       }
     }
@@ -747,8 +735,15 @@ export class VmRuntime {
   }
 
   private async stopContainerLocked(id: string, timeoutMs: number): Promise<void> {
-    const running = this.running.get(id);
-    if (!running) return; // not running: stopped already (idempotent)
+    let running = this.running.get(id);
+    if (!running) {
+      // Running on record but not watched: adoption failed at start; try again, so a
+      // VM is never left behind by a stop or a removal.
+      const record = this.store.containers.get(id);
+      if (record?.phase !== "running") return; // stopped already (idempotent)
+      running = await this.reattach(record);
+      if (!running) return;
+    }
     const log = this.containerLog(this.store.containers.get(id));
     try {
       if (timeoutMs > 0) await running.handle.stop(timeoutMs);
@@ -769,6 +764,25 @@ export class VmRuntime {
     await this.store.containers.delete(id);
     this.cpuSamples.delete(id);
     this.containerLog(record).info("container removed");
+  }
+
+  /** Adopts a VM that runs on record; a VM that is gone is recorded as exited. */
+  private async reattach(record: ContainerRecord): Promise<Running | undefined> {
+    const log = this.containerLog(record);
+    const handle = record.vm === undefined ? undefined : await this.launcher.adopt(record.vm);
+    if (handle) {
+      this.watch(record.id, handle);
+      log.info({ pid: handle.pid }, "VM adopted");
+      return this.running.get(record.id);
+    }
+    await this.recordExit(record.id, {
+      exitCode: UNKNOWN_EXIT,
+      reason: "Error",
+      message: "the VM exited while vmlet was not watching it",
+      finishedAt: nowNs(),
+    });
+    log.warn("VM gone: marked exited");
+    return undefined;
   }
 
   private watch(id: string, handle: VmHandle): void {

@@ -565,7 +565,7 @@ describe("CRI server", () => {
     process.kill(pidA, 0); // still there
     const sb = (await r().ContainerStatus({ containerId: cb.containerId })).status;
     assert.equal(sb?.state, "CONTAINER_EXITED");
-    assert.match(sb?.message ?? "", /exited while vmlet was not running/);
+    assert.match(sb?.message ?? "", /exited while vmlet was not watching it/);
 
     await r().StopContainer({ containerId: ca.containerId, timeout: 2 });
     sa = (await r().ContainerStatus({ containerId: ca.containerId })).status;
@@ -576,6 +576,24 @@ describe("CRI server", () => {
       await r().RemovePodSandbox({ podSandboxId: id });
     }
     assert.deepEqual(fs.readdirSync(path.join(t.stateDir, "containers")), []);
+  });
+
+  test("a VM that cannot be re-attached after a restart stays RUNNING and is stopped on a retry, not leaked", async () => {
+    const r = () => t.client.runtime;
+    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("unattached") });
+    const { containerId } = await r().CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    await r().StartContainer({ containerId });
+    const { pid } = JSON.parse(
+      (await r().ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    t.launcher.failNextAdopt = new Error("QMP: connection refused");
+    await t.restart();
+    assert.equal((await r().ContainerStatus({ containerId })).status?.state, "CONTAINER_RUNNING");
+    await r().RemovePodSandbox({ podSandboxId });
+    await waitDead(pid);
   });
 
   test("a sandbox caught half-made by a crash is torn down on the next start", async () => {

@@ -18,6 +18,8 @@ export class ProcessLauncher implements VmLauncher {
   readonly started: VmSpec[] = [];
   /** The next start fails with this. */
   failNextStart: Error | undefined;
+  /** The next adopt fails with this (QMP unreachable, say). */
+  failNextAdopt: Error | undefined;
 
   async start(spec: VmSpec): Promise<VmHandle> {
     const failure = this.failNextStart;
@@ -47,6 +49,11 @@ export class ProcessLauncher implements VmLauncher {
   }
 
   async adopt(record: unknown): Promise<VmHandle | undefined> {
+    const failure = this.failNextAdopt;
+    if (failure) {
+      this.failNextAdopt = undefined;
+      throw failure;
+    }
     const r = record as ProcessRecord;
     if (typeof r?.pid !== "number" || startTimeOf(r.pid) !== r.startTime) return undefined;
     return new ProcessHandle(r, pollExit(r));
