@@ -348,7 +348,14 @@ export class VmRuntime {
         sandboxId,
         phase: "created",
         metadata: { name, attempt },
-        image: { spec: imageSpec, id: image.id, ref: repoDigests(image)[0] ?? imageId(image) },
+        image: {
+          // kubelet creates containers by image id; status shows the name the user wrote.
+          spec: isImageId(imageSpec, image.id)
+            ? config.image?.userSpecifiedImage || image.repoTags[0] || imageSpec
+            : imageSpec,
+          id: image.id,
+          ref: repoDigests(image)[0] ?? imageId(image),
+        },
         createdAt: nowNs(),
         startedAt: "0",
         finishedAt: "0",
@@ -985,6 +992,10 @@ export function checkStateDirDepth(stateDir: string): void {
       `state dir ${stateDir}: too deep for QEMU's unix sockets under it (${Buffer.byteLength(longest)} of ${UNIX_PATH_MAX} bytes); use a shorter path`,
     );
   }
+}
+
+function isImageId(ref: string, id: string): boolean {
+  return ref === id || ref === `sha256:${id}`;
 }
 
 function required(value: string, call: string, field: string): string {

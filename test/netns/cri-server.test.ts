@@ -370,6 +370,20 @@ describe("CRI server", () => {
       /container is running, not created/,
     );
 
+    // kubelet creates by image id and passes the name the user wrote alongside.
+    const byIdPod = (await r.RunPodSandbox({ config: podConfig("byid") })).podSandboxId;
+    const byId = await r.CreateContainer({
+      podSandboxId: byIdPod,
+      config: {
+        metadata: { name: "c" },
+        image: { image: imageRef, userSpecifiedImage: "vmlet.io/test:latest" },
+      },
+    });
+    const byIdStatus = (await r.ContainerStatus({ containerId: byId.containerId })).status;
+    assert.equal(byIdStatus?.image?.image, "vmlet.io/test:latest");
+    assert.equal(byIdStatus?.imageId, imageRef);
+    await r.RemovePodSandbox({ podSandboxId: byIdPod });
+
     const listed = await r.ListContainers({
       filter: { podSandboxId, state: { state: "CONTAINER_RUNNING" } },
     });
