@@ -665,6 +665,15 @@ export class VmRuntime {
       this.logger.error({ err: error }, "recover pod networks failed");
     }
     await this.reapHalfMade("found half-made after a restart");
+    for (const sandbox of this.store.sandboxes.list()) {
+      if (sandbox.phase === "ready" && !this.networks.get(sandbox.id)) {
+        // Its network did not come back: NOTREADY, so that kubelet makes the pod anew.
+        await this.store.sandboxes.put({ ...sandbox, phase: "stopped" });
+        this.sandboxLog(sandbox).warn(
+          "pod network not recovered after a restart: sandbox NOTREADY",
+        );
+      }
+    }
     for (const record of this.store.containers.list()) {
       const log = this.containerLog(record);
       if (record.phase === "starting") {

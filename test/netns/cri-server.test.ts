@@ -610,6 +610,16 @@ describe("CRI server", () => {
     await waitDead(pid);
   });
 
+  test("a pod whose network did not come back after a restart is NOTREADY, so kubelet recreates it", async () => {
+    const r = () => t.client.runtime;
+    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("netlost") });
+    t.networks.networks.delete(podSandboxId); // as if its netns vanished while vmlet was down
+    await t.restart();
+    const s = (await r().PodSandboxStatus({ podSandboxId })).status;
+    assert.equal(s?.state, "SANDBOX_NOTREADY");
+    await r().RemovePodSandbox({ podSandboxId });
+  });
+
   test("a sandbox caught half-made by a crash is torn down on the next start", async () => {
     const id = "a".repeat(64);
     const record = {
