@@ -156,6 +156,20 @@ describe("CRI image service", () => {
     assert.equal(hits.get("/cirros.qcow2") ?? 0, before);
   });
 
+  test("concurrent pulls of one name download it once", async () => {
+    const before = hits.get("/cirros-v2.qcow2") ?? 0;
+    t.rules.push({ name: "vmlet.io/concurrent:latest", url: `${base}/cirros-v2.qcow2` });
+    const refs = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        t.client.image.PullImage({ image: { image: "vmlet.io/concurrent" } }),
+      ),
+    );
+    assert.equal(new Set(refs.map((r) => r.imageRef)).size, 1);
+    assert.equal((hits.get("/cirros-v2.qcow2") ?? 0) - before, 1);
+    await t.client.image.RemoveImage({ image: { image: "vmlet.io/concurrent" } });
+    t.rules.pop();
+  });
+
   test("a second name for the same bytes is one image with two tags", async () => {
     const { imageRef } = await t.client.image.PullImage({ image: { image: "vmlet.io/moving" } });
     const { image } = await t.client.image.ImageStatus({ image: { image: imageRef } });
