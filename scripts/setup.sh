@@ -17,7 +17,7 @@ fi
 APT_PACKAGES=(
   containernetworking-plugins iproute2 util-linux procps
   qemu-system-x86 qemu-utils
-  udhcpc isc-dhcp-client dhcpcd-base iputils-ping
+  udhcpc isc-dhcp-client dhcpcd-base iputils-ping dnsmasq-base
   cpio mtools dosfstools syslinux syslinux-common genisoimage
 )
 missing=()

@@ -5,16 +5,21 @@
 // (Debian's udhcpc script ignores 121 and routes by option 3 only). A renewal to it
 // leaves the guest addressed to the *gateway's* MAC, so the pod bridge forwards it to
 // the host and never passes it up; and a frame for a foreign MAC is PACKET_OTHERHOST,
-// which ip_rcv drops even if we steer it. Measured on this kernel (6.18): a u32 filter
-// with `mirred ingress redirect dev br0` delivers the frame to br0 still OTHERHOST, and
-// it is dropped. So each bridge port gets a tiny tc classifier (cls_bpf, direct action)
-// that takes only IPv4/UDP to port 67 of the server id, sets it PACKET_HOST and
-// redirects it into the bridge's own ingress, where the server id is a local address
-// and the server's socket is bound. Everything else, ARP and all other traffic to the
-// gateway included, is bridged untouched; br0 has arp_ignore=8 so it never answers ARP
-// for the gateway address it holds. (The tested alternative, mirred into a veth with a
-// passthru macvlan on it, also works but costs three links per pod.)
-
+// which ip_rcv drops even when steered. Measured on this kernel (6.18):
+//   - u32 + `mirred ingress redirect dev br0`: reaches br0 still OTHERHOST, dropped;
+//   - cls_bpf with bpf_skb_change_type(HOST) + bpf_redirect(br0, INGRESS): dropped too,
+//     the redirect re-runs eth_type_trans against the bridge's MAC;
+//   - u32 + mirred into a veth carrying a passthru macvlan: works, three links per pod;
+//   - cls_bpf (below): works, no extra link.
+// So each bridge port gets a small direct-action classifier that takes only IPv4/UDP
+// to port 67 of the server id, rewrites its destination MAC to broadcast (so it is
+// accepted whatever the bridge's MAC is or becomes) and redirects it into the bridge's
+// own ingress, where the server id is a local /32 and the server's socket is bound.
+// Everything else, ARP and all other traffic to the gateway included, is bridged
+// untouched; the bridge has arp_ignore=8 so it never answers ARP for the gateway
+// address it holds, and a permanent neighbour entry per lease means it never sends ARP.
+// Verified with udhcpc (stock script), dhclient and dhcpcd on Flannel- and Calico-style
+// networks (test/netns/dhcp-clients.test.ts).
 import koffi from "koffi";
 import { createRtNetlink, type RtNetlinkSocket } from "netlink";
 import * as libc from "../sys/libc";

@@ -156,6 +156,11 @@ function tolerate(codes: string[]): (error: unknown) => void {
 /**
  * One pod bridge's DHCP server. start() resolves once the socket listens and unicast
  * renewals are steered to it: a DISCOVER sent after that is answered.
+ *
+ * What it changes in the pod netns, and close() undoes: the server id as a /32 on the
+ * bridge, a /32 route per lease, the intercept filter on each bridge port. What stays
+ * until the bridge goes: arp_ignore=8 on the bridge, the permanent neighbour entries,
+ * the ports' clsact qdiscs. One server per bridge: a second one would share that state.
  */
 export class DhcpServer {
   private closed = false;
@@ -171,6 +176,7 @@ export class DhcpServer {
     const { nsPath, device, serverId, leases } = options;
     const where = `DHCP on ${device} in ${nsPath}`;
     let socket: dgram.Socket | undefined;
+    let handler: DhcpHandler | undefined;
     const rtnl = Rtnl.open(nsPath);
     try {
       const send = (datagram: Buffer, port: number, address: string) =>
@@ -178,7 +184,7 @@ export class DhcpServer {
           if (!socket) return reject(new Error("no socket"));
           socket.send(datagram, port, address, (error) => (error ? reject(error) : resolve()));
         });
-      const handler = new DhcpHandler(
+      handler = new DhcpHandler(
         serverId,
         leases,
         send,
@@ -205,7 +211,8 @@ export class DhcpServer {
         await rtnl.setNeighbour(device, lease.ip, lease.mac);
       }
       socket = await openBoundUdpSocket(nsPath, { device, port: SERVER_PORT });
-      socket.on("message", (datagram) => handler.handle(datagram));
+      const served = handler;
+      socket.on("message", (datagram) => served.handle(datagram));
       socket.on("error", (error) =>
         options.log?.warn({ where, error: String(error) }, "DHCP socket"),
       );
@@ -219,7 +226,16 @@ export class DhcpServer {
       return new DhcpServer(options, handler, socket, intercept);
     } catch (error) {
       socket?.close();
-      throw new DhcpServerError(`start ${where}: ${(error as Error).message}`, { cause: error });
+      let cleaned = "nothing to clean up";
+      if (handler) {
+        cleaned = await removeNetnsState(rtnl, device, serverId, handler.responder.leases()).then(
+          () => "removed its address and routes",
+          (e: unknown) => `could not remove its address and routes: ${e}`,
+        );
+      }
+      throw new DhcpServerError(`start ${where}: ${(error as Error).message} (${cleaned})`, {
+        cause: error,
+      });
     } finally {
       rtnl.close();
     }
@@ -243,13 +259,23 @@ export class DhcpServer {
       return; // the netns is gone, and all of it with it
     }
     try {
-      const gone = tolerate(["ENODEV", "ESRCH", "EADDRNOTAVAIL", "ENOENT"]);
-      for (const lease of this.handler.responder.leases()) {
-        await rtnl.deleteRoute({ dst: lease.ip, dstLength: 32, device, scope: "link" }).catch(gone);
-      }
-      await rtnl.deleteAddress(device, `${serverId}/32`).catch(gone);
+      await removeNetnsState(rtnl, device, serverId, this.handler.responder.leases());
     } finally {
       rtnl.close();
     }
   }
+}
+
+/** Undoes start()'s routes and address; what is already gone is fine. */
+async function removeNetnsState(
+  rtnl: Rtnl,
+  device: string,
+  serverId: string,
+  leases: DhcpLease[],
+): Promise<void> {
+  const gone = tolerate(["ENODEV", "ESRCH", "EADDRNOTAVAIL", "ENOENT"]);
+  for (const lease of leases) {
+    await rtnl.deleteRoute({ dst: lease.ip, dstLength: 32, device, scope: "link" }).catch(gone);
+  }
+  await rtnl.deleteAddress(device, `${serverId}/32`).catch(gone);
 }

@@ -1,0 +1,258 @@
+// DISCOVER -> ACK latency of vmlet's DHCP server against dnsmasq, same topology, same
+// client: a guest netns on a pod bridge, a client that runs DISCOVER/OFFER/REQUEST/ACK
+// exchanges back to back (broadcast flag set, so both servers broadcast their replies).
+// Blocks of each server alternate so that drift in the machine hits both alike.
+//
+//   node dist/bench/dhcp.js [exchanges-per-block=200] [blocks=3]
+//
+// Prints a table and writes bench/results/dhcp.json.
+import { execFileSync, spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { DhcpServer } from "../src/dhcp/server";
+import { enterPrivateNamespace } from "../src/sys/private-namespace";
+
+const MAC = "52:54:00:be:9c:01";
+const IP = "10.244.1.5";
+const SERVER_ID = "10.244.1.1";
+
+function ip(...args: string[]): string {
+  return execFileSync("ip", args, { encoding: "utf8" });
+}
+
+function topology(): void {
+  ip("netns", "add", "bpod");
+  ip("netns", "add", "bguest");
+  ip("-n", "bguest", "link", "set", "lo", "up");
+  ip(
+    "-n",
+    "bguest",
+    "link",
+    "add",
+    "eth0",
+    "type",
+    "veth",
+    "peer",
+    "name",
+    "vtap0",
+    "netns",
+    "bpod",
+  );
+  ip("-n", "bguest", "link", "set", "eth0", "address", MAC, "up");
+  // The client's socket needs a source address; replies are broadcast either way.
+  ip("-n", "bguest", "addr", "add", `${IP}/24`, "dev", "eth0");
+  ip("-n", "bguest", "route", "add", "default", "dev", "eth0");
+  ip("-n", "bpod", "link", "add", "br0", "type", "bridge");
+  ip("-n", "bpod", "link", "set", "vtap0", "master", "br0", "up");
+  ip("-n", "bpod", "link", "set", "br0", "up");
+  const deadline = Date.now() + 5000;
+  while (!/forwarding/.test(execFileSync("bridge", ["-n", "bpod", "link"], { encoding: "utf8" }))) {
+    if (Date.now() > deadline) throw new Error("bench: bridge port never forwarded");
+    execFileSync("sleep", ["0.05"]);
+  }
+}
+
+/** The client, run in the guest netns: prints one JSON array of latencies in ms. */
+const CLIENT = `
+const dgram = require("dgram");
+const codec = require(process.argv[1]);
+const [count, warmup] = [Number(process.argv[2]), Number(process.argv[3])];
+const chaddr = Buffer.from(process.argv[4].replace(/:/g, ""), "hex");
+const s = dgram.createSocket({ type: "udp4", reuseAddr: true });
+let waiting = null;
+s.on("message", (m) => {
+  let msg; try { msg = codec.parseMessage(m); } catch { return; }
+  if (waiting && msg.op === 2 && msg.xid === waiting.xid && msg.options.messageType === waiting.type) {
+    const w = waiting; waiting = null; w.resolve(msg);
+  }
+});
+function exchange(type, xid, options) {
+  const datagram = codec.formatMessage({ op: 1, xid, flags: 0x8000, chaddr },
+    [[53, Buffer.from([type])], ...options]).datagram;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { waiting = null; reject(new Error("timeout")); }, 1000);
+    waiting = { xid, type: type === 1 ? 2 : 5, resolve: (m) => { clearTimeout(timer); resolve(m); } };
+    s.send(datagram, 67, "255.255.255.255");
+  });
+}
+s.bind(68, async () => {
+  s.setBroadcast(true);
+  const out = [];
+  let xid = (Math.random() * 2 ** 31) >>> 0;
+  for (let i = 0; i < count + warmup; ) {
+    xid = (xid + 1) >>> 0;
+    const t0 = process.hrtime.bigint();
+    try {
+      const offer = await exchange(1, xid, [[55, Buffer.from([1, 3, 6, 15, 26, 28, 51, 54, 119, 121])]]);
+      await exchange(3, xid, [[54, codec.ips([offer.options.serverId])], [50, codec.ips([offer.yiaddr])]]);
+    } catch { if (i < warmup) { continue; } throw new Error("lost exchange " + i); }
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    if (i >= warmup) out.push(ms);
+    i++;
+  }
+  process.stdout.write(JSON.stringify(out));
+  s.close();
+});`;
+
+function runClient(count: number, warmup: number): Promise<number[]> {
+  const codec = path.join(__dirname, "../src/dhcp/codec.js");
+  const child = spawn(
+    "ip",
+    [
+      "netns",
+      "exec",
+      "bguest",
+      process.execPath,
+      "-e",
+      CLIENT,
+      codec,
+      String(count),
+      String(warmup),
+      MAC,
+    ],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  return new Promise((resolve, reject) =>
+    child.on("exit", (code) =>
+      code === 0
+        ? resolve(JSON.parse(out) as number[])
+        : reject(new Error(`client exited ${code}`)),
+    ),
+  );
+}
+
+async function vmletBlock(count: number): Promise<number[]> {
+  const server = await DhcpServer.start({
+    nsPath: "/run/netns/bpod",
+    device: "br0",
+    serverId: SERVER_ID,
+    // The bench asks for exchanges back to back; the default flood guard would slow it.
+    maxRepliesPerSecond: 1_000_000,
+    leases: [
+      {
+        mac: MAC,
+        ip: IP,
+        prefixLength: 24,
+        router: SERVER_ID,
+        routes: [{ dst: "10.244.0.0", prefixLength: 16, gateway: SERVER_ID }],
+        mtu: 1450,
+        dns: ["10.96.0.10"],
+        search: ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"],
+        domain: "cluster.local",
+        leaseSeconds: 3600,
+      },
+    ],
+  });
+  try {
+    return await runClient(count, 10);
+  } finally {
+    await server.close();
+  }
+}
+
+async function dnsmasqBlock(count: number, dir: string): Promise<number[]> {
+  ip("-n", "bpod", "addr", "add", `${SERVER_ID}/24`, "dev", "br0");
+  const child = spawn(
+    "ip",
+    [
+      "netns",
+      "exec",
+      "bpod",
+      "dnsmasq",
+      "--no-daemon",
+      "--conf-file=/dev/null",
+      "--port=0",
+      "--interface=br0",
+      "--bind-interfaces",
+      "--dhcp-range=10.244.1.0,static,255.255.255.0,1h",
+      `--dhcp-host=${MAC},${IP}`,
+      `--dhcp-option=option:router,${SERVER_ID}`,
+      `--dhcp-option=option:classless-static-route,10.244.0.0/16,${SERVER_ID},0.0.0.0/0,${SERVER_ID}`,
+      "--dhcp-option=option:mtu,1450",
+      "--dhcp-option=option:dns-server,10.96.0.10",
+      "--dhcp-option=option:domain-search,default.svc.cluster.local,svc.cluster.local,cluster.local",
+      "--dhcp-option=option:domain-name,cluster.local",
+      "--dhcp-authoritative",
+      "--no-ping",
+      "--leasefile-ro",
+      "--quiet-dhcp",
+      `--pid-file=${path.join(dir, "dnsmasq.pid")}`,
+      "--log-facility=-",
+    ],
+    { stdio: "ignore" },
+  );
+  const exited = new Promise((r) => child.on("exit", r));
+  try {
+    // Warm-up exchanges retry until dnsmasq listens.
+    return await runClient(count, 10);
+  } finally {
+    if (child.pid !== undefined && child.exitCode === null) process.kill(child.pid, "SIGTERM");
+    await exited;
+    ip("-n", "bpod", "addr", "del", `${SERVER_ID}/24`, "dev", "br0");
+  }
+}
+
+function summary(xs: number[]) {
+  const s = [...xs].sort((a, b) => a - b);
+  const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+  const mean = s.reduce((a, b) => a + b, 0) / s.length;
+  return {
+    n: s.length,
+    median: at(0.5),
+    p90: at(0.9),
+    p99: at(0.99),
+    mean,
+    min: s[0]!,
+    max: s.at(-1)!,
+  };
+}
+
+async function main(): Promise<void> {
+  enterPrivateNamespace();
+  const count = Number(process.argv[2] ?? 200);
+  const blocks = Number(process.argv[3] ?? 3);
+  const haveDnsmasq = fs.existsSync("/usr/sbin/dnsmasq");
+  ip("link", "set", "lo", "up");
+  topology();
+  const dir = fs.mkdtempSync("/tmp/bench-dhcp-");
+  const samples: Record<string, number[]> = { vmlet: [], dnsmasq: [] };
+  for (let b = 0; b < blocks; b++) {
+    samples.vmlet!.push(...(await vmletBlock(count)));
+    if (haveDnsmasq) samples.dnsmasq!.push(...(await dnsmasqBlock(count, dir)));
+  }
+  const rows = Object.entries(samples)
+    .filter(([, xs]) => xs.length > 0)
+    .map(([server, xs]) => ({ server, ...summary(xs) }));
+  const f = (x: number) => x.toFixed(3).padStart(8);
+  console.log("DISCOVER -> ACK latency (ms), guest netns -> pod bridge, broadcast replies");
+  console.log(
+    `${"server".padEnd(8)} ${"n".padStart(5)} ${"median".padStart(8)} ${"p90".padStart(8)} ${"p99".padStart(8)} ${"mean".padStart(8)}`,
+  );
+  for (const r of rows) {
+    console.log(
+      `${r.server.padEnd(8)} ${String(r.n).padStart(5)} ${f(r.median)} ${f(r.p90)} ${f(r.p99)} ${f(r.mean)}`,
+    );
+  }
+  if (!haveDnsmasq) console.log("dnsmasq not installed (apt package dnsmasq-base): vmlet only");
+  const results = path.join(__dirname, "../../bench/results");
+  fs.mkdirSync(results, { recursive: true });
+  const doc = {
+    bench: "dhcp DISCOVER->ACK",
+    date: new Date().toISOString(),
+    kernel: execFileSync("uname", ["-r"], { encoding: "utf8" }).trim(),
+    exchangesPerBlock: count,
+    blocks,
+    results: rows,
+  };
+  fs.writeFileSync(path.join(results, "dhcp.json"), `${JSON.stringify(doc, null, 2)}\n`);
+  console.log(`wrote ${path.join(results, "dhcp.json")}`);
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});
