@@ -83,6 +83,10 @@ function pings(from: TestNetns, to: string): boolean {
   }
 }
 
+function nodeLinks(): string[] {
+  return (JSON.parse(ip("-j", "link", "show")) as { ifname: string }[]).map((l) => l.ifname).sort();
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -141,6 +145,7 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
   });
 
   test("the guest takes the pod IP, is reachable, survives a SIGKILL of vmlet, and leaves nothing", async () => {
+    const linksBefore = nodeLinks();
     const { imageRef } = await client.image.PullImage({ image: { image: "vmlet.io/disk.qcow2" } });
     const logDirectory = path.join(cni.root, "pods", "default_e2e_uid");
     const sandboxConfig = podConfig("e2e", { logDirectory });
@@ -192,6 +197,7 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     await client.runtime.StopPodSandbox({ podSandboxId });
     await client.runtime.RemovePodSandbox({ podSandboxId });
 
+    assert.deepEqual(nodeLinks(), linksBefore, "no link of the pod left on the node");
     const netns = ip("netns", "list");
     assert.ok(!netns.includes(podSandboxId.slice(0, 20)), `no pod netns left: ${netns}`);
     assert.deepEqual(
