@@ -24,6 +24,7 @@ import koffi from "koffi";
 import { createRtNetlink, type RtNetlinkSocket } from "netlink";
 import * as libc from "../sys/libc";
 import { withNetns } from "../sys/netns";
+import { attr } from "../sys/rtnl";
 
 // asm/unistd_64.h
 const SYS_BPF = 321;
@@ -200,15 +201,6 @@ function tcmsg(ifindex: number, handle: number, parent: number, info: number): B
   b.writeUInt32LE(parent >>> 0, 12);
   b.writeUInt32LE(info >>> 0, 16);
   return b;
-}
-
-function attr(type: number, payload: Buffer): Buffer {
-  const len = 4 + payload.length;
-  const out = Buffer.alloc((len + 3) & ~3);
-  out.writeUInt16LE(len, 0);
-  out.writeUInt16LE(type, 2);
-  payload.copy(out, 4);
-  return out;
 }
 
 function u32le(v: number): Buffer {

@@ -162,7 +162,8 @@ function encode(data: Parameters<AttrStream["emit"]>[0]): Buffer {
   return Buffer.concat(stream.bufs);
 }
 
-function attr(type: number, payload: Buffer): Buffer {
+/** One netlink attribute (struct nlattr + payload, padded to 4 bytes). */
+export function attr(type: number, payload: Buffer): Buffer {
   const len = 4 + payload.length;
   const out = Buffer.alloc((len + 3) & ~3);
   out.writeUInt16LE(len, 0);

@@ -6,7 +6,7 @@ import fs from "node:fs";
 import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-bridge/cni";
 import { withoutDefaultRoute } from "../cni-bridge/guest-view";
 import { readInterface, rewireInterface, rewireNames, unwireInterface } from "../cni-bridge/rewire";
-import { type DhcpLease, type DhcpLog, DhcpServer } from "../dhcp/server";
+import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhcp/server";
 import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
@@ -161,10 +161,13 @@ export class Tapmanager {
       ? request.dns.servers
       : (result.dns.nameservers ?? []);
     const search = request.dns?.searches.length ? request.dns.searches : (result.dns.search ?? []);
+    // Clients whose scripts ignore option 119 (Debian's udhcpc) still get the first
+    // search domain through option 15.
+    const domain = result.dns.domain ?? search[0];
     return {
       nameservers: nameservers.filter((s) => !s.includes(":")),
       search,
-      ...(result.dns.domain ? { domain: result.dns.domain } : {}),
+      ...(domain ? { domain } : {}),
     };
   }
 
@@ -252,6 +255,11 @@ export class Tapmanager {
     } catch (error) {
       return `cleanup failed, state kept for a retry: ${(error as Error).message}`;
     }
+  }
+
+  /** What each of the pod's DHCP servers received, answered and dropped, by interface. */
+  dhcpStats(sandboxId: string): DhcpStats[] {
+    return (this.servers.get(sandboxId) ?? []).map((server) => server.stats());
   }
 
   get(sandboxId: string): PodNetwork | undefined {

@@ -10,9 +10,12 @@ import {
   type CniSandbox,
   makeCniSandbox,
   makePod,
+  misbehavingPlugin,
   ptpList,
 } from "../harness/cni-fixtures";
 import { ip, ipIn, linksIn, requirePrivateNamespace } from "../harness/fixtures";
+import { startDhcpClient } from "../harness/guest-clients";
+import { startRelay } from "../harness/relay";
 
 requirePrivateNamespace();
 
@@ -169,6 +172,152 @@ describe("tapmanager on a Calico-style network", () => {
       await tm.tearDown(pod.sandboxId);
       assert.deepEqual(allocations(cni.dataDir, "k8s-pod-network"), []);
       assert.doesNotMatch(ip("-o", "link"), /cali[0-9a-f]{11}/);
+    } finally {
+      await tm.close();
+      cni.remove();
+    }
+  });
+});
+
+describe("tapmanager with several networks, dual stack, and a restart", () => {
+  it("gives each network its own bridge, tap and lease; only eth0 carries the default route", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-a.conflist", bridgeList("neta", "1.0.0", cni.dataDir, "10.10.1.0/24"));
+    cni.writeConf("20-b.conflist", bridgeList("netb", "1.0.0", cni.dataDir, "10.20.1.0/24"));
+    const tm = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
+    const pod = makePod();
+    try {
+      const network = await tm.setUp({ pod, networks: ["neta", "netb"] });
+      const [eth0, net1] = network.interfaces;
+      assert.deepEqual(
+        network.interfaces.map((i) => [i.ifname, i.network, i.bridge, i.tap]),
+        [
+          ["eth0", "neta", "br-eth0", "tap-eth0"],
+          ["net1", "netb", "br-net1", "tap-net1"],
+        ],
+      );
+      assert.equal(eth0.gateway, "10.10.1.1");
+      assert.equal(net1.gateway, undefined);
+      assert.ok(eth0.routes.some((r) => r.prefixLength === 0));
+      assert.ok(!net1.routes.some((r) => r.prefixLength === 0));
+      assert.equal(tm.dhcpStats(pod.sandboxId).length, 2, "one DHCP server per bridge");
+      const taps = tm.openTaps(pod.sandboxId);
+      assert.deepEqual(
+        taps.map((t) => [t.tap, t.guestMac]),
+        [
+          ["tap-eth0", eth0.guestMac],
+          ["tap-net1", net1.guestMac],
+        ],
+      );
+      for (const t of taps) fs.closeSync(t.fd);
+      await tm.tearDown(pod.sandboxId);
+      assert.deepEqual(allocations(cni.dataDir, "neta"), []);
+      assert.deepEqual(allocations(cni.dataDir, "netb"), []);
+    } finally {
+      await tm.close();
+      cni.remove();
+    }
+  });
+
+  it("keeps IPv6 addresses of a dual-stack result and serves the IPv4 one", async () => {
+    const cni = makeCniSandbox();
+    const list = bridgeList("dual", "1.0.0", cni.dataDir, "10.30.1.0/24");
+    (list.plugins[0] as { ipam: { ranges: unknown[] } }).ipam.ranges.push([
+      { subnet: "fd00:30::/64" },
+    ]);
+    cni.writeConf("10-dual.conflist", list);
+    const tm = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
+    const pod = makePod();
+    try {
+      const network = await tm.setUp({ pod });
+      const families = network.interfaces[0].addresses.map((a) => a.family).sort();
+      assert.deepEqual(families, [4, 6]);
+      assert.match(
+        network.interfaces[0].addresses.find((a) => a.family === 6)!.address,
+        /^fd00:30::/,
+      );
+      await tm.tearDown(pod.sandboxId);
+    } finally {
+      await tm.close();
+      cni.remove();
+    }
+  });
+
+  it("after a restart, recover() serves DHCP again from the persisted state", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-br.conflist", bridgeList("rec", "1.0.0", cni.dataDir, "10.40.1.0/24"));
+    const stateDir = path.join(cni.root, "pods");
+    const first = new Tapmanager({ cni: cni.client(), stateDir });
+    const pod = makePod();
+    const network = await first.setUp({ pod });
+    await first.close(); // vmlet stops: DHCP goes, the network stays.
+    const second = new Tapmanager({ cni: cni.client(), stateDir });
+    try {
+      assert.deepEqual(await second.recover(), { recovered: [pod.sandboxId], removed: [] });
+      assert.deepEqual(second.get(pod.sandboxId), network);
+      const [tap] = second.openTaps(pod.sandboxId);
+      const guest = await startRelay({ podTapFd: tap.fd, mac: tap.guestMac });
+      const client = await startDhcpClient("udhcpc", { netns: guest.netns, ifname: guest.ifname });
+      try {
+        const state = await client.waitForLease({ timeoutMs: 20_000 });
+        assert.deepEqual(state.addresses, [`${network.interfaces[0].addresses[0].address}/24`]);
+      } finally {
+        await client.stop();
+        await guest.stop();
+        fs.closeSync(tap.fd);
+      }
+      await second.tearDown(pod.sandboxId);
+      assert.deepEqual(allocations(cni.dataDir, "rec"), []);
+    } finally {
+      await second.close();
+      cni.remove();
+    }
+  });
+
+  it("recover() removes a pod that a crash caught half-made, releasing its address", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-br.conflist", bridgeList("half", "1.0.0", cni.dataDir, "10.50.1.0/24"));
+    const stateDir = path.join(cni.root, "pods");
+    const tm = new Tapmanager({ cni: cni.client(), stateDir });
+    const pod = makePod();
+    const network = await tm.setUp({ pod });
+    await tm.close();
+    // What a crash between CNI ADD and reading the netns leaves behind.
+    const file = path.join(stateDir, `${pod.sandboxId}.json`);
+    const record = JSON.parse(fs.readFileSync(file, "utf8"));
+    fs.writeFileSync(file, JSON.stringify({ ...record, phase: "creating", interfaces: [] }));
+    const again = new Tapmanager({ cni: cni.client(), stateDir });
+    try {
+      assert.deepEqual(await again.recover(), { recovered: [], removed: [pod.sandboxId] });
+      assert.deepEqual(allocations(cni.dataDir, "half"), []);
+      assert.ok(!ip("netns", "list").includes(path.basename(network.netnsPath)));
+      assert.deepEqual(fs.readdirSync(stateDir), []);
+    } finally {
+      await again.close();
+      cni.remove();
+    }
+  });
+
+  it("fails setUp with the pod and step named, and leaves nothing behind", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-br.conflist", bridgeList("good", "1.0.0", cni.dataDir, "10.60.1.0/24"));
+    // The second network's chain: the bridge plugin allocates, then a plugin refuses ADD.
+    misbehavingPlugin(cni.binDir, "refuser", "ADD", "error");
+    cni.writeConf(
+      "20-bad.conflist",
+      bridgeList("bad", "1.0.0", cni.dataDir, "10.61.1.0/24", [{ type: "refuser" }]),
+    );
+    const tm = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
+    const pod = makePod();
+    try {
+      await assert.rejects(
+        tm.setUp({ pod, networks: ["good", "bad"] }),
+        new RegExp(`setUp default/${pod.name}: .*fixture refused.*cleaned up`),
+      );
+      assert.deepEqual(allocations(cni.dataDir, "good"), []);
+      assert.deepEqual(allocations(cni.dataDir, "bad"), []);
+      assert.ok(!ip("netns", "list").includes(`vmlet-${pod.sandboxId}`));
+      assert.deepEqual(fs.readdirSync(path.join(cni.root, "pods")), []);
     } finally {
       await tm.close();
       cni.remove();
