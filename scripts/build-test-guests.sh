@@ -58,8 +58,16 @@ chmod 755 "$DEBS" # apt-get download runs as _apt when it can
 start=$(date +%s.%N)
 
 # 1. Packages. The kernel package is whatever linux-image-cloud-amd64 depends on.
-KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-  awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+kernel_package() {
+  apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+KPKG=$(kernel_package)
+if [ -z "$KPKG" ] && [ ! -e "$OUT/vmlinuz" ]; then
+  say "apt lists do not know linux-image-cloud-amd64 yet: apt-get update"
+  apt-get update -qq
+  KPKG=$(kernel_package)
+fi
 [ -n "$KPKG" ] || {
   echo "build-test-guests: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2
   exit 1
