@@ -1,0 +1,157 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { describe, it } from "node:test";
+import { VmError } from "../../src/runtime/vm/errors";
+import { VmLauncher } from "../../src/runtime/vm/launcher";
+import type { VmSpec } from "../../src/runtime/vm/types";
+import { requirePrivateNamespace } from "../harness/fixtures";
+
+requirePrivateNamespace();
+
+function withDir(fn: (root: string) => Promise<void>) {
+  return async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "vm-err-"));
+    try {
+      await fn(root);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  };
+}
+
+function spec(root: string, overrides: Partial<VmSpec> = {}): VmSpec {
+  const base = path.join(root, "base.raw");
+  if (!fs.existsSync(base)) execFileSync("qemu-img", ["create", "-q", "-f", "raw", base, "1M"]);
+  return {
+    id: "c1",
+    dir: path.join(root, "c1"),
+    baseImage: { path: base, format: "raw" },
+    vcpus: 1,
+    memoryMiB: 64,
+    accel: "tcg",
+    taps: [],
+    cloudInit: { instanceId: "c1", hostname: "pod", files: [] },
+    logPath: path.join(root, "logs", "c1.log"),
+    ...overrides,
+  };
+}
+
+function qemuPids(): number[] {
+  return fs
+    .readdirSync("/proc")
+    .filter((p) => /^\d+$/.test(p))
+    .filter((pid) => {
+      try {
+        const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+        return (
+          stat.includes("(qemu-system-x86") &&
+          (!/\) Z /.test(stat) || fs.readdirSync(`/proc/${pid}/task`).length > 1)
+        );
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+describe("a VM that cannot start", () => {
+  it(
+    "fails at the overlay for a missing base image, naming the VM, the step and the file, and leaves nothing",
+    withDir(async (root) => {
+      const s = spec(root, {
+        baseImage: { path: path.join(root, "missing.qcow2"), format: "qcow2" },
+      });
+      await assert.rejects(new VmLauncher().start(s), (error: unknown) => {
+        assert.ok(error instanceof VmError);
+        assert.match(
+          error.message,
+          /^vm c1: create overlay: qemu-img create .*root\.qcow2 on .*missing\.qcow2: /,
+        );
+        assert.match(error.message, /removed its files/);
+        return true;
+      });
+      assert.ok(!fs.existsSync(s.dir));
+    }),
+  );
+
+  it(
+    "reports QEMU's own error when it refuses a NIC fd that is not a tap, and leaves no process or file",
+    withDir(async (root) => {
+      const fd = fs.openSync("/dev/null", "r");
+      try {
+        const s = spec(root, {
+          taps: [{ ifname: "eth0", tap: "tap0", fd, guestMac: "02:00:00:00:00:01", mtu: 1500 }],
+        });
+        await assert.rejects(new VmLauncher().start(s), (error: unknown) => {
+          assert.ok(error instanceof VmError);
+          assert.match(
+            error.message,
+            /^vm c1: wait for QMP: QEMU exited \(code 1\): .*-netdev tap,id=net0,fd=3: .*TUNGETIFF.*; removed its files$/,
+          );
+          return true;
+        });
+        assert.ok(!fs.existsSync(s.dir));
+        assert.deepEqual(qemuPids(), []);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }),
+  );
+
+  it(
+    "says so when the QEMU binary does not exist",
+    withDir(async (root) => {
+      const s = spec(root);
+      await assert.rejects(
+        new VmLauncher({ qemuBinary: "/nonexistent/qemu" }).start(s),
+        /^VmError: vm c1: wait for QMP: spawn \/nonexistent\/qemu ENOENT/,
+      );
+      assert.ok(!fs.existsSync(s.dir));
+    }),
+  );
+
+  it(
+    "kills the QEMU of an earlier start that never returned (found by its pidfile) before starting again",
+    withDir(async (root) => {
+      const s = spec(root);
+      const launcher = new VmLauncher();
+      const first = await launcher.start(s);
+      // As if vmlet died inside start(): the handle and record are lost, the files stay.
+      await first.detach();
+      const second = await launcher.start(s);
+      try {
+        assert.notEqual(second.pid, first.pid);
+        assert.deepEqual(qemuPids(), [second.pid]);
+      } finally {
+        await second.cleanup();
+      }
+      assert.deepEqual(qemuPids(), []);
+    }),
+  );
+});
+
+describe("an adopted VM whose QEMU ends without a guest shutdown", () => {
+  it(
+    "exits 137 Killed, saying its status is unknown, when killed by someone else",
+    withDir(async (root) => {
+      const s = spec(root);
+      const first = await new VmLauncher().start(s);
+      await first.detach();
+      const vm = await new VmLauncher({ pollMs: 100 }).adopt(first.record);
+      assert.ok(vm);
+      const stats = await vm.stats();
+      assert.ok(stats.memoryBytes > 0);
+      process.kill(vm.pid, "SIGKILL"); // not vmlet
+      const exit = await vm.exited;
+      assert.equal(exit.exitCode, 137);
+      assert.equal(exit.reason, "Killed");
+      assert.match(exit.message, /without a guest shutdown.*exit status is unknown/);
+      assert.deepEqual(await vm.stats(), { cpuNanos: 0n, memoryBytes: 0 });
+      await vm.cleanup();
+      assert.ok(!fs.existsSync(s.dir));
+    }),
+  );
+});
