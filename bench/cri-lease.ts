@@ -9,7 +9,7 @@ import path from "node:path";
 import { performance } from "node:perf_hooks";
 import pino from "pino";
 import { CniClient } from "../src/cni-bridge/cni";
-import { createVmLauncher, vmLauncherAvailable } from "../src/runtime/launcher";
+import { createVmLauncher } from "../src/runtime/launcher";
 import { podConfig, startTestVmlet } from "../src/runtime/testing/harness";
 import { enterPrivateNamespace } from "../src/sys/private-namespace";
 import { Rtnl } from "../src/sys/rtnl";
@@ -22,7 +22,6 @@ const GUEST_DISK = path.join(
 );
 
 async function main(): Promise<void> {
-  if (!vmLauncherAvailable()) throw new Error("this build has no VM launcher");
   if (!fs.existsSync(GUEST_DISK))
     throw new Error(`no test guest at ${GUEST_DISK}: run scripts/build-test-guests.sh`);
   enterPrivateNamespace();
