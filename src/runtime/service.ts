@@ -677,6 +677,11 @@ export class VmRuntime {
     for (const record of this.store.containers.list()) {
       const log = this.containerLog(record);
       if (record.phase === "starting") {
+        try {
+          await this.launcher.discard?.(record.dir);
+        } catch (error) {
+          log.error({ err: error }, "kill the VM of an interrupted start failed");
+        }
         await this.recordExit(record.id, {
           exitCode: START_ERROR_EXIT,
           reason: "StartError",

@@ -86,4 +86,6 @@ export interface VmLauncher {
   start(spec: VmSpec): Promise<VmHandle>;
   /** The handle of a VM still running from before a restart; undefined when it is gone. */
   adopt(record: unknown): Promise<VmHandle | undefined>;
+  /** Kills whatever VM a start into `dir` that never returned left running. */
+  discard?(dir: string): Promise<unknown>;
 }

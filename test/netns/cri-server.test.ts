@@ -620,6 +620,24 @@ describe("CRI server", () => {
     await r().RemovePodSandbox({ podSandboxId });
   });
 
+  test("a container caught starting by a crash: its VM is discarded and it is reported exited", async () => {
+    const r = () => t.client.runtime;
+    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("crashstart") });
+    const { containerId } = await r().CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    const file = path.join(t.stateDir, "containers", `${containerId}.json`);
+    const record = JSON.parse(fs.readFileSync(file, "utf8")) as { phase: string; dir: string };
+    fs.writeFileSync(file, JSON.stringify({ ...record, phase: "starting" }));
+    await t.restart();
+    assert.ok(t.launcher.discarded.includes(record.dir));
+    const s = (await r().ContainerStatus({ containerId })).status;
+    assert.equal(s?.state, "CONTAINER_EXITED");
+    assert.equal(s?.reason, "StartError");
+    await r().RemovePodSandbox({ podSandboxId });
+  });
+
   test("a sandbox caught half-made by a crash is torn down on the next start", async () => {
     const id = "a".repeat(64);
     const record = {

@@ -20,6 +20,12 @@ export class ProcessLauncher implements VmLauncher {
   failNextStart: Error | undefined;
   /** The next adopt fails with this (QMP unreachable, say). */
   failNextAdopt: Error | undefined;
+  /** Dirs `discard` was asked to clean. */
+  readonly discarded: string[] = [];
+
+  async discard(dir: string): Promise<void> {
+    this.discarded.push(dir);
+  }
 
   async start(spec: VmSpec): Promise<VmHandle> {
     const failure = this.failNextStart;
