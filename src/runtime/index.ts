@@ -14,6 +14,7 @@ export {
   parseImageRules,
   resolveImage,
 } from "./images/rules";
+export { createVmLauncher, killQemuOfDir } from "./launcher";
 export { type CgroupDriver, VmRuntime, type VmRuntimeOptions } from "./service";
 export { openStateStore, type StateStore } from "./store";
 export type {
