@@ -2,12 +2,14 @@
 // vmlet's command line.
 import { runDemo } from "./demo";
 import { NET_RUN_USAGE, netRun, parseNetRunArgs } from "./net-run";
+import { parseServeArgs, SERVE_USAGE, serve } from "./serve";
 
 const USAGE = `usage: vmlet <command>
 
 commands:
   demo      build a pod network in a private demo node namespace and show it
   net run   set up pod networks from a CNI conf dir and serve them (see vmlet net run --help)
+  serve     serve CRI to kubelet on a unix socket (see vmlet serve --help)
   version   print the version`;
 
 async function main(argv: string[]): Promise<number> {
@@ -25,6 +27,12 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       return netRun(parseNetRunArgs(rest.slice(1)));
+    case "serve":
+      if (rest.includes("--help") || rest.includes("-h")) {
+        console.log(SERVE_USAGE);
+        return 0;
+      }
+      return serve(parseServeArgs(rest));
     case "version":
       console.log(`vmlet ${require("../../../package.json").version}`);
       return 0;

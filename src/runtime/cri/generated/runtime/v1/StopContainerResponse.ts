@@ -1,0 +1,5 @@
+// Original file: proto/runtime/v1/api.proto
+
+export type StopContainerResponse = Record<string, never>;
+
+export type StopContainerResponse__Output = Record<string, never>;

@@ -1,0 +1,216 @@
+// The CRI endpoint: RuntimeService and ImageService on a unix socket, each call handed
+// to the runtime and its errors turned into gRPC status codes kubelet understands.
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { CriError, errorMessage, GRPC_CODES } from "../errors";
+import type { VmRuntime } from "../service";
+import type { ImageServiceHandlers } from "./generated/runtime/v1/ImageService";
+import type { RuntimeServiceHandlers } from "./generated/runtime/v1/RuntimeService";
+import { loadCri } from "./proto";
+
+export const DEFAULT_SOCKET = "/run/vmlet/vmlet.sock";
+
+export class CriServerError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "CriServerError";
+  }
+}
+
+/** Calls vmlet answers UNIMPLEMENTED, each with why. */
+const UNIMPLEMENTED: Record<string, string> = {
+  ExecSync: "exec is not supported: a VM pod runs no processes vmlet can enter (use ssh)",
+  Exec: "exec is not supported: a VM pod runs no processes vmlet can enter (use ssh)",
+  Attach: "attach is not supported yet: read the serial console with kubectl logs",
+  PortForward: "port-forward is not supported yet: reach the pod IP directly",
+  UpdateContainerResources: "resizing a running VM is not supported",
+  CheckpointContainer: "checkpointing a VM is not supported",
+};
+
+export class CriServer {
+  private server: grpc.Server | undefined;
+  private socketPath: string | undefined;
+
+  constructor(
+    private readonly runtime: VmRuntime,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Listens on `socketPath` (mode 0600), creating its directory and replacing a stale socket. */
+  async listen(socketPath: string): Promise<void> {
+    await prepareSocketPath(socketPath);
+    const server = new grpc.Server();
+    const cri = loadCri();
+    server.addService(cri.RuntimeService.service, this.runtimeHandlers());
+    server.addService(cri.ImageService.service, this.imageHandlers());
+    // The socket is born 0600: no window in which another user could connect.
+    const umask = process.umask(0o177);
+    try {
+      await new Promise<number>((resolve, reject) =>
+        server.bindAsync(
+          `unix:${socketPath}`,
+          grpc.ServerCredentials.createInsecure(),
+          (error, port) => (error ? reject(error) : resolve(port)),
+        ),
+      );
+    } catch (error) {
+      throw new CriServerError(`listen on ${socketPath}: ${errorMessage(error)}`, { cause: error });
+    } finally {
+      process.umask(umask);
+    }
+    fs.chmodSync(socketPath, 0o600);
+    this.server = server;
+    this.socketPath = socketPath;
+    this.logger.info({ socket: socketPath }, "CRI server listening");
+  }
+
+  /** Stops taking calls, lets running ones finish for `graceMs`, then cuts them. */
+  async close(graceMs = 5000): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, graceMs);
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    if (this.socketPath) fs.rmSync(this.socketPath, { force: true });
+  }
+
+  private runtimeHandlers(): RuntimeServiceHandlers {
+    const r = this.runtime;
+    return {
+      Version: this.unary("Version", (q) => r.version(q)),
+      Status: this.unary("Status", (q) => r.status(q)),
+      RuntimeConfig: this.unary("RuntimeConfig", (q) => r.runtimeConfig(q)),
+      UpdateRuntimeConfig: this.unary("UpdateRuntimeConfig", (q) => r.updateRuntimeConfig(q)),
+      RunPodSandbox: this.unary("RunPodSandbox", (q) => r.runPodSandbox(q)),
+      StopPodSandbox: this.unary("StopPodSandbox", (q) => r.stopPodSandbox(q)),
+      RemovePodSandbox: this.unary("RemovePodSandbox", (q) => r.removePodSandbox(q)),
+      PodSandboxStatus: this.unary("PodSandboxStatus", (q) => r.podSandboxStatus(q)),
+      ListPodSandbox: this.unary("ListPodSandbox", (q) => r.listPodSandbox(q)),
+      CreateContainer: this.unary("CreateContainer", (q) => r.createContainer(q)),
+      StartContainer: this.unary("StartContainer", (q) => r.startContainer(q)),
+      StopContainer: this.unary("StopContainer", (q) => r.stopContainer(q)),
+      RemoveContainer: this.unary("RemoveContainer", (q) => r.removeContainer(q)),
+      ListContainers: this.unary("ListContainers", (q) => r.listContainers(q)),
+      ContainerStatus: this.unary("ContainerStatus", (q) => r.containerStatus(q)),
+      ReopenContainerLog: this.unary("ReopenContainerLog", (q) => r.reopenContainerLog(q)),
+      ContainerStats: this.unary("ContainerStats", (q) => r.containerStats(q)),
+      ListContainerStats: this.unary("ListContainerStats", (q) => r.listContainerStats(q)),
+      PodSandboxStats: this.unary("PodSandboxStats", (q) => r.podSandboxStats(q)),
+      ListPodSandboxStats: this.unary("ListPodSandboxStats", (q) => r.listPodSandboxStats(q)),
+      // kubelet asks for these only with PodAndContainerStatsFromCRI; vmlet has no extra metrics.
+      ListMetricDescriptors: this.unary("ListMetricDescriptors", () => ({ descriptors: [] })),
+      ListPodSandboxMetrics: this.unary("ListPodSandboxMetrics", () => ({ podMetrics: [] })),
+      UpdateContainerResources: this.unimplemented("UpdateContainerResources"),
+      ExecSync: this.unimplemented("ExecSync"),
+      Exec: this.unimplemented("Exec"),
+      Attach: this.unimplemented("Attach"),
+      PortForward: this.unimplemented("PortForward"),
+      CheckpointContainer: this.unimplemented("CheckpointContainer"),
+      // kubelet's evented PLEG (a feature gate) falls back to relisting on UNIMPLEMENTED.
+      GetContainerEvents: (call) => {
+        call.emit("error", {
+          code: grpc.status.UNIMPLEMENTED,
+          details: "GetContainerEvents: container events are not supported; kubelet relists",
+        });
+      },
+    };
+  }
+
+  private imageHandlers(): ImageServiceHandlers {
+    const r = this.runtime;
+    return {
+      ListImages: this.unary("ListImages", (q) => r.listImages(q)),
+      ImageStatus: this.unary("ImageStatus", (q) => r.imageStatus(q)),
+      PullImage: this.unary("PullImage", (q) => r.pullImage(q)),
+      RemoveImage: this.unary("RemoveImage", (q) => r.removeImage(q)),
+      ImageFsInfo: this.unary("ImageFsInfo", (q) => r.imageFsInfo(q)),
+    };
+  }
+
+  private unary<Req, Res>(
+    method: string,
+    handle: (request: Req) => Res | Promise<Res>,
+  ): grpc.handleUnaryCall<Req, Res> {
+    return (call, callback) => {
+      const started = process.hrtime.bigint();
+      Promise.resolve()
+        .then(() => handle(call.request))
+        .then(
+          (response) => {
+            this.logger.debug({ method, ms: elapsedMs(started) }, "CRI call");
+            callback(null, response);
+          },
+          (error: unknown) => {
+            const serviceError = toServiceError(error);
+            const level =
+              serviceError.code === grpc.status.INTERNAL ||
+              serviceError.code === grpc.status.UNKNOWN
+                ? "error"
+                : "warn";
+            this.logger[level](
+              { method, ms: elapsedMs(started), code: grpc.status[serviceError.code], err: error },
+              serviceError.details,
+            );
+            callback(serviceError);
+          },
+        );
+    };
+  }
+
+  private unimplemented<Req, Res>(method: string): grpc.handleUnaryCall<Req, Res> {
+    return this.unary<Req, Res>(method, () => {
+      throw new CriError("UNIMPLEMENTED", `${method}: ${UNIMPLEMENTED[method] ?? "not supported"}`);
+    });
+  }
+}
+
+export function toServiceError(
+  error: unknown,
+): Partial<grpc.ServiceError> & { code: grpc.status; details: string } {
+  if (error instanceof CriError) return { code: GRPC_CODES[error.code], details: error.message };
+  return { code: grpc.status.INTERNAL, details: errorMessage(error) };
+}
+
+function elapsedMs(started: bigint): number {
+  return Number(process.hrtime.bigint() - started) / 1e6;
+}
+
+/** Creates the directory; removes a socket nobody listens on; refuses anything else. */
+async function prepareSocketPath(socketPath: string): Promise<void> {
+  await fs.promises.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o700 });
+  let st: fs.Stats;
+  try {
+    st = await fs.promises.lstat(socketPath);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw error;
+  }
+  if (!st.isSocket())
+    throw new CriServerError(`listen on ${socketPath}: exists and is not a socket`);
+  if (await answers(socketPath)) {
+    throw new CriServerError(`listen on ${socketPath}: another server is listening there`);
+  }
+  await fs.promises.rm(socketPath, { force: true });
+}
+
+function answers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(socketPath);
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}

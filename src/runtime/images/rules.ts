@@ -1,0 +1,138 @@
+// The image rules file: how an image name kubelet asks for becomes a URL of a disk image.
+//   [{"name": "vmlet.io/cirros", "url": "http://host/cirros.qcow2", "sha256": "..."},
+//    {"prefix": "vmlet.io/", "url": "http://host/images/"}]
+// Exact names are tried first, then the longest matching prefix. A name without a tag
+// means `:latest`. A prefix rule appends the rest of the name to its URL, with a
+// `:latest` tag left off, so `vmlet.io/cirros` and `vmlet.io/cirros:latest` are one URL.
+import fs from "node:fs";
+
+export interface ImageRule {
+  name?: string;
+  prefix?: string;
+  url: string;
+  sha256?: string;
+}
+
+export interface ResolvedImage {
+  /** The normalized name, with a tag. */
+  tag: string;
+  /** The name without tag or digest: the repository. */
+  repository: string;
+  url: string;
+  /** Hex digest the download must have, from the rule or an `@sha256:` reference. */
+  sha256?: string;
+}
+
+export class ImageRulesError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ImageRulesError";
+  }
+}
+
+const SHA256_RE = /^[0-9a-f]{64}$/;
+
+export function parseImageRules(text: string, source: string): ImageRule[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new ImageRulesError(`image rules ${source}: not JSON: ${String(error)}`);
+  }
+  if (!Array.isArray(parsed)) throw new ImageRulesError(`image rules ${source}: not a list`);
+  return parsed.map((entry: unknown, i) => {
+    const where = `image rules ${source}: entry ${i}`;
+    if (typeof entry !== "object" || entry === null)
+      throw new ImageRulesError(`${where}: not an object`);
+    const e = entry as Record<string, unknown>;
+    const url = e.url;
+    if (typeof url !== "string" || !/^https?:\/\//.test(url)) {
+      throw new ImageRulesError(`${where}: url must be an http(s) URL`);
+    }
+    const hasName = typeof e.name === "string" && e.name !== "";
+    const hasPrefix = typeof e.prefix === "string" && e.prefix !== "";
+    if (hasName === hasPrefix)
+      throw new ImageRulesError(`${where}: needs exactly one of name, prefix`);
+    if (e.sha256 !== undefined && (typeof e.sha256 !== "string" || !SHA256_RE.test(e.sha256))) {
+      throw new ImageRulesError(`${where}: sha256 must be 64 lowercase hex digits`);
+    }
+    if (hasPrefix && e.sha256 !== undefined)
+      throw new ImageRulesError(`${where}: sha256 needs a name rule`);
+    return hasName
+      ? {
+          name: normalizeImageName(e.name as string).tag,
+          url,
+          sha256: e.sha256 as string | undefined,
+        }
+      : { prefix: e.prefix as string, url };
+  });
+}
+
+export function loadImageRules(file: string): ImageRule[] {
+  return parseImageRules(fs.readFileSync(file, "utf8"), file);
+}
+
+export interface ImageName {
+  repository: string;
+  tag: string;
+  /** True when the name carried no tag and got `:latest`. */
+  defaultTag: boolean;
+  sha256?: string;
+}
+
+/** `name`, `name:tag`, `name@sha256:hex`; a registry port (`host:5000/x`) is not a tag. */
+export function normalizeImageName(name: string): ImageName {
+  let rest = name.trim();
+  let sha256: string | undefined;
+  const at = rest.indexOf("@");
+  if (at >= 0) {
+    const digest = rest.slice(at + 1);
+    if (!digest.startsWith("sha256:") || !SHA256_RE.test(digest.slice(7))) {
+      throw new ImageRulesError(`image ${JSON.stringify(name)}: digest must be sha256:<64 hex>`);
+    }
+    sha256 = digest.slice(7);
+    rest = rest.slice(0, at);
+  }
+  const slash = rest.lastIndexOf("/");
+  const colon = rest.lastIndexOf(":");
+  const hasTag = colon > slash;
+  const repository = hasTag ? rest.slice(0, colon) : rest;
+  if (repository === "") throw new ImageRulesError(`image ${JSON.stringify(name)}: empty name`);
+  return {
+    repository,
+    tag: `${repository}:${hasTag ? rest.slice(colon + 1) : "latest"}`,
+    defaultTag: !hasTag,
+    sha256,
+  };
+}
+
+export function resolveImage(rules: ImageRule[], name: string): ResolvedImage | undefined {
+  const n = normalizeImageName(name);
+  const exact = rules.find((r) => r.name === n.tag);
+  if (exact) {
+    if (n.sha256 && exact.sha256 && n.sha256 !== exact.sha256) {
+      throw new ImageRulesError(
+        `image ${name}: digest sha256:${n.sha256} differs from the rule's sha256:${exact.sha256}`,
+      );
+    }
+    return {
+      tag: n.tag,
+      repository: n.repository,
+      url: exact.url,
+      sha256: n.sha256 ?? exact.sha256,
+    };
+  }
+  let best: ImageRule | undefined;
+  for (const r of rules) {
+    if (
+      r.prefix &&
+      n.repository.startsWith(r.prefix) &&
+      r.prefix.length > (best?.prefix?.length ?? -1)
+    ) {
+      best = r;
+    }
+  }
+  if (!best?.prefix) return undefined;
+  const rest = n.tag.slice(best.prefix.length).replace(/:latest$/, "");
+  return { tag: n.tag, repository: n.repository, url: best.url + rest, sha256: n.sha256 };
+}

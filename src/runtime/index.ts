@@ -1,0 +1,30 @@
+// The CRI runtime's public surface.
+export { type CriClient, connectCri, type ImageCalls, type RuntimeCalls } from "./cri/client";
+export type * as cri from "./cri/generated";
+export { CRI_PROTO, loadCri } from "./cri/proto";
+export { CriServer, CriServerError, DEFAULT_SOCKET } from "./cri/server";
+export { startVmlet, type Vmlet, type VmletOptions } from "./daemon";
+export { type CriCode, CriError } from "./errors";
+export { detectDiskFormat, NotADiskImageError } from "./images/format";
+export { ImageStore, imageId } from "./images/image-store";
+export {
+  type ImageRule,
+  loadImageRules,
+  normalizeImageName,
+  parseImageRules,
+  resolveImage,
+} from "./images/rules";
+export { createVmLauncher, killQemuOfDir } from "./launcher";
+export { type CgroupDriver, VmRuntime, type VmRuntimeOptions } from "./service";
+export { openStateStore, type StateStore } from "./store";
+export type {
+  Accel,
+  CloudInitFile,
+  NetworkReadiness,
+  PodNetworks,
+  VmExit,
+  VmHandle,
+  VmLauncher,
+  VmSpec,
+  VmStats,
+} from "./types";

@@ -1,0 +1,43 @@
+// Atomic file replacement: a reader (or vmlet after a crash) sees the old content or the
+// new, never a torn write: temp file, fsync, rename, fsync of the directory.
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+
+/** Temp files of interrupted writes end in this; `RecordStore` removes them on open. */
+export const TEMP_SUFFIX = ".tmp";
+
+export async function writeFileAtomic(file: string, data: string | Buffer): Promise<void> {
+  const dir = path.dirname(file);
+  const temp = path.join(
+    dir,
+    `.${path.basename(file)}.${crypto.randomBytes(4).toString("hex")}${TEMP_SUFFIX}`,
+  );
+  const handle = await fs.promises.open(temp, "wx", 0o600);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await fs.promises.rm(temp, { force: true });
+    throw error;
+  }
+  await handle.close();
+  try {
+    await fs.promises.rename(temp, file);
+  } catch (error) {
+    await fs.promises.rm(temp, { force: true });
+    throw error;
+  }
+  await syncDir(dir);
+}
+
+/** Makes a rename or unlink in `dir` durable. */
+export async function syncDir(dir: string): Promise<void> {
+  const handle = await fs.promises.open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

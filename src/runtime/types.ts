@@ -1,0 +1,91 @@
+// What the runtime uses from its two collaborators, as structural interfaces: the
+// tapmanager (src/tapmanager) builds each pod's network, the VM launcher
+// (src/runtime/vm) runs QEMU. Either plugs in as it is; tests plug in stand-ins.
+import type { OpenedTap, PodNetwork, PodNetworkRequest } from "../tapmanager/types";
+
+export type { OpenedTap, PodNetwork, PodNetworkRequest };
+
+export interface NetworkReadiness {
+  ready: boolean;
+  reason?: string;
+  message?: string;
+}
+
+/** The tapmanager, as the runtime sees it. */
+export interface PodNetworks {
+  setUp(req: PodNetworkRequest): Promise<PodNetwork>;
+  /** Idempotent: tearing down a pod without a network is not an error. */
+  tearDown(sandboxId: string): Promise<void>;
+  get(sandboxId: string): PodNetwork | undefined;
+  /** Fresh fds of the pod's taps; the caller closes them once QEMU has them. */
+  openTaps(sandboxId: string): OpenedTap[];
+  /** Re-attaches pod networks after a restart; what it returns is only logged. */
+  recover(): Promise<unknown>;
+  networkStatus(): NetworkReadiness;
+}
+
+export type Accel = "kvm" | "tcg" | "auto";
+
+export interface CloudInitFile {
+  path: string;
+  content: Buffer | string;
+  permissions?: string;
+}
+
+export interface VmSpec {
+  /** The container id. */
+  id: string;
+  /** A directory the VM owns: overlay, seed, QMP socket. Removed with the container. */
+  dir: string;
+  baseImage: { path: string; format: "qcow2" | "raw" };
+  vcpus: number;
+  memoryMiB: number;
+  accel: Accel;
+  /** The launcher passes these fds to QEMU; the runtime closes them after `start`. */
+  taps: OpenedTap[];
+  cloudInit: {
+    instanceId: string;
+    hostname: string;
+    userData?: string;
+    sshKeys?: string[];
+    files: CloudInitFile[];
+  };
+  /** The container's log, in kubelet's CRI log format. */
+  logPath: string;
+}
+
+export interface VmExit {
+  exitCode: number;
+  reason: string;
+  message?: string;
+  finishedAt: Date | number;
+}
+
+export interface VmStats {
+  cpuNanos: bigint;
+  memoryBytes: number;
+}
+
+export interface VmHandle {
+  pid: number;
+  /** JSON the runtime persists and gives back to `adopt` after a restart. */
+  record: unknown;
+  exited: Promise<VmExit>;
+  /** ACPI power-down, then kill when `timeoutMs` has passed. */
+  stop(timeoutMs: number): Promise<void>;
+  kill(): Promise<void>;
+  stats(): Promise<VmStats>;
+  /** Reopen the log file after kubelet rotated it; absent when the launcher cannot. */
+  reopenLog?(): Promise<void>;
+  /** Stop watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
+  detach?(): Promise<void>;
+}
+
+/** The VM launcher, as the runtime sees it. */
+export interface VmLauncher {
+  start(spec: VmSpec): Promise<VmHandle>;
+  /** The handle of a VM still running from before a restart; undefined when it is gone. */
+  adopt(record: unknown): Promise<VmHandle | undefined>;
+  /** Kills whatever VM a start into `dir` that never returned left running. */
+  discard?(dir: string): Promise<unknown>;
+}

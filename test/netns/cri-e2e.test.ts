@@ -1,0 +1,214 @@
+// End to end, the way kubelet drives a node: `vmlet serve` on its socket with the
+// reference bridge plugin, the test guest's disk served over HTTP, and
+// PullImage → RunPodSandbox → CreateContainer → StartContainer. The guest takes the pod
+// IP by DHCP (its console, in the CRI log, says so), a second pod reaches it, a SIGKILL
+// of vmlet loses nothing, and stop + remove leave nothing behind.
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { type CriClient, connectCri } from "../../src/runtime/cri/client";
+import { podConfig } from "../../src/runtime/testing/harness";
+import {
+  allocations,
+  bridgeList,
+  type CniSandbox,
+  makeCniSandbox,
+  makePod,
+} from "../harness/cni-fixtures";
+import { ip, makeNetns, requirePrivateNamespace, run, type TestNetns } from "../harness/fixtures";
+
+const MAIN = path.resolve(__dirname, "../../src/cli/main.js");
+const GUEST_DISK = path.join(
+  process.env.VMLET_GUESTS_DIR ?? path.resolve(__dirname, "../../../.cache/guests"),
+  "disk.qcow2",
+);
+const skip = fs.existsSync(GUEST_DISK)
+  ? false
+  : `no test guest at ${GUEST_DISK}: run scripts/build-test-guests.sh`;
+
+interface Served {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  output: () => string;
+}
+
+async function startServe(args: string[]): Promise<Served> {
+  const child = spawn(process.execPath, [MAIN, "serve", ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  const exited = new Promise<number | null>((resolve) =>
+    child.once("exit", (code) => resolve(code)),
+  );
+  await until("vmlet serve listening", async () => {
+    if (child.exitCode !== null) throw new Error(`vmlet serve exited: ${out}`);
+    return out.includes("CRI server listening");
+  });
+  return { child, exited, output: () => out };
+}
+
+async function until<T>(
+  what: string,
+  check: () => Promise<T | false | undefined>,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+function pings(from: TestNetns, to: string): boolean {
+  try {
+    run(from.name, "ping", "-c", "1", "-W", "1", to);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function nodeLinks(): string[] {
+  return (JSON.parse(ip("-j", "link", "show")) as { ifname: string }[]).map((l) => l.ifname).sort();
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+describe("a VM pod end to end through the CRI socket", { skip }, () => {
+  let cni: CniSandbox;
+  let httpServer: http.Server;
+  let served: Served | undefined;
+  let client: CriClient;
+  let args: string[];
+  let stateDir: string;
+  let neighbour: TestNetns;
+
+  before(async () => {
+    requirePrivateNamespace();
+    cni = makeCniSandbox();
+    cni.writeConf("10-bridge.conflist", bridgeList("e2e", "1.0.0", cni.dataDir, "10.79.0.0/24"));
+    httpServer = http.createServer((_req, res) => fs.createReadStream(GUEST_DISK).pipe(res));
+    await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", resolve));
+    const rules = path.join(cni.root, "images.json");
+    const port = (httpServer.address() as { port: number }).port;
+    fs.writeFileSync(
+      rules,
+      JSON.stringify([{ prefix: "vmlet.io/", url: `http://127.0.0.1:${port}/` }]),
+    );
+    stateDir = path.join(cni.root, "state");
+    args = [
+      `--socket=${path.join(cni.root, "vmlet.sock")}`,
+      `--state-dir=${stateDir}`,
+      `--cni-conf-dir=${cni.confDir}`,
+      `--cni-bin-dir=${cni.binDir}:/usr/lib/cni`,
+      `--image-rules=${rules}`,
+      "--accel=tcg",
+      "--log-level=debug",
+    ];
+    served = await startServe(args);
+    client = connectCri(path.join(cni.root, "vmlet.sock"));
+    // The second pod: a plain netns on the same network, attached by the CNI plugins.
+    neighbour = makeNetns("nb");
+    await cni.client().addPod(makePod("neighbour"), neighbour.path);
+  });
+
+  after(async () => {
+    client?.close();
+    served?.child.kill("SIGKILL");
+    await served?.exited;
+    httpServer?.close();
+    neighbour?.remove();
+    cni?.remove();
+  });
+
+  test("the guest takes the pod IP, is reachable, survives a SIGKILL of vmlet, and leaves nothing", async () => {
+    const linksBefore = nodeLinks();
+    const { imageRef } = await client.image.PullImage({ image: { image: "vmlet.io/disk.qcow2" } });
+    const logDirectory = path.join(cni.root, "pods", "default_e2e_uid");
+    const sandboxConfig = podConfig("e2e", { logDirectory });
+    const { podSandboxId } = await client.runtime.RunPodSandbox({ config: sandboxConfig });
+    const podIp =
+      (await client.runtime.PodSandboxStatus({ podSandboxId })).status?.network?.ip ?? "";
+    assert.match(podIp, /^10\.79\.0\.\d+$/);
+    const { containerId } = await client.runtime.CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "guest" }, image: { image: imageRef }, logPath: "guest/0.log" },
+      sandboxConfig,
+    });
+    await client.runtime.StartContainer({ containerId });
+    const logPath = path.join(logDirectory, "guest/0.log");
+
+    const lease = await until(
+      "the guest's DHCP lease in the container log",
+      async () => {
+        const text = fs.existsSync(logPath) ? fs.readFileSync(logPath, "utf8") : "";
+        return /^\S+ stdout [PF] VMLET-GUEST lease event="bound".*$/m.exec(text)?.[0];
+      },
+      60_000,
+    );
+    assert.match(lease, new RegExp(`ip="${podIp.replace(/\./g, "\\.")}/24"`));
+    await until("a ping from the second pod", async () => pings(neighbour, podIp), 10_000);
+    let s = (await client.runtime.ContainerStatus({ containerId, verbose: true })).status;
+    assert.equal(s?.state, "CONTAINER_RUNNING");
+    const { pid } = JSON.parse(
+      (await client.runtime.ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    assert.ok(alive(pid));
+
+    // vmlet dies hard; the VM does not.
+    client.close();
+    served?.child.kill("SIGKILL");
+    await served?.exited;
+    assert.ok(alive(pid), "QEMU outlives vmlet");
+    assert.ok(pings(neighbour, podIp), "the guest is reachable while vmlet is down");
+    served = await startServe(args);
+    client = connectCri(path.join(cni.root, "vmlet.sock"));
+    s = (await client.runtime.ContainerStatus({ containerId })).status;
+    assert.equal(s?.state, "CONTAINER_RUNNING");
+    assert.ok(pings(neighbour, podIp), "still reachable after the restart");
+
+    await client.runtime.StopContainer({ containerId, timeout: 2 });
+    s = (await client.runtime.ContainerStatus({ containerId })).status;
+    assert.equal(s?.state, "CONTAINER_EXITED");
+    assert.ok(!alive(pid), "QEMU is gone");
+    await client.runtime.StopPodSandbox({ podSandboxId });
+    await client.runtime.RemovePodSandbox({ podSandboxId });
+
+    assert.deepEqual(nodeLinks(), linksBefore, "no link of the pod left on the node");
+    const netns = ip("netns", "list");
+    assert.ok(!netns.includes(podSandboxId.slice(0, 20)), `no pod netns left: ${netns}`);
+    assert.deepEqual(
+      allocations(cni.dataDir, "e2e").filter((a) => a === podIp),
+      [],
+      "the pod IP is released",
+    );
+    for (const dir of ["sandboxes", "containers", "vms", "pods"]) {
+      const left = fs.existsSync(path.join(stateDir, dir))
+        ? fs.readdirSync(path.join(stateDir, dir))
+        : [];
+      assert.deepEqual(left, [], `nothing left in ${dir}`);
+    }
+    const qemuLeft = spawnSync("pgrep", ["-f", containerId], { encoding: "utf8" }).stdout.trim();
+    assert.equal(qemuLeft, "", "no QEMU of the container left");
+  });
+});

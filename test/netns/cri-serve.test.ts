@@ -1,0 +1,133 @@
+// `vmlet serve` as kubelet meets it: a process with a socket, JSON logs carrying pod
+// ids, and a SIGKILL that loses no pod.
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { type CriClient, connectCri } from "../../src/runtime/cri/client";
+import { podConfig } from "../../src/runtime/testing/harness";
+import { allocations, bridgeList, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
+import { requirePrivateNamespace } from "../harness/fixtures";
+
+const MAIN = path.resolve(__dirname, "../../src/cli/main.js");
+
+interface Served {
+  child: ChildProcess;
+  logs: string[];
+  exited: Promise<number | null>;
+}
+
+async function startServe(args: string[], socket: string): Promise<Served> {
+  fs.rmSync(socket, { force: true });
+  const child = spawn(process.execPath, [MAIN, "serve", ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const logs: string[] = [];
+  let buffered = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    buffered += d.toString();
+    const lines = buffered.split("\n");
+    buffered = lines.pop() ?? "";
+    logs.push(...lines);
+  });
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const exited = new Promise<number | null>((resolve) =>
+    child.once("exit", (code) => resolve(code)),
+  );
+  const deadline = Date.now() + 10_000;
+  while (!logs.some((l) => l.includes("CRI server listening"))) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`vmlet serve did not come up: ${stderr}${logs.join("\n")}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return { child, logs, exited };
+}
+
+describe("vmlet serve", () => {
+  let cni: CniSandbox;
+  let socket: string;
+  let args: string[];
+  let served: Served | undefined;
+  let client: CriClient | undefined;
+
+  before(() => {
+    requirePrivateNamespace();
+    cni = makeCniSandbox();
+    cni.writeConf(
+      "10-bridge.conflist",
+      bridgeList("servenet", "1.0.0", cni.dataDir, "10.78.0.0/24"),
+    );
+    socket = path.join(cni.root, "run", "vmlet.sock");
+    const config = path.join(cni.root, "vmlet.json");
+    fs.writeFileSync(
+      config,
+      JSON.stringify({
+        cniConfDir: cni.confDir,
+        cniBinDir: `${cni.binDir}:/usr/lib/cni`,
+        accel: "tcg",
+      }),
+    );
+    args = [
+      "--config",
+      config,
+      "--socket",
+      socket,
+      "--state-dir",
+      path.join(cni.root, "state"),
+      "--image-rules",
+      path.join(cni.root, "images.json"),
+      "--log-level",
+      "debug",
+    ];
+  });
+
+  after(async () => {
+    client?.close();
+    served?.child.kill("SIGKILL");
+    await served?.exited;
+    cni?.remove();
+  });
+
+  test("serves CRI on its socket, logs JSON lines with pod ids, and survives SIGKILL with its pods", async () => {
+    served = await startServe(args, socket);
+    client = connectCri(socket);
+    assert.equal((await client.runtime.Version({})).runtimeName, "vmlet");
+    assert.equal(fs.statSync(socket).mode & 0o777, 0o600);
+    const { podSandboxId } = await client.runtime.RunPodSandbox({ config: podConfig("served") });
+    const ip = (await client.runtime.PodSandboxStatus({ podSandboxId })).status?.network?.ip;
+    assert.match(ip ?? "", /^10\.78\.0\.\d+$/);
+    const ready = served.logs
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.msg === "pod sandbox ready");
+    assert.equal(ready?.podSandboxId, podSandboxId);
+    assert.equal(ready?.pod, "default/served");
+
+    // An image rules file that is missing is a clear error, not a crash.
+    await assert.rejects(
+      client.image.PullImage({ image: { image: "vmlet.io/x" } }),
+      /images\.json: no such file/,
+    );
+
+    client.close();
+    served.child.kill("SIGKILL");
+    await served.exited;
+    served = await startServe(args, socket); // the stale socket is replaced
+    client = connectCri(socket);
+    const again = await client.runtime.PodSandboxStatus({ podSandboxId });
+    assert.equal(again.status?.state, "SANDBOX_READY");
+    assert.equal(again.status?.network?.ip, ip);
+    await client.runtime.StopPodSandbox({ podSandboxId });
+    await client.runtime.RemovePodSandbox({ podSandboxId });
+    assert.deepEqual(allocations(cni.dataDir, "servenet"), []);
+
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0);
+    served = undefined;
+  });
+});

@@ -1,0 +1,115 @@
+// Image names, rules and disk formats: what a pull accepts before it downloads a byte,
+// and what it accepts after the first 4 KiB.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { detectDiskFormat } from "../../src/runtime/images/format";
+import { normalizeImageName, parseImageRules, resolveImage } from "../../src/runtime/images/rules";
+
+const DIGEST = "a".repeat(64);
+
+describe("image names", () => {
+  test("a name without a tag means :latest; a registry port is not a tag", () => {
+    assert.equal(normalizeImageName("vmlet.io/cirros").tag, "vmlet.io/cirros:latest");
+    assert.equal(normalizeImageName("vmlet.io/cirros:0.6").tag, "vmlet.io/cirros:0.6");
+    assert.equal(normalizeImageName("host:5000/cirros").tag, "host:5000/cirros:latest");
+    assert.equal(normalizeImageName("host:5000/cirros").repository, "host:5000/cirros");
+  });
+
+  test("a digest reference carries its sha256; a malformed one is refused", () => {
+    assert.equal(normalizeImageName(`vmlet.io/cirros@sha256:${DIGEST}`).sha256, DIGEST);
+    assert.throws(
+      () => normalizeImageName("vmlet.io/cirros@sha256:abc"),
+      /digest must be sha256:<64 hex>/,
+    );
+  });
+});
+
+describe("image rules", () => {
+  const rules = parseImageRules(
+    JSON.stringify([
+      { name: "vmlet.io/cirros", url: "http://h/cirros.qcow2", sha256: DIGEST },
+      { prefix: "vmlet.io/", url: "http://h/images/" },
+      { prefix: "vmlet.io/deep/", url: "http://d/" },
+    ]),
+    "rules.json",
+  );
+
+  test("an exact name wins, with its digest; cirros and cirros:latest are one image", () => {
+    for (const name of ["vmlet.io/cirros", "vmlet.io/cirros:latest"]) {
+      assert.deepEqual(resolveImage(rules, name), {
+        tag: "vmlet.io/cirros:latest",
+        repository: "vmlet.io/cirros",
+        url: "http://h/cirros.qcow2",
+        sha256: DIGEST,
+      });
+    }
+  });
+
+  test("a prefix appends the rest of the name, the longest prefix wins, :latest is left off", () => {
+    assert.equal(resolveImage(rules, "vmlet.io/debian")?.url, "http://h/images/debian");
+    assert.equal(resolveImage(rules, "vmlet.io/debian:latest")?.url, "http://h/images/debian");
+    assert.equal(resolveImage(rules, "vmlet.io/debian:12")?.url, "http://h/images/debian:12");
+    assert.equal(resolveImage(rules, "vmlet.io/deep/x")?.url, "http://d/x");
+    assert.equal(resolveImage(rules, "docker.io/nginx"), undefined);
+  });
+
+  test("a digest that contradicts the rule is refused", () => {
+    assert.throws(
+      () => resolveImage(rules, `vmlet.io/cirros@sha256:${"b".repeat(64)}`),
+      /differs from the rule/,
+    );
+  });
+
+  test("bad rules files say which entry and what is wrong", () => {
+    assert.throws(() => parseImageRules("{", "r.json"), /image rules r\.json: not JSON/);
+    assert.throws(() => parseImageRules("{}", "r.json"), /not a list/);
+    assert.throws(
+      () => parseImageRules('[{"name":"a"}]', "r.json"),
+      /entry 0: url must be an http\(s\) URL/,
+    );
+    assert.throws(
+      () => parseImageRules('[{"url":"http://x"}]', "r.json"),
+      /entry 0: needs exactly one of name, prefix/,
+    );
+    assert.throws(
+      () => parseImageRules('[{"name":"a","url":"http://x","sha256":"xyz"}]', "r.json"),
+      /entry 0: sha256 must be 64 lowercase hex digits/,
+    );
+  });
+});
+
+describe("disk formats", () => {
+  const sized = (n: number, fill: (b: Buffer) => void) => {
+    const b = Buffer.alloc(n);
+    fill(b);
+    return b;
+  };
+
+  test("qcow2 by its magic; raw by an MBR signature or a GPT header", () => {
+    assert.equal(detectDiskFormat(sized(4096, (b) => b.write("QFI\xfb", "latin1"))), "qcow2");
+    assert.equal(detectDiskFormat(sized(4096, (b) => b.writeUInt16BE(0x55aa, 510))), "raw");
+    assert.equal(detectDiskFormat(sized(4096, (b) => b.write("EFI PART", 512, "latin1"))), "raw");
+  });
+
+  test("error pages, archives, compressed files and blanks are refused, saying what they look like", () => {
+    const cases: [Buffer, RegExp][] = [
+      [
+        Buffer.from("<!DOCTYPE html><html><body>404</body></html>"),
+        /looks like an HTML or text page/,
+      ],
+      [sized(4096, (b) => b.write("<html>", "latin1")), /looks like an HTML or text page/],
+      [sized(4096, (b) => b.writeUInt16BE(0x1f8b, 0)), /looks like gzip data/],
+      [sized(4096, (b) => b.write("ustar", 257, "latin1")), /looks like a tar archive/],
+      [sized(4096, (b) => b.write("KDMV", "latin1")), /looks like a VMDK image/],
+      [sized(4096, () => {}), /no qcow2 magic and no MBR\/GPT partition table/],
+      [Buffer.alloc(10), /only 10 bytes/],
+    ];
+    for (const [header, message] of cases) {
+      assert.throws(() => detectDiskFormat(header), message);
+      assert.throws(
+        () => detectDiskFormat(header),
+        /vmlet takes qcow2, or raw disks with a partition table/,
+      );
+    }
+  });
+});
