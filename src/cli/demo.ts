@@ -1,48 +1,176 @@
-// The built-in default: a demo node in a private namespace, one pod network built in it
-// with the kernel layer, and a report of what was built.
+// The built-in default: vmlet's main job on a demo node. In a private namespace it writes
+// a bridge + host-local CNI config, serves the test guest's disk over HTTP, starts vmlet,
+// and runs one VM pod through the CRI socket the way kubelet does; then it shows the pod
+// IP, the lease the guest took, and that the node reaches the guest.
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
-import { createNetns, deleteNetns } from "../sys/netns";
+import http from "node:http";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import pino from "pino";
+import { connectCri } from "../runtime/cri/client";
+import { listNetns } from "../sys/netns";
 import { enterPrivateNamespace } from "../sys/private-namespace";
 import { Rtnl } from "../sys/rtnl";
-import { openTap } from "../sys/tap";
+import { startDaemon } from "./serve";
 
-export async function runDemo(_args: string[]): Promise<number> {
+const ROOT = "/run/vmlet-demo";
+const SOCKET = "/run/vmlet/vmlet.sock";
+const IMAGE = "vmlet.io/demo-guest";
+const LEASE_TIMEOUT_MS = 120_000;
+
+function guestDisk(): string {
+  const dir = process.env.VMLET_GUESTS_DIR ?? path.resolve(__dirname, "../../../.cache/guests");
+  const disk = path.join(dir, "disk.qcow2");
+  if (!fs.existsSync(disk)) {
+    throw new Error(`demo guest ${disk} is missing: run scripts/build-test-guests.sh first`);
+  }
+  return disk;
+}
+
+function say(text: string): void {
+  console.log(`demo: ${text}`);
+}
+
+/** Serves one file on 127.0.0.1, the demo's image registry. */
+async function serveFile(file: string): Promise<{ url: string; close(): void }> {
+  const server = http.createServer((_req, res) => {
+    res.setHeader("content-length", fs.statSync(file).size);
+    fs.createReadStream(file).pipe(res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  return { url: `http://127.0.0.1:${port}/disk.qcow2`, close: () => server.close() };
+}
+
+/** Records still in the state dir's sandbox, container, VM and pod dirs. */
+function stateLeft(stateDir: string): string[] {
+  return ["sandboxes", "containers", "vms", "pods"].flatMap((dir) => {
+    const full = path.join(stateDir, dir);
+    return fs.existsSync(full) ? fs.readdirSync(full).map((f) => `${dir}/${f}`) : [];
+  });
+}
+
+async function waitForLease(logPath: string): Promise<string> {
+  const deadline = Date.now() + LEASE_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const text = fs.existsSync(logPath) ? fs.readFileSync(logPath, "utf8") : "";
+    const line = /VMLET-GUEST lease event="bound".*$/m.exec(text)?.[0];
+    if (line) return line;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`no DHCP lease in ${logPath} after ${LEASE_TIMEOUT_MS / 1000} s`);
+}
+
+export async function runDemo(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { keep: { type: "boolean" } }, strict: true });
+  const disk = guestDisk();
   enterPrivateNamespace();
-  console.log("demo: a private node namespace; nothing here touches the machine's network");
+  say("a private node namespace: nothing here touches the machine's network");
   const node = Rtnl.open("/proc/self/ns/net");
   await node.setUp("lo");
-  const podNs = createNetns("demo-pod");
-  const nodeNsFd = fs.openSync("/proc/self/ns/net", "r");
-  const pod = Rtnl.open(podNs);
+  node.close();
+
+  const confDir = path.join(ROOT, "net.d");
+  fs.mkdirSync(confDir, { recursive: true });
+  fs.writeFileSync(
+    path.join(confDir, "10-demo.conflist"),
+    JSON.stringify({
+      cniVersion: "1.0.0",
+      name: "demo",
+      plugins: [
+        {
+          type: "bridge",
+          bridge: "cni0",
+          isGateway: true,
+          ipMasq: false,
+          ipam: {
+            type: "host-local",
+            ranges: [[{ subnet: "10.88.0.0/24" }]],
+            routes: [{ dst: "0.0.0.0/0" }],
+          },
+        },
+      ],
+    }),
+  );
+  const registry = await serveFile(disk);
+  const rules = path.join(ROOT, "images.json");
+  fs.writeFileSync(rules, JSON.stringify([{ name: IMAGE, url: registry.url }]));
+  const logFile = path.join(ROOT, "vmlet.log");
+  const daemon = await startDaemon(
+    {
+      socket: SOCKET,
+      stateDir: path.join(ROOT, "state"),
+      cniConfDir: confDir,
+      cniBinDirs: ["/opt/cni/bin", "/usr/lib/cni"],
+      imageRules: rules,
+      accel: "tcg",
+      logLevel: "info",
+      cgroupDriver: "systemd",
+    },
+    pino.destination({ dest: logFile, sync: true }),
+  );
+  say(`vmlet serving CRI on ${SOCKET} (log: ${logFile})`);
+  const cri = connectCri(SOCKET);
   try {
-    // What a CNI plugin would leave: a veth with the pod's address and a default route.
-    await pod.createVeth("eth0", "veth-demo", nodeNsFd);
-    await node.addAddress("veth-demo", "10.88.0.1/24");
-    await node.setUp("veth-demo");
-    await pod.addAddress("eth0", "10.88.0.2/24");
-    await pod.setUp("eth0");
-    await pod.addRoute({ dst: "0.0.0.0", dstLength: 0, gateway: "10.88.0.1" });
-    // What vmlet makes of it: a bridge joining the veth and a tap for the VM.
-    await pod.deleteAddress("eth0", "10.88.0.2/24");
-    await pod.createBridge("br-eth0");
-    const tap = openTap(podNs, { name: "tap-eth0" });
-    await pod.setMaster("eth0", "br-eth0");
-    await pod.setMaster("tap-eth0", "br-eth0");
-    for (const name of ["br-eth0", "tap-eth0"]) await pod.setUp(name);
-    console.log(`demo: pod netns ${podNs}`);
-    for (const link of await pod.links()) {
-      const master = link.master ? ` master ${link.master}` : "";
+    const version = await cri.runtime.Version({ version: "v1" });
+    say(
+      `Version: ${version.runtimeName} ${version.runtimeVersion}, CRI ${version.runtimeApiVersion}`,
+    );
+    const { imageRef } = await cri.image.PullImage({ image: { image: IMAGE } });
+    say(`PullImage ${IMAGE} -> ${imageRef}`);
+    const logDirectory = path.join(ROOT, "pods", "default_demo-vm");
+    const sandboxConfig = {
+      metadata: { name: "demo-vm", namespace: "default", uid: "demo-vm-uid", attempt: 0 },
+      hostname: "demo-vm",
+      logDirectory,
+      labels: { app: "demo" },
+      annotations: {},
+      dnsConfig: { servers: ["10.96.0.10"], searches: ["default.svc.cluster.local"], options: [] },
+      linux: { securityContext: { namespaceOptions: { network: "POD" as const } } },
+    };
+    const { podSandboxId } = await cri.runtime.RunPodSandbox({ config: sandboxConfig });
+    const status = await cri.runtime.PodSandboxStatus({ podSandboxId });
+    const podIp = status.status?.network?.ip ?? "";
+    say(`RunPodSandbox -> ${podSandboxId.slice(0, 13)}, pod IP ${podIp}`);
+    const { containerId } = await cri.runtime.CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "guest" }, image: { image: imageRef }, logPath: "guest/0.log" },
+      sandboxConfig,
+    });
+    await cri.runtime.StartContainer({ containerId });
+    say(`StartContainer ${containerId.slice(0, 13)}: QEMU (TCG) boots the guest`);
+    const t0 = Date.now();
+    const lease = await waitForLease(path.join(logDirectory, "guest/0.log"));
+    say(
+      `the guest's lease, from its console in the CRI log (${((Date.now() - t0) / 1000).toFixed(1)} s):`,
+    );
+    console.log(`  ${lease.replace(/ dhcp_\w+="[^"]*"/g, "")}`);
+    const ping = execFileSync("ping", ["-c", "1", "-W", "3", podIp], { encoding: "utf8" });
+    say(`the node reaches the guest: ${/time=\S+ ms/.exec(ping)?.[0] ?? "reply"}`);
+    const container = await cri.runtime.ContainerStatus({ containerId });
+    say(`ContainerStatus: ${container.status?.state}`);
+    if (values.keep) {
+      say("vmlet keeps serving until Ctrl-C; from another shell:");
       console.log(
-        `  ${link.index}: ${link.name} ${link.kind ?? ""} ${link.mac} mtu ${link.mtu} ${link.up ? "up" : "down"}${master}`,
+        `  nsenter -t ${process.pid} -n -m crictl --runtime-endpoint unix://${SOCKET} pods`,
       );
+      await new Promise<void>((resolve) => process.once("SIGINT", () => resolve()));
     }
-    console.log(`demo: tap ${tap.name} open as fd ${tap.fd}, ready for -netdev tap,fd=N`);
-    fs.closeSync(tap.fd);
+    await cri.runtime.StopContainer({ containerId, timeout: 2 });
+    await cri.runtime.StopPodSandbox({ podSandboxId });
+    await cri.runtime.RemovePodSandbox({ podSandboxId });
+    const left = [...listNetns(), ...stateLeft(path.join(ROOT, "state"))];
+    say(
+      left.length === 0
+        ? "stopped and removed: no netns or state left"
+        : `left behind: ${left.join(", ")}`,
+    );
+    say(`run with --keep to leave it serving and reach it with crictl through ${SOCKET}`);
     return 0;
   } finally {
-    pod.close();
-    node.close();
-    fs.closeSync(nodeNsFd);
-    deleteNetns("demo-pod");
+    cri.close();
+    await daemon.close();
+    registry.close();
   }
 }

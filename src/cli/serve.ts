@@ -157,8 +157,18 @@ function imageRulesReader(file: string): () => ImageRule[] {
   };
 }
 
-export async function serve(options: ServeOptions): Promise<number> {
-  const logger = pino({ level: options.logLevel, base: { pid: process.pid } });
+/** vmlet's parts assembled: CNI client, tapmanager, VM launcher, CRI server. */
+export interface RunningVmlet {
+  logger: pino.Logger;
+  /** Stops serving; VMs and pod networks stay up for the next start to adopt. */
+  close(): Promise<void>;
+}
+
+export async function startDaemon(
+  options: ServeOptions,
+  destination?: pino.DestinationStream,
+): Promise<RunningVmlet> {
+  const logger = pino({ level: options.logLevel, base: { pid: process.pid } }, destination);
   const cni = new CniClient({
     confDir: options.cniConfDir,
     binDirs: options.cniBinDirs,
@@ -179,15 +189,25 @@ export async function serve(options: ServeOptions): Promise<number> {
     logger,
     cgroupDriver: options.cgroupDriver,
   });
-  logger.info({ ...options }, "vmlet serving");
+  return {
+    logger,
+    async close() {
+      await vmlet.close();
+      await tapmanager.close();
+      cni.close();
+    },
+  };
+}
+
+export async function serve(options: ServeOptions): Promise<number> {
+  const daemon = await startDaemon(options);
+  daemon.logger.info({ ...options }, "vmlet serving");
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGINT", () => resolve("SIGINT"));
     process.once("SIGTERM", () => resolve("SIGTERM"));
   });
   // VMs and pod networks stay up: the next start adopts them.
-  logger.info({ signal }, "vmlet stopping; VMs keep running");
-  await vmlet.close();
-  await tapmanager.close();
-  cni.close();
+  daemon.logger.info({ signal }, "vmlet stopping; VMs keep running");
+  await daemon.close();
   return 0;
 }
