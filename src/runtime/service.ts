@@ -5,6 +5,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import type { Logger } from "pino";
+import { KeyedLock } from "../util/keyed-lock";
 import {
   containerMessage,
   containerStatusMessage,
@@ -20,7 +21,6 @@ import {
 import type * as cri from "./cri/generated";
 import { CriError, errorMessage, failedPrecondition, invalidArgument, notFound } from "./errors";
 import { type ImageStore, imageId, repoDigests } from "./images/image-store";
-import { KeyedLock } from "./keyed-lock";
 import type { StateStore } from "./store";
 import type { ContainerRecord, SandboxRecord } from "./store/records";
 import type {

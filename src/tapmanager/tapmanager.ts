@@ -10,7 +10,7 @@ import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhc
 import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
-import { KeyedLock } from "./keyed-lock";
+import { KeyedLock } from "../util/keyed-lock";
 import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
 import type { OpenedTap, PodNetwork, PodNetworkRequest } from "./types";
 

@@ -20,7 +20,13 @@ export {
   rfc3339Nano,
 } from "./cri-log";
 export { QmpError, VmError, VmSpecError } from "./errors";
-export { removeVmFiles, removeVmState, VmLauncher, type VmLauncherOptions } from "./launcher";
+export {
+  killStrayQemu,
+  removeVmFiles,
+  removeVmState,
+  VmLauncher,
+  type VmLauncherOptions,
+} from "./launcher";
 export { QmpClient, type QmpEvent } from "./qmp";
 export { buildSeedFiles, type SeedFiles, writeSeedIso } from "./seed";
 export type {

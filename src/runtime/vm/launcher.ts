@@ -224,21 +224,27 @@ export async function removeVmState(record: VmRecord): Promise<void> {
   });
 }
 
-async function killStrayQemu(paths: VmPaths): Promise<void> {
+/**
+ * Kills the QEMU that an earlier start in `paths`' dir left (found by its pidfile, and
+ * only if its command line names this dir's QMP socket: the pid may have been reused).
+ * True when there was one.
+ */
+export async function killStrayQemu(paths: VmPaths): Promise<boolean> {
   const pid = Number((await fs.promises.readFile(paths.pidFile, "utf8").catch(() => "")).trim());
-  if (!Number.isSafeInteger(pid) || pid <= 1) return;
+  if (!Number.isSafeInteger(pid) || pid <= 1) return false;
   const cmdline = await fs.promises.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-  if (!cmdline.includes(paths.qmpSocket)) return;
+  if (!cmdline.split("\0").some((arg) => arg.includes(paths.qmpSocket))) return false;
   try {
     process.kill(pid, "SIGKILL");
   } catch {
-    return;
+    return false;
   }
   for (let i = 0; i < 250; i++) {
     const stat = await readProcStat(pid);
-    if (!stat || stat.state === "Z") return;
+    if (!stat || stat.state === "Z") return true;
     await sleep(20);
   }
+  return true;
 }
 
 interface ChildExit {

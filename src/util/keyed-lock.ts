@@ -1,4 +1,5 @@
-// Serialises work per key (one pod's calls) while different keys run in parallel.
+// Serialises work per key (one pod's calls: kubelet may stop and remove a pod at once,
+// and each must see the other's result) while different keys run in parallel.
 export class KeyedLock {
   private readonly tails = new Map<string, Promise<unknown>>();
 
