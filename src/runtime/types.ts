@@ -2,6 +2,7 @@
 // tapmanager (src/tapmanager) builds each pod's network, the VM launcher
 // (src/runtime/vm) runs QEMU. Either plugs in as it is; tests plug in stand-ins.
 import type { OpenedTap, PodNetwork, PodNetworkRequest } from "../tapmanager/types";
+import type { VmSpec } from "./vm/types";
 
 export type { OpenedTap, PodNetwork, PodNetworkRequest };
 
@@ -24,35 +25,8 @@ export interface PodNetworks {
   networkStatus(): NetworkReadiness;
 }
 
-export type Accel = "kvm" | "tcg" | "auto";
-
-export interface CloudInitFile {
-  path: string;
-  content: Buffer | string;
-  permissions?: string;
-}
-
-export interface VmSpec {
-  /** The container id. */
-  id: string;
-  /** A directory the VM owns: overlay, seed, QMP socket. Removed with the container. */
-  dir: string;
-  baseImage: { path: string; format: "qcow2" | "raw" };
-  vcpus: number;
-  memoryMiB: number;
-  accel: Accel;
-  /** The launcher passes these fds to QEMU; the runtime closes them after `start`. */
-  taps: OpenedTap[];
-  cloudInit: {
-    instanceId: string;
-    hostname: string;
-    userData?: string;
-    sshKeys?: string[];
-    files: CloudInitFile[];
-  };
-  /** The container's log, in kubelet's CRI log format. */
-  logPath: string;
-}
+// The VM's request is the launcher's own type; the handle below is what the runtime uses.
+export type { Accel, CloudInitFile, VmSpec } from "./vm/types";
 
 export interface VmExit {
   exitCode: number;
