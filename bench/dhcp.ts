@@ -8,6 +8,7 @@
 // Prints a table and writes bench/results/dhcp.json.
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { DhcpServer } from "../src/dhcp/server";
 import { enterPrivateNamespace } from "../src/sys/private-namespace";
@@ -218,7 +219,7 @@ async function main(): Promise<void> {
   const haveDnsmasq = fs.existsSync("/usr/sbin/dnsmasq");
   ip("link", "set", "lo", "up");
   topology();
-  const dir = fs.mkdtempSync("/tmp/bench-dhcp-");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-dhcp-"));
   const samples: Record<string, number[]> = { vmlet: [], dnsmasq: [] };
   for (let b = 0; b < blocks; b++) {
     samples.vmlet!.push(...(await vmletBlock(count)));

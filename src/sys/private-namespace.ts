@@ -9,7 +9,9 @@ import * as libc from "./libc";
 const MARKER = "VMLET_PRIVATE_NS";
 
 /** Directories that get a fresh tmpfs inside, so nothing there reaches the machine. */
-const PRIVATE_DIRS = ["/run", "/var/lib/cni", "/tmp"];
+const PRIVATE_DIRS = ["/run", "/var/lib/cni"];
+/** Temporary files go to a tmpfs too; /tmp itself may hold this very checkout. */
+const PRIVATE_TMP = "/run/vmlet-tmp";
 
 export function inPrivateNamespace(): boolean {
   return process.env[MARKER] === String(process.pid) || process.env[MARKER] === "1";
@@ -54,8 +56,15 @@ export function enterPrivateNamespace(argv: string[] = process.argv.slice(1)): v
 
 function mountPrivateDirs(): void {
   for (const dir of PRIVATE_DIRS) {
+    if (__dirname.startsWith(`${dir}/`)) {
+      throw new Error(
+        `private namespace: ${dir} gets a fresh tmpfs, but vmlet runs from ${__dirname}`,
+      );
+    }
     fs.mkdirSync(dir, { recursive: true });
     libc.check(libc.mount("tmpfs", dir, "tmpfs", 0, "mode=755"), `mount tmpfs on ${dir}`);
   }
-  fs.chmodSync("/tmp", 0o1777);
+  fs.mkdirSync(PRIVATE_TMP, { mode: 0o1777 });
+  fs.chmodSync(PRIVATE_TMP, 0o1777);
+  process.env.TMPDIR = PRIVATE_TMP;
 }
