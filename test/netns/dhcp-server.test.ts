@@ -184,11 +184,13 @@ describe("DhcpServer in a pod netns", () => {
         await new Promise((r) => setTimeout(r, 50));
       }
       const stats = server.stats();
-      // UDP may lose some of a flood; what arrived is all dropped and counted.
-      assert.ok(stats.received >= 1000, JSON.stringify(stats));
+      // UDP loses part of a flood on a busy machine; what arrived is all dropped and counted.
+      const dropped = Object.values(stats.dropped).reduce((a, b) => a + (b ?? 0), 0);
+      assert.ok(stats.received >= 200, JSON.stringify(stats));
+      assert.equal(dropped, stats.received, JSON.stringify(stats));
       assert.equal(stats.replied, 0);
-      assert.ok((stats.dropped["unknown-mac"] ?? 0) > 300, JSON.stringify(stats.dropped));
-      assert.ok((stats.dropped.truncated ?? 0) > 300, JSON.stringify(stats.dropped));
+      assert.ok((stats.dropped["unknown-mac"] ?? 0) > 50, JSON.stringify(stats.dropped));
+      assert.ok((stats.dropped.truncated ?? 0) > 50, JSON.stringify(stats.dropped));
       ipIn(t.guest.name, "addr", "flush", "dev", "eth0");
 
       // Asynchronously, for the same reason: the server answers from this process.
