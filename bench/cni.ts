@@ -1,31 +1,13 @@
 // ADD + DEL through the CNI client against running the bridge plugin directly with the
 // same config, env and stdin, alternating in one run. Usage: node dist/bench/cni.js [N]
-import { spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { CniClient, kubernetesCniArgs, type PodRef } from "../src/cni-bridge/cni";
+import { CniClient, type PodRef } from "../src/cni-bridge/cni";
 import { createNetns, deleteNetns } from "../src/sys/netns";
 import { enterPrivateNamespace } from "../src/sys/private-namespace";
 import { alternate, report } from "./lib";
-
-const BIN_DIR = "/usr/lib/cni";
-
-function runPlugin(env: NodeJS.ProcessEnv, stdin: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(path.join(BIN_DIR, "bridge"), [], { env, stdio: ["pipe", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    child.stdout.on("data", (b: Buffer) => out.push(b));
-    child.stderr.resume();
-    child.on("error", reject);
-    child.on("close", (code) => {
-      const text = Buffer.concat(out).toString("utf8");
-      if (code === 0) resolve(text);
-      else reject(new Error(`bridge exited ${code}: ${text}`));
-    });
-    child.stdin.end(stdin);
-  });
-}
+import { BIN_DIR, pluginEnv, runPlugin } from "./plugin";
 
 async function main(): Promise<void> {
   enterPrivateNamespace();
@@ -57,18 +39,10 @@ async function main(): Promise<void> {
   };
   const direct = async (i: number) => {
     const pod: PodRef = { namespace: "bench", name: `d${i}`, uid: `u${i}`, sandboxId: `d${i}` };
-    const env = (command: string) => ({
-      ...process.env,
-      CNI_COMMAND: command,
-      CNI_CONTAINERID: pod.sandboxId,
-      CNI_NETNS: nsPath,
-      CNI_IFNAME: "eth0",
-      CNI_ARGS: kubernetesCniArgs(pod),
-      CNI_PATH: BIN_DIR,
-    });
     const conf = { ...plugin, name: list.name, cniVersion: list.cniVersion };
-    const result = await runPlugin(env("ADD"), JSON.stringify(conf));
-    await runPlugin(env("DEL"), JSON.stringify({ ...conf, prevResult: JSON.parse(result) }));
+    const result = await runPlugin("bridge", pluginEnv("ADD", pod, nsPath), JSON.stringify(conf));
+    const del = JSON.stringify({ ...conf, prevResult: JSON.parse(result) });
+    await runPlugin("bridge", pluginEnv("DEL", pod, nsPath), del);
   };
 
   const samples = await alternate(

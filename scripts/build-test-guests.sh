@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds vmlet's test guests from Debian packages, under .cache/guests/ (gitignored):
 #   vmlinuz          the Debian cloud kernel (linux-image-cloud-amd64's dependency)
-#   initrd.cpio.gz   busybox-static, the virtio-net modules, Debian's stock udhcpc
-#                    script (unchanged) and test/guests/init + report.script
+#   initrd.cpio.gz   busybox-static, the virtio-net and ACPI button modules, Debian's
+#                    stock udhcpc script (unchanged) and test/guests/{init,report.script,
+#                    power-button}
 #   disk.qcow2       a FAT disk with syslinux, the same kernel and initramfs: boots from
 #                    virtio-blk through SeaBIOS
 # Idempotent: each step is skipped when its outputs exist and are newer than its inputs.
@@ -15,7 +16,8 @@ DEBS=$OUT/debs
 SRC=$ROOT/test/guests
 SELF=$ROOT/scripts/build-test-guests.sh
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-  failover net_failover virtio_net)
+  failover net_failover virtio_net
+  evdev button) # the ACPI power button, as an input device busybox acpid reads
 
 say() { printf 'build-test-guests: %s\n' "$*"; }
 # up_to_date OUTPUT INPUT...: OUTPUT exists and is newer than every INPUT.
@@ -91,7 +93,7 @@ fi
 
 # 3. Initramfs.
 INITRD_INPUTS=("$OUT/pkg/kernel/.unpacked" "$OUT/pkg/busybox-static/.unpacked"
-  "$OUT/pkg/udhcpc/.unpacked" "$SRC/init" "$SRC/report.script" "$SELF")
+  "$OUT/pkg/udhcpc/.unpacked" "$SRC/init" "$SRC/report.script" "$SRC/power-button" "$SELF")
 if ! up_to_date "$OUT/initrd.cpio.gz" "${INITRD_INPUTS[@]}"; then
   say "initramfs -> .cache/guests/initrd.cpio.gz"
   R=$OUT/initrd-root
@@ -119,6 +121,9 @@ if ! up_to_date "$OUT/initrd.cpio.gz" "${INITRD_INPUTS[@]}"; then
   cp "$OUT/pkg/udhcpc/etc/udhcpc/default.script" "$R/etc/udhcpc/default.script"
   cp "$SRC/report.script" "$R/etc/udhcpc/report.script"
   cp "$SRC/init" "$R/init"
+  mkdir -p "$R/etc/acpi/PWRF"
+  cp "$SRC/power-button" "$R/etc/acpi/PWRF/00000080"
+  chmod 755 "$R/etc/acpi/PWRF/00000080"
   chmod 755 "$R/init" "$R/etc/udhcpc/default.script" "$R/etc/udhcpc/report.script"
   echo "root:x:0:0:root:/root:/bin/sh" >"$R/etc/passwd"
   echo "root:x:0:" >"$R/etc/group"

@@ -17,8 +17,8 @@ fi
 APT_PACKAGES=(
   containernetworking-plugins iproute2 util-linux procps
   qemu-system-x86 qemu-utils
-  udhcpc isc-dhcp-client dhcpcd-base iputils-ping dnsmasq-base
-  cpio mtools dosfstools syslinux syslinux-common genisoimage
+  udhcpc isc-dhcp-client dhcpcd-base iputils-ping dnsmasq-base tcpdump iptables
+  cpio mtools dosfstools syslinux syslinux-common genisoimage python3-yaml
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -157,7 +157,13 @@ export async function runDemo(args: string[]): Promise<number> {
       );
       await new Promise<void>((resolve) => process.once("SIGINT", () => resolve()));
     }
-    await cri.runtime.StopContainer({ containerId, timeout: 2 });
+    const stopAt = Date.now();
+    await cri.runtime.StopContainer({ containerId, timeout: 30 });
+    const stopped = (await cri.runtime.ContainerStatus({ containerId })).status;
+    say(
+      `StopContainer: ACPI power button, ${stopped?.state} with exit ${stopped?.exitCode} ` +
+        `(${stopped?.reason}) in ${((Date.now() - stopAt) / 1000).toFixed(1)} s`,
+    );
     await cri.runtime.StopPodSandbox({ podSandboxId });
     await cri.runtime.RemovePodSandbox({ podSandboxId });
     const left = [...listNetns(), ...stateLeft(path.join(ROOT, "state"))];

@@ -141,7 +141,7 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     cni?.remove();
   });
 
-  test("the guest takes the pod IP, is reachable, survives a SIGKILL of vmlet, and leaves nothing", async () => {
+  test("the guest takes the pod IP, is reachable, survives a SIGKILL of vmlet, powers off on the ACPI button, and leaves nothing", async () => {
     const linksBefore = nodeLinks();
     const { imageRef } = await client.image.PullImage({ image: { image: "vmlet.io/disk.qcow2" } });
     const logDirectory = path.join(cni.root, "pods", "default_e2e_uid");
@@ -187,9 +187,22 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     assert.equal(s?.state, "CONTAINER_RUNNING");
     assert.ok(pings(neighbour, podIp), "still reachable after the restart");
 
-    await client.runtime.StopContainer({ containerId, timeout: 2 });
+    // A graceful stop: the ACPI power button; the guest gives its lease back and powers off.
+    const stopAt = Date.now();
+    await client.runtime.StopContainer({ containerId, timeout: 60 });
+    const stopMs = Date.now() - stopAt;
     s = (await client.runtime.ContainerStatus({ containerId })).status;
     assert.equal(s?.state, "CONTAINER_EXITED");
+    assert.equal(s?.exitCode, 0, `exit code after a graceful stop (${stopMs} ms)`);
+    assert.equal(s?.reason, "Completed");
+    assert.ok(stopMs < 60_000, `graceful, not killed at the timeout: ${stopMs} ms`);
+    const log = fs.readFileSync(logPath, "utf8");
+    assert.match(log, /stdout [PF] VMLET-GUEST acpi event="power-button"/);
+    await until(
+      "vmlet's DHCP server logging the guest's RELEASE",
+      async () => /"msg":"DHCP RELEASE"/.test(served?.output() ?? ""),
+      5_000,
+    );
     assert.ok(!alive(pid), "QEMU is gone");
     await client.runtime.StopPodSandbox({ podSandboxId });
     await client.runtime.RemovePodSandbox({ podSandboxId });

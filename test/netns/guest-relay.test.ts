@@ -168,9 +168,13 @@ describe("DHCP clients in the relay guest (stand-in server: busybox udhcpd)", ()
           const td = spawn(
             "ip",
             ["netns", "exec", pod.netns, "tcpdump", "-n", "-l", "-i", "br0", "udp port 67"],
-            { stdio: ["ignore", "pipe", "ignore"] },
+            { stdio: ["ignore", "pipe", "pipe"] },
           );
           let dump = "";
+          let tdErr = "";
+          td.stderr!.on("data", (d) => {
+            tdErr += d;
+          });
           td.stdout!.on("data", (d) => {
             dump += d;
           });
@@ -183,7 +187,7 @@ describe("DHCP clients in the relay guest (stand-in server: busybox udhcpd)", ()
           assert.match(
             dump,
             /10\.30\.0\.50\.68 > 255\.255\.255\.255\.67: BOOTP\/DHCP, Request/,
-            `a broadcast rebind:\n${dump}`,
+            `a broadcast rebind:\n${dump}\ntcpdump's stderr (Debian package tcpdump):\n${tdErr}`,
           );
         }
         if (kind === "dhclient") {

@@ -165,7 +165,15 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
         assert.ok(stats.cpuNanos > 0n, `CPU ${stats.cpuNanos}`);
         assert.ok(stats.memoryBytes > 16 * 1024 * 1024, `RSS ${stats.memoryBytes}`);
 
-        // The busybox guest has no ACPI daemon: the power button does nothing.
+        // A guest that ignores the power button (its acpid stopped) is killed once the
+        // timeout has passed.
+        await until("the guest ready", () => logHas(spec.logPath, /^VMLET-GUEST ready$/));
+        const console = net.createConnection(vm.record.consoleSocket);
+        console.on("data", () => {}); // a connected reader must drain, or the guest stalls
+        await new Promise((resolve) => console.once("connect", resolve));
+        console.write("acpi-off\n");
+        await until("acpid stopped", () => logHas(spec.logPath, /^VMLET-GUEST ok cmd="acpi-off"/));
+        console.destroy();
         const t1 = Date.now();
         await vm.stop(3000);
         const exit = await vm.exited;
