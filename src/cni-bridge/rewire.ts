@@ -93,13 +93,6 @@ export async function rewireInterface(
   return { ...names, guestMac: view.mac, view };
 }
 
-/** Deletes the tap and the bridge of an interface; gone already is fine. */
-export async function unwireInterface(rtnl: Rtnl, names: RewireNames): Promise<void> {
-  for (const name of [names.tap, names.bridge]) {
-    await ignoring(["ENODEV"], () => rtnl.deleteLink(name));
-  }
-}
-
 async function ignoring(codes: string[], step: () => Promise<void>): Promise<void> {
   try {
     await step();
