@@ -1,7 +1,7 @@
 // Boot and stop figures for the VM launcher with the shared test guest under TCG:
 // start() latency, start() → first DHCPDISCOVER on the pod tap, start() → the guest's
 // "ready" console line in the CRI log, adopt() after a restart, guest power-off → exit,
-// and stop() of a guest that ignores ACPI (kill after the timeout).
+// and stop(): the ACPI power button, the guest's graceful poweroff, QEMU's exit.
 // Usage: node dist/bench/vm-boot.js [N] (N boots, 5 by default)
 
 import { execFileSync } from "node:child_process";
@@ -15,15 +15,10 @@ import { createNetns, deleteNetns } from "../src/sys/netns";
 import { enterPrivateNamespace } from "../src/sys/private-namespace";
 import { openTap } from "../src/sys/tap";
 import { openBoundUdpSocket } from "../src/sys/udp";
+import { report } from "./lib";
 
 const GUEST = path.resolve(__dirname, "../../.cache/guests/disk.qcow2");
 const MAC = "0a:58:0a:f4:00:05";
-
-function summary(samples: number[]): string {
-  const s = [...samples].sort((a, b) => a - b);
-  const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
-  return `p50 ${at(0.5).toFixed(0)} ms, max ${s[s.length - 1]!.toFixed(0)} ms (n=${s.length})`;
-}
 
 async function until(check: () => boolean, timeoutMs = 120_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -54,7 +49,7 @@ async function main(): Promise<void> {
   const figures = { start: [] as number[], discover: [] as number[], ready: [] as number[] };
   const adoptMs: number[] = [];
   const powerOff: number[] = [];
-  const killStop: number[] = [];
+  const acpiStop: number[] = [];
   try {
     for (let i = 0; i < runs; i++) {
       const tap = openTap(nsPath, { name: "tap0" });
@@ -99,8 +94,10 @@ async function main(): Promise<void> {
         console.destroy();
       } else {
         const k0 = performance.now();
-        await adopted.stop(1000);
-        killStop.push(performance.now() - k0);
+        await adopted.stop(30_000);
+        const exit = await adopted.exited;
+        if (exit.reason !== "Completed") throw new Error(`stop(): ${JSON.stringify(exit)}`);
+        acpiStop.push(performance.now() - k0);
       }
       await adopted.cleanup();
       fs.closeSync(tap.fd);
@@ -110,17 +107,20 @@ async function main(): Promise<void> {
     deleteNetns("vmbench");
     fs.rmSync(root, { recursive: true, force: true });
   }
-  console.log(
-    `VM launcher, test guest under TCG (${os.cpus().length} CPUs: ${os.cpus()[0]?.model})`,
+  report(
+    "vm-boot",
+    `VM launcher, test guest under TCG (${os.cpus().length} CPUs: ${os.cpus()[0]?.model}), ${runs} boots`,
+    {
+      "start() (overlay, seed, spawn, QMP)": figures.start,
+      "start() -> first DISCOVER": figures.discover,
+      "start() -> ready in CRI log": figures.ready,
+      "adopt() (QMP, console)": adoptMs,
+      "guest poweroff -> exited": powerOff,
+      "stop(): ACPI -> exited": acpiStop,
+    },
+    [],
+    { runs },
   );
-  console.log(`  start() (overlay, seed ISO, spawn, QMP):  ${summary(figures.start)}`);
-  console.log(`  start() -> first DHCPDISCOVER on the tap:  ${summary(figures.discover)}`);
-  console.log(`  start() -> "ready" line in the CRI log:    ${summary(figures.ready)}`);
-  console.log(`  adopt() (QMP reconnect, console resume):   ${summary(adoptMs)}`);
-  if (powerOff.length)
-    console.log(`  guest power-off -> exited (adopted VM):    ${summary(powerOff)}`);
-  if (killStop.length)
-    console.log(`  stop(1000) of a guest ignoring ACPI:       ${summary(killStop)}`);
 }
 
 main().catch((error: unknown) => {

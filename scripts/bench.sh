@@ -8,7 +8,7 @@ names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for f in dist/bench/*.js; do
     n=$(basename "$f" .js)
-    [ "$n" = lib ] || names+=("$n")
+    case $n in lib | plugin) ;; *) names+=("$n") ;; esac # lib, plugin: helpers
   done
 fi
 for n in "${names[@]}"; do
