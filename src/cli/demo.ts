@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 import pino from "pino";
 import { connectCri } from "../runtime/cri/client";
 import { listNetns } from "../sys/netns";
-import { enterPrivateNamespace } from "../sys/private-namespace";
+import { enterPrivateNamespace, privateNamespaceHolderCommand } from "../sys/private-namespace";
 import { Rtnl } from "../sys/rtnl";
 import { startDaemon } from "./serve";
 
@@ -151,10 +151,17 @@ export async function runDemo(args: string[]): Promise<number> {
     const container = await cri.runtime.ContainerStatus({ containerId });
     say(`ContainerStatus: ${container.status?.state}`);
     if (values.keep) {
-      say("vmlet keeps serving until Ctrl-C; from another shell:");
-      console.log(
-        `  nsenter -t ${process.pid} -n -m crictl --runtime-endpoint unix://${SOCKET} pods`,
-      );
+      const holder = privateNamespaceHolderCommand();
+      say("vmlet keeps serving until Ctrl-C (or SIGINT to this process group).");
+      if (holder) {
+        // The demo node is a network and mount namespace: enter both to reach it.
+        const enter = `nsenter -t ${holder} -n -m`;
+        say("from another shell, as root, inside the demo node:");
+        console.log(`  ${enter} ping -c 1 ${podIp}`);
+        console.log(
+          `  ${enter} crictl --runtime-endpoint unix://${SOCKET} pods   # crictl: cri-tools`,
+        );
+      }
       await new Promise<void>((resolve) => process.once("SIGINT", () => resolve()));
     }
     const stopAt = Date.now();

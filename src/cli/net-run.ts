@@ -96,9 +96,10 @@ export async function netRun(options: NetRunOptions): Promise<number> {
   });
   try {
     // Leftovers of a run that was killed are torn down first.
-    await tapmanager.recover().then(async ({ recovered }) => {
-      for (const id of recovered) await tapmanager.tearDown(id);
-    });
+    const leftovers = await tapmanager.recover();
+    for (const id of [...leftovers.recovered, ...leftovers.failed.map((f) => f.sandboxId)]) {
+      await tapmanager.tearDown(id);
+    }
     const networks: PodNetwork[] = [];
     for (const pod of options.pods) {
       if (stopping) return 0;

@@ -251,10 +251,19 @@ export class VmRuntime {
       if (!sandbox) return;
       await this.stopSandboxLocked(id);
       for (const c of this.containersOf(id)) await this.removeContainerLocked(c.id);
+      // Logs are kubelet's when it gave a log directory; without one they were ours.
+      if (!sandbox.logDirectory) {
+        await fs.promises.rm(this.fallbackLogDir(id), { recursive: true, force: true });
+      }
       await this.store.sandboxes.delete(id);
       this.sandboxLog(sandbox).info("pod sandbox removed");
     });
     return {};
+  }
+
+  /** Where container logs go for a sandbox that kubelet gave no log directory. */
+  private fallbackLogDir(sandboxId: string): string {
+    return path.join(this.store.dir, "logs", sandboxId);
   }
 
   podSandboxStatus(req: cri.PodSandboxStatusRequest__Output): cri.PodSandboxStatusResponse {
@@ -338,10 +347,7 @@ export class VmRuntime {
       const id = newId();
       const dir = vmDirFor(this.vmDir, id);
       const logPath = config.logPath
-        ? path.resolve(
-            sandbox.logDirectory || path.join(this.store.dir, "logs", sandboxId),
-            config.logPath,
-          )
+        ? path.resolve(sandbox.logDirectory || this.fallbackLogDir(sandboxId), config.logPath)
         : path.join(dir, "console.log");
       const record: ContainerRecord = {
         id,

@@ -7,6 +7,18 @@ import fs from "node:fs";
 import * as libc from "./libc";
 
 const MARKER = "VMLET_PRIVATE_NS";
+/** The PID, in the machine's PID namespace, of the process that entered the namespace. */
+const OUTER_PID = "VMLET_PRIVATE_NS_PARENT";
+
+/**
+ * Inside: a shell command that prints the PID (as the machine sees it) of a process in
+ * this namespace, for `nsenter -t`. The process that entered waits outside; its one child
+ * (setpriv, now unshare) holds this network and mount namespace.
+ */
+export function privateNamespaceHolderCommand(): string | undefined {
+  const outer = process.env[OUTER_PID];
+  return outer && /^\d+$/.test(outer) ? `$(pgrep -P ${outer})` : undefined;
+}
 
 /** Directories that get a fresh tmpfs inside, so nothing there reaches the machine. */
 const PRIVATE_DIRS = ["/run", "/var/lib/cni"];
@@ -24,8 +36,16 @@ export function inPrivateNamespace(): boolean {
 export function enterPrivateNamespace(argv: string[] = process.argv.slice(1)): void {
   if (process.env[MARKER] === "1") {
     mountPrivateDirs();
+    // PID 1 of a PID namespace gets no signal it has no handler for: without this one,
+    // Ctrl-C would not end a program that has none of its own.
+    process.on("SIGINT", () => {
+      if (process.listenerCount("SIGINT") === 1) process.exit(130);
+    });
     return;
   }
+  // Ctrl-C goes to the whole process group: the process inside handles it (tears down
+  // and exits), and this one waits for that instead of dying first and taking it along.
+  process.on("SIGINT", () => {});
   const result = spawnSync(
     "setpriv",
     [
@@ -44,7 +64,7 @@ export function enterPrivateNamespace(argv: string[] = process.argv.slice(1)): v
       ...process.execArgv,
       ...argv,
     ],
-    { stdio: "inherit", env: { ...process.env, [MARKER]: "1" } },
+    { stdio: "inherit", env: { ...process.env, [MARKER]: "1", [OUTER_PID]: String(process.pid) } },
   );
   if (result.error) {
     throw new Error(`setpriv/unshare into a private namespace: ${result.error.message}`, {

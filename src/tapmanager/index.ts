@@ -1,2 +1,7 @@
-export { PodNetworkError, Tapmanager, type TapmanagerOptions } from "./tapmanager";
+export {
+  PodNetworkError,
+  type RecoverOutcome,
+  Tapmanager,
+  type TapmanagerOptions,
+} from "./tapmanager";
 export type * from "./types";

@@ -36,6 +36,13 @@ const DEFAULT_LEASE_SECONDS = 86_400;
 const LINK_LOCAL_SERVER_ID = "169.254.255.254";
 const silentLog: DhcpLog = { info() {}, warn() {}, debug() {} };
 
+export interface RecoverOutcome {
+  recovered: string[];
+  removed: string[];
+  /** Pods that could not be re-attached or removed; their records stay. */
+  failed: { sandboxId: string; error: string }[];
+}
+
 function podLabel(request: PodNetworkRequest): string {
   return `${request.pod.namespace}/${request.pod.name}`;
 }
@@ -294,27 +301,42 @@ export class Tapmanager {
 
   /**
    * Re-attaches every pod network after a restart: ready and half-wired pods are
-   * configured again from their records, pods caught while creating are torn down.
+   * configured again from their records, pods caught while creating are torn down. A pod
+   * that fails does not stop the others: it is reported, and its record stays (not
+   * ready) for the runtime to report and for a tearDown to clean up.
    */
-  async recover(): Promise<{ recovered: string[]; removed: string[] }> {
-    const recovered: string[] = [];
-    const removed: string[] = [];
+  async recover(): Promise<RecoverOutcome> {
+    const outcome: RecoverOutcome = { recovered: [], removed: [], failed: [] };
     for (const id of this.store.list()) {
       await this.lock.run(id, async () => {
         const record = this.store.read(id);
         if (!record) return;
-        if (record.phase === "creating" || !isNetns(record.netnsPath)) {
-          await this.tearDownRecord(record);
-          removed.push(id);
-          return;
+        const removing = record.phase === "creating" || !isNetns(record.netnsPath);
+        try {
+          if (removing) {
+            await this.tearDownRecord(record);
+            outcome.removed.push(id);
+            return;
+          }
+          await this.configure(record);
+          record.phase = "ready";
+          this.store.write(record);
+          outcome.recovered.push(id);
+        } catch (error) {
+          await this.stopServing(id).catch(() => {});
+          if (!removing && record.phase === "ready") {
+            record.phase = "wiring";
+            this.store.write(record);
+          }
+          const what = removing ? "remove" : "re-attach";
+          outcome.failed.push({
+            sandboxId: id,
+            error: `${what} ${podLabel(record.request)}: ${(error as Error).message}`,
+          });
         }
-        await this.configure(record);
-        record.phase = "ready";
-        this.store.write(record);
-        recovered.push(id);
       });
     }
-    return { recovered, removed };
+    return outcome;
   }
 
   /** Stops every DHCP server; the networks stay for the next start to recover. */

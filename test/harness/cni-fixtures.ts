@@ -147,7 +147,9 @@ export function misbehavingPlugin(
   const act = {
     error: `echo '{"cniVersion":"1.0.0","code":107,"msg":"fixture refused","details":"asked to fail"}'; exit 1`,
     garbage: `echo 'this is { not json'; exit 0`,
-    hang: `${pidFile ? `echo $$ > ${pidFile}; ` : ""}exec sleep 600`,
+    // Hangs the way a plugin does when its IPAM delegate (a child) hangs: pidFile gets
+    // "PLUGIN_PID CHILD_PID".
+    hang: `sleep 600 & ${pidFile ? `echo "$$ $!" > ${pidFile}; ` : ""}wait`,
   }[mode];
   writePlugin(
     binDir,

@@ -119,7 +119,7 @@ describe("CNI errors", () => {
     assertNothingLeft("ir", bridgeOf(conf));
   });
 
-  it("a plugin that hangs: CniTimeoutError after the limit, and that process is killed", async () => {
+  it("a plugin that hangs: CniTimeoutError after the limit, and it and its children are killed", async () => {
     const pidFile = path.join(sandbox.root, "hang.pid");
     misbehavingPlugin(sandbox.binDir, "hanger", "ADD", "hang", pidFile);
     const conf = bridgeList("to", "1.0.0", sandbox.dataDir, "10.44.0.0/24", [{ type: "hanger" }]);
@@ -130,13 +130,12 @@ describe("CNI errors", () => {
     assert.ok(Date.now() - start < 5000);
     assert.equal(error.timeoutMs, 500);
     names(error, "to", "hanger");
-    const pid = Number(fs.readFileSync(pidFile, "utf8"));
+    const [pid, childPid] = fs.readFileSync(pidFile, "utf8").trim().split(" ").map(Number);
     assert.equal(error.pid, pid);
-    await eventually(
-      () =>
-        !fs.existsSync(`/proc/${pid}`) ||
-        /^State:\s+Z/m.test(fs.readFileSync(`/proc/${pid}/status`, "utf8")),
-    );
+    const gone = (p: number) =>
+      !fs.existsSync(`/proc/${p}`) ||
+      /^State:\s+Z/m.test(fs.readFileSync(`/proc/${p}/status`, "utf8"));
+    await eventually(() => gone(pid!) && gone(childPid!));
     assertNothingLeft("to", bridgeOf(conf));
   });
 

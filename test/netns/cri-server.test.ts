@@ -327,6 +327,24 @@ describe("CRI server", () => {
     await r.RemoveContainer({ containerId: ghost });
   });
 
+  test("without a log directory (crictl) container logs are vmlet's, and go with the sandbox", async () => {
+    const r = t.client.runtime;
+    const sandboxConfig = podConfig("nologdir");
+    const { podSandboxId } = await r.RunPodSandbox({ config: sandboxConfig });
+    const { containerId } = await r.CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "guest" }, image: { image: "vmlet.io/test" }, logPath: "0.log" },
+      sandboxConfig,
+    });
+    await r.StartContainer({ containerId });
+    const logPath = (await r.ContainerStatus({ containerId })).status?.logPath ?? "";
+    assert.ok(path.isAbsolute(logPath) && logPath.includes(podSandboxId), logPath);
+    assert.match(fs.readFileSync(logPath, "utf8"), /^\S+Z stdout F /);
+    await r.StopPodSandbox({ podSandboxId });
+    await r.RemovePodSandbox({ podSandboxId });
+    assert.ok(!fs.existsSync(path.dirname(logPath)), `${path.dirname(logPath)} removed`);
+  });
+
   test("a container is a VM: created, started, running, stopped, exited, removed", async () => {
     const r = t.client.runtime;
     const logDirectory = path.join(t.dir, "pods", "default_vm1_uid");

@@ -8,10 +8,12 @@ import {
   allocations,
   bridgeList,
   type CniSandbox,
+  cacheFiles,
   makeCniSandbox,
   makePod,
   misbehavingPlugin,
   ptpList,
+  writePlugin,
 } from "../harness/cni-fixtures";
 import { ip, ipIn, linksIn, requirePrivateNamespace } from "../harness/fixtures";
 import { startDhcpClient } from "../harness/guest-clients";
@@ -24,6 +26,15 @@ function netnsNames(): string[] {
     .split("\n")
     .filter(Boolean)
     .map((l) => l.split(" ")[0]);
+}
+
+/** The node's veths (the bridge plugin's host bridges stay by design). */
+function nodeVeths(): string[] {
+  const links = JSON.parse(ip("-j", "-d", "link", "show")) as {
+    ifname: string;
+    linkinfo?: { info_kind?: string };
+  }[];
+  return links.filter((l) => l.linkinfo?.info_kind === "veth").map((l) => l.ifname);
 }
 
 describe("tapmanager on a Flannel-style bridge network", () => {
@@ -97,6 +108,18 @@ describe("tapmanager on a Flannel-style bridge network", () => {
       await Promise.all(pods.map((pod) => tm.tearDown(pod.sandboxId)));
     }
     assert.deepEqual(allocations(cni.dataDir, "flannel"), []);
+  });
+
+  it("serialises calls for one pod: concurrent and repeated setUp build it once, concurrent tearDowns undo it once", async () => {
+    const pod = makePod();
+    const [a, b] = await Promise.all([tm.setUp({ pod }), tm.setUp({ pod })]);
+    assert.deepEqual(a, b);
+    assert.deepEqual(await tm.setUp({ pod }), a, "a repeated setUp returns what exists");
+    assert.deepEqual(allocations(cni.dataDir, "flannel"), [a.interfaces[0].addresses[0].address]);
+    assert.equal(tm.dhcpStats(pod.sandboxId).length, 1, "one DHCP server");
+    await Promise.all([tm.tearDown(pod.sandboxId), tm.tearDown(pod.sandboxId)]);
+    assert.deepEqual(allocations(cni.dataDir, "flannel"), []);
+    assert.ok(!netnsNames().includes(path.basename(a.netnsPath)));
   });
 });
 
@@ -253,7 +276,11 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
     await first.close(); // vmlet stops: DHCP goes, the network stays.
     const second = new Tapmanager({ cni: cni.client(), stateDir });
     try {
-      assert.deepEqual(await second.recover(), { recovered: [pod.sandboxId], removed: [] });
+      assert.deepEqual(await second.recover(), {
+        recovered: [pod.sandboxId],
+        removed: [],
+        failed: [],
+      });
       assert.deepEqual(second.get(pod.sandboxId), network);
       const [tap] = second.openTaps(pod.sandboxId);
       const guest = await startRelay({ podTapFd: tap.fd, mac: tap.guestMac });
@@ -274,6 +301,43 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
     }
   });
 
+  it("recover(): a pod whose network cannot be re-attached is reported, not ready, and does not stop the others", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-br.conflist", bridgeList("iso", "1.0.0", cni.dataDir, "10.40.2.0/24"));
+    const stateDir = path.join(cni.root, "pods");
+    const first = new Tapmanager({ cni: cni.client(), stateDir });
+    const pods = [makePod(), makePod(), makePod()];
+    const networks = [];
+    for (const pod of pods) networks.push(await first.setUp({ pod }));
+    await first.close();
+    // Someone deleted the middle pod's CNI interface while vmlet was down.
+    ip("-n", path.basename(networks[1]!.netnsPath), "link", "del", "eth0");
+    const second = new Tapmanager({ cni: cni.client(), stateDir });
+    try {
+      const outcome = await second.recover();
+      assert.deepEqual(
+        [...outcome.recovered].sort(),
+        [pods[0]!.sandboxId, pods[2]!.sandboxId].sort(),
+      );
+      assert.deepEqual(outcome.removed, []);
+      assert.equal(outcome.failed.length, 1);
+      assert.equal(outcome.failed[0]!.sandboxId, pods[1]!.sandboxId);
+      assert.match(outcome.failed[0]!.error, /re-attach .*eth0/);
+      assert.equal(second.get(pods[1]!.sandboxId), undefined, "the broken pod is not ready");
+      assert.deepEqual(second.dhcpStats(pods[1]!.sandboxId), [], "and serves no DHCP");
+      for (const i of [0, 2]) {
+        assert.deepEqual(second.get(pods[i]!.sandboxId), networks[i]);
+        assert.equal(second.dhcpStats(pods[i]!.sandboxId).length, 1);
+      }
+      for (const pod of pods) await second.tearDown(pod.sandboxId);
+      assert.deepEqual(allocations(cni.dataDir, "iso"), []);
+      assert.deepEqual(fs.readdirSync(stateDir), []);
+    } finally {
+      await second.close();
+      cni.remove();
+    }
+  });
+
   it("recover() removes a pod that a crash caught half-made, releasing its address", async () => {
     const cni = makeCniSandbox();
     cni.writeConf("10-br.conflist", bridgeList("half", "1.0.0", cni.dataDir, "10.50.1.0/24"));
@@ -288,7 +352,11 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
     fs.writeFileSync(file, JSON.stringify({ ...record, phase: "creating", interfaces: [] }));
     const again = new Tapmanager({ cni: cni.client(), stateDir });
     try {
-      assert.deepEqual(await again.recover(), { recovered: [], removed: [pod.sandboxId] });
+      assert.deepEqual(await again.recover(), {
+        recovered: [],
+        removed: [pod.sandboxId],
+        failed: [],
+      });
       assert.deepEqual(allocations(cni.dataDir, "half"), []);
       assert.ok(!ip("netns", "list").includes(path.basename(network.netnsPath)));
       assert.deepEqual(fs.readdirSync(stateDir), []);
@@ -298,29 +366,72 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
     }
   });
 
-  it("fails setUp with the pod and step named, and leaves nothing behind", async () => {
-    const cni = makeCniSandbox();
-    cni.writeConf("10-br.conflist", bridgeList("good", "1.0.0", cni.dataDir, "10.60.1.0/24"));
-    // The second network's chain: the bridge plugin allocates, then a plugin refuses ADD.
-    misbehavingPlugin(cni.binDir, "refuser", "ADD", "error");
-    cni.writeConf(
-      "20-bad.conflist",
-      bridgeList("bad", "1.0.0", cni.dataDir, "10.61.1.0/24", [{ type: "refuser" }]),
-    );
-    const tm = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
-    const pod = makePod();
-    try {
-      await assert.rejects(
-        tm.setUp({ pod, networks: ["good", "bad"] }),
-        new RegExp(`setUp default/${pod.name}: .*fixture refused.*cleaned up`),
+  // A failure injected at each step of setUp: CNI ADD (a plugin refuses, a plugin is
+  // missing) and rewiring (the bridge's name is taken by a link that is not a bridge).
+  const failures: { step: string; chained: (cni: CniSandbox) => unknown; message: RegExp }[] = [
+    {
+      step: "a plugin refuses ADD",
+      chained: (cni) => {
+        misbehavingPlugin(cni.binDir, "refuser", "ADD", "error");
+        return { type: "refuser" };
+      },
+      message: /fixture refused/,
+    },
+    {
+      step: "a plugin is missing",
+      chained: () => ({ type: "no-such-plugin" }),
+      message: /no-such-plugin/,
+    },
+    {
+      step: "rewiring fails",
+      chained: (cni) => {
+        writePlugin(
+          cni.binDir,
+          "squatter",
+          `#!/bin/sh
+# Passes prevResult on, after taking the name of the bridge vmlet makes for net1.
+if [ "$CNI_COMMAND" = ADD ]; then
+  ip netns exec "$(basename "$CNI_NETNS")" ip link add br-net1 type veth peer name sq0 >&2
+fi
+exec ${process.execPath} -e 'let s="";process.stdin.on("data",(d)=>(s+=d)).on("end",()=>{const c=JSON.parse(s);if(process.env.CNI_COMMAND==="ADD")process.stdout.write(JSON.stringify(c.prevResult));if(process.env.CNI_COMMAND==="VERSION")process.stdout.write(JSON.stringify({cniVersion:"1.0.0",supportedVersions:["1.0.0"]}));})'
+`,
+        );
+        return { type: "squatter" };
+      },
+      message: /rewire net1/,
+    },
+  ];
+  for (const failure of failures) {
+    it(`fails setUp with the pod and step named when ${failure.step}, and leaves nothing behind`, async () => {
+      const cni = makeCniSandbox();
+      cni.writeConf("10-br.conflist", bridgeList("good", "1.0.0", cni.dataDir, "10.60.1.0/24"));
+      // The second network's chain: the bridge plugin allocates, then the failure.
+      cni.writeConf(
+        "20-bad.conflist",
+        bridgeList("bad", "1.0.0", cni.dataDir, "10.61.1.0/24", [failure.chained(cni)]),
       );
-      assert.deepEqual(allocations(cni.dataDir, "good"), []);
-      assert.deepEqual(allocations(cni.dataDir, "bad"), []);
-      assert.ok(!ip("netns", "list").includes(`vmlet-${pod.sandboxId}`));
-      assert.deepEqual(fs.readdirSync(path.join(cni.root, "pods")), []);
-    } finally {
-      await tm.close();
-      cni.remove();
-    }
-  });
+      const tm = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
+      const pod = makePod();
+      const vethsBefore = nodeVeths();
+      const fds = fs.readdirSync("/proc/self/fd").length;
+      try {
+        const error = await tm.setUp({ pod, networks: ["good", "bad"] }).catch((e: Error) => e);
+        assert.ok(error instanceof Error);
+        assert.match(error.message, new RegExp(`^setUp default/${pod.name}: `));
+        assert.match(error.message, failure.message);
+        assert.match(error.message, /cleaned up/);
+        assert.deepEqual(allocations(cni.dataDir, "good"), []);
+        assert.deepEqual(allocations(cni.dataDir, "bad"), []);
+        assert.deepEqual(cacheFiles(cni.cacheDir), [], "no CNI result cached");
+        assert.ok(!netnsNames().includes(`vmlet-${pod.sandboxId}`));
+        assert.deepEqual(fs.readdirSync(path.join(cni.root, "pods")), []);
+        assert.deepEqual(nodeVeths(), vethsBefore, "no pod veth left on the node");
+        assert.equal(fs.readdirSync("/proc/self/fd").length, fds, "no fd or socket left open");
+        assert.deepEqual(tm.dhcpStats(pod.sandboxId), [], "no DHCP server left");
+      } finally {
+        await tm.close();
+        cni.remove();
+      }
+    });
+  }
 });

@@ -81,7 +81,9 @@ function pluginFailure(
 
 /**
  * Runs the plugin at `file` and resolves with its stdout. Rejects with CniPluginError on
- * a non-zero exit and CniTimeoutError after `timeoutMs`, when it kills that child only.
+ * a non-zero exit and CniTimeoutError after `timeoutMs`, when it kills the plugin's
+ * whole process group: a plugin that hangs is often waiting on its IPAM delegate, which
+ * would otherwise go on and allocate an address after the rollback DEL released it.
  */
 export function execPlugin(
   file: string,
@@ -94,6 +96,8 @@ export function execPlugin(
     const child = spawn(file, [], {
       env: pluginEnv(inv, binDirs),
       stdio: ["pipe", "pipe", "pipe"],
+      // A process group of its own, so that a timeout kills its children too.
+      detached: true,
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
@@ -105,7 +109,7 @@ export function execPlugin(
       fn();
     };
     const timer = setTimeout(() => {
-      child.kill("SIGKILL");
+      killGroup(child.pid);
       // Its own children may hold our pipes open; we stop waiting for them.
       child.stdout.destroy();
       child.stderr.destroy();
@@ -138,4 +142,13 @@ export function execPlugin(
     });
     child.stdin.end(inv.stdin);
   });
+}
+
+function killGroup(pid: number | undefined): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
+  }
 }
