@@ -15,6 +15,16 @@ describe("image names", () => {
     assert.equal(normalizeImageName("host:5000/cirros").repository, "host:5000/cirros");
   });
 
+  test("a digest reference without a tag gets no tag, so pulling it cannot move :latest", () => {
+    const pinned = normalizeImageName(`vmlet.io/cirros@sha256:${DIGEST}`);
+    assert.equal(pinned.tag, undefined);
+    assert.equal(pinned.repository, "vmlet.io/cirros");
+    assert.equal(
+      normalizeImageName(`vmlet.io/cirros:0.6@sha256:${DIGEST}`).tag,
+      "vmlet.io/cirros:0.6",
+    );
+  });
+
   test("a digest reference carries its sha256; a malformed one is refused", () => {
     assert.equal(normalizeImageName(`vmlet.io/cirros@sha256:${DIGEST}`).sha256, DIGEST);
     assert.throws(
@@ -53,6 +63,18 @@ describe("image rules", () => {
     assert.equal(resolveImage(rules, "docker.io/nginx"), undefined);
   });
 
+  test("a digest reference is looked up by its repository's :latest rule, and gets no tag", () => {
+    assert.deepEqual(resolveImage(rules, `vmlet.io/cirros@sha256:${DIGEST}`), {
+      tag: undefined,
+      repository: "vmlet.io/cirros",
+      url: "http://h/cirros.qcow2",
+      sha256: DIGEST,
+    });
+    const viaPrefix = resolveImage(rules, `vmlet.io/debian@sha256:${DIGEST}`);
+    assert.equal(viaPrefix?.url, "http://h/images/debian");
+    assert.equal(viaPrefix?.tag, undefined);
+  });
+
   test("a digest that contradicts the rule is refused", () => {
     assert.throws(
       () => resolveImage(rules, `vmlet.io/cirros@sha256:${"b".repeat(64)}`),
@@ -74,6 +96,10 @@ describe("image rules", () => {
     assert.throws(
       () => parseImageRules('[{"name":"a","url":"http://x","sha256":"xyz"}]', "r.json"),
       /entry 0: sha256 must be 64 lowercase hex digits/,
+    );
+    assert.throws(
+      () => parseImageRules(`[{"name":"a@sha256:${DIGEST}","url":"http://x"}]`, "r.json"),
+      /entry 0: name must not carry a digest; give it as sha256/,
     );
   });
 });
