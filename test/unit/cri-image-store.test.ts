@@ -1,6 +1,7 @@
 // The image store's pulls against a loopback HTTP server: which names a pull gives the
-// image.
+// image, and which downloads it refuses without keeping a file.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
@@ -9,6 +10,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
 import { imageMessage } from "../../src/runtime/convert";
+import { CriError } from "../../src/runtime/errors";
 import { ImageStore } from "../../src/runtime/images/image-store";
 import type { ImageRule } from "../../src/runtime/images/rules";
 import { RecordStore } from "../../src/runtime/store/record-store";
@@ -100,5 +102,81 @@ describe("image store pulls", () => {
     ]);
     assert.equal(store.find("vmlet.io/mirror"), undefined, "no vmlet.io/mirror:latest tag");
     assertNothingLeft();
+  });
+
+  describe("a qcow2 that would open host files is refused like a non-disk, leaving nothing", () => {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-qcow2-"));
+    const qemuImg = (...args: string[]) => execFileSync("qemu-img", args, { stdio: "pipe" });
+    after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+    const cases: { name: string; make: () => Buffer; message: RegExp }[] = [
+      {
+        name: "vmlet.io/backed",
+        make: () => {
+          qemuImg(
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/shadow",
+            "-F",
+            "raw",
+            "-u",
+            `${work}/b`,
+            "1M",
+          );
+          return fs.readFileSync(`${work}/b`);
+        },
+        message:
+          /^PullImage vmlet\.io\/backed: GET http:\/\/127\.0\.0\.1:\d+\/vmlet\.io\/backed: qcow2 refused: its header names a backing file "\/etc\/shadow"; QEMU would open that host file .*; nothing kept$/,
+      },
+      {
+        name: "vmlet.io/datafile",
+        make: () => {
+          qemuImg("create", "-f", "qcow2", "-o", `data_file=${work}/data.raw`, `${work}/d`, "1M");
+          return fs.readFileSync(`${work}/d`);
+        },
+        message:
+          /^PullImage vmlet\.io\/datafile: GET .*: qcow2 refused: its header says its data is in an external data file; .*nothing kept$/,
+      },
+      {
+        name: "vmlet.io/tiny-backed",
+        // Shorter than the 4 KiB read before a download is checked: checked at its end.
+        make: () => {
+          const b = Buffer.alloc(1024);
+          b.write("QFI\xfb", 0, "latin1");
+          b.writeUInt32BE(2, 4);
+          b.writeBigUInt64BE(512n, 8);
+          b.writeUInt32BE(8, 16);
+          b.write("/dev/sda", 512, "latin1");
+          return b;
+        },
+        message: /qcow2 refused: its header names a backing file "\/dev\/sda"/,
+      },
+    ];
+    for (const c of cases) {
+      test(c.name, async () => {
+        rules.push({ name: `${c.name}:latest`, url: `${base}/${c.name}` });
+        bodies.set(`/${c.name}`, c.make());
+        const before = store.list().length;
+        await assert.rejects(store.pull(c.name), (error: unknown) => {
+          assert.ok(error instanceof CriError, String(error));
+          assert.equal(error.code, "INVALID_ARGUMENT");
+          assert.match(error.message, c.message);
+          return true;
+        });
+        assert.equal(store.list().length, before);
+        assert.equal(store.find(c.name), undefined);
+        assertNothingLeft();
+      });
+    }
+
+    test("a self-contained qcow2 made by qemu-img is taken", async () => {
+      qemuImg("create", "-f", "qcow2", `${work}/ok`, "1M");
+      rules.push({ name: "vmlet.io/plain:latest", url: `${base}/plain` });
+      bodies.set("/plain", fs.readFileSync(`${work}/ok`));
+      assert.equal((await store.pull("vmlet.io/plain")).format, "qcow2");
+      assertNothingLeft();
+    });
   });
 });

@@ -117,6 +117,39 @@ describe("disk formats", () => {
     assert.equal(detectDiskFormat(sized(4096, (b) => b.write("EFI PART", 512, "latin1"))), "raw");
   });
 
+  /** A qcow2 header of `version` with a backing file offset and incompatible features. */
+  const qcow2Header = (version: number, backingOffset: bigint, incompatible = 0n) =>
+    sized(4096, (b) => {
+      b.write("QFI\xfb", "latin1");
+      b.writeUInt32BE(version, 4);
+      b.writeBigUInt64BE(backingOffset, 8);
+      b.writeBigUInt64BE(incompatible, 72);
+    });
+
+  test("a qcow2 that names a backing file is refused, with the file's name when it is in the header", () => {
+    const named = qcow2Header(3, 0x200n);
+    named.writeUInt32BE(11, 16);
+    named.write("/etc/shadow", 0x200, "latin1");
+    assert.throws(
+      () => detectDiskFormat(named),
+      /qcow2 refused: its header names a backing file "\/etc\/shadow"; QEMU would open that host file for the guest/,
+    );
+    assert.throws(
+      () => detectDiskFormat(qcow2Header(2, 1n << 40n)),
+      /qcow2 refused: its header names a backing file;/,
+    );
+  });
+
+  test("a version 3 qcow2 with an external data file is refused; other feature bits are QEMU's to judge", () => {
+    assert.throws(
+      () => detectDiskFormat(qcow2Header(3, 0n, 0b100n)),
+      /qcow2 refused: its header says its data is in an external data file/,
+    );
+    assert.equal(detectDiskFormat(qcow2Header(3, 0n, 0b011n)), "qcow2");
+    // Version 2 headers end at 72: what follows is not a feature field.
+    assert.equal(detectDiskFormat(qcow2Header(2, 0n, 0b100n)), "qcow2");
+  });
+
   test("error pages, archives, compressed files and blanks are refused, saying what they look like", () => {
     const cases: [Buffer, RegExp][] = [
       [

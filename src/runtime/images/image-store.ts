@@ -10,7 +10,7 @@ import { CriError, errorMessage } from "../errors";
 import { syncDir } from "../store/atomic";
 import type { RecordStore } from "../store/record-store";
 import type { ImageRecord } from "../store/records";
-import { detectDiskFormat, HEADER_BYTES, NotADiskImageError } from "./format";
+import { DiskImageError, detectDiskFormat, HEADER_BYTES } from "./format";
 import {
   type ImageName,
   type ImageRule,
@@ -301,8 +301,7 @@ export class ImageStore {
         }
       } catch (error) {
         abort.abort();
-        if (error instanceof NotADiskImageError)
-          throw fail("INVALID_ARGUMENT", error.message, error);
+        if (error instanceof DiskImageError) throw fail("INVALID_ARGUMENT", error.message, error);
         throw fail(
           "UNAVAILABLE",
           `download failed after ${size} bytes: ${describeFetchError(error)}`,
