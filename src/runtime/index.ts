@@ -5,7 +5,12 @@ export { CRI_PROTO, loadCri } from "./cri/proto";
 export { CriServer, CriServerError, DEFAULT_SOCKET } from "./cri/server";
 export { startVmlet, type Vmlet, type VmletOptions } from "./daemon";
 export { type CriCode, CriError } from "./errors";
-export { detectDiskFormat, NotADiskImageError } from "./images/format";
+export {
+  DiskImageError,
+  detectDiskFormat,
+  NotADiskImageError,
+  UnsafeDiskImageError,
+} from "./images/format";
 export { ImageStore, imageId } from "./images/image-store";
 export {
   type ImageRule,

@@ -88,12 +88,26 @@ export function sshKeys(annotations: Record<string, string>): string[] | undefin
 }
 
 /** Secret, ConfigMap, projected and downward API volumes are copied into the guest. */
-const COPIED_VOLUME_RE = /\/volumes\/kubernetes\.io~(secret|configmap|projected|downward-api)\//;
+const COPIED_VOLUME_TYPES = ["secret", "configmap", "projected", "downward-api"];
+const COPIED_VOLUME_RE = new RegExp(`/volumes/kubernetes\\.io~(${COPIED_VOLUME_TYPES.join("|")})/`);
+/**
+ * A subPath mount: kubelet bind-mounts the file or directory inside the volume at
+ * <pods root>/<pod uid>/volume-subpaths/<volume>/<container>/<mount index>.
+ */
+const SUBPATH_RE = /^(.*\/pods)\/([^/]+)\/volume-subpaths\/([^/]+)\/[^/]+\/\d+\/?$/;
 /** Seeds are small: a volume past this is refused rather than silently cut. */
 const MAX_COPIED_BYTES = 4 * MIB;
 
 export function isCopiedVolume(hostPath: string): boolean {
-  return COPIED_VOLUME_RE.test(hostPath);
+  if (COPIED_VOLUME_RE.test(hostPath)) return true;
+  // The subPath's own path does not say the volume's type; the volume's directory does.
+  const subPath = SUBPATH_RE.exec(hostPath);
+  if (!subPath) return false;
+  const [, podsRoot, uid, volume] = subPath;
+  if ([uid, volume].some((name) => name === "." || name === "..")) return false;
+  return COPIED_VOLUME_TYPES.some((type) =>
+    fs.existsSync(path.join(podsRoot, uid, "volumes", `kubernetes.io~${type}`, volume)),
+  );
 }
 
 /** Every file under the mount's host path, at its container path (kubelet's `..data` links followed). */

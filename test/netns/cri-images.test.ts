@@ -14,7 +14,10 @@ function qcow2(seed: string, size = 1024 * 1024): Buffer {
   const b = crypto.createHash("sha512").update(seed).digest();
   const out = Buffer.alloc(size);
   for (let i = 0; i < size; i += b.length) b.copy(out, i);
+  // A version 3 header with no backing file and no feature bits, then seeded bytes.
+  out.fill(0, 0, 104);
   out.write("QFI\xfb", 0, "latin1");
+  out.writeUInt32BE(3, 4);
   return out;
 }
 

@@ -15,6 +15,16 @@ describe("image names", () => {
     assert.equal(normalizeImageName("host:5000/cirros").repository, "host:5000/cirros");
   });
 
+  test("a digest reference without a tag gets no tag, so pulling it cannot move :latest", () => {
+    const pinned = normalizeImageName(`vmlet.io/cirros@sha256:${DIGEST}`);
+    assert.equal(pinned.tag, undefined);
+    assert.equal(pinned.repository, "vmlet.io/cirros");
+    assert.equal(
+      normalizeImageName(`vmlet.io/cirros:0.6@sha256:${DIGEST}`).tag,
+      "vmlet.io/cirros:0.6",
+    );
+  });
+
   test("a digest reference carries its sha256; a malformed one is refused", () => {
     assert.equal(normalizeImageName(`vmlet.io/cirros@sha256:${DIGEST}`).sha256, DIGEST);
     assert.throws(
@@ -53,6 +63,18 @@ describe("image rules", () => {
     assert.equal(resolveImage(rules, "docker.io/nginx"), undefined);
   });
 
+  test("a digest reference is looked up by its repository's :latest rule, and gets no tag", () => {
+    assert.deepEqual(resolveImage(rules, `vmlet.io/cirros@sha256:${DIGEST}`), {
+      tag: undefined,
+      repository: "vmlet.io/cirros",
+      url: "http://h/cirros.qcow2",
+      sha256: DIGEST,
+    });
+    const viaPrefix = resolveImage(rules, `vmlet.io/debian@sha256:${DIGEST}`);
+    assert.equal(viaPrefix?.url, "http://h/images/debian");
+    assert.equal(viaPrefix?.tag, undefined);
+  });
+
   test("a digest that contradicts the rule is refused", () => {
     assert.throws(
       () => resolveImage(rules, `vmlet.io/cirros@sha256:${"b".repeat(64)}`),
@@ -75,6 +97,10 @@ describe("image rules", () => {
       () => parseImageRules('[{"name":"a","url":"http://x","sha256":"xyz"}]', "r.json"),
       /entry 0: sha256 must be 64 lowercase hex digits/,
     );
+    assert.throws(
+      () => parseImageRules(`[{"name":"a@sha256:${DIGEST}","url":"http://x"}]`, "r.json"),
+      /entry 0: name must not carry a digest; give it as sha256/,
+    );
   });
 });
 
@@ -89,6 +115,39 @@ describe("disk formats", () => {
     assert.equal(detectDiskFormat(sized(4096, (b) => b.write("QFI\xfb", "latin1"))), "qcow2");
     assert.equal(detectDiskFormat(sized(4096, (b) => b.writeUInt16BE(0x55aa, 510))), "raw");
     assert.equal(detectDiskFormat(sized(4096, (b) => b.write("EFI PART", 512, "latin1"))), "raw");
+  });
+
+  /** A qcow2 header of `version` with a backing file offset and incompatible features. */
+  const qcow2Header = (version: number, backingOffset: bigint, incompatible = 0n) =>
+    sized(4096, (b) => {
+      b.write("QFI\xfb", "latin1");
+      b.writeUInt32BE(version, 4);
+      b.writeBigUInt64BE(backingOffset, 8);
+      b.writeBigUInt64BE(incompatible, 72);
+    });
+
+  test("a qcow2 that names a backing file is refused, with the file's name when it is in the header", () => {
+    const named = qcow2Header(3, 0x200n);
+    named.writeUInt32BE(11, 16);
+    named.write("/etc/shadow", 0x200, "latin1");
+    assert.throws(
+      () => detectDiskFormat(named),
+      /qcow2 refused: its header names a backing file "\/etc\/shadow"; QEMU would open that host file for the guest/,
+    );
+    assert.throws(
+      () => detectDiskFormat(qcow2Header(2, 1n << 40n)),
+      /qcow2 refused: its header names a backing file;/,
+    );
+  });
+
+  test("a version 3 qcow2 with an external data file is refused; other feature bits are QEMU's to judge", () => {
+    assert.throws(
+      () => detectDiskFormat(qcow2Header(3, 0n, 0b100n)),
+      /qcow2 refused: its header says its data is in an external data file/,
+    );
+    assert.equal(detectDiskFormat(qcow2Header(3, 0n, 0b011n)), "qcow2");
+    // Version 2 headers end at 72: what follows is not a feature field.
+    assert.equal(detectDiskFormat(qcow2Header(2, 0n, 0b100n)), "qcow2");
   });
 
   test("error pages, archives, compressed files and blanks are refused, saying what they look like", () => {

@@ -86,4 +86,53 @@ describe("cloud-init inputs", () => {
     assert.deepEqual(files[0].content, Buffer.from([0, 1, 2, 255]), "binary content kept");
     assert.equal(files[1].content.toString(), "s3cret");
   });
+
+  test("subPath mounts of Secret and ConfigMap volumes are copied, a single file as that file; other volumes' are not", () => {
+    // kubelet's layout under a --root-dir other than /var/lib/kubelet.
+    const pod = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "kubelet-")), "pods", "uid-1");
+    const volume = (type: string, name: string) => {
+      const dir = path.join(pod, "volumes", `kubernetes.io~${type}`, name);
+      fs.mkdirSync(dir, { recursive: true });
+      return dir;
+    };
+    volume("secret", "creds");
+    volume("configmap", "cfg");
+    volume("empty-dir", "scratch");
+    // What kubelet bind-mounts for each subPath: the file or directory inside the volume.
+    const subPath = (name: string, index: number, fill: (p: string) => void) => {
+      const p = path.join(pod, "volume-subpaths", name, "app", String(index));
+      fs.mkdirSync(path.dirname(p), { recursive: true });
+      fill(p);
+      return p;
+    };
+    const mounts = [
+      {
+        hostPath: subPath("creds", 0, (p) => fs.writeFileSync(p, "s3cret", { mode: 0o400 })),
+        containerPath: "/etc/app/password",
+      },
+      {
+        hostPath: subPath("cfg", 1, (p) => {
+          fs.mkdirSync(p);
+          fs.writeFileSync(path.join(p, "app.conf"), "x=1\n");
+        }),
+        containerPath: "/etc/app/conf.d",
+      },
+      {
+        hostPath: subPath("scratch", 2, (p) => fs.writeFileSync(p, "not for the seed")),
+        containerPath: "/tmp/scratch",
+      },
+      {
+        hostPath: subPath("host-vol", 3, (p) => fs.writeFileSync(p, "not for the seed")),
+        containerPath: "/tmp/host",
+      },
+    ];
+    const files = mounts.filter((m) => isCopiedVolume(m.hostPath)).flatMap(filesFromMount);
+    assert.deepEqual(
+      files.map((f) => [f.path, f.content.toString(), f.permissions]),
+      [
+        ["/etc/app/password", "s3cret", "0400"],
+        ["/etc/app/conf.d/app.conf", "x=1\n", "0644"],
+      ],
+    );
+  });
 });

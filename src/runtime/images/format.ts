@@ -1,7 +1,9 @@
 // Which disk images vmlet accepts, decided by their first bytes, so that an HTML error
 // page, a tarball or a compressed file is refused at pull time rather than failing
 // to boot. Accepted:
-//   qcow2: the magic "QFI\xfb" at offset 0;
+//   qcow2: the magic "QFI\xfb" at offset 0, and self-contained: a backing file or an
+//          external data file is a path on the host that qemu-img and QEMU would open
+//          for the guest, so a header naming either is refused;
 //   raw:   a disk with a partition table: the MBR boot signature 0x55 0xAA at 510 (every
 //          MBR disk, and every GPT disk through its protective MBR), or a GPT header
 //          ("EFI PART") at 512. A raw filesystem image without a partition table is refused.
@@ -15,10 +17,35 @@ const MBR_SIGNATURE_OFFSET = 510;
 const GPT_SIGNATURE = Buffer.from("EFI PART", "latin1");
 const GPT_HEADER_OFFSET = 512;
 
-export class NotADiskImageError extends Error {
+// qcow2 header fields, qemu docs/interop/qcow2.txt (all big-endian)
+const QCOW2_VERSION_OFFSET = 4; // u32
+const QCOW2_BACKING_FILE_OFFSET = 8; // u64
+const QCOW2_BACKING_FILE_SIZE = 16; // u32
+const QCOW2_INCOMPATIBLE_FEATURES = 72; // u64, version 3 and later
+const QCOW2_V3_HEADER_END = QCOW2_INCOMPATIBLE_FEATURES + 8;
+const QCOW2_INCOMPAT_DATA_FILE = 1n << 2n; // "External data file" bit
+
+/** Why a pulled file is not taken as a disk image. */
+export class DiskImageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DiskImageError";
+  }
+}
+
+/** The file is something else: an error page, an archive, a filesystem without a disk. */
+export class NotADiskImageError extends DiskImageError {
   constructor(message: string) {
     super(message);
     this.name = "NotADiskImageError";
+  }
+}
+
+/** A qcow2 that would make QEMU open a host file: a backing file or an external data file. */
+export class UnsafeDiskImageError extends DiskImageError {
+  constructor(message: string) {
+    super(message);
+    this.name = "UnsafeDiskImageError";
   }
 }
 
@@ -42,7 +69,10 @@ const KNOWN: { what: string; test: (b: Buffer) => boolean }[] = [
 ];
 
 export function detectDiskFormat(header: Buffer): DiskFormat {
-  if (header.length >= 4 && header.subarray(0, 4).equals(QCOW2_MAGIC)) return "qcow2";
+  if (header.length >= 4 && header.subarray(0, 4).equals(QCOW2_MAGIC)) {
+    checkQcow2SelfContained(header);
+    return "qcow2";
+  }
   if (header.length >= 512) {
     if (header[MBR_SIGNATURE_OFFSET] === 0x55 && header[MBR_SIGNATURE_OFFSET + 1] === 0xaa)
       return "raw";
@@ -60,4 +90,33 @@ export function detectDiskFormat(header: Buffer): DiskFormat {
   throw new NotADiskImageError(
     `not a disk image: ${what} (vmlet takes qcow2, or raw disks with a partition table)`,
   );
+}
+
+/** Throws unless the qcow2 header names neither a backing file nor an external data file. */
+function checkQcow2SelfContained(header: Buffer): void {
+  const refuse = (why: string) =>
+    new UnsafeDiskImageError(
+      `qcow2 refused: ${why}; QEMU would open that host file for the guest (vmlet takes self-contained qcow2 images)`,
+    );
+  if (header.length < QCOW2_BACKING_FILE_SIZE + 4)
+    throw new NotADiskImageError(`not a disk image: a qcow2 header cut at ${header.length} bytes`);
+  const version = header.readUInt32BE(QCOW2_VERSION_OFFSET);
+  const backingOffset = header.readBigUInt64BE(QCOW2_BACKING_FILE_OFFSET);
+  if (backingOffset !== 0n) {
+    const size = header.readUInt32BE(QCOW2_BACKING_FILE_SIZE);
+    const end = backingOffset + BigInt(size);
+    const name =
+      end <= BigInt(header.length)
+        ? ` ${JSON.stringify(header.subarray(Number(backingOffset), Number(end)).toString("utf8"))}`
+        : "";
+    throw refuse(`its header names a backing file${name}`);
+  }
+  if (version >= 3) {
+    if (header.length < QCOW2_V3_HEADER_END)
+      throw new NotADiskImageError(
+        `not a disk image: a qcow2 version ${version} header cut at ${header.length} bytes`,
+      );
+    if (header.readBigUInt64BE(QCOW2_INCOMPATIBLE_FEATURES) & QCOW2_INCOMPAT_DATA_FILE)
+      throw refuse("its header says its data is in an external data file");
+  }
 }

@@ -10,8 +10,15 @@ import { CriError, errorMessage } from "../errors";
 import { syncDir } from "../store/atomic";
 import type { RecordStore } from "../store/record-store";
 import type { ImageRecord } from "../store/records";
-import { detectDiskFormat, HEADER_BYTES, NotADiskImageError } from "./format";
-import { type ImageRule, ImageRulesError, normalizeImageName, resolveImage } from "./rules";
+import { DiskImageError, detectDiskFormat, HEADER_BYTES } from "./format";
+import {
+  type ImageName,
+  type ImageRule,
+  ImageRulesError,
+  imageReference,
+  normalizeImageName,
+  resolveImage,
+} from "./rules";
 
 export interface ImageStoreOptions {
   records: RecordStore<ImageRecord>;
@@ -35,9 +42,12 @@ export function imageId(record: ImageRecord): string {
   return `sha256:${record.id}`;
 }
 
+/** The digests the image was pulled by, and one for each repository it has a tag in. */
 export function repoDigests(record: ImageRecord): string[] {
-  const repos = new Set(record.repoTags.map((t) => normalizeImageName(t).repository));
-  return [...repos].map((r) => `${r}@sha256:${record.id}`);
+  const fromTags = record.repoTags.map(
+    (t) => `${normalizeImageName(t).repository}@sha256:${record.id}`,
+  );
+  return [...new Set([...(record.repoDigests ?? []), ...fromTags])];
 }
 
 const HEX64_RE = /^(sha256:)?([0-9a-f]{64})$/;
@@ -102,7 +112,9 @@ export class ImageStore {
       return undefined;
     }
     if (name.sha256) return this.records.get(name.sha256);
-    const tagged = this.records.list().find((r) => r.repoTags.includes(name.tag));
+    const tag = name.tag;
+    const tagged =
+      tag === undefined ? undefined : this.records.list().find((r) => r.repoTags.includes(tag));
     if (tagged) return tagged;
     const short = SHORT_ID_RE.exec(ref);
     if (short) {
@@ -117,7 +129,7 @@ export class ImageStore {
   }
 
   async pull(name: string): Promise<ImageRecord> {
-    const key = normalizeImageNameOrThrow(name).tag;
+    const key = imageReference(normalizeImageNameOrThrow(name));
     const running = this.pulling.get(key);
     if (running) return running;
     const pull = this.pullOnce(name).finally(() => this.pulling.delete(key));
@@ -146,6 +158,7 @@ export class ImageStore {
   }
 
   private async pullOnce(name: string): Promise<ImageRecord> {
+    const wanted = normalizeImageName(name); // pull() has checked it
     let rules: ImageRule[];
     try {
       rules = this.rules();
@@ -165,14 +178,14 @@ export class ImageStore {
     if (!resolved) {
       throw new CriError(
         "NOT_FOUND",
-        `PullImage ${name}: no image rule matches ${normalizeImageName(name).tag}`,
+        `PullImage ${name}: no image rule matches ${imageReference(wanted)}`,
       );
     }
-    const log = this.logger.child({ image: resolved.tag, url: resolved.url });
+    const log = this.logger.child({ image: imageReference(wanted), url: resolved.url });
     const known = resolved.sha256 ? this.records.get(resolved.sha256) : undefined;
     if (known) {
       log.info({ imageId: imageId(known) }, "image already present");
-      return this.tag(known, resolved.tag, resolved.url);
+      return this.name(known, wanted, resolved.url);
     }
     log.info("pulling image");
     const download = await this.download(name, resolved.url, log);
@@ -198,7 +211,7 @@ export class ImageStore {
       source: resolved.url,
       pulledAt: new Date().toISOString(),
     };
-    const tagged = await this.tag(record, resolved.tag, resolved.url);
+    const tagged = await this.name(record, wanted, resolved.url);
     log.info(
       { imageId: imageId(tagged), size: download.size, format: download.format },
       "image pulled",
@@ -206,16 +219,28 @@ export class ImageStore {
     return tagged;
   }
 
-  /** Gives `tag` to `record`, taking it from whichever image had it before. */
-  private async tag(record: ImageRecord, tag: string, source: string): Promise<ImageRecord> {
-    for (const other of this.records.list()) {
-      if (other.id !== record.id && other.repoTags.includes(tag)) {
-        await this.records.put({ ...other, repoTags: other.repoTags.filter((t) => t !== tag) });
+  /**
+   * Records the name `record` was pulled by: a tag, taken from whichever image had it
+   * before; a digest, as a repo digest (a digest names one image, so nothing is taken).
+   */
+  private async name(record: ImageRecord, name: ImageName, source: string): Promise<ImageRecord> {
+    const tag = name.tag;
+    if (tag !== undefined) {
+      for (const other of this.records.list()) {
+        if (other.id !== record.id && other.repoTags.includes(tag)) {
+          await this.records.put({ ...other, repoTags: other.repoTags.filter((t) => t !== tag) });
+        }
       }
     }
+    const digests = record.repoDigests ?? [];
+    const digest = name.sha256 ? `${name.repository}@sha256:${name.sha256}` : undefined;
     const updated: ImageRecord = {
       ...record,
-      repoTags: record.repoTags.includes(tag) ? record.repoTags : [...record.repoTags, tag],
+      repoTags:
+        tag === undefined || record.repoTags.includes(tag)
+          ? record.repoTags
+          : [...record.repoTags, tag],
+      ...(digest && !digests.includes(digest) ? { repoDigests: [...digests, digest] } : {}),
       source,
     };
     await this.records.put(updated);
@@ -276,8 +301,7 @@ export class ImageStore {
         }
       } catch (error) {
         abort.abort();
-        if (error instanceof NotADiskImageError)
-          throw fail("INVALID_ARGUMENT", error.message, error);
+        if (error instanceof DiskImageError) throw fail("INVALID_ARGUMENT", error.message, error);
         throw fail(
           "UNAVAILABLE",
           `download failed after ${size} bytes: ${describeFetchError(error)}`,

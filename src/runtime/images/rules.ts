@@ -4,6 +4,8 @@
 // Exact names are tried first, then the longest matching prefix. A name without a tag
 // means `:latest`. A prefix rule appends the rest of the name to its URL, with a
 // `:latest` tag left off, so `vmlet.io/cirros` and `vmlet.io/cirros:latest` are one URL.
+// A digest reference without a tag (`vmlet.io/cirros@sha256:...`) is looked up as
+// `:latest` but gets no tag: pulling it must not move `:latest`.
 import fs from "node:fs";
 
 export interface ImageRule {
@@ -14,8 +16,8 @@ export interface ImageRule {
 }
 
 export interface ResolvedImage {
-  /** The normalized name, with a tag. */
-  tag: string;
+  /** The normalized name, with a tag; none for a digest reference without one. */
+  tag?: string;
   /** The name without tag or digest: the repository. */
   repository: string;
   url: string;
@@ -58,9 +60,12 @@ export function parseImageRules(text: string, source: string): ImageRule[] {
     }
     if (hasPrefix && e.sha256 !== undefined)
       throw new ImageRulesError(`${where}: sha256 needs a name rule`);
-    return hasName
+    const name = hasName ? normalizeImageName(e.name as string) : undefined;
+    if (name?.sha256)
+      throw new ImageRulesError(`${where}: name must not carry a digest; give it as sha256`);
+    return name
       ? {
-          name: normalizeImageName(e.name as string).tag,
+          name: lookupName(name),
           url,
           sha256: e.sha256 as string | undefined,
         }
@@ -74,9 +79,8 @@ export function loadImageRules(file: string): ImageRule[] {
 
 export interface ImageName {
   repository: string;
-  tag: string;
-  /** True when the name carried no tag and got `:latest`. */
-  defaultTag: boolean;
+  /** `repository:tag`; `:latest` when the name has neither tag nor digest, none for a bare digest. */
+  tag?: string;
   sha256?: string;
 }
 
@@ -98,17 +102,27 @@ export function normalizeImageName(name: string): ImageName {
   const hasTag = colon > slash;
   const repository = hasTag ? rest.slice(0, colon) : rest;
   if (repository === "") throw new ImageRulesError(`image ${JSON.stringify(name)}: empty name`);
-  return {
-    repository,
-    tag: `${repository}:${hasTag ? rest.slice(colon + 1) : "latest"}`,
-    defaultTag: !hasTag,
-    sha256,
-  };
+  const tag = hasTag
+    ? `${repository}:${rest.slice(colon + 1)}`
+    : sha256
+      ? undefined
+      : `${repository}:latest`;
+  return { repository, tag, sha256 };
+}
+
+/** How a name reads in messages and keys: its tag, else `repository@sha256:<hex>`. */
+export function imageReference(n: ImageName): string {
+  return n.tag ?? `${n.repository}@sha256:${n.sha256}`;
+}
+
+/** The rule name a reference is looked up by: a bare digest is looked up as `:latest`. */
+function lookupName(n: ImageName): string {
+  return n.tag ?? `${n.repository}:latest`;
 }
 
 export function resolveImage(rules: ImageRule[], name: string): ResolvedImage | undefined {
   const n = normalizeImageName(name);
-  const exact = rules.find((r) => r.name === n.tag);
+  const exact = rules.find((r) => r.name === lookupName(n));
   if (exact) {
     if (n.sha256 && exact.sha256 && n.sha256 !== exact.sha256) {
       throw new ImageRulesError(
@@ -133,6 +147,8 @@ export function resolveImage(rules: ImageRule[], name: string): ResolvedImage | 
     }
   }
   if (!best?.prefix) return undefined;
-  const rest = n.tag.slice(best.prefix.length).replace(/:latest$/, "");
+  const rest = lookupName(n)
+    .slice(best.prefix.length)
+    .replace(/:latest$/, "");
   return { tag: n.tag, repository: n.repository, url: best.url + rest, sha256: n.sha256 };
 }

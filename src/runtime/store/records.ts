@@ -61,6 +61,8 @@ export interface ImageRecord {
   size: number;
   format: DiskFormat;
   repoTags: string[];
+  /** `repository@sha256:<hex>` names it was pulled by; absent in records written before them. */
+  repoDigests?: string[];
   /** Where it was last pulled from. */
   source: string;
   pulledAt: string;

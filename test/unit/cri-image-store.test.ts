@@ -1,0 +1,182 @@
+// The image store's pulls against a loopback HTTP server: which names a pull gives the
+// image, and which downloads it refuses without keeping a file.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import pino from "pino";
+import { imageMessage } from "../../src/runtime/convert";
+import { CriError } from "../../src/runtime/errors";
+import { ImageStore } from "../../src/runtime/images/image-store";
+import type { ImageRule } from "../../src/runtime/images/rules";
+import { RecordStore } from "../../src/runtime/store/record-store";
+import type { ImageRecord } from "../../src/runtime/store/records";
+
+/** A self-contained version 3 qcow2 header, then bytes that differ by seed. */
+function qcow2(seed: string): Buffer {
+  const out = Buffer.alloc(64 * 1024, crypto.createHash("sha256").update(seed).digest());
+  out.fill(0, 0, 104);
+  out.write("QFI\xfb", 0, "latin1");
+  out.writeUInt32BE(3, 4);
+  return out;
+}
+
+const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
+
+describe("image store pulls", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-images-"));
+  const bodies = new Map<string, Buffer>();
+  const rules: ImageRule[] = [];
+  let server: http.Server;
+  let base: string;
+  let store: ImageStore;
+
+  before(async () => {
+    server = http.createServer((req, res) => {
+      const body = bodies.get(req.url ?? "");
+      res.statusCode = body ? 200 : 404;
+      res.end(body ?? "not found");
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    store = await ImageStore.open({
+      records: await RecordStore.open<ImageRecord>("image", path.join(dir, "images")),
+      dir,
+      rules: () => rules,
+      logger: pino({ level: "silent" }),
+    });
+  });
+
+  after(() => {
+    server?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** No temp file, and a blob for each record and nothing else. */
+  function assertNothingLeft(): void {
+    assert.deepEqual(fs.readdirSync(path.join(dir, "tmp")), []);
+    assert.deepEqual(
+      fs.readdirSync(path.join(dir, "blobs")).sort(),
+      store
+        .list()
+        .map((r) => r.id)
+        .sort(),
+    );
+  }
+
+  test("pulling by digest keeps :latest where it was and shows the digest as a repo digest", async () => {
+    const v1 = qcow2("cirros 1");
+    const v2 = qcow2("cirros 2");
+    rules.push({ name: "vmlet.io/cirros:latest", url: `${base}/cirros.qcow2` });
+    bodies.set("/cirros.qcow2", v1);
+    const latest = await store.pull("vmlet.io/cirros");
+    bodies.set("/cirros.qcow2", v2); // the server moved on; the user pins the new bytes
+    const pinned = await store.pull(`vmlet.io/cirros@sha256:${sha(v2)}`);
+
+    assert.equal(pinned.id, sha(v2));
+    assert.deepEqual(pinned.repoTags, []);
+    assert.equal(store.find("vmlet.io/cirros")?.id, latest.id, "repo means repo:latest");
+    assert.equal(store.find("vmlet.io/cirros:latest")?.id, latest.id);
+    assert.deepEqual(store.find(`sha256:${latest.id}`)?.repoTags, ["vmlet.io/cirros:latest"]);
+    assert.equal(store.find(`vmlet.io/cirros@sha256:${sha(v2)}`)?.id, pinned.id);
+    assert.equal(store.find(`vmlet.io/cirros@sha256:${sha(v1)}`)?.id, latest.id);
+    const shown = imageMessage(store.find(`vmlet.io/cirros@sha256:${sha(v2)}`) as ImageRecord);
+    assert.deepEqual(shown.repoTags, []);
+    assert.deepEqual(shown.repoDigests, [`vmlet.io/cirros@sha256:${sha(v2)}`]);
+    assert.deepEqual(imageMessage(latest).repoDigests, [`vmlet.io/cirros@sha256:${sha(v1)}`]);
+  });
+
+  test("pulling a present image by digest adds its repo digest and moves no tag", async () => {
+    const v1 = qcow2("cirros 1");
+    rules.push({ name: "vmlet.io/mirror:latest", url: `${base}/mirror.qcow2` });
+    bodies.set("/mirror.qcow2", v1);
+    const record = await store.pull(`vmlet.io/mirror@sha256:${sha(v1)}`);
+    assert.deepEqual(record.repoTags, ["vmlet.io/cirros:latest"]);
+    assert.deepEqual((imageMessage(record).repoDigests ?? []).sort(), [
+      `vmlet.io/cirros@sha256:${sha(v1)}`,
+      `vmlet.io/mirror@sha256:${sha(v1)}`,
+    ]);
+    assert.equal(store.find("vmlet.io/mirror"), undefined, "no vmlet.io/mirror:latest tag");
+    assertNothingLeft();
+  });
+
+  describe("a qcow2 that would open host files is refused like a non-disk, leaving nothing", () => {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-qcow2-"));
+    const qemuImg = (...args: string[]) => execFileSync("qemu-img", args, { stdio: "pipe" });
+    after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+    const cases: { name: string; make: () => Buffer; message: RegExp }[] = [
+      {
+        name: "vmlet.io/backed",
+        make: () => {
+          qemuImg(
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/shadow",
+            "-F",
+            "raw",
+            "-u",
+            `${work}/b`,
+            "1M",
+          );
+          return fs.readFileSync(`${work}/b`);
+        },
+        message:
+          /^PullImage vmlet\.io\/backed: GET http:\/\/127\.0\.0\.1:\d+\/vmlet\.io\/backed: qcow2 refused: its header names a backing file "\/etc\/shadow"; QEMU would open that host file .*; nothing kept$/,
+      },
+      {
+        name: "vmlet.io/datafile",
+        make: () => {
+          qemuImg("create", "-f", "qcow2", "-o", `data_file=${work}/data.raw`, `${work}/d`, "1M");
+          return fs.readFileSync(`${work}/d`);
+        },
+        message:
+          /^PullImage vmlet\.io\/datafile: GET .*: qcow2 refused: its header says its data is in an external data file; .*nothing kept$/,
+      },
+      {
+        name: "vmlet.io/tiny-backed",
+        // Shorter than the 4 KiB read before a download is checked: checked at its end.
+        make: () => {
+          const b = Buffer.alloc(1024);
+          b.write("QFI\xfb", 0, "latin1");
+          b.writeUInt32BE(2, 4);
+          b.writeBigUInt64BE(512n, 8);
+          b.writeUInt32BE(8, 16);
+          b.write("/dev/sda", 512, "latin1");
+          return b;
+        },
+        message: /qcow2 refused: its header names a backing file "\/dev\/sda"/,
+      },
+    ];
+    for (const c of cases) {
+      test(c.name, async () => {
+        rules.push({ name: `${c.name}:latest`, url: `${base}/${c.name}` });
+        bodies.set(`/${c.name}`, c.make());
+        const before = store.list().length;
+        await assert.rejects(store.pull(c.name), (error: unknown) => {
+          assert.ok(error instanceof CriError, String(error));
+          assert.equal(error.code, "INVALID_ARGUMENT");
+          assert.match(error.message, c.message);
+          return true;
+        });
+        assert.equal(store.list().length, before);
+        assert.equal(store.find(c.name), undefined);
+        assertNothingLeft();
+      });
+    }
+
+    test("a self-contained qcow2 made by qemu-img is taken", async () => {
+      qemuImg("create", "-f", "qcow2", `${work}/ok`, "1M");
+      rules.push({ name: "vmlet.io/plain:latest", url: `${base}/plain` });
+      bodies.set("/plain", fs.readFileSync(`${work}/ok`));
+      assert.equal((await store.pull("vmlet.io/plain")).format, "qcow2");
+      assertNothingLeft();
+    });
+  });
+});
