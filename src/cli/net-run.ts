@@ -15,7 +15,8 @@ export const NET_RUN_USAGE = `usage: vmlet net run --pod NAMESPACE/NAME [--pod .
   --conf-dir DIR        CNI network configs (default /etc/cni/net.d)
   --bin-dir DIR[:DIR]   CNI plugin dirs (default /opt/cni/bin:/usr/lib/cni)
   --network NAME        attach this network (repeat for eth0, net1, ...; default: the conf dir's first)
-  --state-dir DIR       pod network state and CNI cache (default /run/vmlet/net-run)
+  --state-dir DIR       pod network state and CNI cache (default /run/vmlet/net-run);
+                        one run at a time per dir: give parallel runs their own
   --exec CMD            run CMD (via /bin/sh -c) with the taps as fds 3, 4, ... and
                         VMLET_TAP_FDS, VMLET_MACS, VMLET_MTUS set; exit with its status`;
 
@@ -77,7 +78,50 @@ export function describePod(network: PodNetwork): Record<string, unknown> {
   };
 }
 
+/**
+ * Makes this run the state dir's one user: at start a run tears down what the dir holds
+ * (leftovers of a run that was killed), which must never be a live run's pods.
+ */
+function claimStateDir(stateDir: string): () => void {
+  fs.mkdirSync(stateDir, { recursive: true });
+  const file = path.join(stateDir, "owner.pid");
+  for (let attempt = 0; ; attempt++) {
+    try {
+      fs.writeFileSync(file, `${process.pid}\n`, { flag: "wx" });
+      return () => fs.rmSync(file, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw error;
+    }
+    const owner = Number(fs.readFileSync(file, "utf8").trim());
+    if (isLiveNetRun(owner)) {
+      throw new Error(
+        `--state-dir ${stateDir}: in use by vmlet net run (pid ${owner}); give each run its own`,
+      );
+    }
+    fs.rmSync(file, { force: true }); // its run was killed: take over, clean up below
+  }
+}
+
+function isLiveNetRun(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    return argv.includes("net") && argv.includes("run");
+  } catch {
+    return false;
+  }
+}
+
 export async function netRun(options: NetRunOptions): Promise<number> {
+  const release = claimStateDir(options.stateDir);
+  try {
+    return await netRunClaimed(options);
+  } finally {
+    release();
+  }
+}
+
+async function netRunClaimed(options: NetRunOptions): Promise<number> {
   const cni = new CniClient({
     confDir: options.confDir,
     binDirs: options.binDirs,

@@ -5,6 +5,7 @@ import readline from "node:readline";
 import { describe, it } from "node:test";
 import { allocations, bridgeList, DEBIAN_CNI_DIR, makeCniSandbox } from "../harness/cni-fixtures";
 import { ip, requirePrivateNamespace } from "../harness/fixtures";
+import { guestImages, guestImagesBuilt } from "../harness/guest-vm";
 
 requirePrivateNamespace();
 
@@ -55,6 +56,11 @@ describe("vmlet net run", () => {
       assert.deepEqual(eth0.routes, [{ dst: "0.0.0.0/0", gateway: "10.99.0.1" }]);
       assert.ok(ip("netns", "list").includes(path.basename(first.netns)));
       assert.equal(allocations(cni.dataDir, "br").length, 2);
+      // A second run on the same state dir would tear these pods down as leftovers.
+      const rival = netRun(["--state-dir", path.join(cni.root, "state"), "--pod", "default/x"]);
+      assert.equal(await rival.exited, 1);
+      assert.match(rival.stderr(), /--state-dir .*: in use by vmlet net run \(pid \d+\)/);
+      assert.equal(allocations(cni.dataDir, "br").length, 2, "the live run's pods are untouched");
       run.child.kill("SIGTERM");
       assert.equal(await run.exited, 0, run.stderr());
       assert.ok(!ip("netns", "list").includes(path.basename(first.netns)));
@@ -91,6 +97,61 @@ describe("vmlet net run", () => {
       assert.deepEqual(allocations(cni.dataDir, "br"), []);
       assert.ok(!ip("netns", "list").includes(path.basename(pod.netns)));
     } finally {
+      cni.remove();
+    }
+  });
+
+  it("boots README's QEMU example on the first of two pod networks: taps as fds 3, 4, and the guest takes its lease", {
+    skip: !guestImagesBuilt() && "test guests not built",
+    timeout: 180_000,
+  }, async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-a.conflist", bridgeList("neta", "1.0.0", cni.dataDir, "10.96.10.0/24"));
+    cni.writeConf("20-b.conflist", bridgeList("netb", "1.0.0", cni.dataDir, "10.96.20.0/24"));
+    const { kernel, initrd } = guestImages();
+    const console = path.join(cni.root, "console.log");
+    // README's command, with the serial console in a file; it ends once the lease is seen.
+    const script = `
+      echo "fds=$VMLET_TAP_FDS mtus=$VMLET_MTUS fd4=$(readlink /proc/self/fd/4)"
+      qemu-system-x86_64 -accel tcg -m 256 -nodefaults -no-user-config -display none \
+        -serial file:${console} -kernel ${kernel} -initrd ${initrd} \
+        -append "console=ttyS0 quiet panic=-1" \
+        -netdev tap,id=n0,fd=3 -device virtio-net-pci,netdev=n0,mac=\${VMLET_MACS%%,*},romfile= &
+      qemu=$!
+      for i in $(seq 600); do grep -q 'lease event="bound"' ${console} 2>/dev/null && break; sleep 0.2; done
+      kill $qemu; wait $qemu
+      grep -o 'lease event="bound".* ip="[^"]*"' ${console}`;
+    const run = netRun([
+      "--conf-dir",
+      cni.confDir,
+      "--bin-dir",
+      DEBIAN_CNI_DIR,
+      "--state-dir",
+      path.join(cni.root, "state"),
+      "--network",
+      "neta",
+      "--network",
+      "netb",
+      "--pod",
+      "default/vm1",
+      "--exec",
+      script,
+    ]);
+    try {
+      const out: string[] = [];
+      for await (const line of run.lines) out.push(line);
+      assert.equal(await run.exited, 0, `${out.join("\n")}\n${run.stderr()}`);
+      const pod = JSON.parse(out[0]!);
+      assert.deepEqual(
+        pod.interfaces.map((i: { ifname: string }) => i.ifname),
+        ["eth0", "net1"],
+      );
+      assert.equal(out[1], "fds=3,4 mtus=1500,1500 fd4=/dev/net/tun");
+      assert.match(out[2]!, new RegExp(`ip="${pod.interfaces[0].addresses[0]}"$`));
+      assert.deepEqual(allocations(cni.dataDir, "neta"), []);
+      assert.deepEqual(allocations(cni.dataDir, "netb"), []);
+    } finally {
+      run.child.kill("SIGKILL");
       cni.remove();
     }
   });
