@@ -185,6 +185,17 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     client = connectCri(path.join(cni.root, "vmlet.sock"));
     s = (await client.runtime.ContainerStatus({ containerId })).status;
     assert.equal(s?.state, "CONTAINER_RUNNING");
+    const listed = (await client.runtime.ListContainers({})).containers;
+    assert.deepEqual(
+      listed.map((c) => [c.id, c.state]),
+      [[containerId, "CONTAINER_RUNNING"]],
+      "listed RUNNING after the restart",
+    );
+    const sandboxes = (await client.runtime.ListPodSandbox({})).items;
+    assert.deepEqual(
+      sandboxes.map((p) => [p.id, p.state]),
+      [[podSandboxId, "SANDBOX_READY"]],
+    );
     assert.ok(pings(neighbour, podIp), "still reachable after the restart");
 
     // A graceful stop: the ACPI power button; the guest gives its lease back and powers off.
@@ -215,7 +226,7 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
       [],
       "the pod IP is released",
     );
-    for (const dir of ["sandboxes", "containers", "vms", "pods"]) {
+    for (const dir of ["sandboxes", "containers", "vms", "pods", "cni"]) {
       const left = fs.existsSync(path.join(stateDir, dir))
         ? fs.readdirSync(path.join(stateDir, dir))
         : [];
