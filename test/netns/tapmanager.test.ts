@@ -1,7 +1,17 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import {
+  BOOTREQUEST,
+  FLAG_BROADCAST,
+  formatMessage,
+  MessageType,
+  Option,
+  parseMessage,
+  u8,
+} from "../../src/dhcp/codec";
 import { Tapmanager } from "../../src/tapmanager";
 import { calicoPluginInto } from "../harness/calico-plugin";
 import {
@@ -434,4 +444,103 @@ exec ${process.execPath} -e 'let s="";process.stdin.on("data",(d)=>(s+=d)).on("e
       }
     });
   }
+});
+
+/** An Ethernet frame with a broadcast DHCP message from `mac`, behind a zero vnet header. */
+function dhcpFrame(mac: string, dhcp: Buffer): Buffer {
+  const udp = Buffer.alloc(8);
+  udp.writeUInt16BE(68, 0);
+  udp.writeUInt16BE(67, 2);
+  udp.writeUInt16BE(8 + dhcp.length, 4); // checksum 0: none, as IPv4 allows
+  const ipHeader = Buffer.alloc(20);
+  ipHeader.writeUInt8(0x45, 0);
+  ipHeader.writeUInt16BE(20 + udp.length + dhcp.length, 2);
+  ipHeader.writeUInt8(64, 8);
+  ipHeader.writeUInt8(17, 9);
+  ipHeader.writeUInt32BE(0xffffffff, 16); // from 0.0.0.0 to 255.255.255.255
+  let sum = 0;
+  for (let i = 0; i < 20; i += 2) sum += ipHeader.readUInt16BE(i);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  ipHeader.writeUInt16BE(~sum & 0xffff, 10);
+  const ethernet = Buffer.concat([
+    Buffer.alloc(6, 0xff),
+    Buffer.from(mac.replaceAll(":", ""), "hex"),
+    Buffer.from([0x08, 0x00]),
+  ]);
+  // The tap has IFF_VNET_HDR: every frame carries a virtio-net header (10 bytes), zero here.
+  return Buffer.concat([Buffer.alloc(10), ethernet, ipHeader, udp, dhcp]);
+}
+
+/** Reads frames off a tap fd in a child process until a DHCP reply; resolves with it. */
+function readDhcpReply(tapFd: number): Promise<Buffer> {
+  const script = `
+    const fs = require("fs");
+    const buf = Buffer.alloc(65536);
+    for (;;) {
+      const n = fs.readSync(3, buf, 0, buf.length, null);
+      const frame = buf.subarray(10, n); // past the vnet header
+      if (frame.readUInt16BE(12) !== 0x0800 || frame[23] !== 17) continue;
+      const ihl = (frame[14] & 0x0f) * 4;
+      if (frame.readUInt16BE(14 + ihl + 2) !== 68) continue;
+      process.stdout.write(frame.subarray(14 + ihl + 8).toString("hex"));
+      break;
+    }`;
+  const child = spawn(process.execPath, ["-e", script], {
+    stdio: ["ignore", "pipe", "inherit", tapFd],
+    timeout: 10_000,
+  });
+  let out = "";
+  child.stdout!.on("data", (d) => {
+    out += d;
+  });
+  return new Promise((resolve, reject) =>
+    child.on("exit", (code, signal) =>
+      code === 0
+        ? resolve(Buffer.from(out, "hex"))
+        : reject(new Error(`no DHCP reply on the tap (${code ?? signal})`)),
+    ),
+  );
+}
+
+describe("tapmanager DHCP from the first packet", () => {
+  it("answers a DISCOVER written to the tap the moment setUp returns: the pod IP, hostname, and the CNI result's DNS", async () => {
+    const cni = makeCniSandbox();
+    const list = bridgeList("first", "1.0.0", cni.dataDir, "10.40.3.0/24");
+    (list.plugins[0] as Record<string, unknown>).dns = {
+      nameservers: ["10.96.0.10"],
+      search: ["first.svc.cluster.local", "svc.cluster.local"],
+    };
+    cni.writeConf("10-br.conflist", list);
+    const tm = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
+    const pod = makePod();
+    try {
+      const network = await tm.setUp({ pod });
+      const [tap] = tm.openTaps(pod.sandboxId);
+      const discover = formatMessage(
+        {
+          op: BOOTREQUEST,
+          xid: 0x5eed,
+          flags: FLAG_BROADCAST,
+          chaddr: Buffer.from(tap!.guestMac.replaceAll(":", ""), "hex"),
+        },
+        [[Option.MESSAGE_TYPE, u8(MessageType.DISCOVER)]],
+      ).datagram;
+      // Synchronously, before this process goes back to its event loop: one packet, no retry.
+      fs.writeSync(tap!.fd, dhcpFrame(tap!.guestMac, discover));
+      const offer = parseMessage(await readDhcpReply(tap!.fd));
+      fs.closeSync(tap!.fd);
+      assert.equal(offer.xid, 0x5eed);
+      assert.equal(offer.options.messageType, MessageType.OFFER);
+      assert.equal(offer.yiaddr, network.interfaces[0].addresses[0].address);
+      assert.equal(offer.options.hostname, pod.name, "option 12 is the pod name");
+      assert.deepEqual(offer.options.dns, ["10.96.0.10"], "DNS from the CNI result");
+      assert.deepEqual(offer.options.searchList, ["first.svc.cluster.local", "svc.cluster.local"]);
+      assert.equal(offer.options.domain, "first.svc.cluster.local");
+      assert.deepEqual(tm.dhcpStats(pod.sandboxId)[0]?.dropped, {});
+      await tm.tearDown(pod.sandboxId);
+    } finally {
+      await tm.close();
+      cni.remove();
+    }
+  });
 });
