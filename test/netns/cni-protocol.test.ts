@@ -182,8 +182,12 @@ describe("the CNI protocol", () => {
     const stale = makePod();
     await client.addPod(pod, ns.path);
     await client.addPod(stale, ns.path);
+    await client.checkStatus(); // status() asks in the background too: let that settle
+    const before = calls().length;
     await client.pluginStatus();
-    const status = calls().filter((c) => c.command === "STATUS");
+    const status = calls()
+      .slice(before)
+      .filter((c) => c.command === "STATUS");
     assert.deepEqual(
       status.map((c) => [c.plugin, c.containerId, c.netns]),
       [
@@ -202,6 +206,43 @@ describe("the CNI protocol", () => {
       ]);
     }
     assert.equal(cacheFiles(sandbox.cacheDir).length, 1);
+  });
+
+  it("at 1.1.0 a plugin whose STATUS fails makes the network not ready, with its error, until it answers again", async () => {
+    const down = path.join(sandbox.root, "plugin-down");
+    writePlugin(
+      sandbox.binDir,
+      "moody",
+      `#!/bin/sh
+cat >/dev/null
+case "$CNI_COMMAND" in
+  STATUS)
+    [ -e ${down} ] || exit 0
+    echo '{"cniVersion":"1.1.0","code":50,"msg":"the plugin is not available","details":"fixture down"}'
+    exit 1 ;;
+  VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}' ;;
+esac
+`,
+    );
+    sandbox.writeConf("10-moody.conflist", {
+      cniVersion: "1.1.0",
+      name: "moody",
+      plugins: [{ type: "moody" }],
+    });
+    const client = sandbox.client();
+    try {
+      assert.deepEqual(await client.checkStatus(), { ready: true });
+      fs.writeFileSync(down, "");
+      const status = await client.checkStatus();
+      assert.equal(status.ready, false);
+      assert.equal(status.reason, "NetworkPluginNotReady");
+      assert.match(status.message ?? "", /STATUS: .*moody.*the plugin is not available/);
+      assert.deepEqual(client.status(), status, "kept, not asked on every call");
+      fs.rmSync(down);
+      assert.deepEqual(await client.checkStatus(), { ready: true });
+    } finally {
+      client.close();
+    }
   });
 
   it("before 1.1.0 there is no STATUS or GC call", async () => {

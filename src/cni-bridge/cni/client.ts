@@ -38,6 +38,9 @@ export interface CniClientOptions {
   timeoutMs?: number;
 }
 
+/** How long a STATUS answer stands before status() asks the plugins again. */
+const PLUGIN_STATUS_TTL_MS = 5_000;
+
 export interface NetworkStatus {
   ready: boolean;
   reason?: string;
@@ -102,6 +105,15 @@ export class CniClient {
   private watcher: fs.FSWatcher | undefined;
   private retry: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The default network's last STATUS answer; see status(). */
+  private pluginHealth: {
+    checkedAt: number;
+    /** The config generation it answered for: a reloaded config is asked anew. */
+    generation: number;
+    error?: string;
+    inFlight?: Promise<void>;
+  } = { checkedAt: 0, generation: -1 };
+  private generation = 0;
 
   constructor(options: CniClientOptions) {
     this.confDir = options.confDir;
@@ -113,9 +125,20 @@ export class CniClient {
     this.watch();
   }
 
-  /** Ready once the conf dir holds a valid network; the runtime reports this to kubelet. */
+  /**
+   * Ready once the conf dir holds a valid network whose plugins, at 1.1.0, answer STATUS;
+   * the runtime reports this to kubelet. kubelet polls every few seconds and must not
+   * wait on a plugin, so STATUS is asked in the background and its answer kept a while.
+   */
   status(): NetworkStatus {
-    if (this.state.networks.length > 0) return { ready: true };
+    const network = this.state.networks[0];
+    if (network) {
+      this.refreshPluginStatus(network);
+      const error = this.pluginHealth.error;
+      return error
+        ? { ready: false, reason: "NetworkPluginNotReady", message: error }
+        : { ready: true };
+    }
     const invalid = this.state.invalid.map((i) => i.error.message);
     return {
       ready: false,
@@ -242,6 +265,33 @@ export class CniClient {
       }
     }
     if (first !== undefined) throw first;
+  }
+
+  /** status(), after a STATUS asked now (not a kept answer). */
+  async checkStatus(): Promise<NetworkStatus> {
+    await this.pluginHealth.inFlight;
+    this.pluginHealth.checkedAt = 0;
+    const network = this.state.networks[0];
+    if (network) this.refreshPluginStatus(network);
+    await this.pluginHealth.inFlight;
+    return this.status();
+  }
+
+  private refreshPluginStatus(network: NetworkConfigList): void {
+    const health = this.pluginHealth;
+    const fresh =
+      health.generation === this.generation && Date.now() - health.checkedAt < PLUGIN_STATUS_TTL_MS;
+    if (health.inFlight || fresh) return;
+    const generation = this.generation;
+    health.inFlight = statusNetworkList(this.runner, network).then(
+      () => {
+        this.pluginHealth = { checkedAt: Date.now(), generation };
+      },
+      (error: unknown) => {
+        const message = `STATUS: ${(error as Error).message}`;
+        this.pluginHealth = { checkedAt: Date.now(), generation, error: message };
+      },
+    );
   }
 
   /** STATUS of every loaded network that has it (1.1.0); rejects with the first not ready. */
@@ -443,6 +493,7 @@ export class CniClient {
 
   private reload(): void {
     this.state = loadConfDir(this.confDir);
+    this.generation++;
     // The dir itself was removed: its watch is dead, so wait for a new one.
     if (this.watcher && !fs.existsSync(this.confDir)) this.rewatchLater();
   }
