@@ -419,6 +419,9 @@ export class VmRuntime {
         const files: CloudInitFile[] = record.mounts
           .filter((m) => isCopiedVolume(m.hostPath))
           .flatMap(filesFromMount);
+        await this.images.verify(image).catch((error: unknown) => {
+          throw failedPrecondition(`image sha256:${image.id}: ${errorMessage(error)}`);
+        });
         taps = this.networks.openTaps(record.sandboxId);
         await fs.promises.mkdir(path.dirname(record.logPath), { recursive: true });
         const spec: VmSpec = {

@@ -544,6 +544,47 @@ describe("CRI server", () => {
     assert.equal((await r.ListContainers({ filter: { podSandboxId } })).containers.length, 0);
   });
 
+  test("an image whose stored disk names a host file (pulled before that check) is refused at StartContainer", async () => {
+    const r = t.client.runtime;
+    const http = await import("node:http");
+    const distinct = qcow2Bytes();
+    distinct.write("older", 4096, "latin1"); // another digest than the shared test image
+    const server = http.createServer((_req, res) => res.end(distinct));
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as { port: number }).port;
+    t.rules.push({ name: "vmlet.io/older:latest", url: `http://127.0.0.1:${port}/older.qcow2` });
+    const pulled = (await t.client.image.PullImage({ image: { image: "vmlet.io/older" } }))
+      .imageRef;
+    server.close();
+    const blob = path.join(t.stateDir, "blobs", pulled.slice("sha256:".length));
+    assert.ok(fs.existsSync(blob), blob);
+    // What an older vmlet let through: a qcow2 header pointing at a host file.
+    const header = Buffer.alloc(4096);
+    header.write("QFI\xfb", 0, "latin1");
+    header.writeUInt32BE(3, 4);
+    header.writeBigUInt64BE(512n, 8);
+    header.writeUInt32BE(11, 16);
+    header.write("/etc/shadow", 512, "latin1");
+    fs.writeFileSync(blob, header);
+    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("older") });
+    const { containerId } = await r.CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: pulled } },
+    });
+    const started = t.launcher.started.length;
+    await rejectsWith(
+      r.StartContainer({ containerId }),
+      status.FAILED_PRECONDITION,
+      /image sha256:\w+: qcow2 refused: its header names a backing file "\/etc\/shadow"/,
+    );
+    assert.equal(t.launcher.started.length, started, "no VM was started");
+    const s = (await r.ContainerStatus({ containerId })).status;
+    assert.equal(s?.state, "CONTAINER_EXITED");
+    assert.equal(s?.reason, "StartError");
+    await r.RemovePodSandbox({ podSandboxId });
+    await t.client.image.RemoveImage({ image: { image: pulled } });
+  });
+
   test("StopPodSandbox kills the pod's running VM", async () => {
     const r = t.client.runtime;
     const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("stopall") });

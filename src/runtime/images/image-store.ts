@@ -10,7 +10,7 @@ import { CriError, errorMessage } from "../errors";
 import { syncDir } from "../store/atomic";
 import type { RecordStore } from "../store/record-store";
 import type { ImageRecord } from "../store/records";
-import { DiskImageError, detectDiskFormat, HEADER_BYTES } from "./format";
+import { DiskImageError, detectDiskFormat, HEADER_BYTES, NotADiskImageError } from "./format";
 import {
   type ImageName,
   type ImageRule,
@@ -126,6 +126,24 @@ export class ImageStore {
 
   blobPath(record: ImageRecord): string {
     return path.join(this.blobDir, record.id);
+  }
+
+  /**
+   * Checks a stored disk as a pull does, before QEMU opens it: the store may hold images
+   * pulled before a check existed (a qcow2 naming a host file, say). Throws DiskImageError.
+   */
+  async verify(record: ImageRecord): Promise<void> {
+    const file = await fs.promises.open(this.blobPath(record), "r");
+    try {
+      const header = Buffer.alloc(HEADER_BYTES);
+      const { bytesRead } = await file.read(header, 0, HEADER_BYTES, 0);
+      const format = detectDiskFormat(header.subarray(0, bytesRead));
+      if (format !== record.format) {
+        throw new NotADiskImageError(`stored as ${record.format}, but its header says ${format}`);
+      }
+    } finally {
+      await file.close();
+    }
   }
 
   async pull(name: string): Promise<ImageRecord> {
