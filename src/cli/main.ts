@@ -7,7 +7,7 @@ import { parseServeArgs, SERVE_USAGE, serve } from "./serve";
 const USAGE = `usage: vmlet <command>
 
 commands:
-  demo      build a pod network in a private demo node namespace and show it
+  demo      run a VM pod through the CRI socket on a private demo node, and show it
   net run   set up pod networks from a CNI conf dir and serve them (see vmlet net run --help)
   serve     serve CRI to kubelet on a unix socket (see vmlet serve --help)
   version   print the version`;

@@ -175,6 +175,17 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     ) as { pid: number };
     assert.ok(alive(pid));
 
+    // Structured logs: one JSON line per event, with the pod's and the container's ids.
+    const started = (served?.output() ?? "")
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.msg === "VM started");
+    assert.ok(started, "a 'VM started' log line");
+    assert.equal(started.containerId, containerId);
+    assert.equal(started.podSandboxId, podSandboxId);
+    assert.equal(started.pid, pid);
+
     // vmlet dies hard; the VM does not.
     client.close();
     served?.child.kill("SIGKILL");

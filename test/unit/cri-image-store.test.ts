@@ -179,4 +179,29 @@ describe("image store pulls", () => {
       assertNothingLeft();
     });
   });
+  test("a pull logs its progress as JSON lines carrying the image, ending at 100 percent", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino(
+      { level: "info" },
+      { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
+    );
+    const logged = await ImageStore.open({
+      records: await RecordStore.open<ImageRecord>("image", path.join(dir, "logged-images")),
+      dir: path.join(dir, "logged"),
+      rules: () => rules,
+      logger,
+      progressIntervalMs: 0,
+    });
+    const body = qcow2("progress");
+    rules.push({ name: "vmlet.io/progress:latest", url: `${base}/progress.qcow2` });
+    bodies.set("/progress.qcow2", body);
+    await logged.pull("vmlet.io/progress");
+    const progress = lines.filter((l) => l.msg === "pull progress");
+    assert.ok(progress.length > 0, JSON.stringify(lines));
+    for (const l of progress) assert.equal(l.image, "vmlet.io/progress:latest");
+    const last = progress.at(-1)!;
+    assert.equal(last.bytes, body.length);
+    assert.equal(last.total, body.length);
+    assert.equal(last.percent, 100);
+  });
 });
