@@ -74,22 +74,30 @@ function filters(pod: string): string {
   });
 }
 
-/** One node process in the guest that sends every datagram to 255.255.255.255:67. */
-function floodFromGuest(guest: string, datagrams: Buffer[]): Promise<void> {
+/**
+ * One node process in the guest that sends every datagram to 255.255.255.255:67, and
+ * again and again until `forMs` has passed when given.
+ */
+function floodFromGuest(guest: string, datagrams: Buffer[], forMs = 0): Promise<void> {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "flood-")), "d.json");
   fs.writeFileSync(file, JSON.stringify(datagrams.map((d) => d.toString("base64"))));
   const script = `
     const s = require("dgram").createSocket("udp4");
     const all = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    const end = Date.now() + Number(process.argv[2]);
     s.bind(0, async () => {
       s.setBroadcast(true);
-      for (const d of all) await new Promise((r) => s.send(Buffer.from(d, "base64"), 67, "255.255.255.255", r));
+      do {
+        for (const d of all) await new Promise((r) => s.send(Buffer.from(d, "base64"), 67, "255.255.255.255", r));
+      } while (Date.now() < end);
       s.close();
     });`;
   // Asynchronously: the server in this process must read while the guest floods.
-  const child = spawn("ip", ["netns", "exec", guest, process.execPath, "-e", script, file], {
-    stdio: "inherit",
-  });
+  const child = spawn(
+    "ip",
+    ["netns", "exec", guest, process.execPath, "-e", script, file, String(forMs)],
+    { stdio: "inherit" },
+  );
   return new Promise((resolve, reject) =>
     child.on("exit", (code) =>
       code === 0 ? resolve() : reject(new Error(`flood exited ${code}`)),
@@ -219,6 +227,65 @@ describe("DhcpServer in a pod netns", () => {
       const code = await new Promise((resolve) => udhcpc.on("exit", resolve));
       assert.equal(code, 0, "udhcpc got a lease");
       assert.ok(server.stats().replied >= 2, "OFFER and ACK");
+    } finally {
+      await server.close();
+      t.remove();
+    }
+  });
+
+  it("a client is served while a flood from a stranger goes on", async () => {
+    const t = podWithGuest();
+    const server = await DhcpServer.start({
+      nsPath: t.pod.path,
+      device: "br0",
+      serverId: "10.244.1.1",
+      leases: [lease],
+    });
+    try {
+      // The flood's source: the lease's address, the one the pod netns routes back to
+      // (the client's own script is /bin/true, so nothing else takes it).
+      ipIn(t.guest.name, "addr", "add", "10.244.1.5/24", "dev", "eth0");
+      ipIn(t.guest.name, "route", "add", "default", "dev", "eth0");
+      const discoverFromStranger = formatMessage(
+        { op: BOOTREQUEST, xid: 2, flags: 0, chaddr: Buffer.from("020000000098", "hex") },
+        [[Option.MESSAGE_TYPE, u8(MessageType.DISCOVER)]],
+      ).datagram;
+      const flood = Array.from({ length: 200 }, (_, i) =>
+        i % 2 ? discoverFromStranger : Buffer.alloc(i % 300, i & 0xff),
+      );
+      let flooding = true;
+      const flooded = floodFromGuest(t.guest.name, flood, 4000).finally(() => {
+        flooding = false;
+      });
+      const deadline = Date.now() + 3000;
+      while (server.stats().received < 100) {
+        assert.ok(Date.now() < deadline, `the flood arrives: ${JSON.stringify(server.stats())}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const udhcpc = spawn(
+        "ip",
+        [
+          "netns",
+          "exec",
+          t.guest.name,
+          "unshare",
+          "--uts",
+          "udhcpc",
+          "-q",
+          "-n",
+          "-i",
+          "eth0",
+        ].concat(["-s", "/bin/true", "-t", "5", "-T", "1"]),
+        { stdio: "ignore" },
+      );
+      const code = await new Promise((resolve) => udhcpc.on("exit", resolve));
+      const during = flooding;
+      const stats = server.stats();
+      await flooded;
+      assert.equal(code, 0, `udhcpc got a lease: ${JSON.stringify(stats)}`);
+      assert.ok(during, "while the flood was still going");
+      assert.ok(stats.replied >= 2, "OFFER and ACK");
+      assert.ok((stats.dropped["unknown-mac"] ?? 0) > 50, JSON.stringify(stats.dropped));
     } finally {
       await server.close();
       t.remove();
