@@ -18,7 +18,7 @@ APT_PACKAGES=(
   containernetworking-plugins iproute2 util-linux procps
   qemu-system-x86 qemu-utils
   udhcpc isc-dhcp-client dhcpcd-base iputils-ping dnsmasq-base tcpdump iptables
-  cpio mtools dosfstools syslinux syslinux-common genisoimage python3-yaml
+  cpio mtools dosfstools syslinux syslinux-common genisoimage python3-yaml systemd
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
