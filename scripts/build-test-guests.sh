@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds vmlet's test guests from Debian packages, under .cache/guests/ (gitignored):
 #   vmlinuz          the Debian cloud kernel (linux-image-cloud-amd64's dependency)
-#   initrd.cpio.gz   busybox-static, the virtio-net and ACPI button modules, Debian's
+#   initrd.cpio.gz   busybox-static, the virtio-net, virtio-serial and ACPI button
+#                    modules, qemu-ga with its libraries, Debian's
 #                    stock udhcpc script (unchanged) and test/guests/{init,report.script,
 #                    power-button}
 #   disk.qcow2       a FAT disk with syslinux, the same kernel and initramfs: boots from
 #                    virtio-blk through SeaBIOS
 # Idempotent: each step is skipped when its outputs exist and are newer than its inputs.
-# Needs: apt-get, dpkg, cpio, gzip, mtools, dosfstools, syslinux, qemu-utils.
+# Needs: apt-get, dpkg, cpio, gzip, mtools, dosfstools, syslinux, qemu-utils,
+# qemu-guest-agent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,9 +17,12 @@ OUT=$ROOT/.cache/guests
 DEBS=$OUT/debs
 SRC=$ROOT/test/guests
 SELF=$ROOT/scripts/build-test-guests.sh
+# The QEMU guest agent, from Debian's qemu-guest-agent as setup.sh installs it here.
+QGA=/usr/sbin/qemu-ga
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
   failover net_failover virtio_net
-  evdev button) # the ACPI power button, as an input device busybox acpid reads
+  evdev button # the ACPI power button, as an input device busybox acpid reads
+  virtio_console) # virtio-serial: the QEMU guest agent's port
 
 say() { printf 'build-test-guests: %s\n' "$*"; }
 # up_to_date OUTPUT INPUT...: OUTPUT exists and is newer than every INPUT.
@@ -93,7 +98,7 @@ fi
 
 # 3. Initramfs.
 INITRD_INPUTS=("$OUT/pkg/kernel/.unpacked" "$OUT/pkg/busybox-static/.unpacked"
-  "$OUT/pkg/udhcpc/.unpacked" "$SRC/init" "$SRC/report.script" "$SRC/power-button" "$SELF")
+  "$OUT/pkg/udhcpc/.unpacked" "$SRC/init" "$SRC/report.script" "$SRC/power-button" "$QGA" "$SELF")
 if ! up_to_date "$OUT/initrd.cpio.gz" "${INITRD_INPUTS[@]}"; then
   say "initramfs -> .cache/guests/initrd.cpio.gz"
   R=$OUT/initrd-root
@@ -117,6 +122,16 @@ if ! up_to_date "$OUT/initrd.cpio.gz" "${INITRD_INPUTS[@]}"; then
       *.ko.zst) zstd -dc "$ko" >"$R/lib/modules/$m.ko" ;;
       *.ko.gz) gzip -dc "$ko" >"$R/lib/modules/$m.ko" ;;
     esac
+  done
+  # The guest agent and the shared libraries it links, at the paths ldd finds them.
+  [ -x "$QGA" ] || {
+    echo "build-test-guests: $QGA missing: apt-get install qemu-guest-agent" >&2
+    exit 1
+  }
+  cp "$QGA" "$R/usr/sbin/qemu-ga"
+  ldd "$QGA" | awk '/=> \// { print $3 } /^\t\/[^ ]*ld-linux/ { print $1 }' | while read -r lib; do
+    mkdir -p "$R$(dirname "$lib")"
+    cp -L "$lib" "$R$lib"
   done
   cp "$OUT/pkg/udhcpc/etc/udhcpc/default.script" "$R/etc/udhcpc/default.script"
   cp "$SRC/report.script" "$R/etc/udhcpc/report.script"

@@ -16,7 +16,7 @@ fi
 # and the tools the test guests are built with.
 APT_PACKAGES=(
   containernetworking-plugins iproute2 util-linux procps
-  qemu-system-x86 qemu-utils
+  qemu-system-x86 qemu-utils qemu-guest-agent
   udhcpc isc-dhcp-client dhcpcd-base iputils-ping dnsmasq-base tcpdump iptables
   cpio mtools dosfstools syslinux syslinux-common genisoimage python3-yaml systemd
 )

@@ -150,6 +150,14 @@ export async function runDemo(args: string[]): Promise<number> {
     say(`the node reaches the guest: ${/time=\S+ ms/.exec(ping)?.[0] ?? "reply"}`);
     const container = await cri.runtime.ContainerStatus({ containerId });
     say(`ContainerStatus: ${container.status?.state}`);
+    const exec = await cri.runtime.ExecSync({
+      containerId,
+      cmd: ["uname", "-sr"],
+      timeout: 30,
+    });
+    say(
+      `ExecSync [uname -sr] in the guest (QEMU guest agent): ${exec.stdout.toString().trim()} (exit ${exec.exitCode})`,
+    );
     if (values.keep) {
       const holder = privateNamespaceHolderCommand();
       say("vmlet keeps serving until Ctrl-C (or SIGINT to this process group).");

@@ -34,6 +34,11 @@ import type {
   VmSpec,
 } from "./types";
 import { CRI_API_VERSION, RUNTIME_NAME, VMLET_VERSION } from "./version";
+import {
+  GuestAgentCommandError,
+  GuestAgentUnavailableError,
+  GuestExecTimeoutError,
+} from "./vm/guest-agent";
 import { ANNOTATION_USER_DATA, filesFromMount, isCopiedVolume, sshKeys, vmSize } from "./vm-config";
 
 export type CgroupDriver = "systemd" | "cgroupfs";
@@ -549,6 +554,40 @@ export class VmRuntime {
   }
 
   // ---- stats ----
+
+  /**
+   * Runs a command in the VM through the QEMU guest agent (exec probes, crictl exec -s).
+   * An agent's error starting the command (no such program, say) is the shell's 127.
+   */
+  async execSync(req: cri.ExecSyncRequest__Output): Promise<cri.ExecSyncResponse> {
+    const record = this.mustContainer(req.containerId, "ExecSync");
+    const where = `ExecSync ${record.id}`;
+    if (req.cmd.length === 0 || req.cmd[0] === "") throw invalidArgument(`${where}: cmd is empty`);
+    const handle = this.running.get(record.id)?.handle;
+    if (record.phase !== "running" || !handle) {
+      throw failedPrecondition(`${where}: container is ${record.phase}, not running`);
+    }
+    if (!handle.exec) {
+      throw new CriError("UNIMPLEMENTED", `${where}: this VM launcher cannot run commands`);
+    }
+    const timeoutMs = Math.max(0, Number(req.timeout)) * 1000;
+    try {
+      const result = await handle.exec(req.cmd, timeoutMs);
+      return { stdout: result.stdout, stderr: result.stderr, exitCode: result.exitCode };
+    } catch (error) {
+      if (error instanceof GuestAgentCommandError) {
+        return {
+          stdout: Buffer.alloc(0),
+          stderr: Buffer.from(`${error.message}\n`),
+          exitCode: 127,
+        };
+      }
+      const message = `${where} ${JSON.stringify(req.cmd)}: ${errorMessage(error)}`;
+      if (error instanceof GuestExecTimeoutError) throw new CriError("DEADLINE_EXCEEDED", message);
+      if (error instanceof GuestAgentUnavailableError) throw failedPrecondition(message);
+      throw new CriError("UNKNOWN", message, { cause: error });
+    }
+  }
 
   async containerStats(
     req: cri.ContainerStatsRequest__Output,

@@ -53,6 +53,14 @@ export interface VmHandle {
   reopenLog?(): Promise<void>;
   /** Stop watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
   detach?(): Promise<void>;
+  /** Runs a command in the guest (ExecSync); absent when the launcher cannot. */
+  exec?(argv: string[], timeoutMs: number): Promise<ExecResult>;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: Buffer;
+  stderr: Buffer;
 }
 
 /** The VM launcher, as the runtime sees it. */

@@ -141,7 +141,7 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     cni?.remove();
   });
 
-  test("the guest takes the pod IP, is reachable, survives a SIGKILL of vmlet, powers off on the ACPI button, and leaves nothing", async () => {
+  test("the guest takes the pod IP, is reachable, runs ExecSync, survives a SIGKILL of vmlet, powers off on the ACPI button, and leaves nothing", async () => {
     const linksBefore = nodeLinks();
     const { imageRef } = await client.image.PullImage({ image: { image: "vmlet.io/disk.qcow2" } });
     const logDirectory = path.join(cni.root, "pods", "default_e2e_uid");
@@ -186,6 +186,16 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     assert.equal(started.podSandboxId, podSandboxId);
     assert.equal(started.pid, pid);
 
+    // ExecSync, as an exec probe runs it: in the VM, through its QEMU guest agent.
+    const probe = await client.runtime.ExecSync({
+      containerId,
+      cmd: ["sh", "-c", "ip -4 -o addr show dev eth0; echo probe >&2; exit 3"],
+      timeout: 30,
+    });
+    assert.equal(probe.exitCode, 3);
+    assert.match(probe.stdout.toString(), new RegExp(`inet ${podIp.replace(/\./g, "\\.")}/24`));
+    assert.equal(probe.stderr.toString(), "probe\n");
+
     // vmlet dies hard; the VM does not.
     client.close();
     served?.child.kill("SIGKILL");
@@ -208,6 +218,8 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
       [[podSandboxId, "SANDBOX_READY"]],
     );
     assert.ok(pings(neighbour, podIp), "still reachable after the restart");
+    const again = await client.runtime.ExecSync({ containerId, cmd: ["true"], timeout: 30 });
+    assert.equal(again.exitCode, 0, "ExecSync works on the adopted VM");
 
     // A graceful stop: the ACPI power button; the guest gives its lease back and powers off.
     const stopAt = Date.now();

@@ -113,14 +113,18 @@ describe("CRI server", () => {
     assert.deepEqual(md.descriptors, []);
   });
 
-  test("exec, attach, port-forward and friends are UNIMPLEMENTED with a reason", async () => {
+  test("streaming exec, attach, port-forward and friends are UNIMPLEMENTED with a reason", async () => {
     const r = t.client.runtime;
     await rejectsWith(
       r.ExecSync({ containerId: "x", cmd: ["true"] }),
-      status.UNIMPLEMENTED,
-      /ExecSync: exec is not supported/,
+      status.NOT_FOUND,
+      /ExecSync: .*x/,
     );
-    await rejectsWith(r.Exec({ containerId: "x", cmd: ["sh"] }), status.UNIMPLEMENTED, /Exec: /);
+    await rejectsWith(
+      r.Exec({ containerId: "x", cmd: ["sh"] }),
+      status.UNIMPLEMENTED,
+      /Exec: streaming exec is not supported yet: ExecSync .* guest agent/,
+    );
     await rejectsWith(r.Attach({ containerId: "x" }), status.UNIMPLEMENTED, /Attach: /);
     await rejectsWith(
       r.PortForward({ podSandboxId: "x", port: [80] }),

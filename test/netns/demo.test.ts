@@ -25,6 +25,7 @@ describe("vmlet demo (README's main-job command)", () => {
     assert.match(demo.stdout, new RegExp(`VMLET-GUEST lease event="bound".* ip="${podIp}/24"`));
     assert.match(demo.stdout, /the node reaches the guest: time=/);
     assert.match(demo.stdout, /ContainerStatus: CONTAINER_RUNNING/);
+    assert.match(demo.stdout, /ExecSync \[uname -sr\] in the guest .*: Linux 6\.\S+ \(exit 0\)/);
     assert.match(demo.stdout, /stopped and removed: no netns or state left/);
   });
 

@@ -22,8 +22,7 @@ export class CriServerError extends Error {
 
 /** Calls vmlet answers UNIMPLEMENTED, each with why. */
 const UNIMPLEMENTED: Record<string, string> = {
-  ExecSync: "exec is not supported: a VM pod runs no processes vmlet can enter (use ssh)",
-  Exec: "exec is not supported: a VM pod runs no processes vmlet can enter (use ssh)",
+  Exec: "streaming exec is not supported yet: ExecSync (probes, crictl exec -s) runs through the QEMU guest agent",
   Attach: "attach is not supported yet: read the serial console with kubectl logs",
   PortForward: "port-forward is not supported yet: reach the pod IP directly",
   UpdateContainerResources: "resizing a running VM is not supported",
@@ -112,7 +111,7 @@ export class CriServer {
       ListMetricDescriptors: this.unary("ListMetricDescriptors", () => ({ descriptors: [] })),
       ListPodSandboxMetrics: this.unary("ListPodSandboxMetrics", () => ({ podMetrics: [] })),
       UpdateContainerResources: this.unimplemented("UpdateContainerResources"),
-      ExecSync: this.unimplemented("ExecSync"),
+      ExecSync: this.unary("ExecSync", (q) => r.execSync(q)),
       Exec: this.unimplemented("Exec"),
       Attach: this.unimplemented("Attach"),
       PortForward: this.unimplemented("PortForward"),

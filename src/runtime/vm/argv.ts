@@ -13,6 +13,7 @@ export interface VmPaths {
   seed: string;
   qmpSocket: string;
   consoleSocket: string;
+  guestAgentSocket: string;
   consoleRaw: string;
   consoleOffset: string;
   qemuLog: string;
@@ -26,6 +27,7 @@ export function vmPaths(dir: string): VmPaths {
     seed: at("seed.iso"),
     qmpSocket: at("qmp.sock"),
     consoleSocket: at("console.sock"),
+    guestAgentSocket: at("qga.sock"),
     consoleRaw: at("console.raw"),
     consoleOffset: at("console.offset"),
     qemuLog: at("qemu.log"),
@@ -97,6 +99,13 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, accel: ResolvedAccel
     "virtio-blk-pci,drive=seed",
     "-device",
     "virtio-rng-pci",
+    // The QEMU guest agent's port, where images with qemu-guest-agent run it: ExecSync.
+    "-device",
+    "virtio-serial-pci,id=vser0",
+    "-chardev",
+    `socket,id=qga,path=${v(paths.guestAgentSocket)},server=on,wait=off`,
+    "-device",
+    "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0",
   ];
   const extraFds: number[] = [];
   spec.taps.forEach((tap, k) => {

@@ -21,6 +21,14 @@ export {
 } from "./cri-log";
 export { QmpError, VmError, VmSpecError } from "./errors";
 export {
+  GuestAgentCommandError,
+  GuestAgentProtocolError,
+  GuestAgentUnavailableError,
+  type GuestExecResult,
+  GuestExecTimeoutError,
+  guestExec,
+} from "./guest-agent";
+export {
   killStrayQemu,
   removeVmFiles,
   removeVmState,

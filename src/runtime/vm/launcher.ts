@@ -11,6 +11,7 @@ import { buildQemuArgv, type VmPaths, vmPaths } from "./argv";
 import { ConsoleTailer } from "./console-tail";
 import { CriLogWriter } from "./cri-log";
 import { errorMessage, VmError } from "./errors";
+import { GuestAgentUnavailableError, type GuestExecResult, guestExec } from "./guest-agent";
 import { isSameLiveProcess, readProcStat, readRssBytes } from "./proc";
 import { QmpClient, type QmpEvent } from "./qmp";
 import { buildSeedFiles, writeSeedIso } from "./seed";
@@ -90,6 +91,7 @@ export class VmLauncher {
         accel,
         qmpSocket: paths.qmpSocket,
         consoleSocket: paths.consoleSocket,
+        guestAgentSocket: paths.guestAgentSocket,
         consoleRaw: paths.consoleRaw,
         consoleOffsetFile: paths.consoleOffset,
         logPath: spec.logPath,
@@ -203,6 +205,7 @@ export async function removeVmFiles(paths: VmPaths | VmRecord): Promise<void> {
           paths.seedPath,
           paths.qmpSocket,
           paths.consoleSocket,
+          ...(paths.guestAgentSocket ? [paths.guestAgentSocket] : []),
           paths.consoleRaw,
           paths.consoleOffsetFile,
           paths.qemuLogPath,
@@ -439,6 +442,18 @@ class RunningVm implements VmHandle {
     this.assertAttached("reopen log");
     if (this.done) return;
     await this.writer.reopen();
+  }
+
+  async exec(argv: string[], timeoutMs: number): Promise<GuestExecResult> {
+    this.assertAttached("exec");
+    if (this.done) throw new GuestAgentUnavailableError("the VM has exited");
+    const socket = this.record.guestAgentSocket;
+    if (!socket) {
+      throw new GuestAgentUnavailableError(
+        "the VM was started without a guest agent port (by an older vmlet)",
+      );
+    }
+    return guestExec(socket, argv, { timeoutMs });
   }
 
   async detach(): Promise<void> {

@@ -1,6 +1,8 @@
 // The VM launcher's public types: what the CRI server asks for (VmSpec), what it
 // persists to find the VM again after a restart (VmRecord), and what it holds (VmHandle).
 
+import type { GuestExecResult } from "./guest-agent";
+
 export type Accel = "kvm" | "tcg" | "auto";
 
 /** One pod NIC: a tap fd from the tapmanager, given to the guest as a virtio-net device. */
@@ -62,6 +64,8 @@ export interface VmRecord {
   accel: string;
   qmpSocket: string;
   consoleSocket: string;
+  /** The QEMU guest agent's port (virtio-serial); absent for VMs started before it. */
+  guestAgentSocket?: string;
   /** Raw serial output, appended by QEMU whether or not vmlet is attached. */
   consoleRaw: string;
   /** Bytes of consoleRaw already written to the CRI log. */
@@ -100,6 +104,8 @@ export interface VmHandle {
   stats(): Promise<VmStats>;
   /** Reopens the CRI log at its path (after kubelet rotated it). */
   reopenLog(): Promise<void>;
+  /** Runs a command in the guest through the QEMU guest agent; timeoutMs 0 = no limit. */
+  exec(argv: string[], timeoutMs: number): Promise<GuestExecResult>;
   /** Stops watching without touching the VM (what a vmlet shutdown does); adopt() resumes. */
   detach(): Promise<void>;
   /** Kills QEMU if it still runs, then removes overlay, seed, sockets and console files. */
