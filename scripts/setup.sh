@@ -34,10 +34,10 @@ else
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  # npm install, not npm ci: the lock lists only this platform's optional packages
-  # (biome's per-platform binaries), which npm 11's ci refuses as out of sync.
-  say "installing npm packages (npm install, versions from package-lock.json)"
-  npm install --no-fund --no-audit
+  # Exactly the lock's versions. (The lock lists every platform's optional biome
+  # binaries: npm 11's ci refuses a lock that lists only the platform it was made on.)
+  say "installing npm packages (npm ci, versions from package-lock.json)"
+  npm ci --no-fund --no-audit
 else
   say "npm packages present"
 fi
