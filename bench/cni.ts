@@ -1,35 +1,15 @@
 // ADD + DEL through the CNI client against running the bridge plugin directly with the
 // same config, env and stdin, alternating in one run. Usage: node dist/bench/cni.js [N]
 import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
-import { CniClient, type PodRef } from "../src/cni-bridge/cni";
+import type { PodRef } from "../src/cni-bridge/cni";
 import { createNetns, deleteNetns } from "../src/sys/netns";
-import { enterPrivateNamespace } from "../src/sys/private-namespace";
 import { alternate, report } from "./lib";
-import { BIN_DIR, pluginEnv, runPlugin } from "./plugin";
+import { benchNode } from "./node";
+import { pluginEnv, runPlugin } from "./plugin";
 
 async function main(): Promise<void> {
-  enterPrivateNamespace();
+  const { root, plugin, list, cni: client } = await benchNode("bench", "benchbr0", "10.99.0.0/16");
   const iterations = Number(process.argv[2] ?? 100);
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "cni-bench-"));
-  const confDir = path.join(root, "net.d");
-  fs.mkdirSync(confDir);
-  const plugin = {
-    type: "bridge",
-    bridge: "benchbr0",
-    isGateway: true,
-    ipMasq: false,
-    ipam: {
-      type: "host-local",
-      dataDir: path.join(root, "ipam"),
-      ranges: [[{ subnet: "10.99.0.0/16" }]],
-      routes: [{ dst: "0.0.0.0/0" }],
-    },
-  };
-  const list = { cniVersion: "1.0.0", name: "bench", plugins: [plugin] };
-  fs.writeFileSync(path.join(confDir, "10-bench.conflist"), JSON.stringify(list));
-  const client = new CniClient({ confDir, binDirs: [BIN_DIR], cacheDir: path.join(root, "cache") });
   const nsPath = createNetns("benchpod");
 
   const viaClient = async (i: number) => {

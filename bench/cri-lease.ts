@@ -4,17 +4,14 @@
 // Usage: node dist/bench/cri-lease.js [N]
 import fs from "node:fs";
 import http from "node:http";
-import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import pino from "pino";
-import { CniClient } from "../src/cni-bridge/cni";
 import { createVmLauncher } from "../src/runtime/launcher";
 import { podConfig, startTestVmlet } from "../src/runtime/testing/harness";
-import { enterPrivateNamespace } from "../src/sys/private-namespace";
-import { Rtnl } from "../src/sys/rtnl";
 import { Tapmanager } from "../src/tapmanager";
 import { report } from "./lib";
+import { benchNode } from "./node";
 
 const GUEST_DISK = path.join(
   process.env.VMLET_GUESTS_DIR ?? path.resolve(__dirname, "../../.cache/guests"),
@@ -24,35 +21,8 @@ const GUEST_DISK = path.join(
 async function main(): Promise<void> {
   if (!fs.existsSync(GUEST_DISK))
     throw new Error(`no test guest at ${GUEST_DISK}: run scripts/build-test-guests.sh`);
-  enterPrivateNamespace();
-  const lo = Rtnl.open("/proc/self/ns/net");
-  await lo.setUp("lo");
-  lo.close();
+  const { root, cni } = await benchNode("lease", "crilease0", "10.97.0.0/24");
   const pods = Number(process.argv[2] ?? 5);
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "cri-lease-"));
-  const confDir = path.join(root, "net.d");
-  fs.mkdirSync(confDir);
-  const plugin = {
-    type: "bridge",
-    bridge: "crilease0",
-    isGateway: true,
-    ipMasq: false,
-    ipam: {
-      type: "host-local",
-      dataDir: path.join(root, "ipam"),
-      ranges: [[{ subnet: "10.97.0.0/24" }]],
-      routes: [{ dst: "0.0.0.0/0" }],
-    },
-  };
-  fs.writeFileSync(
-    path.join(confDir, "10.conflist"),
-    JSON.stringify({ cniVersion: "1.0.0", name: "lease", plugins: [plugin] }),
-  );
-  const cni = new CniClient({
-    confDir,
-    binDirs: ["/usr/lib/cni"],
-    cacheDir: path.join(root, "cache"),
-  });
   const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods") });
   const launcher = createVmLauncher({ logger: pino({ level: "silent" }) });
   const t = await startTestVmlet({ networks: tm, launcher, dir: root });

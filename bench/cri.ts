@@ -3,50 +3,16 @@
 // bridge + host-local plugins; the tapmanager's own setUp and tearDown, alternated in
 // the same run, are the baseline. Usage: node dist/bench/cri.js [N]
 import crypto from "node:crypto";
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { CniClient } from "../src/cni-bridge/cni";
 import { podConfig, startTestVmlet } from "../src/runtime/testing/harness";
-import { enterPrivateNamespace } from "../src/sys/private-namespace";
-import { Rtnl } from "../src/sys/rtnl";
 import { Tapmanager } from "../src/tapmanager";
 import { report } from "./lib";
+import { benchNode } from "./node";
 
 async function main(): Promise<void> {
-  enterPrivateNamespace();
-  const lo = Rtnl.open("/proc/self/ns/net");
-  await lo.setUp("lo");
-  lo.close();
+  const { root, cni } = await benchNode("bench", "cribench0", "10.98.0.0/16");
   const pods = Number(process.argv[2] ?? 50);
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "cri-bench-"));
-  const confDir = path.join(root, "net.d");
-  fs.mkdirSync(confDir);
-  const list = {
-    cniVersion: "1.0.0",
-    name: "bench",
-    plugins: [
-      {
-        type: "bridge",
-        bridge: "cribench0",
-        isGateway: true,
-        ipMasq: false,
-        ipam: {
-          type: "host-local",
-          dataDir: path.join(root, "ipam"),
-          ranges: [[{ subnet: "10.98.0.0/16" }]],
-          routes: [{ dst: "0.0.0.0/0" }],
-        },
-      },
-    ],
-  };
-  fs.writeFileSync(path.join(confDir, "10-bench.conflist"), JSON.stringify(list));
-  const cni = new CniClient({
-    confDir,
-    binDirs: ["/usr/lib/cni"],
-    cacheDir: path.join(root, "cache"),
-  });
   const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods") });
   const t = await startTestVmlet({ networks: tm, dir: root });
   const r = t.client.runtime;

@@ -5,17 +5,16 @@
 //     concurrently: total times, the daemon's RSS per pod, and what is left afterwards.
 // Usage: node dist/bench/tapmanager.js [N=50] [concurrent=110]
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import v8 from "node:v8";
 import vm from "node:vm";
-import { CniClient, type PodRef } from "../src/cni-bridge/cni";
+import type { PodRef } from "../src/cni-bridge/cni";
 import { createNetns, deleteNetns, listNetns } from "../src/sys/netns";
-import { enterPrivateNamespace } from "../src/sys/private-namespace";
 import { Rtnl } from "../src/sys/rtnl";
 import { Tapmanager } from "../src/tapmanager";
 import { report, summarize } from "./lib";
+import { benchNode } from "./node";
 import { pluginEnv, runPlugin } from "./plugin";
 
 const MiB = 1024 * 1024;
@@ -64,34 +63,9 @@ function pod(name: string): PodRef {
 }
 
 async function main(): Promise<void> {
-  enterPrivateNamespace();
-  const lo = Rtnl.open("/proc/self/ns/net");
-  await lo.setUp("lo");
-  lo.close();
+  const { root, plugin, list, cni } = await benchNode("bench", "tmbench0", "10.97.0.0/16");
   const pods = Number(process.argv[2] ?? 50);
   const concurrent = Number(process.argv[3] ?? 110);
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "tapmanager-bench-"));
-  const confDir = path.join(root, "net.d");
-  fs.mkdirSync(confDir);
-  const plugin = {
-    type: "bridge",
-    bridge: "tmbench0",
-    isGateway: true,
-    ipMasq: false,
-    ipam: {
-      type: "host-local",
-      dataDir: path.join(root, "ipam"),
-      ranges: [[{ subnet: "10.97.0.0/16" }]],
-      routes: [{ dst: "0.0.0.0/0" }],
-    },
-  };
-  const list = { cniVersion: "1.0.0", name: "bench", plugins: [plugin] };
-  fs.writeFileSync(path.join(confDir, "10-bench.conflist"), JSON.stringify(list));
-  const cni = new CniClient({
-    confDir,
-    binDirs: ["/usr/lib/cni"],
-    cacheDir: path.join(root, "cache"),
-  });
   const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods") });
 
   // 1. One pod at a time, alternating with raw CNI.

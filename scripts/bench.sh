@@ -8,7 +8,7 @@ names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for f in dist/bench/*.js; do
     n=$(basename "$f" .js)
-    case $n in lib | plugin) ;; *) names+=("$n") ;; esac # lib, plugin: helpers
+    case $n in lib | plugin | node) ;; *) names+=("$n") ;; esac # helpers, not benchmarks
   done
 fi
 for n in "${names[@]}"; do

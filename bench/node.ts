@@ -1,0 +1,44 @@
+// The node every network benchmark runs on: a private namespace (lo up) and a bridge +
+// host-local network config in a fresh temp dir, with a CNI client for it.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { CniClient } from "../src/cni-bridge/cni";
+import { enterPrivateNamespace } from "../src/sys/private-namespace";
+import { Rtnl } from "../src/sys/rtnl";
+import { BIN_DIR } from "./plugin";
+
+export interface BenchNode {
+  root: string;
+  /** The bridge plugin's config, as the network list holds it. */
+  plugin: Record<string, unknown>;
+  list: { cniVersion: string; name: string; plugins: Record<string, unknown>[] };
+  cni: CniClient;
+}
+
+/** Call first: re-executes the benchmark in a private namespace when outside one. */
+export async function benchNode(name: string, bridge: string, subnet: string): Promise<BenchNode> {
+  enterPrivateNamespace();
+  const lo = Rtnl.open("/proc/self/ns/net");
+  await lo.setUp("lo");
+  lo.close();
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), `${name}-bench-`));
+  const confDir = path.join(root, "net.d");
+  fs.mkdirSync(confDir);
+  const plugin = {
+    type: "bridge",
+    bridge,
+    isGateway: true,
+    ipMasq: false,
+    ipam: {
+      type: "host-local",
+      dataDir: path.join(root, "ipam"),
+      ranges: [[{ subnet }]],
+      routes: [{ dst: "0.0.0.0/0" }],
+    },
+  };
+  const list = { cniVersion: "1.0.0", name, plugins: [plugin] };
+  fs.writeFileSync(path.join(confDir, "10-bench.conflist"), JSON.stringify(list));
+  const cni = new CniClient({ confDir, binDirs: [BIN_DIR], cacheDir: path.join(root, "cache") });
+  return { root, plugin, list, cni };
+}
