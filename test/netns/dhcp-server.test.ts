@@ -105,6 +105,34 @@ function floodFromGuest(guest: string, datagrams: Buffer[], forMs = 0): Promise<
   );
 }
 
+/**
+ * Gives the guest a flood source address: the lease's, the one the pod netns routes back
+ * to (a source it has no route back to is dropped by bridge netfilter before any
+ * socket). The chaddr in the datagrams, not this, is what the server judges.
+ */
+function floodSource(guest: string): void {
+  ipIn(guest, "addr", "add", "10.244.1.5/24", "dev", "eth0");
+  ipIn(guest, "route", "add", "default", "dev", "eth0");
+}
+
+function discoverFrom(macHex: string, xid: number): Buffer {
+  return formatMessage({ op: BOOTREQUEST, xid, flags: 0, chaddr: Buffer.from(macHex, "hex") }, [
+    [Option.MESSAGE_TYPE, u8(MessageType.DISCOVER)],
+  ]).datagram;
+}
+
+/**
+ * busybox udhcpc in the guest, once: a lease or exit 1. Asynchronously: the server
+ * answers from this process. Its script is /bin/true, so the guest's address stays.
+ */
+function udhcpcOnce(guest: string): Promise<number | null> {
+  const args = ["netns", "exec", guest, "unshare", "--uts", "udhcpc", "-q", "-n", "-i", "eth0"];
+  const udhcpc = spawn("ip", [...args, "-s", "/bin/true", "-t", "5", "-T", "1"], {
+    stdio: "ignore",
+  });
+  return new Promise((resolve) => udhcpc.on("exit", resolve));
+}
+
 describe("DhcpServer in a pod netns", () => {
   it("close() takes away the intercept, the server address and the lease routes; a restart serves again", async () => {
     const t = podWithGuest();
@@ -172,16 +200,8 @@ describe("DhcpServer in a pod netns", () => {
       leases: [lease],
     });
     try {
-      // A sender needs a source address; the garbage's chaddr, not this, is what counts.
-      // (A source the pod netns has no route back to is already dropped by the kernel's
-      // bridge netfilter before it reaches any socket.)
-      ipIn(t.guest.name, "addr", "add", "10.244.1.5/24", "dev", "eth0");
-      ipIn(t.guest.name, "route", "add", "default", "dev", "eth0");
-      const stranger = Buffer.from("020000000099", "hex");
-      const discoverFromStranger = formatMessage(
-        { op: BOOTREQUEST, xid: 1, flags: 0, chaddr: stranger },
-        [[Option.MESSAGE_TYPE, u8(MessageType.DISCOVER)]],
-      ).datagram;
+      floodSource(t.guest.name);
+      const discoverFromStranger = discoverFrom("020000000099", 1);
       const flood: Buffer[] = [];
       for (let i = 0; i < 1000; i++) {
         flood.push(discoverFromStranger, Buffer.alloc(i % 300, i & 0xff));
@@ -201,30 +221,7 @@ describe("DhcpServer in a pod netns", () => {
       assert.ok((stats.dropped.truncated ?? 0) > 50, JSON.stringify(stats.dropped));
       ipIn(t.guest.name, "addr", "flush", "dev", "eth0");
 
-      // Asynchronously, for the same reason: the server answers from this process.
-      const udhcpc = spawn(
-        "ip",
-        [
-          "netns",
-          "exec",
-          t.guest.name,
-          "unshare",
-          "--uts",
-          "udhcpc",
-          "-q",
-          "-n",
-          "-i",
-          "eth0",
-          "-s",
-          "/bin/true",
-          "-t",
-          "5",
-          "-T",
-          "1",
-        ],
-        { stdio: "ignore" },
-      );
-      const code = await new Promise((resolve) => udhcpc.on("exit", resolve));
+      const code = await udhcpcOnce(t.guest.name);
       assert.equal(code, 0, "udhcpc got a lease");
       assert.ok(server.stats().replied >= 2, "OFFER and ACK");
     } finally {
@@ -242,14 +239,8 @@ describe("DhcpServer in a pod netns", () => {
       leases: [lease],
     });
     try {
-      // The flood's source: the lease's address, the one the pod netns routes back to
-      // (the client's own script is /bin/true, so nothing else takes it).
-      ipIn(t.guest.name, "addr", "add", "10.244.1.5/24", "dev", "eth0");
-      ipIn(t.guest.name, "route", "add", "default", "dev", "eth0");
-      const discoverFromStranger = formatMessage(
-        { op: BOOTREQUEST, xid: 2, flags: 0, chaddr: Buffer.from("020000000098", "hex") },
-        [[Option.MESSAGE_TYPE, u8(MessageType.DISCOVER)]],
-      ).datagram;
+      floodSource(t.guest.name);
+      const discoverFromStranger = discoverFrom("020000000098", 2);
       const flood = Array.from({ length: 200 }, (_, i) =>
         i % 2 ? discoverFromStranger : Buffer.alloc(i % 300, i & 0xff),
       );
@@ -262,23 +253,7 @@ describe("DhcpServer in a pod netns", () => {
         assert.ok(Date.now() < deadline, `the flood arrives: ${JSON.stringify(server.stats())}`);
         await new Promise((r) => setTimeout(r, 20));
       }
-      const udhcpc = spawn(
-        "ip",
-        [
-          "netns",
-          "exec",
-          t.guest.name,
-          "unshare",
-          "--uts",
-          "udhcpc",
-          "-q",
-          "-n",
-          "-i",
-          "eth0",
-        ].concat(["-s", "/bin/true", "-t", "5", "-T", "1"]),
-        { stdio: "ignore" },
-      );
-      const code = await new Promise((resolve) => udhcpc.on("exit", resolve));
+      const code = await udhcpcOnce(t.guest.name);
       const during = flooding;
       const stats = server.stats();
       await flooded;

@@ -3,13 +3,31 @@ import { spawn } from "node:child_process";
 import path from "node:path";
 import readline from "node:readline";
 import { describe, it } from "node:test";
-import { allocations, bridgeList, DEBIAN_CNI_DIR, makeCniSandbox } from "../harness/cni-fixtures";
+import {
+  allocations,
+  bridgeList,
+  type CniSandbox,
+  DEBIAN_CNI_DIR,
+  makeCniSandbox,
+} from "../harness/cni-fixtures";
 import { ip, requirePrivateNamespace } from "../harness/fixtures";
 import { guestImages, guestImagesBuilt } from "../harness/guest-vm";
 
 requirePrivateNamespace();
 
 const VMLET = path.join(__dirname, "../../src/cli/main.js");
+
+/** The flags that point a run at a CNI sandbox: its confs, Debian's plugins, a state dir. */
+function onSandbox(cni: CniSandbox): string[] {
+  return [
+    "--conf-dir",
+    cni.confDir,
+    "--bin-dir",
+    DEBIAN_CNI_DIR,
+    "--state-dir",
+    path.join(cni.root, "state"),
+  ];
+}
 
 function netRun(args: string[]) {
   const child = spawn(process.execPath, [VMLET, "net", "run", ...args], {
@@ -28,18 +46,7 @@ describe("vmlet net run", () => {
   it("prints each pod's network as JSON, and tears everything down on SIGTERM", async () => {
     const cni = makeCniSandbox();
     cni.writeConf("10-br.conflist", bridgeList("br", "1.0.0", cni.dataDir, "10.99.0.0/24"));
-    const run = netRun([
-      "--conf-dir",
-      cni.confDir,
-      "--bin-dir",
-      DEBIAN_CNI_DIR,
-      "--state-dir",
-      path.join(cni.root, "state"),
-      "--pod",
-      "default/vm1",
-      "--pod",
-      "default/vm2",
-    ]);
+    const run = netRun([...onSandbox(cni), "--pod", "default/vm1", "--pod", "default/vm2"]);
     try {
       const it = run.lines[Symbol.asyncIterator]();
       const first = JSON.parse((await it.next()).value);
@@ -76,18 +83,7 @@ describe("vmlet net run", () => {
     cni.writeConf("10-br.conflist", bridgeList("br", "1.0.0", cni.dataDir, "10.98.0.0/24"));
     const script =
       'echo "fds=$VMLET_TAP_FDS macs=$VMLET_MACS mtus=$VMLET_MTUS fd3=$(readlink /proc/self/fd/3)"; exit 7';
-    const run = netRun([
-      "--conf-dir",
-      cni.confDir,
-      "--bin-dir",
-      DEBIAN_CNI_DIR,
-      "--state-dir",
-      path.join(cni.root, "state"),
-      "--pod",
-      "default/vm1",
-      "--exec",
-      script,
-    ]);
+    const run = netRun([...onSandbox(cni), "--pod", "default/vm1", "--exec", script]);
     try {
       const out: string[] = [];
       for await (const line of run.lines) out.push(line);
@@ -122,12 +118,7 @@ describe("vmlet net run", () => {
       kill $qemu; wait $qemu
       grep -o 'lease event="bound".* ip="[^"]*"' ${console}`;
     const run = netRun([
-      "--conf-dir",
-      cni.confDir,
-      "--bin-dir",
-      DEBIAN_CNI_DIR,
-      "--state-dir",
-      path.join(cni.root, "state"),
+      ...onSandbox(cni),
       "--network",
       "neta",
       "--network",
