@@ -115,6 +115,19 @@ function floodSource(guest: string): void {
   ipIn(guest, "route", "add", "default", "dev", "eth0");
 }
 
+/** A pod bridge with a guest, the server on the bridge, and the guest a flood source. */
+async function servedGuestWithFloodSource() {
+  const t = podWithGuest();
+  const server = await DhcpServer.start({
+    nsPath: t.pod.path,
+    device: "br0",
+    serverId: "10.244.1.1",
+    leases: [lease],
+  });
+  floodSource(t.guest.name);
+  return { t, server };
+}
+
 function discoverFrom(macHex: string, xid: number): Buffer {
   return formatMessage({ op: BOOTREQUEST, xid, flags: 0, chaddr: Buffer.from(macHex, "hex") }, [
     [Option.MESSAGE_TYPE, u8(MessageType.DISCOVER)],
@@ -192,15 +205,8 @@ describe("DhcpServer in a pod netns", () => {
   });
 
   it("a flood of garbage and unknown MACs from the guest is counted and dropped, and the guest still gets its lease", async () => {
-    const t = podWithGuest();
-    const server = await DhcpServer.start({
-      nsPath: t.pod.path,
-      device: "br0",
-      serverId: "10.244.1.1",
-      leases: [lease],
-    });
+    const { t, server } = await servedGuestWithFloodSource();
     try {
-      floodSource(t.guest.name);
       const discoverFromStranger = discoverFrom("020000000099", 1);
       const flood: Buffer[] = [];
       for (let i = 0; i < 1000; i++) {
@@ -231,15 +237,8 @@ describe("DhcpServer in a pod netns", () => {
   });
 
   it("a client is served while a flood from a stranger goes on", async () => {
-    const t = podWithGuest();
-    const server = await DhcpServer.start({
-      nsPath: t.pod.path,
-      device: "br0",
-      serverId: "10.244.1.1",
-      leases: [lease],
-    });
+    const { t, server } = await servedGuestWithFloodSource();
     try {
-      floodSource(t.guest.name);
       const discoverFromStranger = discoverFrom("020000000098", 2);
       const flood = Array.from({ length: 200 }, (_, i) =>
         i % 2 ? discoverFromStranger : Buffer.alloc(i % 300, i & 0xff),
