@@ -920,12 +920,14 @@ export class VmRuntime {
     const timestamp = nowNs();
     let cpuNanos = 0n;
     let memoryBytes = 0;
+    let diskBytes: number | undefined;
     const running = this.running.get(record.id);
     if (running) {
       try {
         const s = await running.handle.stats();
         cpuNanos = s.cpuNanos;
         memoryBytes = s.memoryBytes;
+        diskBytes = s.diskBytes;
       } catch (error) {
         this.containerLog(record).debug({ err: error }, "VM stats failed");
       }
@@ -957,6 +959,17 @@ export class VmRuntime {
         rssBytes: { value: String(memoryBytes) },
         availableBytes: { value: String(Math.max(0, limit - memoryBytes)) },
       },
+      // The root overlay: what kubelet counts as the container's ephemeral storage.
+      ...(diskBytes === undefined
+        ? {}
+        : {
+            writableLayer: {
+              timestamp,
+              fsId: { mountpoint: record.dir },
+              usedBytes: { value: String(diskBytes) },
+              inodesUsed: { value: "1" },
+            },
+          }),
     };
   }
 

@@ -38,6 +38,8 @@ export interface VmExit {
 export interface VmStats {
   cpuNanos: bigint;
   memoryBytes: number;
+  /** The VM's writable layer on disk; absent when the launcher cannot tell. */
+  diskBytes?: number;
 }
 
 export interface VmHandle {

@@ -196,6 +196,23 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     assert.match(probe.stdout.toString(), new RegExp(`inet ${podIp.replace(/\./g, "\\.")}/24`));
     assert.equal(probe.stderr.toString(), "probe\n");
 
+    // What the guest writes to its root disk is the container's writable layer, as
+    // kubelet counts ephemeral storage: the overlay grows by what was written.
+    const layer = async () => {
+      const stats = (await client.runtime.ContainerStats({ containerId })).stats;
+      return Number(stats?.writableLayer?.usedBytes?.value ?? -1);
+    };
+    const before = await layer();
+    assert.ok(before > 0, `writable layer ${before}`);
+    const write = await client.runtime.ExecSync({
+      containerId,
+      cmd: ["dd", "if=/dev/urandom", "of=/dev/vda", "bs=1M", "count=4", "seek=40", "conv=fsync"],
+      timeout: 60,
+    });
+    assert.equal(write.exitCode, 0, write.stderr.toString());
+    const after = await layer();
+    assert.ok(after - before >= 4 * 1024 * 1024, `writable layer ${before} -> ${after}`);
+
     // vmlet dies hard; the VM does not.
     client.close();
     served?.child.kill("SIGKILL");

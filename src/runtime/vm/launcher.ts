@@ -431,11 +431,17 @@ class RunningVm implements VmHandle {
   }
 
   async stats(): Promise<VmStats> {
+    const overlay = await fs.promises.stat(this.record.overlayPath).catch(() => undefined);
+    const diskBytes = overlay ? overlay.blocks * 512 : 0; // allocated, not apparent size
     const stat = await readProcStat(this.record.pid);
     if (!stat || stat.startTime !== this.record.pidStartTime || stat.state === "Z") {
-      return { cpuNanos: 0n, memoryBytes: 0 };
+      return { cpuNanos: 0n, memoryBytes: 0, diskBytes };
     }
-    return { cpuNanos: stat.cpuNanos, memoryBytes: await readRssBytes(this.record.pid) };
+    return {
+      cpuNanos: stat.cpuNanos,
+      memoryBytes: await readRssBytes(this.record.pid),
+      diskBytes,
+    };
   }
 
   async reopenLog(): Promise<void> {

@@ -90,6 +90,8 @@ export interface VmStats {
   cpuNanos: bigint;
   /** Resident set size of the QEMU process. */
   memoryBytes: number;
+  /** Disk space the root overlay takes: what the guest has written (its writable layer). */
+  diskBytes: number;
 }
 
 export interface VmHandle {
