@@ -708,9 +708,15 @@ export class VmRuntime {
    */
   async recover(): Promise<void> {
     try {
-      await this.networks.recover();
+      const outcome = await this.networks.recover();
+      this.logger.info({ outcome }, "pod networks recovered");
     } catch (error) {
       this.logger.error({ err: error }, "recover pod networks failed");
+    }
+    try {
+      await this.networks.collectGarbage?.();
+    } catch (error) {
+      this.logger.warn({ err: error }, "CNI garbage collection failed; pods are unaffected");
     }
     await this.reapHalfMade("found half-made after a restart");
     for (const sandbox of this.store.sandboxes.list()) {

@@ -22,6 +22,8 @@ export interface PodNetworks {
   openTaps(sandboxId: string): OpenedTap[];
   /** Re-attaches pod networks after a restart; what it returns is only logged. */
   recover(): Promise<unknown>;
+  /** After recover() and before serving: frees what networks hold for unknown pods. */
+  collectGarbage?(): Promise<void>;
   networkStatus(): NetworkReadiness;
 }
 

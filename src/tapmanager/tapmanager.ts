@@ -339,6 +339,17 @@ export class Tapmanager {
     return outcome;
   }
 
+  /**
+   * CNI garbage collection for the one runtime that owns this node's attachments (never
+   * `net run`): attachments cached for sandboxes with no record here (a record lost or
+   * unreadable) are deleted, releasing their addresses; 1.1.0 plugins are told which
+   * attachments are still in use. Run it after recover(), before serving: a pod set up
+   * in between would have a cached attachment and no record yet.
+   */
+  async collectGarbage(): Promise<void> {
+    await this.options.cni.gc(this.store.list());
+  }
+
   /** Stops every DHCP server; the networks stay for the next start to recover. */
   async close(): Promise<void> {
     for (const id of [...this.servers.keys()]) await this.stopServing(id);

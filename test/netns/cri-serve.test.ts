@@ -5,10 +5,18 @@ import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import { CniClient } from "../../src/cni-bridge/cni";
 import { type CriClient, connectCri } from "../../src/runtime/cri/client";
 import { podConfig } from "../../src/runtime/testing/harness";
-import { allocations, bridgeList, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
-import { requirePrivateNamespace } from "../harness/fixtures";
+import { createNetns, deleteNetns } from "../../src/sys/netns";
+import {
+  allocations,
+  bridgeList,
+  type CniSandbox,
+  makeCniSandbox,
+  makePod,
+} from "../harness/cni-fixtures";
+import { requirePrivateNamespace, uniqueName } from "../harness/fixtures";
 
 const MAIN = path.resolve(__dirname, "../../src/cli/main.js");
 
@@ -129,5 +137,48 @@ describe("vmlet serve", () => {
     served.child.kill("SIGTERM");
     assert.equal(await served.exited, 0);
     served = undefined;
+  });
+
+  test("at start, attachments whose pod record was lost are deleted and their addresses freed; known pods keep theirs", async () => {
+    served = await startServe(args, socket);
+    client = connectCri(socket);
+    const { podSandboxId } = await client.runtime.RunPodSandbox({ config: podConfig("kept") });
+    const keptIp = (await client.runtime.PodSandboxStatus({ podSandboxId })).status?.network?.ip;
+    client.close();
+    client = undefined;
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0);
+
+    // An attachment in vmlet's CNI cache that no pod record knows: what an unreadable
+    // record leaves behind. Its address stays allocated until something deletes it.
+    const stateDir = path.join(cni.root, "state");
+    const orphanNs = createNetns(uniqueName("orphan"));
+    const orphan = makePod("orphan");
+    const client2 = new CniClient({
+      confDir: cni.confDir,
+      binDirs: ["/usr/lib/cni"],
+      cacheDir: path.join(stateDir, "cni"),
+    });
+    const [attachment] = await client2.addPod(orphan, orphanNs);
+    client2.close();
+    const orphanIp = attachment!.result.ips[0]!.address.split("/")[0];
+    assert.deepEqual(allocations(cni.dataDir, "servenet").sort(), [keptIp, orphanIp].sort());
+
+    served = await startServe(args, socket);
+    assert.deepEqual(
+      allocations(cni.dataDir, "servenet"),
+      [keptIp],
+      "the orphan's address is free",
+    );
+    assert.ok(!fs.existsSync(path.join(stateDir, "cni", orphan.sandboxId)), "its cache entry gone");
+    client = connectCri(socket);
+    const kept = await client.runtime.PodSandboxStatus({ podSandboxId });
+    assert.equal(kept.status?.state, "SANDBOX_READY");
+    await client.runtime.StopPodSandbox({ podSandboxId });
+    await client.runtime.RemovePodSandbox({ podSandboxId });
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0);
+    served = undefined;
+    deleteNetns(path.basename(orphanNs));
   });
 });
