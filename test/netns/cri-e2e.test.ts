@@ -9,6 +9,7 @@ import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import { status as grpcStatus } from "@grpc/grpc-js";
 import { type CriClient, connectCri } from "../../src/runtime/cri/client";
 import { podConfig } from "../../src/runtime/testing/harness";
 import {
@@ -195,6 +196,15 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     assert.equal(probe.exitCode, 3);
     assert.match(probe.stdout.toString(), new RegExp(`inet ${podIp.replace(/\./g, "\\.")}/24`));
     assert.equal(probe.stderr.toString(), "probe\n");
+
+    // A probe past its timeout is DEADLINE_EXCEEDED, in about the timeout.
+    const slowAt = Date.now();
+    await assert.rejects(
+      client.runtime.ExecSync({ containerId, cmd: ["sleep", "30"], timeout: 1 }),
+      (e: { code?: number; details?: string }) =>
+        e.code === grpcStatus.DEADLINE_EXCEEDED && /did not exit within 1 s/.test(e.details ?? ""),
+    );
+    assert.ok(Date.now() - slowAt < 10_000, `${Date.now() - slowAt} ms`);
 
     // What the guest writes to its root disk is the container's writable layer, as
     // kubelet counts ephemeral storage: the overlay grows by what was written.
