@@ -197,6 +197,25 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     assert.match(probe.stdout.toString(), new RegExp(`inet ${podIp.replace(/\./g, "\\.")}/24`));
     assert.equal(probe.stderr.toString(), "probe\n");
 
+    // kubelet's log rotation: it renames the log and asks vmlet to reopen it; what the
+    // guest prints next lands in a new file at the same path.
+    fs.renameSync(logPath, `${logPath}.20261201-000000`);
+    await client.runtime.ReopenContainerLog({ containerId });
+    const printed = await client.runtime.ExecSync({
+      containerId,
+      cmd: ["sh", "-c", "echo after-rotation > /dev/ttyS0"],
+      timeout: 30,
+    });
+    assert.equal(printed.exitCode, 0, printed.stderr.toString());
+    await until(
+      "the guest's output in the reopened log",
+      async () =>
+        fs.existsSync(logPath) &&
+        /stdout F after-rotation$/m.test(fs.readFileSync(logPath, "utf8")),
+      10_000,
+    );
+    assert.doesNotMatch(fs.readFileSync(`${logPath}.20261201-000000`, "utf8"), /after-rotation/);
+
     // A probe past its timeout is DEADLINE_EXCEEDED, in about the timeout.
     const slowAt = Date.now();
     await assert.rejects(
