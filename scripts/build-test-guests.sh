@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds vmlet's test guests from Debian packages, under .cache/guests/ (gitignored):
 #   vmlinuz          the Debian cloud kernel (linux-image-cloud-amd64's dependency)
-#   initrd.cpio.gz   busybox-static, the virtio-net, virtio-serial, virtio-blk and ACPI
-#                    button modules, qemu-ga with its libraries, Debian's
+#   initrd.cpio.gz   busybox-static, the virtio-net, virtio-serial, virtio-blk, ISO 9660
+#                    and ACPI button modules, qemu-ga with its libraries, Debian's
 #                    stock udhcpc script (unchanged) and test/guests/{init,report.script,
 #                    power-button}
 #   disk.qcow2       a FAT disk with syslinux, the same kernel and initramfs: boots from
@@ -23,7 +23,8 @@ MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
   failover net_failover virtio_net
   evdev button # the ACPI power button, as an input device busybox acpid reads
   virtio_console # virtio-serial: the QEMU guest agent's port
-  virtio_blk)    # the root disk (the container's writable layer) and the seed, as vda, vdb
+  virtio_blk     # the root disk (the container's writable layer) and the seed, as vda, vdb
+  cdrom isofs)   # the cloud-init seed's filesystem (isofs needs cdrom)
 
 say() { printf 'build-test-guests: %s\n' "$*"; }
 # up_to_date OUTPUT INPUT...: OUTPUT exists and is newer than every INPUT.

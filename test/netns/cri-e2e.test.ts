@@ -146,7 +146,10 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
     const linksBefore = nodeLinks();
     const { imageRef } = await client.image.PullImage({ image: { image: "vmlet.io/disk.qcow2" } });
     const logDirectory = path.join(cni.root, "pods", "default_e2e_uid");
-    const sandboxConfig = podConfig("e2e", { logDirectory });
+    const sandboxConfig = podConfig("e2e", {
+      logDirectory,
+      annotations: { "vmlet.io/ssh-keys": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2e e2e@vmlet" },
+    });
     const { podSandboxId } = await client.runtime.RunPodSandbox({ config: sandboxConfig });
     const podIp =
       (await client.runtime.PodSandboxStatus({ podSandboxId })).status?.network?.ip ?? "";
@@ -168,6 +171,10 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
       60_000,
     );
     assert.match(lease, new RegExp(`ip="${podIp.replace(/\./g, "\\.")}/24"`));
+    // The guest found its cloud-init seed (a disk labelled cidata), made for this container.
+    const seed = /VMLET-GUEST seed (.*)$/m.exec(fs.readFileSync(logPath, "utf8"))?.[1] ?? "";
+    assert.match(seed, new RegExp(`instance_id="${containerId}"`));
+    assert.match(seed, /hostname="e2e" ssh_keys="1" files="meta-data,network-config,user-data"/);
     await until("a ping from the second pod", async () => pings(neighbour, podIp), 10_000);
     let s = (await client.runtime.ContainerStatus({ containerId, verbose: true })).status;
     assert.equal(s?.state, "CONTAINER_RUNNING");
