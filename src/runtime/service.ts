@@ -553,7 +553,7 @@ export class VmRuntime {
     return {};
   }
 
-  // ---- stats ----
+  // ---- exec ----
 
   /**
    * Runs a command in the VM through the QEMU guest agent (exec probes, crictl exec -s).
@@ -588,6 +588,8 @@ export class VmRuntime {
       throw new CriError("UNKNOWN", message, { cause: error });
     }
   }
+
+  // ---- stats ----
 
   async containerStats(
     req: cri.ContainerStatsRequest__Output,
