@@ -4,10 +4,9 @@
 // the same run, are the baseline. Usage: node dist/bench/cri.js [N]
 import crypto from "node:crypto";
 import path from "node:path";
-import { performance } from "node:perf_hooks";
 import { podConfig, startTestVmlet } from "../src/runtime/testing/harness";
 import { Tapmanager } from "../src/tapmanager";
-import { report } from "./lib";
+import { inTurn, report, stepTimer } from "./lib";
 import { benchNode } from "./node";
 
 async function main(): Promise<void> {
@@ -17,56 +16,34 @@ async function main(): Promise<void> {
   const t = await startTestVmlet({ networks: tm, dir: root });
   const r = t.client.runtime;
 
-  const samples: Record<string, number[]> = {
-    RunPodSandbox: [],
-    "StopPodSandbox+RemovePodSandbox": [],
-    "tapmanager.setUp": [],
-    "tapmanager.tearDown": [],
-  };
-  const time = async (name: string, work: () => Promise<unknown>, timed: boolean) => {
-    const t0 = performance.now();
-    await work();
-    if (timed) samples[name].push(performance.now() - t0);
-  };
+  const { samples, time } = stepTimer([
+    "RunPodSandbox",
+    "StopPodSandbox+RemovePodSandbox",
+    "tapmanager.setUp",
+    "tapmanager.tearDown",
+  ]);
   const warmup = 3;
   for (let i = -warmup; i < pods; i++) {
     const timed = i >= 0;
     const viaCri = async () => {
       let id = "";
-      await time(
-        "RunPodSandbox",
-        async () => {
-          id = (await r.RunPodSandbox({ config: podConfig(`cri-${i + warmup}`) })).podSandboxId;
-        },
-        timed,
-      );
-      await time(
-        "StopPodSandbox+RemovePodSandbox",
-        async () => {
-          await r.StopPodSandbox({ podSandboxId: id });
-          await r.RemovePodSandbox({ podSandboxId: id });
-        },
-        timed,
-      );
+      await time("RunPodSandbox", timed, async () => {
+        id = (await r.RunPodSandbox({ config: podConfig(`cri-${i + warmup}`) })).podSandboxId;
+      });
+      await time("StopPodSandbox+RemovePodSandbox", timed, async () => {
+        await r.StopPodSandbox({ podSandboxId: id });
+        await r.RemovePodSandbox({ podSandboxId: id });
+      });
     };
     const direct = async () => {
       const name = `tm-${i + warmup}`;
       const sandboxId = crypto.randomBytes(32).toString("hex");
-      await time(
-        "tapmanager.setUp",
-        () => tm.setUp({ pod: { namespace: "default", name, uid: name, sandboxId } }),
-        timed,
+      await time("tapmanager.setUp", timed, () =>
+        tm.setUp({ pod: { namespace: "default", name, uid: name, sandboxId } }),
       );
-      await time("tapmanager.tearDown", () => tm.tearDown(sandboxId), timed);
+      await time("tapmanager.tearDown", timed, () => tm.tearDown(sandboxId));
     };
-    // Alternate which goes first, so neither always runs on a warmer cache.
-    if (i % 2 === 0) {
-      await viaCri();
-      await direct();
-    } else {
-      await direct();
-      await viaCri();
-    }
+    await inTurn(i, viaCri, direct);
   }
   report(
     "cri",

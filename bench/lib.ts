@@ -44,6 +44,35 @@ export async function alternate(
   return samples;
 }
 
+/**
+ * Times named steps of a round that does more than one thing: `time(name, record, work)`
+ * runs `work` and, when `record` is set (past the warm-up), keeps its milliseconds.
+ */
+export function stepTimer(names: string[]): {
+  samples: Record<string, number[]>;
+  time<T>(name: string, record: boolean, work: () => Promise<T>): Promise<T>;
+} {
+  const samples: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+  return {
+    samples,
+    async time(name, record, work) {
+      const t0 = performance.now();
+      const result = await work();
+      if (record) samples[name].push(performance.now() - t0);
+      return result;
+    },
+  };
+}
+
+/** Runs both cases, `a` first in even rounds: neither always runs on a warmer cache. */
+export async function inTurn(
+  round: number,
+  a: () => Promise<void>,
+  b: () => Promise<void>,
+): Promise<void> {
+  for (const run of round % 2 === 0 ? [a, b] : [b, a]) await run();
+}
+
 export interface Ratio {
   name: string;
   /** Case measured. */

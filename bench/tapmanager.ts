@@ -13,7 +13,7 @@ import type { PodRef } from "../src/cni-bridge/cni";
 import { createNetns, deleteNetns, listNetns } from "../src/sys/netns";
 import { Rtnl } from "../src/sys/rtnl";
 import { Tapmanager } from "../src/tapmanager";
-import { report, summarize } from "./lib";
+import { inTurn, report, stepTimer, summarize } from "./lib";
 import { benchNode } from "./node";
 import { pluginEnv, runPlugin } from "./plugin";
 
@@ -69,18 +69,12 @@ async function main(): Promise<void> {
   const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods") });
 
   // 1. One pod at a time, alternating with raw CNI.
-  const samples: Record<string, number[]> = {
-    "tapmanager.setUp": [],
-    "raw ADD (netns + bridge plugin)": [],
-    "tapmanager.tearDown": [],
-    "raw DEL (bridge plugin + netns)": [],
-  };
-  const timed = async <T>(name: string, record: boolean, work: () => Promise<T>): Promise<T> => {
-    const t0 = performance.now();
-    const result = await work();
-    if (record) samples[name].push(performance.now() - t0);
-    return result;
-  };
+  const { samples, time: timed } = stepTimer([
+    "tapmanager.setUp",
+    "raw ADD (netns + bridge plugin)",
+    "tapmanager.tearDown",
+    "raw DEL (bridge plugin + netns)",
+  ]);
   const conf = JSON.stringify({ ...plugin, name: list.name, cniVersion: list.cniVersion });
   const warmup = 3;
   for (let i = -warmup; i < pods; i++) {
@@ -103,13 +97,7 @@ async function main(): Promise<void> {
         deleteNetns(name);
       });
     };
-    if (i % 2 === 0) {
-      await viaTapmanager();
-      await raw();
-    } else {
-      await raw();
-      await viaTapmanager();
-    }
+    await inTurn(i, viaTapmanager, raw);
   }
   const p50 = (name: string) => summarize(samples[name]).p50;
   const overhead = {
