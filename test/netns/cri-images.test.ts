@@ -9,17 +9,10 @@ import { after, before, describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
 import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
 import { requirePrivateNamespace } from "../harness/fixtures";
+import { fakeQcow2 } from "../harness/qcow2";
 
-function qcow2(seed: string, size = 1024 * 1024): Buffer {
-  const b = crypto.createHash("sha512").update(seed).digest();
-  const out = Buffer.alloc(size);
-  for (let i = 0; i < size; i += b.length) b.copy(out, i);
-  // A version 3 header with no backing file and no feature bits, then seeded bytes.
-  out.fill(0, 0, 104);
-  out.write("QFI\xfb", 0, "latin1");
-  out.writeUInt32BE(3, 4);
-  return out;
-}
+/** A self-contained version 3 qcow2, 1 MiB, its bytes after the header by seed. */
+const qcow2 = (seed: string) => fakeQcow2({ seed, size: 1024 * 1024 });
 
 function rawDisk(): Buffer {
   const b = Buffer.alloc(64 * 1024);

@@ -11,6 +11,7 @@ import type { ProcessLauncher } from "../../src/runtime/testing/process-launcher
 import { Tapmanager } from "../../src/tapmanager";
 import { allocations, bridgeList, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
 import { ip, linksIn, requirePrivateNamespace } from "../harness/fixtures";
+import { fakeQcow2 } from "../harness/qcow2";
 
 function netnsNames(): string[] {
   return ip("netns", "list")
@@ -39,8 +40,7 @@ describe("CRI on the tapmanager and real CNI plugins", () => {
     tm = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
     t = await startTestVmlet({ networks: tm });
     const http = await import("node:http");
-    const disk = Buffer.alloc(8192);
-    disk.write("QFI\xfb", "latin1");
+    const disk = fakeQcow2({ size: 8192 });
     const server = http.createServer((_req, res) => res.end(disk));
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     t.rules.push({

@@ -7,6 +7,7 @@ import { after, before, describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
 import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
 import { requirePrivateNamespace } from "../harness/fixtures";
+import { fakeQcow2 } from "../harness/qcow2";
 
 async function rejectsWith(
   promise: Promise<unknown>,
@@ -36,12 +37,8 @@ async function waitDead(pid: number): Promise<void> {
   throw new Error(`process ${pid} did not die`);
 }
 
-/** A tiny qcow2: just the header magic and padding; the stand-in launcher never reads it. */
-function qcow2Bytes(): Buffer {
-  const b = Buffer.alloc(8192);
-  Buffer.from([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]).copy(b);
-  return b;
-}
+/** A tiny self-contained qcow2, its filler by seed; the stand-in launcher never reads it. */
+const qcow2Bytes = (seed?: string) => fakeQcow2({ size: 8192, ...(seed ? { seed } : {}) });
 
 describe("CRI server", () => {
   let t: TestVmlet;
@@ -551,8 +548,7 @@ describe("CRI server", () => {
   test("an image whose stored disk names a host file (pulled before that check) is refused at StartContainer", async () => {
     const r = t.client.runtime;
     const http = await import("node:http");
-    const distinct = qcow2Bytes();
-    distinct.write("older", 4096, "latin1"); // another digest than the shared test image
+    const distinct = qcow2Bytes("older"); // another digest than the shared test image
     const server = http.createServer((_req, res) => res.end(distinct));
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const port = (server.address() as { port: number }).port;
@@ -563,13 +559,7 @@ describe("CRI server", () => {
     const blob = path.join(t.stateDir, "blobs", pulled.slice("sha256:".length));
     assert.ok(fs.existsSync(blob), blob);
     // What an older vmlet let through: a qcow2 header pointing at a host file.
-    const header = Buffer.alloc(4096);
-    header.write("QFI\xfb", 0, "latin1");
-    header.writeUInt32BE(3, 4);
-    header.writeBigUInt64BE(512n, 8);
-    header.writeUInt32BE(11, 16);
-    header.write("/etc/shadow", 512, "latin1");
-    fs.writeFileSync(blob, header);
+    fs.writeFileSync(blob, fakeQcow2({ backingFile: "/etc/shadow" }));
     const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("older") });
     const { containerId } = await r.CreateContainer({
       podSandboxId,

@@ -15,15 +15,10 @@ import { ImageStore } from "../../src/runtime/images/image-store";
 import type { ImageRule } from "../../src/runtime/images/rules";
 import { RecordStore } from "../../src/runtime/store/record-store";
 import type { ImageRecord } from "../../src/runtime/store/records";
+import { fakeQcow2 } from "../harness/qcow2";
 
-/** A self-contained version 3 qcow2 header, then bytes that differ by seed. */
-function qcow2(seed: string): Buffer {
-  const out = Buffer.alloc(64 * 1024, crypto.createHash("sha256").update(seed).digest());
-  out.fill(0, 0, 104);
-  out.write("QFI\xfb", 0, "latin1");
-  out.writeUInt32BE(3, 4);
-  return out;
-}
+/** A self-contained version 3 qcow2, 64 KiB, its bytes after the header by seed. */
+const qcow2 = (seed: string) => fakeQcow2({ seed, size: 64 * 1024 });
 
 const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
 
@@ -142,15 +137,7 @@ describe("image store pulls", () => {
       {
         name: "vmlet.io/tiny-backed",
         // Shorter than the 4 KiB read before a download is checked: checked at its end.
-        make: () => {
-          const b = Buffer.alloc(1024);
-          b.write("QFI\xfb", 0, "latin1");
-          b.writeUInt32BE(2, 4);
-          b.writeBigUInt64BE(512n, 8);
-          b.writeUInt32BE(8, 16);
-          b.write("/dev/sda", 512, "latin1");
-          return b;
-        },
+        make: () => fakeQcow2({ size: 1024, version: 2, backingFile: "/dev/sda" }),
         message: /qcow2 refused: its header names a backing file "\/dev\/sda"/,
       },
     ];

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { detectDiskFormat } from "../../src/runtime/images/format";
 import { normalizeImageName, parseImageRules, resolveImage } from "../../src/runtime/images/rules";
+import { fakeQcow2 } from "../harness/qcow2";
 
 const DIGEST = "a".repeat(64);
 
@@ -118,18 +119,11 @@ describe("disk formats", () => {
   });
 
   /** A qcow2 header of `version` with a backing file offset and incompatible features. */
-  const qcow2Header = (version: number, backingOffset: bigint, incompatible = 0n) =>
-    sized(4096, (b) => {
-      b.write("QFI\xfb", "latin1");
-      b.writeUInt32BE(version, 4);
-      b.writeBigUInt64BE(backingOffset, 8);
-      b.writeBigUInt64BE(incompatible, 72);
-    });
+  const qcow2Header = (version: number, backingOffset: bigint, incompatibleFeatures = 0n) =>
+    fakeQcow2({ version, backingOffset, incompatibleFeatures });
 
   test("a qcow2 that names a backing file is refused, with the file's name when it is in the header", () => {
-    const named = qcow2Header(3, 0x200n);
-    named.writeUInt32BE(11, 16);
-    named.write("/etc/shadow", 0x200, "latin1");
+    const named = fakeQcow2({ backingFile: "/etc/shadow" });
     assert.throws(
       () => detectDiskFormat(named),
       /qcow2 refused: its header names a backing file "\/etc\/shadow"; QEMU would open that host file for the guest/,
