@@ -18,7 +18,9 @@ const CLIENT_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1")
 const FRAME_HEADER_LENGTH = 9;
 // Frame types and flags, RFC 9113 6.2 and 6.10.
 const TYPE_HEADERS = 0x1;
+const TYPE_SETTINGS = 0x4;
 const TYPE_CONTINUATION = 0x9;
+const FLAG_ACK = 0x1;
 const FLAG_END_STREAM = 0x1;
 const FLAG_END_HEADERS = 0x4;
 const FLAG_PADDED = 0x8;
@@ -54,6 +56,8 @@ export interface RewriterOptions {
   maxHeaderList?: number;
   /** The SETTINGS_HEADER_TABLE_SIZE the server gave the client. */
   headerTableSize?: number;
+  /** Drop the client's first SETTINGS ACK: it answers a preface the front sent itself. */
+  dropFirstSettingsAck?: boolean;
 }
 
 interface Block {
@@ -89,6 +93,7 @@ export class ClientStreamRewriter {
   private pending: Pending | undefined;
   private block: Block | undefined;
   private rewriting = false;
+  private settingsAcked = false;
   private failure: H2FrameError | undefined;
 
   constructor(private readonly options: RewriterOptions = {}) {
@@ -100,6 +105,11 @@ export class ClientStreamRewriter {
   /** Whether header blocks are being re-encoded (after the first that needed it). */
   get isRewriting(): boolean {
     return this.rewriting;
+  }
+
+  /** Whether the first SETTINGS ACK was dropped (with `dropFirstSettingsAck`). */
+  get firstSettingsAckDropped(): boolean {
+    return this.settingsAcked;
   }
 
   /** The bytes to forward for `chunk`, in order. Throws H2FrameError on a malformed stream. */
@@ -152,12 +162,13 @@ export class ClientStreamRewriter {
       } else if (this.headFilled === 0 && chunk.length - i >= FRAME_HEADER_LENGTH) {
         // The common case: the whole frame header is in this chunk.
         const header = chunk.subarray(i, i + FRAME_HEADER_LENGTH);
-        if (this.isHeaderFrame(header)) {
-          flushPass(i);
-          this.startHeaderFrame(Buffer.from(header), out);
-        } else {
+        const kind = this.classify(header);
+        if (kind === "pass") {
           if (passStart < 0) passStart = i;
           this.passRemaining = header.readUIntBE(0, 3);
+        } else {
+          flushPass(i);
+          if (kind === "block") this.startHeaderFrame(Buffer.from(header), out);
         }
         i += FRAME_HEADER_LENGTH;
       } else {
@@ -170,9 +181,10 @@ export class ClientStreamRewriter {
         if (this.headFilled === FRAME_HEADER_LENGTH) {
           this.headFilled = 0;
           const header = Buffer.from(this.head);
-          if (this.isHeaderFrame(header)) {
+          const kind = this.classify(header);
+          if (kind === "block") {
             this.startHeaderFrame(header, out);
-          } else {
+          } else if (kind === "pass") {
             out.push(header);
             this.passRemaining = header.readUIntBE(0, 3);
           }
@@ -183,10 +195,21 @@ export class ClientStreamRewriter {
     return out;
   }
 
-  /** Whether the frame is part of a header block; checks the block's framing rules. */
-  private isHeaderFrame(header: Buffer): boolean {
+  /** What to do with a frame: part of a header block, forwarded, or dropped. */
+  private classify(header: Buffer): "block" | "pass" | "drop" {
     const type = header[3];
     const streamId = header.readUInt32BE(5) & 0x7fffffff;
+    if (
+      type === TYPE_SETTINGS &&
+      header[4] & FLAG_ACK &&
+      this.options.dropFirstSettingsAck &&
+      !this.settingsAcked
+    ) {
+      // The client acknowledging the front's own server preface: grpc-js never sent it.
+      if (header.readUIntBE(0, 3) !== 0) throw new H2FrameError("SETTINGS ACK with a payload");
+      this.settingsAcked = true;
+      return "drop";
+    }
     if (this.block) {
       // RFC 9113 6.10: nothing may come between a block's frames.
       if (type !== TYPE_CONTINUATION || streamId !== this.block.streamId) {
@@ -194,12 +217,12 @@ export class ClientStreamRewriter {
           `frame of type ${type} on stream ${streamId} inside the header block of stream ${this.block.streamId}`,
         );
       }
-      return true;
+      return "block";
     }
     if (type === TYPE_CONTINUATION) {
       throw new H2FrameError(`CONTINUATION on stream ${streamId} outside a header block`);
     }
-    return type === TYPE_HEADERS;
+    return type === TYPE_HEADERS ? "block" : "pass";
   }
 
   private startHeaderFrame(header: Buffer, out: Buffer[]): void {
