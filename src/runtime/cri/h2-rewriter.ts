@@ -309,7 +309,7 @@ export class ClientStreamRewriter {
     const normal: HeaderField[] = fields.map((f) =>
       f.name === ":authority" || f.name === "host" ? { ...f, value: NORMAL_AUTHORITY } : f,
     );
-    out.push(headerFrames(block, encodeStateless(normal)));
+    out.push(headerFrames(block, encodeStateless(normal, this.decoder.sizeUpdates)));
   }
 }
 

@@ -213,6 +213,7 @@ export class HpackDecoder {
   private readonly entries: [string, string][] = [];
   private size = 0;
   private maxSize: number;
+  private updates: number[] = [];
 
   /** `settingsLimit` is the SETTINGS_HEADER_TABLE_SIZE the server gave the client. */
   constructor(private readonly settingsLimit = DEFAULT_HEADER_TABLE_SIZE) {
@@ -227,10 +228,16 @@ export class HpackDecoder {
     return this.entries.length;
   }
 
+  /** The table size updates at the start of the last block decoded, for re-encoding. */
+  get sizeUpdates(): readonly number[] {
+    return this.updates;
+  }
+
   /** Decodes one complete header block; `maxListSize` bounds its decoded size (RFC 9113 6.5.2). */
   decode(block: Buffer, maxListSize: number): HeaderField[] {
     const r = new Reader(block);
     const fields: HeaderField[] = [];
+    this.updates = [];
     let listSize = 0;
     while (!r.done) {
       const first = block[r.offset];
@@ -251,6 +258,7 @@ export class HpackDecoder {
           );
         }
         this.maxSize = size;
+        this.updates.push(size);
         this.evict(0);
         continue;
       } else {
@@ -313,9 +321,15 @@ STATIC_TABLE.forEach(([name, value], i) => {
 /**
  * Encodes fields with the static table and literals "without indexing" only, so the
  * receiver's dynamic table is never touched and every block stands on its own.
+ * `sizeUpdates` are passed on first: a decoder that lowered its table size in SETTINGS
+ * insists on seeing the update (RFC 7541 4.2).
  */
-export function encodeStateless(fields: readonly HeaderField[]): Buffer {
+export function encodeStateless(
+  fields: readonly HeaderField[],
+  sizeUpdates: readonly number[] = [],
+): Buffer {
   const out: number[] = [];
+  for (const size of sizeUpdates) writeInteger(out, size, 5, 0x20);
   for (const { name, value, neverIndex } of fields) {
     const exact = neverIndex ? undefined : STATIC_EXACT.get(`${name}\0${value}`);
     if (exact !== undefined) {
