@@ -150,7 +150,7 @@ describe("real gRPC clients on vmlet serve", () => {
   });
 
   after(async () => {
-    served?.child.kill("SIGTERM");
+    if (served?.child.exitCode === null) served.child.kill("SIGKILL");
     await served?.exited;
     cni?.remove();
   });
@@ -241,5 +241,20 @@ describe("real gRPC clients on vmlet serve", () => {
     const lines = await goClient(socket, uniqueName("after"));
     assertLifecycle(lines, "go, after the bad client");
     assert.equal(served.child.exitCode, null);
+  });
+
+  test("SIGTERM ends serve cleanly with a rewritten and a direct connection open", async () => {
+    const rewritten = connectCri(socket, { "grpc.default_authority": socket });
+    const plain = connectCri(socket);
+    try {
+      await rewritten.runtime.Version({});
+      await plain.runtime.Version({});
+      served.child.kill("SIGTERM");
+      assert.equal(await served.exited, 0);
+      assert.ok(!fs.existsSync(socket), "the socket is removed");
+    } finally {
+      rewritten.close();
+      plain.close();
+    }
   });
 });
