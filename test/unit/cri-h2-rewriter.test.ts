@@ -107,7 +107,7 @@ function joined(
     }
     return out;
   };
-  return { request, received, authorities, rewriter, frames, close };
+  return { request, received, authorities, rewriter, frames, sentBytes: () => sent, close };
 }
 
 const GRPC_HEADERS = {
@@ -340,5 +340,43 @@ describe("HTTP/2 authority rewriter", () => {
     const out = Buffer.concat(r.push(Buffer.concat([PREFACE, ack, ping, ack])));
     assert.deepEqual(out, Buffer.concat([PREFACE, ping, ack]));
     assert.ok(r.firstSettingsAckDropped);
+  });
+
+  it("mutated client streams end in output or an H2FrameError, never another throw", async () => {
+    // A real client's bytes: preface, SETTINGS, header blocks with Huffman and indexing.
+    const j = joined();
+    for (let i = 0; i < 3; i++) {
+      await j.request({
+        ":path": `/m${i}`,
+        ":authority": "/run/vmlet/vmlet.sock",
+        ...GRPC_HEADERS,
+      });
+    }
+    j.close();
+    const stream = Buffer.concat(j.sentBytes());
+    let seed = 7;
+    const random = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    let refused = 0;
+    for (let round = 0; round < 2000; round++) {
+      const bytes = Buffer.from(stream);
+      for (let k = 0; k < 1 + random(4); k++) {
+        bytes[PREFACE.length + random(bytes.length - PREFACE.length)] = random(256);
+      }
+      const r = new ClientStreamRewriter();
+      try {
+        // Cut into pieces of random sizes, as a socket delivers them.
+        for (let i = 0, step = 0; i < bytes.length; i += step) {
+          step = 1 + random(64);
+          r.push(bytes.subarray(i, i + step));
+        }
+      } catch (error) {
+        assert.ok(error instanceof H2FrameError, String(error));
+        refused++;
+      }
+    }
+    assert.ok(refused > 0);
   });
 });

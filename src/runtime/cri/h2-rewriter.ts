@@ -10,6 +10,7 @@ import {
   encodeStateless,
   type HeaderField,
   HpackDecoder,
+  HpackError,
 } from "./hpack";
 
 /** RFC 9113 3.4. */
@@ -118,10 +119,14 @@ export class ClientStreamRewriter {
     try {
       return this.consume(chunk);
     } catch (error) {
-      this.failure =
-        error instanceof H2FrameError
-          ? error
-          : new H2FrameError(`header block: ${(error as Error).message}`, { cause: error });
+      if (error instanceof H2FrameError) this.failure = error;
+      else if (error instanceof HpackError) {
+        this.failure = new H2FrameError(`header block: ${error.message}`, { cause: error });
+      } else {
+        // A fault of the rewriter itself: the front still closes only this connection.
+        this.failure = new H2FrameError("internal error", { cause: error });
+        throw error;
+      }
       throw this.failure;
     }
   }
