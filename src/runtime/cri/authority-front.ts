@@ -2,6 +2,7 @@
 // through a connection injector. A client whose first request carries :authority
 // "localhost" (grpc-js, kubelet 1.27+, C-core < 1.57) gets grpc-js on the socket itself;
 // any other goes on through the rewriter (h2-rewriter.ts) for the connection's life.
+// (A gRPC channel keeps one authority for all its calls, so the first request decides.)
 // Same process, same event loop; server-to-client bytes are written as grpc-js gives them.
 import net from "node:net";
 import { Duplex } from "node:stream";
@@ -137,8 +138,11 @@ export class AuthorityFront {
 
 /** An HTTP/2 SETTINGS frame with no parameters (RFC 9113 6.5): the server preface. */
 const EMPTY_SETTINGS = Buffer.from([0, 0, 0, 0x04, 0, 0, 0, 0, 0]);
-/** How long the front holds a connection that has not shown its first request. */
-const SNIFF_MS = 100;
+/**
+ * How long the front holds a connection that has not shown its first request (kubelet
+ * calls Version as soon as it has dialed); one that takes longer goes through the rewriter.
+ */
+const SNIFF_MS = 1000;
 /** How much it holds at most before it commits to rewriting. */
 const MAX_HELD = 512 * 1024;
 
