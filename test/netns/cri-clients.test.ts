@@ -48,9 +48,10 @@ function runClient(file: string, args: string[], env: NodeJS.ProcessEnv = {}): P
 }
 
 const goClient = (socket: string, pod: string) => runClient(GO_CLIENT, [socket, pod]);
-const pyClient = (socket: string, pod: string, authority?: string) =>
+const pyClient = (socket: string, pod: string, authority?: string, idleS = 0) =>
   runClient(PYTHON, [PY_CLIENT, socket, pod, ...(authority === undefined ? [] : [authority])], {
     PYTHONPATH: path.join(CLIENTS, "python"),
+    CRI_CLIENT_IDLE_S: String(idleS),
   });
 
 /** The same calls through grpc-js, printed as the other clients print them. */
@@ -163,6 +164,7 @@ describe("real gRPC clients on vmlet serve", () => {
     who: string,
     run: (pod: string) => Promise<Line[]>,
     expected: { authority: string | null; rewritten: boolean },
+    via = expected.rewritten ? "rewriter" : "socket",
   ): Promise<void> {
     const from = served.logs.length;
     const lines = await run(uniqueName("cli"));
@@ -178,6 +180,11 @@ describe("real gRPC clients on vmlet serve", () => {
       seen.map((r) => ({ authority: r.authority, rewritten: r.rewritten })),
       [expected],
       `${who}: the authority vmlet logged at debug level`,
+    );
+    assert.deepEqual(
+      records.filter((r) => r.msg === "CRI connection handed to grpc-js").map((r) => r.via),
+      [via],
+      `${who}: how the connection reached grpc-js`,
     );
   }
 
@@ -204,6 +211,15 @@ describe("real gRPC clients on vmlet serve", () => {
       authority: "",
       rewritten: true,
     });
+  });
+
+  test("a client that connects and waits before its first call is served through the rewriter", async () => {
+    await drive(
+      "python, idle",
+      (pod) => pyClient(socket, pod, undefined, 1.5),
+      { authority: "localhost", rewritten: false },
+      "rewriter",
+    );
   });
 
   test("grpc-js is served as it always was, and with the socket path as authority", async () => {

@@ -81,6 +81,7 @@ export class AuthorityFront {
       if (connection) return;
       clearTimeout(timer);
       connection = spliced(socket);
+      this.logger.debug({ connection: id, via: "rewriter" }, "CRI connection handed to grpc-js");
       this.injector.injectConnection(connection);
       for (const bytes of held) connection.push(bytes);
       held = [];
@@ -94,6 +95,7 @@ export class AuthorityFront {
       socket.off("close", onClose);
       socket.unshift(Buffer.concat(held));
       held = [];
+      this.logger.debug({ connection: id, via: "socket" }, "CRI connection handed to grpc-js");
       this.injector.injectConnection(socket);
     };
     const onData = (chunk: Buffer) => {

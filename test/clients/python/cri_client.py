@@ -5,10 +5,13 @@ come from `protoc --python_out` of the project's proto (PYTHONPATH points at the
 calls go through grpc's generic unary_unary, as python3-grpc-tools is not packaged
 in a version that matches. Usage: cri_client.py SOCKET POD_NAME [AUTHORITY]
 (AUTHORITY sets grpc.default_authority, as a client that names the socket would).
+With CRI_CLIENT_IDLE_S set, it connects and waits that long before its first call.
 """
 
 import json
+import os
 import sys
+import time
 
 import grpc
 from runtime.v1 import api_pb2 as cri
@@ -46,6 +49,10 @@ def main():
     socket, name = sys.argv[1], sys.argv[2]
     options = [("grpc.default_authority", sys.argv[3])] if len(sys.argv) == 4 else []
     with grpc.insecure_channel("unix:" + socket, options=options) as channel:
+        idle = float(os.environ.get("CRI_CLIENT_IDLE_S", "0"))
+        if idle > 0:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            time.sleep(idle)
         emit(call="dial", grpcVersion=grpc.__version__, target="unix:" + socket)
         v = call(channel, "Version", cri.VersionRequest(version="v1"), cri.VersionResponse)
         emit(call="Version", runtimeName=v.runtime_name, runtimeApiVersion=v.runtime_api_version)
