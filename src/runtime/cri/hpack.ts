@@ -1,9 +1,9 @@
 // HPACK (RFC 7541) for the CRI socket's authority front: a decoder that tracks a client's
 // dynamic table, and a stateless encoder (static table and literals only), so a header
 // block can be rewritten without the server ever seeing a dynamic table entry.
-// Written here rather than taken from npm: hpack.js (stream-based, on readable-stream 2,
-// unreleased since 2016) and hpack (2014, draft era) are neither kept nor synchronous,
-// and the front needs a small decoder with hard bounds on every length.
+// Written here rather than taken from npm: hpack.js 2.1.6 is a stream API on
+// readable-stream 2 with three more dependencies, hpack 1.0.0 is little used, and the
+// front needs a small synchronous decoder with a hard bound on every length.
 import { HUFFMAN_CODES } from "./huffman-table";
 
 export interface HeaderField {
