@@ -128,7 +128,7 @@ describe("real gRPC clients on vmlet serve", () => {
       assert.ok(fs.existsSync(f), `${f} missing: run scripts/build-test-clients.sh`);
     }
     cni = makeCniSandbox();
-    cni.writeConf("10-bridge.conflist", bridgeList(NETWORK, "1.0.0", cni.dataDir, "10.79.0.0/24"));
+    cni.writeConf("10-bridge.conflist", bridgeList(NETWORK, "1.0.0", cni.dataDir, "10.81.0.0/24"));
     socket = path.join(cni.root, "run", "vmlet", "vmlet.sock");
     const config = path.join(cni.root, "vmlet.json");
     fs.writeFileSync(
