@@ -19,6 +19,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils qemu-guest-agent
   udhcpc isc-dhcp-client dhcpcd-base iputils-ping dnsmasq-base tcpdump iptables
   cpio mtools dosfstools syslinux syslinux-common genisoimage python3-yaml systemd
+  # the non-JS CRI test clients (scripts/build-test-clients.sh): grpc-go 1.33, C-core 1.51
+  golang-1.19-go golang-google-grpc-dev golang-goprotobuf-dev protobuf-compiler python3-grpcio python3-protobuf
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -47,4 +49,9 @@ npx --no-install tsc -p .
 
 if [ "${1:-}" = "--test-guests" ] && [ -x scripts/build-test-guests.sh ]; then
   scripts/build-test-guests.sh
+fi
+
+# The non-JS CRI clients the tests drive the socket with (grpc-go, python3-grpcio).
+if [ "${1:-}" = "--test-guests" ] && [ -x scripts/build-test-clients.sh ]; then
+  scripts/build-test-clients.sh
 fi

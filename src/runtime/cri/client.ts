@@ -31,11 +31,12 @@ type RawUnary = (
   callback: Callback,
 ) => unknown;
 
-export function connectCri(socketPath: string): CriClient {
+/** `options` are grpc-js channel options (e.g. `grpc.default_authority`, as other clients send). */
+export function connectCri(socketPath: string, options: grpc.ClientOptions = {}): CriClient {
   const cri = loadCri();
   const address = `unix:${socketPath}`;
-  const runtime = new cri.RuntimeService(address, grpc.credentials.createInsecure());
-  const image = new cri.ImageService(address, grpc.credentials.createInsecure());
+  const runtime = new cri.RuntimeService(address, grpc.credentials.createInsecure(), options);
+  const image = new cri.ImageService(address, grpc.credentials.createInsecure(), options);
   return {
     runtime: promised(runtime, cri.RuntimeService.service) as unknown as RuntimeCalls,
     image: promised(image, cri.ImageService.service) as unknown as ImageCalls,

@@ -7,6 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { CriError, errorMessage, GRPC_CODES } from "../errors";
 import type { VmRuntime } from "../service";
+import { AuthorityFront } from "./authority-front";
 import type { ImageServiceHandlers } from "./generated/runtime/v1/ImageService";
 import type { RuntimeServiceHandlers } from "./generated/runtime/v1/RuntimeService";
 import { loadCri } from "./proto";
@@ -29,8 +30,17 @@ const UNIMPLEMENTED: Record<string, string> = {
   CheckpointContainer: "checkpointing a VM is not supported",
 };
 
+export interface ListenOptions {
+  /**
+   * Binds grpc-js to the socket itself, without the authority front: clients that send
+   * the socket path as :authority then fail. Only the benchmark's baseline uses it.
+   */
+  direct?: boolean;
+}
+
 export class CriServer {
   private server: grpc.Server | undefined;
+  private front: AuthorityFront | undefined;
   private socketPath: string | undefined;
 
   constructor(
@@ -39,22 +49,29 @@ export class CriServer {
   ) {}
 
   /** Listens on `socketPath` (mode 0600), creating its directory and replacing a stale socket. */
-  async listen(socketPath: string): Promise<void> {
+  async listen(socketPath: string, options: ListenOptions = {}): Promise<void> {
     await prepareSocketPath(socketPath);
     const server = new grpc.Server();
     const cri = loadCri();
     server.addService(cri.RuntimeService.service, this.runtimeHandlers());
     server.addService(cri.ImageService.service, this.imageHandlers());
+    const credentials = grpc.ServerCredentials.createInsecure();
     // The socket is born 0600: no window in which another user could connect.
     const umask = process.umask(0o177);
     try {
-      await new Promise<number>((resolve, reject) =>
-        server.bindAsync(
-          `unix:${socketPath}`,
-          grpc.ServerCredentials.createInsecure(),
-          (error, port) => (error ? reject(error) : resolve(port)),
-        ),
-      );
+      if (options.direct) {
+        await new Promise<number>((resolve, reject) =>
+          server.bindAsync(`unix:${socketPath}`, credentials, (error, port) =>
+            error ? reject(error) : resolve(port),
+          ),
+        );
+      } else {
+        // Node's HTTP/2 layer refuses the :authority many clients send (the socket
+        // path, or none), so vmlet accepts connections itself and normalises it.
+        const front = new AuthorityFront(server.createConnectionInjector(credentials), this.logger);
+        await front.listen(socketPath);
+        this.front = front;
+      }
     } catch (error) {
       throw new CriServerError(`listen on ${socketPath}: ${errorMessage(error)}`, { cause: error });
     } finally {
@@ -71,6 +88,9 @@ export class CriServer {
     const server = this.server;
     if (!server) return;
     this.server = undefined;
+    const front = this.front;
+    this.front = undefined;
+    front?.stopAccepting();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         server.forceShutdown();
@@ -81,6 +101,7 @@ export class CriServer {
         resolve();
       });
     });
+    front?.destroyAll();
     if (this.socketPath) fs.rmSync(this.socketPath, { force: true });
   }
 

@@ -1,0 +1,49 @@
+// `vmlet serve` as a child process, its JSON log lines collected, ready once it logs
+// that the CRI socket listens.
+import { type ChildProcess, spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+
+const MAIN = path.resolve(__dirname, "../../src/cli/main.js");
+
+export interface Served {
+  child: ChildProcess;
+  /** Raw stdout lines so far. */
+  logs: string[];
+  exited: Promise<number | null>;
+  /** The log lines parsed, from index `from` on. */
+  records(from?: number): Record<string, unknown>[];
+}
+
+export async function startServe(args: string[], socket: string): Promise<Served> {
+  fs.rmSync(socket, { force: true });
+  const child = spawn(process.execPath, [MAIN, "serve", ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const logs: string[] = [];
+  let buffered = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    buffered += d.toString();
+    const lines = buffered.split("\n");
+    buffered = lines.pop() ?? "";
+    logs.push(...lines);
+  });
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const exited = new Promise<number | null>((resolve) =>
+    child.once("exit", (code) => resolve(code)),
+  );
+  const deadline = Date.now() + 10_000;
+  while (!logs.some((l) => l.includes("CRI server listening"))) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`vmlet serve did not come up: ${stderr}${logs.join("\n")}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const records = (from = 0) =>
+    logs.slice(from).map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { child, logs, exited, records };
+}
