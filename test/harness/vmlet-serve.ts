@@ -3,6 +3,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import type { CniSandbox } from "./cni-fixtures";
 
 const MAIN = path.resolve(__dirname, "../../src/cli/main.js");
 
@@ -46,4 +47,21 @@ export async function startServe(args: string[], socket: string): Promise<Served
   const records = (from = 0) =>
     logs.slice(from).map((l) => JSON.parse(l) as Record<string, unknown>);
   return { child, logs, exited, records };
+}
+
+/**
+ * The flags of a `vmlet serve` on a CNI sandbox: a config file naming its conf and bin
+ * dirs (TCG guests), the socket, and a state dir under the sandbox.
+ */
+export function serveArgs(cni: CniSandbox, socket: string): string[] {
+  const config = path.join(cni.root, "vmlet.json");
+  fs.writeFileSync(
+    config,
+    JSON.stringify({
+      cniConfDir: cni.confDir,
+      cniBinDir: `${cni.binDir}:/usr/lib/cni`,
+      accel: "tcg",
+    }),
+  );
+  return ["--config", config, "--socket", socket, "--state-dir", path.join(cni.root, "state")];
 }

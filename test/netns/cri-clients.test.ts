@@ -13,7 +13,7 @@ import { type CriClient, connectCri } from "../../src/runtime/cri/client";
 import { podConfig } from "../../src/runtime/testing/harness";
 import { allocations, bridgeList, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
 import { requirePrivateNamespace, uniqueName } from "../harness/fixtures";
-import { type Served, startServe } from "../harness/vmlet-serve";
+import { type Served, serveArgs, startServe } from "../harness/vmlet-serve";
 
 const CLIENTS = path.resolve(__dirname, "../../../.cache/clients");
 const GO_CLIENT = path.join(CLIENTS, "cri-client-go");
@@ -130,23 +130,7 @@ describe("real gRPC clients on vmlet serve", () => {
     cni = makeCniSandbox();
     cni.writeConf("10-bridge.conflist", bridgeList(NETWORK, "1.0.0", cni.dataDir, "10.81.0.0/24"));
     socket = path.join(cni.root, "run", "vmlet", "vmlet.sock");
-    const config = path.join(cni.root, "vmlet.json");
-    fs.writeFileSync(
-      config,
-      JSON.stringify({
-        cniConfDir: cni.confDir,
-        cniBinDir: `${cni.binDir}:/usr/lib/cni`,
-        accel: "tcg",
-      }),
-    );
-    const args = [
-      "--config",
-      config,
-      "--socket",
-      socket,
-      "--state-dir",
-      path.join(cni.root, "state"),
-    ];
+    const args = serveArgs(cni, socket);
     served = await startServe([...args, "--log-level", "debug"], socket);
   });
 

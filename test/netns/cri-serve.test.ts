@@ -1,7 +1,6 @@
 // `vmlet serve` as kubelet meets it: a process with a socket, JSON logs carrying pod
 // ids, and a SIGKILL that loses no pod.
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -17,45 +16,7 @@ import {
   makePod,
 } from "../harness/cni-fixtures";
 import { requirePrivateNamespace, uniqueName } from "../harness/fixtures";
-
-const MAIN = path.resolve(__dirname, "../../src/cli/main.js");
-
-interface Served {
-  child: ChildProcess;
-  logs: string[];
-  exited: Promise<number | null>;
-}
-
-async function startServe(args: string[], socket: string): Promise<Served> {
-  fs.rmSync(socket, { force: true });
-  const child = spawn(process.execPath, [MAIN, "serve", ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const logs: string[] = [];
-  let buffered = "";
-  child.stdout?.on("data", (d: Buffer) => {
-    buffered += d.toString();
-    const lines = buffered.split("\n");
-    buffered = lines.pop() ?? "";
-    logs.push(...lines);
-  });
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const exited = new Promise<number | null>((resolve) =>
-    child.once("exit", (code) => resolve(code)),
-  );
-  const deadline = Date.now() + 10_000;
-  while (!logs.some((l) => l.includes("CRI server listening"))) {
-    if (child.exitCode !== null || Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(`vmlet serve did not come up: ${stderr}${logs.join("\n")}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return { child, logs, exited };
-}
+import { type Served, serveArgs, startServe } from "../harness/vmlet-serve";
 
 describe("vmlet serve", () => {
   let cni: CniSandbox;
@@ -72,22 +33,8 @@ describe("vmlet serve", () => {
       bridgeList("servenet", "1.0.0", cni.dataDir, "10.78.0.0/24"),
     );
     socket = path.join(cni.root, "run", "vmlet.sock");
-    const config = path.join(cni.root, "vmlet.json");
-    fs.writeFileSync(
-      config,
-      JSON.stringify({
-        cniConfDir: cni.confDir,
-        cniBinDir: `${cni.binDir}:/usr/lib/cni`,
-        accel: "tcg",
-      }),
-    );
     args = [
-      "--config",
-      config,
-      "--socket",
-      socket,
-      "--state-dir",
-      path.join(cni.root, "state"),
+      ...serveArgs(cni, socket),
       "--image-rules",
       path.join(cni.root, "images.json"),
       "--log-level",
