@@ -19,15 +19,8 @@ GO=/usr/lib/go-1.19/bin/go
 GO_PKG=vmlet.test/runtime/v1
 
 say() { printf 'build-test-clients: %s\n' "$*"; }
-# up_to_date OUTPUT INPUT...: OUTPUT exists and is newer than every INPUT.
-up_to_date() {
-  local out=$1
-  shift
-  [ -e "$out" ] || return 1
-  local f
-  for f in "$@"; do [ "$f" -nt "$out" ] && return 1; done
-  return 0
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 mkdir -p "$OUT"
 

@@ -27,15 +27,8 @@ MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
   cdrom isofs)   # the cloud-init seed's filesystem (isofs needs cdrom)
 
 say() { printf 'build-test-guests: %s\n' "$*"; }
-# up_to_date OUTPUT INPUT...: OUTPUT exists and is newer than every INPUT.
-up_to_date() {
-  local out=$1
-  shift
-  [ -e "$out" ] || return 1
-  local f
-  for f in "$@"; do [ "$f" -nt "$out" ] && return 1; done
-  return 0
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 # fetch PACKAGE: downloads PACKAGE's .deb into $DEBS unless a .deb of it is there; prints its path.
 fetch() {
   local pkg=$1 deb
