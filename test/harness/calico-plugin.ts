@@ -60,7 +60,14 @@ function add(conf: Conf, stdin: string): unknown {
   return {
     cniVersion: conf.cniVersion,
     interfaces: [{ name: ifname, mac, sandbox: netns }],
-    ips: [{ address: `${address}/32`, interface: 0 }],
+    // Results before 1.0.0 name each address's IP version, as Calico's do.
+    ips: [
+      {
+        address: `${address}/32`,
+        interface: 0,
+        ...(conf.cniVersion.startsWith("0.") ? { version: "4" } : {}),
+      },
+    ],
     routes: [{ dst: "0.0.0.0/0" }],
     dns: {},
   };
