@@ -19,6 +19,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils qemu-guest-agent
   udhcpc isc-dhcp-client dhcpcd-base iputils-ping dnsmasq-base tcpdump iptables
   cpio mtools dosfstools syslinux syslinux-common genisoimage python3-yaml systemd
+  # iperf3: the bandwidth test measures a pod's rate limits with it
+  iperf3
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

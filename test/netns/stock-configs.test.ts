@@ -6,11 +6,9 @@
 // own pod IP through a node DNAT (a Service IP, as kube-proxy does it), hairpin's purpose.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { PodNetwork } from "../../src/tapmanager/types";
-import { calicoPluginInto } from "../harness/calico-plugin";
 import type { CniSandbox } from "../harness/cni-fixtures";
 import { ip, requirePrivateNamespace, run } from "../harness/fixtures";
 import type { DhcpClientKind } from "../harness/guest-clients";
@@ -23,22 +21,15 @@ import {
   type PodNode,
   removePodNode,
 } from "../harness/pod-node";
+import { type Conflist, stockCalico, stockConflist } from "../harness/stock-cni";
 
 requirePrivateNamespace();
-
-const FIXTURES = path.join(__dirname, "../../../test/fixtures/stock-cni");
-
-type Conflist = { plugins: Record<string, unknown>[] } & Record<string, unknown>;
-
-function stock(file: string): Conflist {
-  return JSON.parse(fs.readFileSync(path.join(FIXTURES, file), "utf8")) as Conflist;
-}
 
 interface StockRow extends GuestExpectation {
   name: string;
   file: string;
   /** Only where a plugin cannot run here: Calico's own plugin needs a datastore and felix. */
-  adapt?(conf: Conflist, cni: CniSandbox): Conflist;
+  conflist?(cni: CniSandbox): Conflist;
   needsUplink?: boolean;
   /** The node bridge has hairpin on: check the guest reaches itself through a node DNAT. */
   hairpin?: boolean;
@@ -61,17 +52,7 @@ const ROWS: StockRow[] = [
   {
     name: "Calico (the Calico-style plugin; portmap with snat; bandwidth)",
     file: "calico.conflist",
-    // The calico plugin (with calico-ipam) gives way to the fixture; the rest of the chain
-    // is as Calico writes it.
-    adapt: (conf, cni) => {
-      const { ipam: _ipam, type: _type, ...calico } = conf.plugins[0];
-      const fixture = {
-        ...calico,
-        type: calicoPluginInto(cni.binDir),
-        ipam: { type: "host-local", ranges: [[{ subnet: "192.168.60.0/24" }]] },
-      };
-      return { ...conf, plugins: [fixture, ...conf.plugins.slice(1)] };
-    },
+    conflist: (cni) => stockCalico(cni, "192.168.60.0/24"),
     mtu: 1440,
     guestPrefix: 32,
     gateway: "169.254.1.1",
@@ -139,7 +120,7 @@ for (const row of ROWS) {
     let node: PodNode;
     before(async () => {
       node = await makePodNode({
-        conflist: (cni) => (row.adapt ? row.adapt(stock(row.file), cni) : stock(row.file)),
+        conflist: (cni) => (row.conflist ? row.conflist(cni) : stockConflist(row.file)),
         ...(row.needsUplink ? { needsUplink: true } : {}),
       });
     });
