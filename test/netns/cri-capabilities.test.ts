@@ -12,7 +12,14 @@ import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/tes
 import type { ProcessLauncher } from "../../src/runtime/testing/process-launcher";
 import { Tapmanager } from "../../src/tapmanager";
 import { allocations, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
-import { ip, ipIn, makeNetns, requirePrivateNamespace, type TestNetns } from "../harness/fixtures";
+import {
+  ip,
+  ipIn,
+  makeNetns,
+  nodeEndOf,
+  requirePrivateNamespace,
+  type TestNetns,
+} from "../harness/fixtures";
 import { type DhcpClient, startDhcpClient } from "../harness/guest-clients";
 import { type RelayGuest, startRelay } from "../harness/relay";
 import { stockCalico } from "../harness/stock-cni";
@@ -144,15 +151,6 @@ for _ in range(${frames}):
   const argv = ["/usr/bin/python3", "-c", script];
   if (direction === "ingress") execFileSync(argv[0], argv.slice(1), { stdio: "inherit" });
   else execFileSync("ip", ["netns", "exec", pod.netns, ...argv], { stdio: "inherit" });
-}
-
-/** The node's end of eth0 in `netns`. */
-function nodeEndOf(netns: string): string {
-  const [eth0] = JSON.parse(ipIn(netns, "-j", "link", "show", "eth0")) as { link_index: number }[];
-  const links = JSON.parse(ip("-j", "link", "show")) as { ifindex: number; ifname: string }[];
-  const link = links.find((l) => l.ifindex === eth0.link_index);
-  assert.ok(link, `the node end of eth0 in ${netns}`);
-  return link.ifname;
 }
 
 function natRules(): string {
