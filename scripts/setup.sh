@@ -21,6 +21,8 @@ APT_PACKAGES=(
   cpio mtools dosfstools syslinux syslinux-common genisoimage python3-yaml systemd
   # the non-JS CRI test clients (scripts/build-test-clients.sh): grpc-go 1.33, C-core 1.51
   golang-1.19-go golang-google-grpc-dev golang-goprotobuf-dev protobuf-compiler python3-grpcio python3-protobuf
+  # iperf3: the bandwidth test measures a pod's rate limits with it
+  iperf3
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

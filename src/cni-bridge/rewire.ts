@@ -89,8 +89,25 @@ export async function rewireInterface(
   await rtnl.setMtu(tap, view.mtu);
   await rtnl.setMaster(ifname, bridge);
   await rtnl.setMaster(tap, bridge);
+  await pinGuestToTap(rtnl, names, view.mac);
   for (const name of [bridge, tap, ifname]) await rtnl.setUp(name);
   return { ...names, guestMac: view.mac, view };
+}
+
+/**
+ * Frames for the guest leave the pod bridge only through the tap, whatever the node
+ * bridge does. A node bridge with hairpin on (Flannel's stock config, and what
+ * kube-proxy needs for a pod to reach itself through a Service) sends the guest's own
+ * broadcasts, and its DNAT'd frames to itself, back down the veth with the guest's MAC
+ * as source. A learning veth port would then move the guest's MAC onto the veth and the
+ * DHCP OFFER and every later reply would go back to the node. So the veth port does not
+ * learn (it is the only way to the rest of the network: unknown destinations flood to it
+ * anyway), and the guest's MAC is pinned to the tap with a static FDB entry. Both are
+ * set again, unchanged, when rewiring runs again (recovery).
+ */
+async function pinGuestToTap(rtnl: Rtnl, names: RewireNames, guestMac: string): Promise<void> {
+  await rtnl.setBridgePortLearning(names.ifname, false);
+  await rtnl.setStaticFdb(names.tap, guestMac);
 }
 
 async function ignoring(codes: string[], step: () => Promise<void>): Promise<void> {

@@ -6,6 +6,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type { Logger } from "pino";
 import { KeyedLock } from "../util/keyed-lock";
+import { cniCapabilities } from "./cni-capabilities";
 import {
   containerMessage,
   containerStatusMessage,
@@ -172,6 +173,8 @@ export class VmRuntime {
         `RunPodSandbox ${pod}: hostNetwork pods are not supported: a VM pod has its own network`,
       );
     }
+    // Checked before anything is recorded: a bad annotation leaves nothing behind.
+    const capabilities = cniCapabilities(config, pod);
     const same = this.store.sandboxes
       .list()
       .find(
@@ -215,7 +218,7 @@ export class VmRuntime {
         const network = await this.networks.setUp({
           pod: { namespace: md.namespace, name: md.name, uid: md.uid, sandboxId: id },
           hostname: record.hostname,
-          capabilities: capabilities(config),
+          capabilities,
           dns: config.dnsConfig
             ? { servers: config.dnsConfig.servers, searches: config.dnsConfig.searches }
             : undefined,
@@ -1101,32 +1104,4 @@ function closeQuietly(fd: number): void {
   } catch {
     // the launcher keeps its hands off these fds; nothing else can have closed them
   }
-}
-
-/** CNI capability args from the sandbox config: host ports and DNS. */
-function capabilities(config: cri.PodSandboxConfig__Output): {
-  portMappings?: {
-    hostPort: number;
-    containerPort: number;
-    protocol: "tcp" | "udp" | "sctp";
-    hostIP?: string;
-  }[];
-  dns?: { servers: string[]; searches: string[]; options: string[] };
-} {
-  const portMappings = config.portMappings
-    .filter((p) => p.hostPort > 0)
-    .map((p) => ({
-      hostPort: p.hostPort,
-      containerPort: p.containerPort,
-      protocol: p.protocol.toLowerCase() as "tcp" | "udp" | "sctp",
-      hostIP: p.hostIp || undefined,
-    }));
-  const dns = config.dnsConfig
-    ? {
-        servers: config.dnsConfig.servers,
-        searches: config.dnsConfig.searches,
-        options: config.dnsConfig.options,
-      }
-    : undefined;
-  return { ...(portMappings.length > 0 ? { portMappings } : {}), ...(dns ? { dns } : {}) };
 }

@@ -8,6 +8,7 @@ import { withNetns } from "./netns";
 // linux/socket.h
 const AF_UNSPEC = 0;
 const AF_INET = 2;
+const AF_BRIDGE = 7;
 const AF_INET6 = 10;
 // linux/rtnetlink.h
 const RTNH_F_ONLINK = 4;
@@ -21,6 +22,18 @@ const VETH_INFO_PEER = 1;
 // linux/if_link.h
 const IFLA_IFNAME = 3;
 const IFLA_NET_NS_FD = 28;
+const IFLA_PROTINFO = 12;
+// linux/if_link.h, enum IFLA_BRPORT_*: attributes nested in IFLA_PROTINFO for AF_BRIDGE
+const IFLA_BRPORT_LEARNING = 8;
+// linux/netlink.h
+const NLA_F_NESTED = 0x8000;
+const NLM_F_REPLACE = 0x100;
+const NLM_F_CREATE = 0x400;
+// linux/neighbour.h
+const NDA_LLADDR = 2;
+const NDA_MASTER = 9;
+const NTF_MASTER = 0x04;
+const NUD_NOARP = 0x40; // a bridge FDB entry with it is "static": forwarded, never aged or local
 // netlink requests to the kernel answer at once; a silent socket means something broke.
 const REQUEST_TIMEOUT_MS = 5000;
 
@@ -453,6 +466,52 @@ export class Rtnl {
     delete data.protocol;
     await this.call(`RTM_DELROUTE ${Rtnl.describeRoute(spec)}`, () =>
       this.socket.delRoute(data, attrs, { timeout: REQUEST_TIMEOUT_MS }),
+    );
+  }
+
+  /**
+   * Turns MAC learning on or off on a bridge port (`bridge link set dev NAME learning off`):
+   * RTM_SETLINK for AF_BRIDGE with IFLA_BRPORT_LEARNING nested in IFLA_PROTINFO.
+   */
+  async setBridgePortLearning(name: string, learning: boolean): Promise<void> {
+    const link = await this.link(name);
+    const protinfo = attr(
+      IFLA_PROTINFO | NLA_F_NESTED,
+      attr(IFLA_BRPORT_LEARNING, Buffer.from([learning ? 1 : 0])),
+    );
+    const body = Buffer.concat([rt.formatLink({ family: AF_BRIDGE, index: link.index }), protinfo]);
+    await this.call(`set ${name} bridge port learning ${learning ? "on" : "off"}`, () =>
+      this.socket.request(rt.MessageType.SETLINK, body, { timeout: REQUEST_TIMEOUT_MS }),
+    );
+  }
+
+  /**
+   * A static FDB entry on `port`'s bridge (`bridge fdb replace MAC dev PORT master static`):
+   * frames to `mac` leave through `port` whatever the bridge learns. Replaces one that is there.
+   */
+  async setStaticFdb(port: string, mac: string): Promise<void> {
+    const link = await this.link(port);
+    if (link.master === undefined) {
+      throw new RtnlError(`static FDB ${mac} on ${port}`, this.nsPath, "ENOTCONN (no bridge)");
+    }
+    // struct ndmsg: family u8, pad u8, pad u16, ifindex s32, state u16, flags u8, type u8.
+    const ndmsg = Buffer.alloc(12);
+    ndmsg.writeUInt8(AF_BRIDGE, 0);
+    ndmsg.writeInt32LE(link.index, 4);
+    ndmsg.writeUInt16LE(NUD_NOARP, 8);
+    ndmsg.writeUInt8(NTF_MASTER, 10);
+    const master = Buffer.alloc(4);
+    master.writeUInt32LE(link.master);
+    const body = Buffer.concat([
+      ndmsg,
+      attr(NDA_LLADDR, macToBuffer(mac)),
+      attr(NDA_MASTER, master),
+    ]);
+    await this.call(`RTM_NEWNEIGH bridge fdb ${mac} dev ${port} master static`, () =>
+      this.socket.request(rt.MessageType.NEWNEIGH, body, {
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+        timeout: REQUEST_TIMEOUT_MS,
+      }),
     );
   }
 

@@ -59,8 +59,19 @@ function add(conf: Conf, stdin: string): unknown {
   const mac = JSON.parse(ip("-n", nsName, "-j", "link", "show", ifname))[0].address as string;
   return {
     cniVersion: conf.cniVersion,
-    interfaces: [{ name: ifname, mac, sandbox: netns }],
-    ips: [{ address: `${address}/32`, interface: 0 }],
+    // Calico lists its host-side veth (the bandwidth plugin finds the pod's veth by it).
+    interfaces: [
+      { name: host, mac: HOST_MAC },
+      { name: ifname, mac, sandbox: netns },
+    ],
+    // Results before 1.0.0 name each address's IP version, as Calico's do.
+    ips: [
+      {
+        address: `${address}/32`,
+        interface: 1,
+        ...(conf.cniVersion.startsWith("0.") ? { version: "4" } : {}),
+      },
+    ],
     routes: [{ dst: "0.0.0.0/0" }],
     dns: {},
   };

@@ -88,3 +88,12 @@ export function sendUdp(
     stdio: "inherit",
   });
 }
+
+/** The node's end of the veth `ifname` in `netns` (its peer, in the test's own netns). */
+export function nodeEndOf(netns: string, ifname = "eth0"): string {
+  const [veth] = JSON.parse(ipIn(netns, "-j", "link", "show", ifname)) as { link_index: number }[];
+  const links = JSON.parse(ip("-j", "link", "show")) as { ifindex: number; ifname: string }[];
+  const link = links.find((l) => l.ifindex === veth.link_index);
+  if (!link) throw new Error(`no node end of ${ifname} in ${netns}`);
+  return link.ifname;
+}

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { Rtnl } from "../../src/sys/rtnl";
@@ -66,6 +67,48 @@ describe("rtnetlink inside a netns", () => {
     eth0 = linksIn(pod.name).find((l) => l.ifname === "eth0")!;
     assert.ok(!eth0.flags.includes("UP"));
     await rtnl.setUp("eth0");
+  });
+
+  it("turns a bridge port's learning off and pins a MAC to a port, as `bridge` reports them", async () => {
+    const learning = () =>
+      (
+        JSON.parse(
+          execFileSync("bridge", ["-n", pod.name, "-j", "-d", "link", "show"], {
+            encoding: "utf8",
+          }),
+        ) as {
+          ifname: string;
+          learning: boolean;
+        }[]
+      ).find((p) => p.ifname === "eth0")?.learning;
+    const pinned = () =>
+      (
+        JSON.parse(
+          execFileSync("bridge", ["-n", pod.name, "-j", "fdb", "show", "br", "br0"], {
+            encoding: "utf8",
+          }),
+        ) as {
+          mac: string;
+          ifname: string;
+          state?: string;
+        }[]
+      ).filter((e) => e.mac === "0a:58:0a:f4:01:99");
+    assert.equal(learning(), true);
+    await rtnl.setBridgePortLearning("eth0", false);
+    assert.equal(learning(), false);
+    // Twice is fine: replaced, not duplicated.
+    await rtnl.setStaticFdb("eth0", "0a:58:0a:f4:01:99");
+    await rtnl.setStaticFdb("eth0", "0a:58:0a:f4:01:99");
+    assert.deepEqual(
+      pinned().map((e) => [e.ifname, e.state]),
+      [["eth0", "static"]],
+    );
+    await assert.rejects(
+      rtnl.setStaticFdb("br0", "0a:58:0a:f4:01:99"),
+      /static FDB .* on br0 in .*no bridge/,
+    );
+    await rtnl.setBridgePortLearning("eth0", true);
+    assert.equal(learning(), true);
   });
 
   it("adds, lists and deletes IPv4 and IPv6 addresses", async () => {

@@ -365,7 +365,10 @@ export class CniClient {
     const netns = netnsPath && fs.existsSync(netnsPath) ? netnsPath : "";
     const rt = this.attachmentArgs(pod, netns, ifname, entry?.capabilities);
     const prev = entry?.result ? this.cachedResult(entry, list) : undefined;
-    await delNetworkList(this.runner, list, rt, prev);
+    // Without a completed ADD on record (none ran, it was rolled back, or it was cut
+    // short), a plugin that is not installed never ran and holds nothing; failing on it
+    // would keep the pod's netns forever.
+    await delNetworkList(this.runner, list, rt, prev, { skipMissing: !entry?.result });
     await this.cache.remove({ network: list.name, containerId: pod.sandboxId, ifname });
   }
 

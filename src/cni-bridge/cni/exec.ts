@@ -22,8 +22,7 @@ export interface PluginInvocation {
   stdin: string;
 }
 
-/** The executable for `type` in the first dir that has it, or a typed error. */
-export function findPlugin(type: string, binDirs: string[], ctx: CniErrorContext): string {
+function lookUp(type: string, binDirs: string[]): string | undefined {
   for (const dir of binDirs) {
     const file = path.join(dir, type);
     try {
@@ -33,7 +32,19 @@ export function findPlugin(type: string, binDirs: string[], ctx: CniErrorContext
       // not in this dir
     }
   }
-  throw new CniPluginNotFoundError(ctx, binDirs);
+  return undefined;
+}
+
+/** The executable for `type` in the first dir that has it, or a typed error. */
+export function findPlugin(type: string, binDirs: string[], ctx: CniErrorContext): string {
+  const file = lookUp(type, binDirs);
+  if (file === undefined) throw new CniPluginNotFoundError(ctx, binDirs);
+  return file;
+}
+
+/** Whether an executable for `type` is in one of the plugin dirs. */
+export function pluginExists(type: string, binDirs: string[]): boolean {
+  return lookUp(type, binDirs) !== undefined;
 }
 
 /** The environment a plugin sees: ours, plus the CNI variables for this call. */

@@ -7,7 +7,7 @@ import {
   CniInvalidResultError,
   CniPluginNotFoundError,
 } from "./errors";
-import { type CniCommand, execPlugin, findPlugin } from "./exec";
+import { type CniCommand, execPlugin, findPlugin, pluginExists } from "./exec";
 import {
   type CniResult,
   convertResult,
@@ -129,9 +129,10 @@ export async function addNetworkList(
       // Plugins after the failed one never ran, nor did one that was not found: they
       // hold nothing and may not exist.
       const ran = error instanceof CniPluginNotFoundError ? started - 1 : started;
-      await delNetworkList(runner, list, rt, prev, ran);
+      await delNetworkList(runner, list, rt, prev, { pluginCount: ran });
       if (error instanceof Error) {
-        error.message += "; rolled back with DEL";
+        error.message +=
+          ran === 0 ? "; no plugin ran, nothing to roll back" : "; rolled back with DEL";
         rolledBack.add(error);
       }
     } catch (delError) {
@@ -161,8 +162,18 @@ function parsePluginResult(
   }
 }
 
+export interface DelOptions {
+  /** Only the first this many plugins (those that ran); all when absent. */
+  pluginCount?: number;
+  /**
+   * Skip plugins that are not installed: right when nothing was recorded for this
+   * attachment, since a plugin that cannot be found never ran for it and holds nothing.
+   */
+  skipMissing?: boolean;
+}
+
 /**
- * DEL: runs the plugins (the first `pluginCount`) in reverse. prevResult goes along from 0.4.0 on, as libcni does.
+ * DEL: runs the plugins in reverse. prevResult goes along from 0.4.0 on, as libcni does.
  * Every plugin is run even when one fails, so each releases what it holds; the first
  * failure is then thrown.
  */
@@ -171,11 +182,12 @@ export async function delNetworkList(
   list: NetworkConfigList,
   rt: AttachmentArgs,
   prevResult: CniResult | undefined,
-  pluginCount = list.plugins.length,
+  options: DelOptions = {},
 ): Promise<void> {
   const prev = atLeast(list.cniVersion, "0.4.0") ? prevResult : undefined;
   let first: unknown;
-  for (const plugin of list.plugins.slice(0, pluginCount).reverse()) {
+  for (const plugin of list.plugins.slice(0, options.pluginCount).reverse()) {
+    if (options.skipMissing && !pluginExists(plugin.type, runner.binDirs)) continue;
     try {
       await run(
         runner,
