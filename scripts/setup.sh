@@ -19,6 +19,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils qemu-guest-agent
   udhcpc isc-dhcp-client dhcpcd-base iputils-ping dnsmasq-base tcpdump iptables
   cpio mtools dosfstools syslinux syslinux-common genisoimage python3-yaml systemd
+  strace # test/unit/state-files: sees the state writers fsync their directories
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

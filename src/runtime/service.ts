@@ -63,6 +63,8 @@ interface Running {
 /** Exit code and reason of a VM whose start failed or that vanished while vmlet was down. */
 const START_ERROR_EXIT = 128;
 const UNKNOWN_EXIT = 255;
+/** 128 + SIGKILL, as a shell reports a killed process. */
+const KILLED_EXIT = 137;
 
 export class VmRuntime {
   private readonly store: StateStore;
@@ -730,6 +732,7 @@ export class VmRuntime {
         );
       }
     }
+    const adoptions: Promise<void>[] = [];
     for (const record of this.store.containers.list()) {
       const log = this.containerLog(record);
       if (record.phase === "starting") {
@@ -746,14 +749,21 @@ export class VmRuntime {
         });
         log.warn("VM start interrupted by a restart: marked exited");
       } else if (record.phase === "running") {
-        try {
-          await this.reattach(record);
-        } catch (error) {
-          // Left RUNNING on record: a stop or removal tries again rather than leak the VM.
-          log.error({ err: error }, "adopt VM failed; a stop or removal will retry");
-        }
+        // All at once, each within the launcher's deadline: one wedged QEMU holds up
+        // neither the others nor the socket.
+        adoptions.push(
+          this.reattach(record).then(
+            () => {},
+            (error: unknown) => {
+              // Left RUNNING on record: a stop or removal tries again, and kills it by
+              // its pid if it still cannot be adopted, rather than leak the VM.
+              log.error({ err: error }, "adopt VM failed; a stop or removal will retry");
+            },
+          ),
+        );
       }
     }
+    await Promise.all(adoptions);
   }
 
   /**
@@ -818,7 +828,25 @@ export class VmRuntime {
       // VM is never left behind by a stop or a removal.
       const record = this.store.containers.get(id);
       if (record?.phase !== "running") return; // stopped already (idempotent)
-      running = await this.reattach(record);
+      try {
+        running = await this.reattach(record);
+      } catch (error) {
+        // Its QMP does not answer: the VM still ends, by its known pid, so that a stop
+        // succeeds rather than fail on every retry.
+        if (!this.launcher.killRecorded || record.vm === undefined) throw error;
+        const killed = await this.launcher.killRecorded(record.vm);
+        await this.recordExit(id, {
+          exitCode: KILLED_EXIT,
+          reason: "Killed",
+          message: `${killed ? "killed by vmlet by its pid" : "gone"}: the VM could not be adopted (${errorMessage(error)})`,
+          finishedAt: nowNs(),
+        });
+        this.containerLog(record).warn(
+          { err: error, killed },
+          "VM not adoptable: killed by its pid",
+        );
+        return;
+      }
       if (!running) return;
     }
     const log = this.containerLog(this.store.containers.get(id));

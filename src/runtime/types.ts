@@ -74,4 +74,9 @@ export interface VmLauncher {
   adopt(record: unknown): Promise<VmHandle | undefined>;
   /** Kills whatever VM a start into `dir` that never returned left running. */
   discard?(dir: string): Promise<unknown>;
+  /**
+   * Kills the VM of a record that `adopt` could not take (its QMP does not answer), by
+   * its pid, only while that pid is still the recorded process; true if it was running.
+   */
+  killRecorded?(record: unknown): Promise<boolean>;
 }

@@ -139,6 +139,42 @@ describe("vmlet serve", () => {
     served = undefined;
   });
 
+  test("a truncated pod network record is set aside with a log line naming it; vmlet starts and the other pods recover", async () => {
+    served = await startServe(args, socket);
+    client = connectCri(socket);
+    const good = await client.runtime.RunPodSandbox({ config: podConfig("intact") });
+    const torn = await client.runtime.RunPodSandbox({ config: podConfig("torn") });
+    const goodIp = (await client.runtime.PodSandboxStatus(good)).status?.network?.ip;
+    client.close();
+    client = undefined;
+    served.child.kill("SIGKILL");
+    await served.exited;
+
+    const file = path.join(cni.root, "state", "pods", `${torn.podSandboxId}.json`);
+    const text = fs.readFileSync(file, "utf8");
+    fs.writeFileSync(file, text.slice(0, 100));
+    served = await startServe(args, socket);
+    const warning = served.logs
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.file === file);
+    assert.match(String(warning?.msg), /unreadable pod network record set aside/);
+    client = connectCri(socket);
+    const intact = await client.runtime.PodSandboxStatus(good);
+    assert.equal(intact.status?.state, "SANDBOX_READY");
+    assert.equal(intact.status?.network?.ip, goodIp);
+    const lost = await client.runtime.PodSandboxStatus(torn);
+    assert.equal(lost.status?.state, "SANDBOX_NOTREADY", "kubelet makes that pod anew");
+    assert.deepEqual(allocations(cni.dataDir, "servenet"), [goodIp], "GC freed the torn pod's");
+    for (const id of [good, torn]) {
+      await client.runtime.StopPodSandbox(id);
+      await client.runtime.RemovePodSandbox(id);
+    }
+    assert.deepEqual(allocations(cni.dataDir, "servenet"), []);
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0);
+    served = undefined;
+  });
+
   test("at start, attachments whose pod record was lost are deleted and their addresses freed; known pods keep theirs", async () => {
     served = await startServe(args, socket);
     client = connectCri(socket);

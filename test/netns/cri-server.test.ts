@@ -663,6 +663,35 @@ describe("CRI server", () => {
     await waitDead(pid);
   });
 
+  test("a VM that can never be adopted (its QMP never answers) is killed by its pid when the pod stops", async () => {
+    const r = () => t.client.runtime;
+    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("wedged") });
+    const { containerId } = await r().CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    await r().StartContainer({ containerId });
+    const { pid } = JSON.parse(
+      (await r().ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    t.launcher.failAdopts = new Error("QMP: query-status: no answer within 5000 ms");
+    try {
+      await t.restart();
+      await r().StopPodSandbox({ podSandboxId });
+      await waitDead(pid);
+      const s = (await r().ContainerStatus({ containerId })).status;
+      assert.equal(s?.state, "CONTAINER_EXITED");
+      assert.equal(s?.exitCode, 137);
+      assert.match(
+        s?.message ?? "",
+        /killed by vmlet by its pid: the VM could not be adopted \(QMP/,
+      );
+    } finally {
+      t.launcher.failAdopts = undefined;
+    }
+    await r().RemovePodSandbox({ podSandboxId });
+  });
+
   test("a pod whose network did not come back after a restart is NOTREADY, so kubelet recreates it", async () => {
     const r = () => t.client.runtime;
     const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("netlost") });

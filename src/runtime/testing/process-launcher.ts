@@ -20,8 +20,14 @@ export class ProcessLauncher implements VmLauncher {
   failNextStart: Error | undefined;
   /** The next adopt fails with this (QMP unreachable, say). */
   failNextAdopt: Error | undefined;
+  /** Every adopt fails with this while set (a QEMU whose QMP never answers). */
+  failAdopts: Error | undefined;
   /** Dirs `discard` was asked to clean. */
   readonly discarded: string[] = [];
+
+  killRecorded(record: unknown): Promise<boolean> {
+    return killRecordedProcess(record);
+  }
 
   async discard(dir: string): Promise<void> {
     this.discarded.push(dir);
@@ -55,7 +61,7 @@ export class ProcessLauncher implements VmLauncher {
   }
 
   async adopt(record: unknown): Promise<VmHandle | undefined> {
-    const failure = this.failNextAdopt;
+    const failure = this.failNextAdopt ?? this.failAdopts;
     if (failure) {
       this.failNextAdopt = undefined;
       throw failure;
@@ -64,6 +70,16 @@ export class ProcessLauncher implements VmLauncher {
     if (typeof r?.pid !== "number" || startTimeOf(r.pid) !== r.startTime) return undefined;
     return new ProcessHandle(r, pollExit(r));
   }
+}
+
+/** Kills the recorded process by its pid while the start time still matches. */
+export async function killRecordedProcess(record: unknown): Promise<boolean> {
+  const r = record as ProcessRecord;
+  if (typeof r?.pid !== "number" || startTimeOf(r.pid) !== r.startTime) return false;
+  process.kill(r.pid, "SIGKILL");
+  while (startTimeOf(r.pid) === r.startTime)
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  return true;
 }
 
 const osSignals: Record<string, number> = { SIGKILL: 9, SIGTERM: 15, SIGINT: 2 };
