@@ -76,6 +76,8 @@ export class VmRuntime {
   private readonly cgroupDriver: CgroupDriver;
   private readonly vmDir: string;
   private readonly lock = new KeyedLock();
+  /** RunPodSandbox by pod attempt (namespace, name, uid, attempt). */
+  private readonly attemptLock = new KeyedLock();
   private readonly running = new Map<string, Running>();
   private readonly cpuSamples = new Map<string, { atNs: bigint; cpuNanos: bigint }>();
   private podCidr = "";
@@ -174,6 +176,18 @@ export class VmRuntime {
         `RunPodSandbox ${pod}: hostNetwork pods are not supported: a VM pod has its own network`,
       );
     }
+    // One call per pod attempt at a time: a duplicate sees the first one's sandbox, and
+    // a pod attempt never gets two networks.
+    const attemptKey = JSON.stringify([md.namespace, md.name, md.uid, md.attempt]);
+    return this.attemptLock.run(attemptKey, () => this.runPodSandboxLocked(req, config, md, pod));
+  }
+
+  private async runPodSandboxLocked(
+    req: cri.RunPodSandboxRequest__Output,
+    config: cri.PodSandboxConfig__Output,
+    md: cri.PodSandboxMetadata__Output,
+    pod: string,
+  ): Promise<cri.RunPodSandboxResponse> {
     const same = this.store.sandboxes
       .list()
       .find(
@@ -183,7 +197,22 @@ export class VmRuntime {
           s.metadata.name === md.name &&
           s.metadata.attempt === md.attempt,
       );
-    if (same) {
+    if (same?.phase === "creating") {
+      // Left by a RunPodSandbox whose cleanup failed: kubelet never learnt its id, so it
+      // is finished off now, and this call makes the sandbox anew.
+      await this.lock.run(same.id, async () => {
+        if (this.store.sandboxes.get(same.id)?.phase !== "creating") return;
+        const log = this.sandboxLog(same);
+        const cleaned = await this.undoSandbox(same.id, log);
+        log.warn(`half-made sandbox of the same pod attempt: ${cleaned}`);
+        if (this.store.sandboxes.has(same.id)) {
+          throw new CriError(
+            "UNKNOWN",
+            `RunPodSandbox ${pod}: attempt ${md.attempt}: the half-made sandbox of an earlier call could not be torn down: ${cleaned}`,
+          );
+        }
+      });
+    } else if (same) {
       throw new CriError(
         "ALREADY_EXISTS",
         `RunPodSandbox ${pod}: attempt ${md.attempt} exists as sandbox ${same.id}`,

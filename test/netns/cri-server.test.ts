@@ -277,6 +277,42 @@ describe("CRI server", () => {
     assert.ok(!fs.existsSync(path.join(t.stateDir, "sandboxes", `${id}.json`)));
   });
 
+  test("a sandbox left half-made by a failed cleanup is torn down by the next RunPodSandbox of that pod attempt, which succeeds", async () => {
+    const r = t.client.runtime;
+    t.networks.failNextSetUp = new Error("CNI ADD: boom");
+    t.networks.failNextTearDown = new Error("CNI DEL: still broken");
+    await rejectsWith(
+      r.RunPodSandbox({ config: podConfig("wedgedcreate") }),
+      status.UNKNOWN,
+      /kept unlisted to retry the teardown/,
+    );
+    const stuck = [...t.networks.networks.values()].find((n) => n.pod.name === "wedgedcreate");
+    assert.ok(stuck, "its network is still there");
+    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("wedgedcreate") });
+    assert.notEqual(podSandboxId, stuck.pod.sandboxId);
+    assert.ok(!t.networks.networks.has(stuck.pod.sandboxId), "the half-made one is torn down");
+    assert.ok(!fs.existsSync(path.join(t.stateDir, "sandboxes", `${stuck.pod.sandboxId}.json`)));
+    const s = await r.PodSandboxStatus({ podSandboxId });
+    assert.equal(s.status?.state, "SANDBOX_READY");
+    await r.RemovePodSandbox({ podSandboxId });
+  });
+
+  test("a half-made sandbox whose teardown fails again: the retry says so, and names no sandbox as existing", async () => {
+    const r = t.client.runtime;
+    t.networks.failNextSetUp = new Error("CNI ADD: boom");
+    t.networks.failNextTearDown = new Error("CNI DEL: still broken");
+    await rejectsWith(r.RunPodSandbox({ config: podConfig("stuck2") }), status.UNKNOWN, /CNI DEL/);
+    t.networks.failNextTearDown = new Error("CNI DEL: broken for good");
+    await rejectsWith(
+      r.RunPodSandbox({ config: podConfig("stuck2") }),
+      status.UNKNOWN,
+      /RunPodSandbox default\/stuck2: attempt 0: the half-made sandbox of an earlier call could not be torn down: .*CNI DEL: broken for good/,
+    );
+    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("stuck2") });
+    assert.equal((await r.PodSandboxStatus({ podSandboxId })).status?.state, "SANDBOX_READY");
+    await r.RemovePodSandbox({ podSandboxId });
+  });
+
   test("unknown ids: NOT_FOUND for status and create, OK for stop and remove", async () => {
     const r = t.client.runtime;
     const ghost = "f".repeat(64);
