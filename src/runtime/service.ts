@@ -37,6 +37,7 @@ import { CRI_API_VERSION, RUNTIME_NAME, VMLET_VERSION } from "./version";
 import {
   GuestAgentCommandError,
   GuestAgentUnavailableError,
+  GuestExecCancelledError,
   GuestExecTimeoutError,
 } from "./vm/guest-agent";
 import { ANNOTATION_USER_DATA, filesFromMount, isCopiedVolume, sshKeys, vmSize } from "./vm-config";
@@ -63,6 +64,8 @@ interface Running {
 /** Exit code and reason of a VM whose start failed or that vanished while vmlet was down. */
 const START_ERROR_EXIT = 128;
 const UNKNOWN_EXIT = 255;
+/** ExecSync with timeout 0 and no call deadline: the most it may hold the agent's channel. */
+const EXEC_TIMEOUT_CAP_MS = 120_000;
 /** 128 + SIGKILL, as a shell reports a killed process. */
 const KILLED_EXIT = 137;
 
@@ -590,7 +593,10 @@ export class VmRuntime {
    * Runs a command in the VM through the QEMU guest agent (exec probes, crictl exec -s).
    * An agent's error starting the command (no such program, say) is the shell's 127.
    */
-  async execSync(req: cri.ExecSyncRequest__Output): Promise<cri.ExecSyncResponse> {
+  async execSync(
+    req: cri.ExecSyncRequest__Output,
+    call?: { signal?: AbortSignal; deadline?: number },
+  ): Promise<cri.ExecSyncResponse> {
     const record = this.mustContainer(req.containerId, "ExecSync");
     const where = `ExecSync ${record.id}`;
     if (req.cmd.length === 0 || req.cmd[0] === "") throw invalidArgument(`${where}: cmd is empty`);
@@ -601,9 +607,18 @@ export class VmRuntime {
     if (!handle.exec) {
       throw new CriError("UNIMPLEMENTED", `${where}: this VM launcher cannot run commands`);
     }
-    const timeoutMs = Math.max(0, Number(req.timeout)) * 1000;
+    // timeout 0 (crictl's default) is the call's deadline, or a cap: never no limit, which
+    // would hold the VM's one agent channel, and every later probe, forever.
+    const requested = Math.max(0, Number(req.timeout)) * 1000;
+    const untilDeadline = (call?.deadline ?? Number.POSITIVE_INFINITY) - Date.now();
+    const timeoutMs =
+      requested > 0
+        ? requested
+        : Number.isFinite(untilDeadline)
+          ? Math.max(1, untilDeadline)
+          : EXEC_TIMEOUT_CAP_MS;
     try {
-      const result = await handle.exec(req.cmd, timeoutMs);
+      const result = await handle.exec(req.cmd, timeoutMs, call?.signal);
       return { stdout: result.stdout, stderr: result.stderr, exitCode: result.exitCode };
     } catch (error) {
       if (error instanceof GuestAgentCommandError) {
@@ -615,6 +630,7 @@ export class VmRuntime {
       }
       const message = `${where} ${JSON.stringify(req.cmd)}: ${errorMessage(error)}`;
       if (error instanceof GuestExecTimeoutError) throw new CriError("DEADLINE_EXCEEDED", message);
+      if (error instanceof GuestExecCancelledError) throw new CriError("CANCELLED", message);
       if (error instanceof GuestAgentUnavailableError) throw failedPrecondition(message);
       throw new CriError("UNKNOWN", message, { cause: error });
     }

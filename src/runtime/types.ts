@@ -58,7 +58,7 @@ export interface VmHandle {
   /** Stop watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
   detach?(): Promise<void>;
   /** Runs a command in the guest (ExecSync); absent when the launcher cannot. */
-  exec?(argv: string[], timeoutMs: number): Promise<ExecResult>;
+  exec?(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<ExecResult>;
 }
 
 export interface ExecResult {

@@ -3,7 +3,8 @@
 // It writes one line to the container log in kubelet's CRI format.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
-import type { VmExit, VmHandle, VmLauncher, VmSpec, VmStats } from "../types";
+import type { ExecResult, VmExit, VmHandle, VmLauncher, VmSpec, VmStats } from "../types";
+import { guestExec } from "../vm/guest-agent";
 
 interface ProcessRecord {
   pid: number;
@@ -24,6 +25,8 @@ export class ProcessLauncher implements VmLauncher {
   failAdopts: Error | undefined;
   /** Dirs `discard` was asked to clean. */
   readonly discarded: string[] = [];
+  /** A qemu-ga socket (qemu-ga -m unix-listen): started "VMs" run ExecSync through it. */
+  agentSocket: string | undefined;
 
   killRecorded(record: unknown): Promise<boolean> {
     return killRecordedProcess(record);
@@ -57,7 +60,13 @@ export class ProcessLauncher implements VmLauncher {
         }),
       );
     });
-    return new ProcessHandle({ pid, startTime: startTimeOf(pid) ?? "" }, exited);
+    const handle = new ProcessHandle({ pid, startTime: startTimeOf(pid) ?? "" }, exited);
+    const agent = this.agentSocket;
+    if (agent) {
+      handle.exec = (argv, timeoutMs, signal) =>
+        guestExec(agent, argv, { timeoutMs, ...(signal ? { signal } : {}) });
+    }
+    return handle;
   }
 
   async adopt(record: unknown): Promise<VmHandle | undefined> {
@@ -88,6 +97,7 @@ class ProcessHandle implements VmHandle {
   readonly pid: number;
   readonly record: ProcessRecord;
   readonly exited: Promise<VmExit>;
+  exec?: (argv: string[], timeoutMs: number, signal?: AbortSignal) => Promise<ExecResult>;
   private done = false;
 
   constructor(record: ProcessRecord, exited: Promise<VmExit>) {

@@ -29,6 +29,14 @@ export class GuestExecTimeoutError extends Error {
   }
 }
 
+/** The caller gave up (the CRI call was cancelled or ran out of time); the command may still run. */
+export class GuestExecCancelledError extends Error {
+  constructor(reason: string) {
+    super(`${reason} (the command may still run in the guest)`);
+    this.name = "GuestExecCancelledError";
+  }
+}
+
 /** The agent sent something that is not its protocol: a broken or hostile guest. */
 export class GuestAgentProtocolError extends Error {
   constructor(message: string) {
@@ -50,8 +58,10 @@ export class GuestAgentCommandError extends Error {
 }
 
 export interface GuestExecOptions {
-  /** 0 = no limit. */
+  /** 0 = no limit of its own: `signal` must then end it. */
   timeoutMs: number;
+  /** Aborting it ends the call at once, and frees the agent's channel for the next. */
+  signal?: AbortSignal;
   /** How long the agent has to answer the first sync; a guest without one answers never. */
   agentTimeoutMs?: number;
   /** Between guest-exec-status polls. */
@@ -69,10 +79,16 @@ export function guestExec(
   if (argv.length === 0 || argv[0] === "") {
     return Promise.reject(new Error("guest exec: an empty command"));
   }
+  const signal = options.signal;
   return sockets.run(socketPath, async () => {
+    const cancelled = () => new GuestExecCancelledError(abortReason(signal));
+    if (signal?.aborted) throw cancelled();
     const agentTimeoutMs = options.agentTimeoutMs ?? 5000;
     const agent = await AgentConnection.open(socketPath, agentTimeoutMs);
+    const onAbort = () => agent.abort(cancelled());
+    signal?.addEventListener("abort", onAbort, { once: true });
     try {
+      if (signal?.aborted) throw cancelled();
       const deadline = options.timeoutMs > 0 ? Date.now() + options.timeoutMs : Infinity;
       const { pid } = (await agent.execute(
         "guest-exec",
@@ -92,8 +108,14 @@ export function guestExec(
         if (status.exited) return resultOf(status);
         if (Date.now() >= deadline) throw new GuestExecTimeoutError(options.timeoutMs);
         await new Promise((r) => setTimeout(r, options.pollMs ?? 50));
+        if (signal?.aborted) throw cancelled();
       }
+    } catch (error) {
+      // Whatever failed while the call was being cancelled, the cancellation is the news.
+      if (signal?.aborted && !(error instanceof GuestExecCancelledError)) throw cancelled();
+      throw error;
     } finally {
+      signal?.removeEventListener("abort", onAbort);
       agent.close();
     }
   });
@@ -172,6 +194,14 @@ class AgentConnection {
   }
 
   close(): void {
+    this.socket.destroy();
+  }
+
+  /** Fails whatever waits on the agent with `error`, and closes the channel. */
+  abort(error: Error): void {
+    this.failure ??= error;
+    this.waiting?.(this.failure);
+    this.waiting = undefined;
     this.socket.destroy();
   }
 
@@ -328,4 +358,10 @@ class ByteQueue {
     this.scanned = 0;
     return head;
   }
+}
+
+function abortReason(signal: AbortSignal | undefined): string {
+  const reason: unknown = signal?.reason;
+  if (reason instanceof Error && reason.name !== "AbortError") return reason.message;
+  return typeof reason === "string" ? reason : "cancelled";
 }

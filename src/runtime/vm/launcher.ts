@@ -519,7 +519,7 @@ class RunningVm implements VmHandle {
     await this.writer.reopen();
   }
 
-  async exec(argv: string[], timeoutMs: number): Promise<GuestExecResult> {
+  async exec(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<GuestExecResult> {
     this.assertAttached("exec");
     if (this.done) throw new GuestAgentUnavailableError("the VM has exited");
     const socket = this.record.guestAgentSocket;
@@ -528,7 +528,7 @@ class RunningVm implements VmHandle {
         "the VM was started without a guest agent port (by an older vmlet)",
       );
     }
-    return guestExec(socket, argv, { timeoutMs });
+    return guestExec(socket, argv, { timeoutMs, ...(signal ? { signal } : {}) });
   }
 
   async detach(): Promise<void> {
