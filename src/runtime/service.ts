@@ -57,8 +57,8 @@ export interface VmRuntimeOptions {
 
 interface Running {
   handle: VmHandle;
-  /** Settles once the exit is recorded. */
-  recorded: Promise<void>;
+  /** The VM's exit; a rejected `handle.exited` becomes an Error exit. */
+  exited: Promise<VmExit>;
 }
 
 /** Exit code and reason of a VM whose start failed or that vanished while vmlet was down. */
@@ -515,7 +515,7 @@ export class VmRuntime {
         await handle.kill().catch(() => {});
         throw error;
       }
-      this.watch(record.id, handle);
+      this.watch(record, handle);
       log.info({ pid: handle.pid }, "VM started");
     });
     return {};
@@ -902,7 +902,8 @@ export class VmRuntime {
       log.warn({ err: error }, "stop VM failed; killing it");
       await running.handle.kill();
     }
-    await running.recorded;
+    // Recorded here, under the pod lock this runs in; the watcher's turn then finds it done.
+    await this.recordVmExit(id, running.handle, await running.exited);
     log.info({ timeoutMs }, "VM stopped");
   }
 
@@ -921,7 +922,7 @@ export class VmRuntime {
     const log = this.containerLog(record);
     const handle = record.vm === undefined ? undefined : await this.launcher.adopt(record.vm);
     if (handle) {
-      this.watch(record.id, handle);
+      this.watch(record, handle);
       log.info({ pid: handle.pid }, "VM adopted");
       return this.running.get(record.id);
     }
@@ -935,37 +936,40 @@ export class VmRuntime {
     return undefined;
   }
 
-  private watch(id: string, handle: VmHandle): void {
-    const recorded = handle.exited.then(
-      (exit) => this.onExit(id, handle, exit),
-      (error: unknown) =>
-        this.onExit(
-          id,
-          handle,
-          { exitCode: UNKNOWN_EXIT, reason: "Error", finishedAt: Date.now() },
-          errorMessage(error),
+  /** Records the VM's exit when it comes, under the pod lock, as every change of the pod is. */
+  private watch(record: ContainerRecord, handle: VmHandle): void {
+    const exited = handle.exited.catch(
+      (error: unknown): VmExit => ({
+        exitCode: UNKNOWN_EXIT,
+        reason: "Error",
+        message: errorMessage(error),
+        finishedAt: Date.now(),
+      }),
+    );
+    this.running.set(record.id, { handle, exited });
+    void exited.then((exit) =>
+      this.lock
+        .run(record.sandboxId, () => this.recordVmExit(record.id, handle, exit))
+        .catch((error: unknown) =>
+          this.logger.error({ err: error, containerId: record.id }, "record VM exit failed"),
         ),
     );
-    this.running.set(id, { handle, recorded });
   }
 
-  private async onExit(id: string, handle: VmHandle, exit: VmExit, message = ""): Promise<void> {
-    if (this.running.get(id)?.handle !== handle) return; // detached, or replaced
+  /** Once per VM: the first caller (a stop under the lock, or the watcher) records it. */
+  private async recordVmExit(id: string, handle: VmHandle, exit: VmExit): Promise<void> {
+    if (this.running.get(id)?.handle !== handle) return; // recorded, detached, or replaced
     this.running.delete(id);
-    try {
-      await this.recordExit(id, {
-        exitCode: exit.exitCode,
-        reason: exit.reason || (exit.exitCode === 0 ? "Completed" : "Error"),
-        message: message || exit.message || "",
-        finishedAt: toNs(exit.finishedAt),
-      });
-      this.containerLog(this.store.containers.get(id)).info(
-        { exitCode: exit.exitCode, reason: exit.reason },
-        "VM exited",
-      );
-    } catch (error) {
-      this.logger.error({ err: error, containerId: id }, "record VM exit failed");
-    }
+    await this.recordExit(id, {
+      exitCode: exit.exitCode,
+      reason: exit.reason || (exit.exitCode === 0 ? "Completed" : "Error"),
+      message: exit.message || "",
+      finishedAt: toNs(exit.finishedAt),
+    });
+    this.containerLog(this.store.containers.get(id)).info(
+      { exitCode: exit.exitCode, reason: exit.reason },
+      "VM exited",
+    );
   }
 
   private async recordExit(

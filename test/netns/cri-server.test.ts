@@ -5,6 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
+import { RecordStore, type StoredRecord } from "../../src/runtime/store";
 import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
 import { requirePrivateNamespace } from "../harness/fixtures";
 import { fakeQcow2 } from "../harness/qcow2";
@@ -726,6 +727,52 @@ describe("CRI server", () => {
       t.launcher.failAdopts = undefined;
     }
     await r().RemovePodSandbox({ podSandboxId });
+  });
+
+  test("a VM that exits on its own while RemoveContainer runs: its exit is recorded under the pod lock, and the removed container stays removed", async () => {
+    const r = t.client.runtime;
+    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("exitrace") });
+    const { containerId } = await r.CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    await r.StartContainer({ containerId });
+    const { pid } = JSON.parse(
+      (await r.ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    // The first write of the exit record is held, as a slow fsync would hold it (a disk
+    // cannot be made slow on demand): the window in which RemoveContainer arrives.
+    const put = RecordStore.prototype.put;
+    let held: (() => void) | undefined;
+    let hit!: () => void;
+    const reached = new Promise<void>((resolve) => {
+      hit = resolve;
+    });
+    RecordStore.prototype.put = async function (this: RecordStore<StoredRecord>, record) {
+      const exited = (record as { id: string; phase?: string }).phase === "exited";
+      if (exited && record.id === containerId && !held) {
+        await new Promise<void>((resolve) => {
+          held = resolve;
+          hit();
+        });
+      }
+      return put.call(this, record);
+    };
+    try {
+      process.kill(pid, "SIGKILL"); // the VM ends by itself
+      await reached;
+      const removing = r.RemoveContainer({ containerId });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      held?.();
+      await removing;
+    } finally {
+      RecordStore.prototype.put = put;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const listed = await r.ListContainers({ filter: { podSandboxId } });
+    assert.deepEqual(listed.containers, [], "no exited record comes back after the removal");
+    assert.ok(!fs.existsSync(path.join(t.stateDir, "containers", `${containerId}.json`)));
+    await r.RemovePodSandbox({ podSandboxId });
   });
 
   test("a pod whose network did not come back after a restart is NOTREADY, so kubelet recreates it", async () => {
