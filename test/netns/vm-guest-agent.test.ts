@@ -173,6 +173,44 @@ describe("guest agent client, without a working agent", () => {
     }
   });
 
+  it("replies of the wrong shape (null, numbers, arrays, strings) are refused as protocol errors, never thrown elsewhere", async () => {
+    const replies = [
+      "null",
+      "42",
+      "[1]",
+      '"text"',
+      '{"return": null}',
+      '{"return": [1]}',
+      '{"return": {"pid": "1"}}',
+    ];
+    let next = 0;
+    const server = await fakeChannel("shapes.sock", (c) => {
+      c.on("data", (d) => {
+        for (const text of d.toString().split("\n").filter(Boolean)) {
+          const request = JSON.parse(text) as { execute: string; arguments: { id?: number } };
+          if (request.execute === "guest-sync-delimited") {
+            c.write(Buffer.from([0xff]));
+            c.write(`{"return": ${request.arguments.id}}\n`);
+          } else {
+            c.write(`${replies[next++]}\n`);
+          }
+        }
+      });
+      c.on("error", () => {});
+    });
+    try {
+      for (const reply of replies) {
+        await assert.rejects(
+          guestExec(path.join(dir, "shapes.sock"), ["true"], { timeoutMs: 1000 }),
+          (e: unknown) => e instanceof GuestAgentProtocolError,
+          `reply ${reply}`,
+        );
+      }
+    } finally {
+      server.close();
+    }
+  });
+
   it("a flood without a newline is cut off, not buffered without end", async () => {
     const server = await fakeChannel("flood.sock", (c) => {
       c.on("data", (d) => {

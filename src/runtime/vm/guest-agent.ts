@@ -90,19 +90,22 @@ export function guestExec(
     try {
       if (signal?.aborted) throw cancelled();
       const deadline = options.timeoutMs > 0 ? Date.now() + options.timeoutMs : Infinity;
-      const { pid } = (await agent.execute(
+      const started = await agent.execute(
         "guest-exec",
         { path: argv[0], arg: argv.slice(1), "capture-output": true },
         agentTimeoutMs,
-      )) as { pid?: unknown };
-      if (typeof pid !== "number") throw new GuestAgentProtocolError(`guest-exec gave pid ${pid}`);
+      );
+      const pid = isObject(started) ? started.pid : undefined;
+      if (typeof pid !== "number" || !Number.isInteger(pid)) {
+        throw new GuestAgentProtocolError(`guest-exec gave pid ${JSON.stringify(pid)}`);
+      }
       for (;;) {
         const status = (await agent.execute(
           "guest-exec-status",
           { pid },
           agentTimeoutMs,
         )) as ExecStatus;
-        if (typeof status?.exited !== "boolean") {
+        if (!isObject(status) || typeof status.exited !== "boolean") {
           throw new GuestAgentProtocolError("guest-exec-status without 'exited'");
         }
         if (status.exited) return resultOf(status);
@@ -298,10 +301,12 @@ function parseReply(line: Buffer): object {
       `not JSON: ${JSON.stringify(line.subarray(0, 80).toString())}`,
     );
   }
-  if (typeof reply !== "object" || reply === null) {
-    throw new GuestAgentProtocolError("a reply that is not a JSON object");
-  }
+  if (!isObject(reply)) throw new GuestAgentProtocolError("a reply that is not a JSON object");
   return reply;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 /**
