@@ -41,6 +41,8 @@ export interface VmLauncherOptions {
 
 /** What adopt() may take in all: connect, console catch-up, query-status. */
 const ADOPT_TIMEOUT_MS = 15_000;
+/** How long a SIGKILLed QEMU may take to be gone before killRecorded() says so. */
+const KILL_WAIT_MS = 10_000;
 
 const silentLog: VmLog = { info() {}, warn() {}, error() {} };
 
@@ -202,7 +204,18 @@ export class VmLauncher {
       if ((error as NodeJS.ErrnoException).code === "ESRCH") return false;
       throw error;
     }
-    while (await isSameLiveProcess(record.pid, record.pidStartTime)) await sleep(20);
+    // SIGKILL cannot be refused, but a process in uninterruptible sleep dies late.
+    const deadline = Date.now() + KILL_WAIT_MS;
+    while (await isSameLiveProcess(record.pid, record.pidStartTime)) {
+      if (Date.now() > deadline) {
+        throw new VmError(
+          record.id,
+          "kill",
+          `QEMU (pid ${record.pid}) still alive ${KILL_WAIT_MS} ms after SIGKILL`,
+        );
+      }
+      await sleep(20);
+    }
     this.log.info({ vm: record.id, pid: record.pid }, "vm killed by its pid (not adopted)");
     return true;
   }
