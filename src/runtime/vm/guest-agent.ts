@@ -178,10 +178,20 @@ class AgentConnection {
   static async open(socketPath: string, timeoutMs: number): Promise<AgentConnection> {
     const socket = net.connect(socketPath);
     await new Promise<void>((resolve, reject) => {
-      socket.once("connect", resolve);
-      socket.once("error", (error) =>
-        reject(new GuestAgentUnavailableError(`connect ${socketPath}: ${error.message}`)),
-      );
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(
+          new GuestAgentUnavailableError(`connect ${socketPath}: no answer in ${timeoutMs} ms`),
+        );
+      }, timeoutMs);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.once("error", (error) => {
+        clearTimeout(timer);
+        reject(new GuestAgentUnavailableError(`connect ${socketPath}: ${error.message}`));
+      });
     });
     const agent = new AgentConnection(socket);
     try {
