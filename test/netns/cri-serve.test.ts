@@ -16,6 +16,7 @@ import {
   makeCniSandbox,
   makePod,
 } from "../harness/cni-fixtures";
+import { wedgedContainer } from "../harness/fake-qemu";
 import { requirePrivateNamespace, uniqueName } from "../harness/fixtures";
 
 const MAIN = path.resolve(__dirname, "../../src/cli/main.js");
@@ -26,7 +27,11 @@ interface Served {
   exited: Promise<number | null>;
 }
 
-async function startServe(args: string[], socket: string): Promise<Served> {
+async function startServe(
+  args: string[],
+  socket: string,
+  listenWithinMs = 10_000,
+): Promise<Served> {
   fs.rmSync(socket, { force: true });
   const child = spawn(process.execPath, [MAIN, "serve", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
@@ -46,7 +51,7 @@ async function startServe(args: string[], socket: string): Promise<Served> {
   const exited = new Promise<number | null>((resolve) =>
     child.once("exit", (code) => resolve(code)),
   );
-  const deadline = Date.now() + 10_000;
+  const deadline = Date.now() + listenWithinMs;
   while (!logs.some((l) => l.includes("CRI server listening"))) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill("SIGKILL");
@@ -55,6 +60,15 @@ async function startServe(args: string[], socket: string): Promise<Served> {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return { child, logs, exited };
+}
+
+function isDead(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
 }
 
 describe("vmlet serve", () => {
@@ -170,6 +184,52 @@ describe("vmlet serve", () => {
       await client.runtime.RemovePodSandbox(id);
     }
     assert.deepEqual(allocations(cni.dataDir, "servenet"), []);
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0);
+    served = undefined;
+  });
+
+  test("with running QEMUs whose QMP never answers, vmlet still starts and listens, and stopping them kills them in time", async () => {
+    served = await startServe(args, socket);
+    client = connectCri(socket);
+    const caps = await client.runtime.RunPodSandbox({ config: podConfig("wedged-caps") });
+    const silent = await client.runtime.RunPodSandbox({ config: podConfig("wedged-silent") });
+    client.close();
+    client = undefined;
+    served.child.kill("SIGKILL");
+    await served.exited;
+
+    // What the crashed vmlet left: two running VMs whose monitors then wedged, one after
+    // negotiating capabilities and one before.
+    const stateDir = path.join(cni.root, "state");
+    const a = await wedgedContainer(stateDir, caps.podSandboxId, "caps", "capabilities");
+    const b = await wedgedContainer(stateDir, silent.podSandboxId, "silent", "silent");
+    try {
+      // Both adopted at once, each within QMP's 5 s deadlines (connect; query-status).
+      served = await startServe(args, socket, 9000);
+      client = connectCri(socket);
+      const stopAt = Date.now();
+      await client.runtime.StopContainer({ containerId: a.id, timeout: 2 });
+      assert.ok(Date.now() - stopAt < 3000, `StopContainer took ${Date.now() - stopAt} ms`);
+      assert.ok(isDead(a.fake.pid!), "the adopted wedged VM is killed after the grace period");
+      assert.equal(
+        (await client.runtime.ContainerStatus({ containerId: a.id })).status?.state,
+        "CONTAINER_EXITED",
+      );
+      // The one that never negotiated could not be adopted: StopPodSandbox kills it by pid.
+      await client.runtime.StopPodSandbox(silent);
+      assert.ok(isDead(b.fake.pid!), "the unadopted wedged VM is killed by its pid");
+      const sb = (await client.runtime.ContainerStatus({ containerId: b.id })).status;
+      assert.equal(sb?.state, "CONTAINER_EXITED");
+      assert.match(sb?.message ?? "", /killed by vmlet by its pid: the VM could not be adopted/);
+      for (const id of [caps, silent]) {
+        await client.runtime.StopPodSandbox(id);
+        await client.runtime.RemovePodSandbox(id);
+      }
+    } finally {
+      a.fake.kill("SIGKILL");
+      b.fake.kill("SIGKILL");
+    }
     served.child.kill("SIGTERM");
     assert.equal(await served.exited, 0);
     served = undefined;
