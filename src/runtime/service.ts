@@ -87,6 +87,9 @@ export class VmRuntime {
   /** Sandboxes inside RunPodSandbox: the reaper leaves them alone. */
   private readonly creating = new Set<string>();
   private reaper: NodeJS.Timeout | undefined;
+  private readopting = false;
+  /** Let go of the VMs (vmlet stopping): nothing is adopted any more. */
+  private detached = false;
 
   constructor(options: VmRuntimeOptions) {
     this.store = options.store;
@@ -820,8 +823,34 @@ export class VmRuntime {
       this.reapHalfMade("retrying the teardown of a failed RunPodSandbox").catch((error: unknown) =>
         this.logger.error({ err: error }, "reap half-made sandboxes failed"),
       );
+      if (this.readopting) return; // a wedged QEMU's adoption may outlast the interval
+      this.readopting = true;
+      this.readoptUnwatched()
+        .catch((error: unknown) => this.logger.error({ err: error }, "re-adopting VMs failed"))
+        .finally(() => {
+          this.readopting = false;
+        });
     }, intervalMs);
     this.reaper.unref();
+  }
+
+  /**
+   * Tries again to adopt VMs running on record that no one watches (their adoption failed
+   * at start): one adopted now has its exit seen; one that is gone is recorded exited.
+   */
+  async readoptUnwatched(): Promise<void> {
+    for (const record of this.store.containers.list()) {
+      if (record.phase !== "running" || this.running.has(record.id)) continue;
+      await this.lock.run(record.sandboxId, async () => {
+        const now = this.store.containers.get(record.id);
+        if (now?.phase !== "running" || this.running.has(now.id) || this.detached) return;
+        try {
+          await this.reattach(now);
+        } catch (error) {
+          this.containerLog(now).warn({ err: error }, "adopt VM failed again; will retry");
+        }
+      });
+    }
   }
 
   async reapHalfMade(why: string): Promise<void> {
@@ -837,6 +866,7 @@ export class VmRuntime {
 
   /** Lets go of the VMs without stopping them: they outlive vmlet and are adopted next start. */
   async detach(): Promise<void> {
+    this.detached = true;
     if (this.reaper) clearInterval(this.reaper);
     const handles = [...this.running.values()].map((r) => r.handle);
     this.running.clear();
@@ -921,6 +951,11 @@ export class VmRuntime {
   private async reattach(record: ContainerRecord): Promise<Running | undefined> {
     const log = this.containerLog(record);
     const handle = record.vm === undefined ? undefined : await this.launcher.adopt(record.vm);
+    if (handle && this.detached) {
+      // Adopted as vmlet let go of its VMs: this one goes too, for the next start.
+      await handle.detach?.();
+      return undefined;
+    }
     if (handle) {
       this.watch(record, handle);
       log.info({ pid: handle.pid }, "VM adopted");

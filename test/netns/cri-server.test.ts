@@ -700,6 +700,31 @@ describe("CRI server", () => {
     await waitDead(pid);
   });
 
+  test("a VM not adopted at start is adopted again later, so that its exit is still seen", async () => {
+    const r = () => t.client.runtime;
+    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("readopt") });
+    const { containerId } = await r().CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    await r().StartContainer({ containerId });
+    const { pid } = JSON.parse(
+      (await r().ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    t.launcher.failNextAdopt = new Error("QMP: no greeting within 5000 ms");
+    await t.restart();
+    await t.vmlet.runtime.readoptUnwatched(); // what the reaper does every 30 s
+    process.kill(pid, "SIGKILL"); // the VM then ends by itself
+    await waitDead(pid);
+    for (let i = 0; i < 50; i++) {
+      const s = (await r().ContainerStatus({ containerId })).status;
+      if (s?.state === "CONTAINER_EXITED") break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal((await r().ContainerStatus({ containerId })).status?.state, "CONTAINER_EXITED");
+    await r().RemovePodSandbox({ podSandboxId });
+  });
+
   test("a VM that can never be adopted (its QMP never answers) is killed by its pid when the pod stops", async () => {
     const r = () => t.client.runtime;
     const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("wedged") });
