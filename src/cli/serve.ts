@@ -199,8 +199,35 @@ export async function startDaemon(
   };
 }
 
+/** sysexits.h EX_SOFTWARE: vmlet ended on an error nothing handled. */
+export const CRASH_EXIT_CODE = 70;
+
+/**
+ * The last resort: an error no handler caught leaves vmlet in a state nobody reasoned
+ * about, so it is logged with what is known and vmlet exits non-zero. systemd restarts it
+ * (Restart=always), and with KillMode=process the VMs run on and are adopted again.
+ */
+export function installCrashPolicy(
+  logger: pino.Logger,
+  exit: (code: number) => void = (code) => process.exit(code),
+): void {
+  const crash = (kind: string) => (error: unknown) => {
+    try {
+      logger.fatal(
+        { err: error, kind },
+        `${kind}: vmlet exits (code ${CRASH_EXIT_CODE}) to be restarted; VMs keep running`,
+      );
+    } finally {
+      exit(CRASH_EXIT_CODE);
+    }
+  };
+  process.on("uncaughtException", crash("uncaught exception"));
+  process.on("unhandledRejection", crash("unhandled rejection"));
+}
+
 export async function serve(options: ServeOptions): Promise<number> {
   const daemon = await startDaemon(options);
+  installCrashPolicy(daemon.logger);
   daemon.logger.info({ ...options }, "vmlet serving");
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGINT", () => resolve("SIGINT"));

@@ -10,6 +10,7 @@ export type CriCode =
   | "UNIMPLEMENTED"
   | "UNAVAILABLE"
   | "DEADLINE_EXCEEDED"
+  | "CANCELLED"
   | "UNKNOWN"
   | "INTERNAL";
 
@@ -21,6 +22,7 @@ export const GRPC_CODES: Record<CriCode, status> = {
   UNIMPLEMENTED: status.UNIMPLEMENTED,
   UNAVAILABLE: status.UNAVAILABLE,
   DEADLINE_EXCEEDED: status.DEADLINE_EXCEEDED,
+  CANCELLED: status.CANCELLED,
   UNKNOWN: status.UNKNOWN,
   INTERNAL: status.INTERNAL,
 };

@@ -12,6 +12,8 @@ export function createVmLauncher(options: { logger: Logger }): VmLauncher {
     start: (spec: VmSpec): Promise<VmHandle> => qemu.start(spec),
     adopt: (record: unknown) => qemu.adopt(record as Parameters<QemuLauncher["adopt"]>[0]),
     discard: (dir: string) => killQemuOfDir(dir),
+    killRecorded: (record: unknown) =>
+      qemu.killRecorded(record as Parameters<QemuLauncher["killRecorded"]>[0]),
   };
 }
 

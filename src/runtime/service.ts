@@ -38,6 +38,7 @@ import { CRI_API_VERSION, RUNTIME_NAME, VMLET_VERSION } from "./version";
 import {
   GuestAgentCommandError,
   GuestAgentUnavailableError,
+  GuestExecCancelledError,
   GuestExecTimeoutError,
 } from "./vm/guest-agent";
 import { ANNOTATION_USER_DATA, filesFromMount, isCopiedVolume, sshKeys, vmSize } from "./vm-config";
@@ -57,13 +58,17 @@ export interface VmRuntimeOptions {
 
 interface Running {
   handle: VmHandle;
-  /** Settles once the exit is recorded. */
-  recorded: Promise<void>;
+  /** The VM's exit; a rejected `handle.exited` becomes an Error exit. */
+  exited: Promise<VmExit>;
 }
 
 /** Exit code and reason of a VM whose start failed or that vanished while vmlet was down. */
 const START_ERROR_EXIT = 128;
 const UNKNOWN_EXIT = 255;
+/** ExecSync with timeout 0 and no call deadline: the most it may hold the agent's channel. */
+const EXEC_TIMEOUT_CAP_MS = 120_000;
+/** 128 + SIGKILL, as a shell reports a killed process. */
+const KILLED_EXIT = 137;
 
 export class VmRuntime {
   private readonly store: StateStore;
@@ -75,12 +80,17 @@ export class VmRuntime {
   private readonly cgroupDriver: CgroupDriver;
   private readonly vmDir: string;
   private readonly lock = new KeyedLock();
+  /** RunPodSandbox by pod attempt (namespace, name, uid, attempt). */
+  private readonly attemptLock = new KeyedLock();
   private readonly running = new Map<string, Running>();
   private readonly cpuSamples = new Map<string, { atNs: bigint; cpuNanos: bigint }>();
   private podCidr = "";
   /** Sandboxes inside RunPodSandbox: the reaper leaves them alone. */
   private readonly creating = new Set<string>();
   private reaper: NodeJS.Timeout | undefined;
+  private readopting = false;
+  /** Let go of the VMs (vmlet stopping): nothing is adopted any more. */
+  private detached = false;
 
   constructor(options: VmRuntimeOptions) {
     this.store = options.store;
@@ -173,6 +183,18 @@ export class VmRuntime {
         `RunPodSandbox ${pod}: hostNetwork pods are not supported: a VM pod has its own network`,
       );
     }
+    // One call per pod attempt at a time: a duplicate sees the first one's sandbox, and
+    // a pod attempt never gets two networks.
+    const attemptKey = JSON.stringify([md.namespace, md.name, md.uid, md.attempt]);
+    return this.attemptLock.run(attemptKey, () => this.runPodSandboxLocked(req, config, md, pod));
+  }
+
+  private async runPodSandboxLocked(
+    req: cri.RunPodSandboxRequest__Output,
+    config: cri.PodSandboxConfig__Output,
+    md: cri.PodSandboxMetadata__Output,
+    pod: string,
+  ): Promise<cri.RunPodSandboxResponse> {
     // Checked before anything is recorded: a bad annotation leaves nothing behind.
     const capabilities = cniCapabilities(config, pod);
     const same = this.store.sandboxes
@@ -184,7 +206,22 @@ export class VmRuntime {
           s.metadata.name === md.name &&
           s.metadata.attempt === md.attempt,
       );
-    if (same) {
+    if (same?.phase === "creating") {
+      // Left by a RunPodSandbox whose cleanup failed: kubelet never learnt its id, so it
+      // is finished off now, and this call makes the sandbox anew.
+      await this.lock.run(same.id, async () => {
+        if (this.store.sandboxes.get(same.id)?.phase !== "creating") return;
+        const log = this.sandboxLog(same);
+        const cleaned = await this.undoSandbox(same.id, log);
+        log.warn(`half-made sandbox of the same pod attempt: ${cleaned}`);
+        if (this.store.sandboxes.has(same.id)) {
+          throw new CriError(
+            "UNKNOWN",
+            `RunPodSandbox ${pod}: attempt ${md.attempt}: the half-made sandbox of an earlier call could not be torn down: ${cleaned}`,
+          );
+        }
+      });
+    } else if (same) {
       throw new CriError(
         "ALREADY_EXISTS",
         `RunPodSandbox ${pod}: attempt ${md.attempt} exists as sandbox ${same.id}`,
@@ -484,7 +521,7 @@ export class VmRuntime {
         await handle.kill().catch(() => {});
         throw error;
       }
-      this.watch(record.id, handle);
+      this.watch(record, handle);
       log.info({ pid: handle.pid }, "VM started");
     });
     return {};
@@ -562,7 +599,10 @@ export class VmRuntime {
    * Runs a command in the VM through the QEMU guest agent (exec probes, crictl exec -s).
    * An agent's error starting the command (no such program, say) is the shell's 127.
    */
-  async execSync(req: cri.ExecSyncRequest__Output): Promise<cri.ExecSyncResponse> {
+  async execSync(
+    req: cri.ExecSyncRequest__Output,
+    call?: { signal?: AbortSignal; deadline?: number },
+  ): Promise<cri.ExecSyncResponse> {
     const record = this.mustContainer(req.containerId, "ExecSync");
     const where = `ExecSync ${record.id}`;
     if (req.cmd.length === 0 || req.cmd[0] === "") throw invalidArgument(`${where}: cmd is empty`);
@@ -573,9 +613,18 @@ export class VmRuntime {
     if (!handle.exec) {
       throw new CriError("UNIMPLEMENTED", `${where}: this VM launcher cannot run commands`);
     }
-    const timeoutMs = Math.max(0, Number(req.timeout)) * 1000;
+    // timeout 0 (crictl's default) is the call's deadline, or a cap: never no limit, which
+    // would hold the VM's one agent channel, and every later probe, forever.
+    const requested = Math.max(0, Number(req.timeout)) * 1000;
+    const untilDeadline = (call?.deadline ?? Number.POSITIVE_INFINITY) - Date.now();
+    const timeoutMs =
+      requested > 0
+        ? requested
+        : Number.isFinite(untilDeadline)
+          ? Math.max(1, untilDeadline)
+          : EXEC_TIMEOUT_CAP_MS;
     try {
-      const result = await handle.exec(req.cmd, timeoutMs);
+      const result = await handle.exec(req.cmd, timeoutMs, call?.signal);
       return { stdout: result.stdout, stderr: result.stderr, exitCode: result.exitCode };
     } catch (error) {
       if (error instanceof GuestAgentCommandError) {
@@ -587,6 +636,7 @@ export class VmRuntime {
       }
       const message = `${where} ${JSON.stringify(req.cmd)}: ${errorMessage(error)}`;
       if (error instanceof GuestExecTimeoutError) throw new CriError("DEADLINE_EXCEEDED", message);
+      if (error instanceof GuestExecCancelledError) throw new CriError("CANCELLED", message);
       if (error instanceof GuestAgentUnavailableError) throw failedPrecondition(message);
       throw new CriError("UNKNOWN", message, { cause: error });
     }
@@ -733,6 +783,7 @@ export class VmRuntime {
         );
       }
     }
+    const adoptions: Promise<void>[] = [];
     for (const record of this.store.containers.list()) {
       const log = this.containerLog(record);
       if (record.phase === "starting") {
@@ -749,14 +800,21 @@ export class VmRuntime {
         });
         log.warn("VM start interrupted by a restart: marked exited");
       } else if (record.phase === "running") {
-        try {
-          await this.reattach(record);
-        } catch (error) {
-          // Left RUNNING on record: a stop or removal tries again rather than leak the VM.
-          log.error({ err: error }, "adopt VM failed; a stop or removal will retry");
-        }
+        // All at once, each within the launcher's deadline: one wedged QEMU holds up
+        // neither the others nor the socket.
+        adoptions.push(
+          this.reattach(record).then(
+            () => {},
+            (error: unknown) => {
+              // Left RUNNING on record: a stop or removal tries again, and kills it by
+              // its pid if it still cannot be adopted, rather than leak the VM.
+              log.error({ err: error }, "adopt VM failed; a stop or removal will retry");
+            },
+          ),
+        );
       }
     }
+    await Promise.all(adoptions);
   }
 
   /**
@@ -768,8 +826,34 @@ export class VmRuntime {
       this.reapHalfMade("retrying the teardown of a failed RunPodSandbox").catch((error: unknown) =>
         this.logger.error({ err: error }, "reap half-made sandboxes failed"),
       );
+      if (this.readopting) return; // a wedged QEMU's adoption may outlast the interval
+      this.readopting = true;
+      this.readoptUnwatched()
+        .catch((error: unknown) => this.logger.error({ err: error }, "re-adopting VMs failed"))
+        .finally(() => {
+          this.readopting = false;
+        });
     }, intervalMs);
     this.reaper.unref();
+  }
+
+  /**
+   * Tries again to adopt VMs running on record that no one watches (their adoption failed
+   * at start): one adopted now has its exit seen; one that is gone is recorded exited.
+   */
+  async readoptUnwatched(): Promise<void> {
+    for (const record of this.store.containers.list()) {
+      if (record.phase !== "running" || this.running.has(record.id)) continue;
+      await this.lock.run(record.sandboxId, async () => {
+        const now = this.store.containers.get(record.id);
+        if (now?.phase !== "running" || this.running.has(now.id) || this.detached) return;
+        try {
+          await this.reattach(now);
+        } catch (error) {
+          this.containerLog(now).warn({ err: error }, "adopt VM failed again; will retry");
+        }
+      });
+    }
   }
 
   async reapHalfMade(why: string): Promise<void> {
@@ -785,6 +869,7 @@ export class VmRuntime {
 
   /** Lets go of the VMs without stopping them: they outlive vmlet and are adopted next start. */
   async detach(): Promise<void> {
+    this.detached = true;
     if (this.reaper) clearInterval(this.reaper);
     const handles = [...this.running.values()].map((r) => r.handle);
     this.running.clear();
@@ -821,7 +906,25 @@ export class VmRuntime {
       // VM is never left behind by a stop or a removal.
       const record = this.store.containers.get(id);
       if (record?.phase !== "running") return; // stopped already (idempotent)
-      running = await this.reattach(record);
+      try {
+        running = await this.reattach(record);
+      } catch (error) {
+        // Its QMP does not answer: the VM still ends, by its known pid, so that a stop
+        // succeeds rather than fail on every retry.
+        if (!this.launcher.killRecorded || record.vm === undefined) throw error;
+        const killed = await this.launcher.killRecorded(record.vm);
+        await this.recordExit(id, {
+          exitCode: KILLED_EXIT,
+          reason: "Killed",
+          message: `${killed ? "killed by vmlet by its pid" : "gone"}: the VM could not be adopted (${errorMessage(error)})`,
+          finishedAt: nowNs(),
+        });
+        this.containerLog(record).warn(
+          { err: error, killed },
+          "VM not adoptable: killed by its pid",
+        );
+        return;
+      }
       if (!running) return;
     }
     const log = this.containerLog(this.store.containers.get(id));
@@ -832,7 +935,8 @@ export class VmRuntime {
       log.warn({ err: error }, "stop VM failed; killing it");
       await running.handle.kill();
     }
-    await running.recorded;
+    // Recorded here, under the pod lock this runs in; the watcher's turn then finds it done.
+    await this.recordVmExit(id, running.handle, await running.exited);
     log.info({ timeoutMs }, "VM stopped");
   }
 
@@ -850,8 +954,13 @@ export class VmRuntime {
   private async reattach(record: ContainerRecord): Promise<Running | undefined> {
     const log = this.containerLog(record);
     const handle = record.vm === undefined ? undefined : await this.launcher.adopt(record.vm);
+    if (handle && this.detached) {
+      // Adopted as vmlet let go of its VMs: this one goes too, for the next start.
+      await handle.detach?.();
+      return undefined;
+    }
     if (handle) {
-      this.watch(record.id, handle);
+      this.watch(record, handle);
       log.info({ pid: handle.pid }, "VM adopted");
       return this.running.get(record.id);
     }
@@ -865,37 +974,40 @@ export class VmRuntime {
     return undefined;
   }
 
-  private watch(id: string, handle: VmHandle): void {
-    const recorded = handle.exited.then(
-      (exit) => this.onExit(id, handle, exit),
-      (error: unknown) =>
-        this.onExit(
-          id,
-          handle,
-          { exitCode: UNKNOWN_EXIT, reason: "Error", finishedAt: Date.now() },
-          errorMessage(error),
+  /** Records the VM's exit when it comes, under the pod lock, as every change of the pod is. */
+  private watch(record: ContainerRecord, handle: VmHandle): void {
+    const exited = handle.exited.catch(
+      (error: unknown): VmExit => ({
+        exitCode: UNKNOWN_EXIT,
+        reason: "Error",
+        message: errorMessage(error),
+        finishedAt: Date.now(),
+      }),
+    );
+    this.running.set(record.id, { handle, exited });
+    void exited.then((exit) =>
+      this.lock
+        .run(record.sandboxId, () => this.recordVmExit(record.id, handle, exit))
+        .catch((error: unknown) =>
+          this.logger.error({ err: error, containerId: record.id }, "record VM exit failed"),
         ),
     );
-    this.running.set(id, { handle, recorded });
   }
 
-  private async onExit(id: string, handle: VmHandle, exit: VmExit, message = ""): Promise<void> {
-    if (this.running.get(id)?.handle !== handle) return; // detached, or replaced
+  /** Once per VM: the first caller (a stop under the lock, or the watcher) records it. */
+  private async recordVmExit(id: string, handle: VmHandle, exit: VmExit): Promise<void> {
+    if (this.running.get(id)?.handle !== handle) return; // recorded, detached, or replaced
     this.running.delete(id);
-    try {
-      await this.recordExit(id, {
-        exitCode: exit.exitCode,
-        reason: exit.reason || (exit.exitCode === 0 ? "Completed" : "Error"),
-        message: message || exit.message || "",
-        finishedAt: toNs(exit.finishedAt),
-      });
-      this.containerLog(this.store.containers.get(id)).info(
-        { exitCode: exit.exitCode, reason: exit.reason },
-        "VM exited",
-      );
-    } catch (error) {
-      this.logger.error({ err: error, containerId: id }, "record VM exit failed");
-    }
+    await this.recordExit(id, {
+      exitCode: exit.exitCode,
+      reason: exit.reason || (exit.exitCode === 0 ? "Completed" : "Error"),
+      message: exit.message || "",
+      finishedAt: toNs(exit.finishedAt),
+    });
+    this.containerLog(this.store.containers.get(id)).info(
+      { exitCode: exit.exitCode, reason: exit.reason },
+      "VM exited",
+    );
   }
 
   private async recordExit(

@@ -58,7 +58,7 @@ export interface VmHandle {
   /** Stop watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
   detach?(): Promise<void>;
   /** Runs a command in the guest (ExecSync); absent when the launcher cannot. */
-  exec?(argv: string[], timeoutMs: number): Promise<ExecResult>;
+  exec?(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<ExecResult>;
 }
 
 export interface ExecResult {
@@ -74,4 +74,9 @@ export interface VmLauncher {
   adopt(record: unknown): Promise<VmHandle | undefined>;
   /** Kills whatever VM a start into `dir` that never returned left running. */
   discard?(dir: string): Promise<unknown>;
+  /**
+   * Kills the VM of a record that `adopt` could not take (its QMP does not answer), by
+   * its pid, only while that pid is still the recorded process; true if it was running.
+   */
+  killRecorded?(record: unknown): Promise<boolean>;
 }

@@ -3,6 +3,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import type { DhcpLease } from "../dhcp/server";
+import { removeStaleTemps, syncDir, writeFileAtomic } from "../util/atomic-file";
 import type { PodInterface, PodNetworkRequest } from "./types";
 
 export type PodPhase =
@@ -30,9 +31,24 @@ export interface PodRecord {
   interfaces: PersistedInterface[];
 }
 
-/** One JSON file per sandbox, replaced atomically (write, fsync, rename). */
+/** A record file that cannot be read; the store has renamed it to `setAsideAs`. */
+export interface UnreadableRecord {
+  sandboxId: string;
+  file: string;
+  setAsideAs: string;
+  error: string;
+}
+
+/**
+ * One JSON file per sandbox, replaced durably (src/util/atomic-file). A file that cannot
+ * be parsed is set aside under another name, so that one bad record neither stops the
+ * others' recovery nor fails every later call for its pod.
+ */
 export class PodStateStore {
-  constructor(private readonly dir: string) {}
+  constructor(
+    private readonly dir: string,
+    private readonly onUnreadable: (record: UnreadableRecord) => void = () => {},
+  ) {}
 
   private file(sandboxId: string): string {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(sandboxId)) {
@@ -41,33 +57,43 @@ export class PodStateStore {
     return path.join(this.dir, `${sandboxId}.json`);
   }
 
-  write(record: PodRecord): void {
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const file = this.file(record.request.pod.sandboxId);
-    const temp = `${file}.${process.pid}.tmp`;
-    const fd = fs.openSync(temp, "w", 0o600);
-    try {
-      fs.writeSync(fd, `${JSON.stringify(record, null, 2)}\n`);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(temp, file);
+  /** What opening the store does: temp files of writes a crash cut short are removed. */
+  async open(): Promise<void> {
+    await removeStaleTemps(this.dir);
+  }
+
+  async write(record: PodRecord): Promise<void> {
+    await fs.promises.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await writeFileAtomic(
+      this.file(record.request.pod.sandboxId),
+      `${JSON.stringify(record, null, 2)}\n`,
+    );
   }
 
   read(sandboxId: string): PodRecord | undefined {
+    const file = this.file(sandboxId);
+    let text: string;
     try {
-      return JSON.parse(fs.readFileSync(this.file(sandboxId), "utf8")) as PodRecord;
+      text = fs.readFileSync(file, "utf8");
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw new Error(`read pod network state ${sandboxId}: ${(error as Error).message}`, {
+      throw new Error(`read pod network state ${file}: ${(error as Error).message}`, {
         cause: error,
       });
     }
+    try {
+      return checkRecord(JSON.parse(text), sandboxId);
+    } catch (error) {
+      this.setAside(sandboxId, file, (error as Error).message);
+      return undefined;
+    }
   }
 
-  remove(sandboxId: string): void {
-    fs.rmSync(this.file(sandboxId), { force: true });
+  async remove(sandboxId: string): Promise<void> {
+    await fs.promises.rm(this.file(sandboxId), { force: true });
+    await syncDir(this.dir).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== "ENOENT") throw error;
+    });
   }
 
   list(): string[] {
@@ -82,4 +108,29 @@ export class PodStateStore {
       throw error;
     }
   }
+
+  private setAside(sandboxId: string, file: string, error: string): void {
+    const setAsideAs = `${file}.unreadable-${Date.now()}`;
+    try {
+      fs.renameSync(file, setAsideAs);
+    } catch (renameError) {
+      if ((renameError as NodeJS.ErrnoException).code === "ENOENT") return; // raced a remove
+      throw new Error(`set aside unreadable pod network state ${file}: ${String(renameError)}`, {
+        cause: renameError,
+      });
+    }
+    this.onUnreadable({ sandboxId, file, setAsideAs, error });
+  }
+}
+
+/** Enough of the shape for the code that reads it not to throw. */
+function checkRecord(value: unknown, sandboxId: string): PodRecord {
+  const record = value as Partial<PodRecord> | null;
+  if (typeof record !== "object" || record === null) throw new Error("not a JSON object");
+  if (record.version !== 1) throw new Error(`version ${String(record.version)}, not 1`);
+  if (record.request?.pod?.sandboxId !== sandboxId) throw new Error("sandbox id does not match");
+  if (typeof record.netnsName !== "string" || typeof record.netnsPath !== "string")
+    throw new Error("no netns");
+  if (!Array.isArray(record.interfaces)) throw new Error("no interfaces");
+  return record as PodRecord;
 }

@@ -58,8 +58,13 @@ export class Tapmanager {
   private readonly log: DhcpLog;
 
   constructor(private readonly options: TapmanagerOptions) {
-    this.store = new PodStateStore(options.stateDir);
     this.log = options.log ?? silentLog;
+    this.store = new PodStateStore(options.stateDir, (u) =>
+      this.log.warn(
+        { sandboxId: u.sandboxId, file: u.file, setAsideAs: u.setAsideAs, err: u.error },
+        "unreadable pod network record set aside; that pod's network is not recovered",
+      ),
+    );
   }
 
   networkStatus(): NetworkStatus {
@@ -98,7 +103,7 @@ export class Tapmanager {
       phase: "creating",
       interfaces: [],
     };
-    this.store.write(record);
+    await this.store.write(record);
     createNetns(netnsName);
     await this.step("loopback up", () => this.withRtnl(record, (r) => r.setUp("lo")));
     const attachments = await this.options.cni.addPod(request.pod, record.netnsPath, {
@@ -109,10 +114,10 @@ export class Tapmanager {
       this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
     );
     record.phase = "wiring";
-    this.store.write(record);
+    await this.store.write(record);
     await this.configure(record);
     record.phase = "ready";
-    this.store.write(record);
+    await this.store.write(record);
     return record;
   }
 
@@ -218,7 +223,14 @@ export class Tapmanager {
   tearDown(sandboxId: string): Promise<void> {
     return this.lock.run(sandboxId, async () => {
       const record = this.store.read(sandboxId);
-      if (record) await this.tearDownRecord(record);
+      if (record) {
+        await this.tearDownRecord(record);
+        return;
+      }
+      // No record (never made, or set aside as unreadable): its netns may still be there,
+      // under the name only vmlet gives; CNI GC frees what it held.
+      const netnsName = netnsNameFor(sandboxId);
+      if (isNetns(netnsPath(netnsName))) deleteNetns(netnsName);
     });
   }
 
@@ -239,7 +251,7 @@ export class Tapmanager {
       });
     }
     deleteNetns(record.netnsName);
-    this.store.remove(id);
+    await this.store.remove(id);
   }
 
   /** After a failed setUp: everything the record says may exist is removed. */
@@ -307,9 +319,16 @@ export class Tapmanager {
    */
   async recover(): Promise<RecoverOutcome> {
     const outcome: RecoverOutcome = { recovered: [], removed: [], failed: [] };
+    await this.store.open();
     for (const id of this.store.list()) {
       await this.lock.run(id, async () => {
-        const record = this.store.read(id);
+        let record: PodRecord | undefined;
+        try {
+          record = this.store.read(id);
+        } catch (error) {
+          outcome.failed.push({ sandboxId: id, error: `read: ${(error as Error).message}` });
+          return;
+        }
         if (!record) return;
         const removing = record.phase === "creating" || !isNetns(record.netnsPath);
         try {
@@ -320,13 +339,13 @@ export class Tapmanager {
           }
           await this.configure(record);
           record.phase = "ready";
-          this.store.write(record);
+          await this.store.write(record);
           outcome.recovered.push(id);
         } catch (error) {
           await this.stopServing(id).catch(() => {});
           if (!removing && record.phase === "ready") {
             record.phase = "wiring";
-            this.store.write(record);
+            await this.store.write(record);
           }
           const what = removing ? "remove" : "re-attach";
           outcome.failed.push({

@@ -16,7 +16,11 @@ export interface Served {
   records(from?: number): Record<string, unknown>[];
 }
 
-export async function startServe(args: string[], socket: string): Promise<Served> {
+export async function startServe(
+  args: string[],
+  socket: string,
+  listenWithinMs = 10_000,
+): Promise<Served> {
   fs.rmSync(socket, { force: true });
   const child = spawn(process.execPath, [MAIN, "serve", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
@@ -36,7 +40,7 @@ export async function startServe(args: string[], socket: string): Promise<Served
   const exited = new Promise<number | null>((resolve) =>
     child.once("exit", (code) => resolve(code)),
   );
-  const deadline = Date.now() + 10_000;
+  const deadline = Date.now() + listenWithinMs;
   while (!logs.some((l) => l.includes("CRI server listening"))) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill("SIGKILL");

@@ -148,6 +148,33 @@ describe("CRI on the tapmanager and real CNI plugins", () => {
     }
   });
 
+  test("concurrent duplicate RunPodSandbox calls of one pod attempt make one sandbox with one netns and one address", async () => {
+    const r = t.client.runtime;
+    const before = netnsNames().length;
+    const calls = await Promise.allSettled(
+      [1, 2, 3].map(() => r.RunPodSandbox({ config: podConfig("twice") })),
+    );
+    const made = calls.flatMap((c) => (c.status === "fulfilled" ? [c.value.podSandboxId] : []));
+    assert.equal(made.length, 1, `one call succeeds: ${JSON.stringify(calls)}`);
+    for (const c of calls) {
+      if (c.status === "fulfilled") continue;
+      const error = c.reason as { code?: number; details?: string };
+      assert.equal(error.code, status.ALREADY_EXISTS);
+      assert.match(error.details ?? "", new RegExp(`exists as sandbox ${made[0]}`));
+    }
+    assert.equal(netnsNames().length, before + 1, "one netns");
+    assert.equal(allocations(cni.dataDir, "podnet").length, 1, "one IPAM allocation");
+    const listed = await r.ListPodSandbox({ filter: { labelSelector: { app: "twice" } } });
+    assert.deepEqual(
+      listed.items.map((i) => i.id),
+      made,
+    );
+    await r.StopPodSandbox({ podSandboxId: made[0]! });
+    await r.RemovePodSandbox({ podSandboxId: made[0]! });
+    assert.equal(netnsNames().length, before);
+    assert.deepEqual(allocations(cni.dataDir, "podnet"), []);
+  });
+
   test("after a restart of vmlet the pod network is recovered and the pod is still READY", async () => {
     await new Promise((resolve) => setTimeout(resolve, 300)); // the watcher reloads the good config
     const r = () => t.client.runtime;

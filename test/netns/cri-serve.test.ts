@@ -15,8 +15,18 @@ import {
   makeCniSandbox,
   makePod,
 } from "../harness/cni-fixtures";
+import { wedgedContainer } from "../harness/fake-qemu";
 import { requirePrivateNamespace, uniqueName } from "../harness/fixtures";
 import { type Served, serveArgs, startServe } from "../harness/vmlet-serve";
+
+function isDead(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
+}
 
 describe("vmlet serve", () => {
   let cni: CniSandbox;
@@ -81,6 +91,88 @@ describe("vmlet serve", () => {
     await client.runtime.RemovePodSandbox({ podSandboxId });
     assert.deepEqual(allocations(cni.dataDir, "servenet"), []);
 
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0);
+    served = undefined;
+  });
+
+  test("a truncated pod network record is set aside with a log line naming it; vmlet starts and the other pods recover", async () => {
+    served = await startServe(args, socket);
+    client = connectCri(socket);
+    const good = await client.runtime.RunPodSandbox({ config: podConfig("intact") });
+    const torn = await client.runtime.RunPodSandbox({ config: podConfig("torn") });
+    const goodIp = (await client.runtime.PodSandboxStatus(good)).status?.network?.ip;
+    client.close();
+    client = undefined;
+    served.child.kill("SIGKILL");
+    await served.exited;
+
+    const file = path.join(cni.root, "state", "pods", `${torn.podSandboxId}.json`);
+    const text = fs.readFileSync(file, "utf8");
+    fs.writeFileSync(file, text.slice(0, 100));
+    served = await startServe(args, socket);
+    const warning = served.logs
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.file === file);
+    assert.match(String(warning?.msg), /unreadable pod network record set aside/);
+    client = connectCri(socket);
+    const intact = await client.runtime.PodSandboxStatus(good);
+    assert.equal(intact.status?.state, "SANDBOX_READY");
+    assert.equal(intact.status?.network?.ip, goodIp);
+    const lost = await client.runtime.PodSandboxStatus(torn);
+    assert.equal(lost.status?.state, "SANDBOX_NOTREADY", "kubelet makes that pod anew");
+    assert.deepEqual(allocations(cni.dataDir, "servenet"), [goodIp], "GC freed the torn pod's");
+    for (const id of [good, torn]) {
+      await client.runtime.StopPodSandbox(id);
+      await client.runtime.RemovePodSandbox(id);
+    }
+    assert.deepEqual(allocations(cni.dataDir, "servenet"), []);
+    served.child.kill("SIGTERM");
+    assert.equal(await served.exited, 0);
+    served = undefined;
+  });
+
+  test("with running QEMUs whose QMP never answers, vmlet still starts and listens, and stopping them kills them in time", async () => {
+    served = await startServe(args, socket);
+    client = connectCri(socket);
+    const caps = await client.runtime.RunPodSandbox({ config: podConfig("wedged-caps") });
+    const silent = await client.runtime.RunPodSandbox({ config: podConfig("wedged-silent") });
+    client.close();
+    client = undefined;
+    served.child.kill("SIGKILL");
+    await served.exited;
+
+    // What the crashed vmlet left: two running VMs whose monitors then wedged, one after
+    // negotiating capabilities and one before.
+    const stateDir = path.join(cni.root, "state");
+    const a = await wedgedContainer(stateDir, caps.podSandboxId, "caps", "capabilities");
+    const b = await wedgedContainer(stateDir, silent.podSandboxId, "silent", "silent");
+    try {
+      // Both adopted at once, each within QMP's 5 s deadlines (connect; query-status).
+      served = await startServe(args, socket, 9000);
+      client = connectCri(socket);
+      const stopAt = Date.now();
+      await client.runtime.StopContainer({ containerId: a.id, timeout: 2 });
+      assert.ok(Date.now() - stopAt < 3000, `StopContainer took ${Date.now() - stopAt} ms`);
+      assert.ok(isDead(a.fake.pid!), "the adopted wedged VM is killed after the grace period");
+      assert.equal(
+        (await client.runtime.ContainerStatus({ containerId: a.id })).status?.state,
+        "CONTAINER_EXITED",
+      );
+      // The one that never negotiated could not be adopted: StopPodSandbox kills it by pid.
+      await client.runtime.StopPodSandbox(silent);
+      assert.ok(isDead(b.fake.pid!), "the unadopted wedged VM is killed by its pid");
+      const sb = (await client.runtime.ContainerStatus({ containerId: b.id })).status;
+      assert.equal(sb?.state, "CONTAINER_EXITED");
+      assert.match(sb?.message ?? "", /killed by vmlet by its pid: the VM could not be adopted/);
+      for (const id of [caps, silent]) {
+        await client.runtime.StopPodSandbox(id);
+        await client.runtime.RemovePodSandbox(id);
+      }
+    } finally {
+      a.fake.kill("SIGKILL");
+      b.fake.kill("SIGKILL");
+    }
     served.child.kill("SIGTERM");
     assert.equal(await served.exited, 0);
     served = undefined;

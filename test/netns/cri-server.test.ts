@@ -5,6 +5,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
+import { RecordStore, type StoredRecord } from "../../src/runtime/store";
 import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
 import { requirePrivateNamespace } from "../harness/fixtures";
 import { fakeQcow2 } from "../harness/qcow2";
@@ -275,6 +276,42 @@ describe("CRI server", () => {
     await t.vmlet.runtime.reapHalfMade("test");
     assert.ok(!t.networks.networks.has(id), "torn down on retry");
     assert.ok(!fs.existsSync(path.join(t.stateDir, "sandboxes", `${id}.json`)));
+  });
+
+  test("a sandbox left half-made by a failed cleanup is torn down by the next RunPodSandbox of that pod attempt, which succeeds", async () => {
+    const r = t.client.runtime;
+    t.networks.failNextSetUp = new Error("CNI ADD: boom");
+    t.networks.failNextTearDown = new Error("CNI DEL: still broken");
+    await rejectsWith(
+      r.RunPodSandbox({ config: podConfig("wedgedcreate") }),
+      status.UNKNOWN,
+      /kept unlisted to retry the teardown/,
+    );
+    const stuck = [...t.networks.networks.values()].find((n) => n.pod.name === "wedgedcreate");
+    assert.ok(stuck, "its network is still there");
+    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("wedgedcreate") });
+    assert.notEqual(podSandboxId, stuck.pod.sandboxId);
+    assert.ok(!t.networks.networks.has(stuck.pod.sandboxId), "the half-made one is torn down");
+    assert.ok(!fs.existsSync(path.join(t.stateDir, "sandboxes", `${stuck.pod.sandboxId}.json`)));
+    const s = await r.PodSandboxStatus({ podSandboxId });
+    assert.equal(s.status?.state, "SANDBOX_READY");
+    await r.RemovePodSandbox({ podSandboxId });
+  });
+
+  test("a half-made sandbox whose teardown fails again: the retry says so, and names no sandbox as existing", async () => {
+    const r = t.client.runtime;
+    t.networks.failNextSetUp = new Error("CNI ADD: boom");
+    t.networks.failNextTearDown = new Error("CNI DEL: still broken");
+    await rejectsWith(r.RunPodSandbox({ config: podConfig("stuck2") }), status.UNKNOWN, /CNI DEL/);
+    t.networks.failNextTearDown = new Error("CNI DEL: broken for good");
+    await rejectsWith(
+      r.RunPodSandbox({ config: podConfig("stuck2") }),
+      status.UNKNOWN,
+      /RunPodSandbox default\/stuck2: attempt 0: the half-made sandbox of an earlier call could not be torn down: .*CNI DEL: broken for good/,
+    );
+    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("stuck2") });
+    assert.equal((await r.PodSandboxStatus({ podSandboxId })).status?.state, "SANDBOX_READY");
+    await r.RemovePodSandbox({ podSandboxId });
   });
 
   test("unknown ids: NOT_FOUND for status and create, OK for stop and remove", async () => {
@@ -661,6 +698,106 @@ describe("CRI server", () => {
     assert.equal((await r().ContainerStatus({ containerId })).status?.state, "CONTAINER_RUNNING");
     await r().RemovePodSandbox({ podSandboxId });
     await waitDead(pid);
+  });
+
+  test("a VM not adopted at start is adopted again later, so that its exit is still seen", async () => {
+    const r = () => t.client.runtime;
+    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("readopt") });
+    const { containerId } = await r().CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    await r().StartContainer({ containerId });
+    const { pid } = JSON.parse(
+      (await r().ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    t.launcher.failNextAdopt = new Error("QMP: no greeting within 5000 ms");
+    await t.restart();
+    await t.vmlet.runtime.readoptUnwatched(); // what the reaper does every 30 s
+    process.kill(pid, "SIGKILL"); // the VM then ends by itself
+    await waitDead(pid);
+    for (let i = 0; i < 50; i++) {
+      const s = (await r().ContainerStatus({ containerId })).status;
+      if (s?.state === "CONTAINER_EXITED") break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal((await r().ContainerStatus({ containerId })).status?.state, "CONTAINER_EXITED");
+    await r().RemovePodSandbox({ podSandboxId });
+  });
+
+  test("a VM that can never be adopted (its QMP never answers) is killed by its pid when the pod stops", async () => {
+    const r = () => t.client.runtime;
+    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("wedged") });
+    const { containerId } = await r().CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    await r().StartContainer({ containerId });
+    const { pid } = JSON.parse(
+      (await r().ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    t.launcher.failAdopts = new Error("QMP: query-status: no answer within 5000 ms");
+    try {
+      await t.restart();
+      await r().StopPodSandbox({ podSandboxId });
+      await waitDead(pid);
+      const s = (await r().ContainerStatus({ containerId })).status;
+      assert.equal(s?.state, "CONTAINER_EXITED");
+      assert.equal(s?.exitCode, 137);
+      assert.match(
+        s?.message ?? "",
+        /killed by vmlet by its pid: the VM could not be adopted \(QMP/,
+      );
+    } finally {
+      t.launcher.failAdopts = undefined;
+    }
+    await r().RemovePodSandbox({ podSandboxId });
+  });
+
+  test("a VM that exits on its own while RemoveContainer runs: its exit is recorded under the pod lock, and the removed container stays removed", async () => {
+    const r = t.client.runtime;
+    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("exitrace") });
+    const { containerId } = await r.CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    await r.StartContainer({ containerId });
+    const { pid } = JSON.parse(
+      (await r.ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    // The first write of the exit record is held, as a slow fsync would hold it (a disk
+    // cannot be made slow on demand): the window in which RemoveContainer arrives.
+    const put = RecordStore.prototype.put;
+    let held: (() => void) | undefined;
+    let hit!: () => void;
+    const reached = new Promise<void>((resolve) => {
+      hit = resolve;
+    });
+    RecordStore.prototype.put = async function (this: RecordStore<StoredRecord>, record) {
+      const exited = (record as { id: string; phase?: string }).phase === "exited";
+      if (exited && record.id === containerId && !held) {
+        await new Promise<void>((resolve) => {
+          held = resolve;
+          hit();
+        });
+      }
+      return put.call(this, record);
+    };
+    try {
+      process.kill(pid, "SIGKILL"); // the VM ends by itself
+      await reached;
+      const removing = r.RemoveContainer({ containerId });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      held?.();
+      await removing;
+    } finally {
+      RecordStore.prototype.put = put;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const listed = await r.ListContainers({ filter: { podSandboxId } });
+    assert.deepEqual(listed.containers, [], "no exited record comes back after the removal");
+    assert.ok(!fs.existsSync(path.join(t.stateDir, "containers", `${containerId}.json`)));
+    await r.RemovePodSandbox({ podSandboxId });
   });
 
   test("a pod whose network did not come back after a restart is NOTREADY, so kubelet recreates it", async () => {

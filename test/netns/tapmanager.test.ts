@@ -348,6 +348,55 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
     }
   });
 
+  it("recover(): a truncated pod record is set aside with a log line naming it, and the other pods recover", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-br.conflist", bridgeList("torn", "1.0.0", cni.dataDir, "10.40.9.0/24"));
+    const stateDir = path.join(cni.root, "pods");
+    const first = new Tapmanager({ cni: cni.client(), stateDir });
+    const pods = [makePod(), makePod(), makePod()];
+    const networks = [];
+    for (const pod of pods) networks.push(await first.setUp({ pod }));
+    await first.close();
+    // A torn write (a disk that lied about fsync), and a temp file a crash left.
+    const bad = path.join(stateDir, `${pods[1]!.sandboxId}.json`);
+    const text = fs.readFileSync(bad, "utf8");
+    fs.writeFileSync(bad, text.slice(0, text.length / 2));
+    const stale = path.join(stateDir, `.${pods[0]!.sandboxId}.json.0badf00d.tmp`);
+    fs.writeFileSync(stale, "{");
+    const warnings: { fields: Record<string, unknown>; message: string }[] = [];
+    const log = {
+      info() {},
+      debug() {},
+      warn: (fields: object, message: string) =>
+        warnings.push({ fields: fields as Record<string, unknown>, message }),
+    };
+    const second = new Tapmanager({ cni: cni.client(), stateDir, log });
+    try {
+      const outcome = await second.recover();
+      assert.deepEqual(
+        [...outcome.recovered].sort(),
+        [pods[0]!.sandboxId, pods[2]!.sandboxId].sort(),
+      );
+      const warning = warnings.find((w) => w.fields.file === bad);
+      assert.ok(warning, `a warning names ${bad}: ${JSON.stringify(warnings)}`);
+      assert.match(warning.message, /unreadable pod network record set aside/);
+      const setAside = fs.readdirSync(stateDir).filter((f) => f.includes(".unreadable-"));
+      assert.deepEqual(setAside, [path.basename(String(warning.fields.setAsideAs))]);
+      assert.ok(!fs.existsSync(stale), "the stale temp file is removed");
+      assert.equal(second.get(pods[1]!.sandboxId), undefined);
+      for (const i of [0, 2]) assert.deepEqual(second.get(pods[i]!.sandboxId), networks[i]);
+
+      // The set-aside pod: kubelet's StopPodSandbox removes its netns, GC frees its address.
+      for (const pod of pods) await second.tearDown(pod.sandboxId);
+      await second.collectGarbage();
+      assert.deepEqual(allocations(cni.dataDir, "torn"), []);
+      for (const n of networks) assert.ok(!netnsNames().includes(path.basename(n.netnsPath)));
+    } finally {
+      await second.close();
+      cni.remove();
+    }
+  });
+
   it("recover() removes a pod that a crash caught half-made, releasing its address", async () => {
     const cni = makeCniSandbox();
     cni.writeConf("10-br.conflist", bridgeList("half", "1.0.0", cni.dataDir, "10.50.1.0/24"));

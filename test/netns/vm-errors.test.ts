@@ -5,7 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { describe, it } from "node:test";
 import { VmError } from "../../src/runtime/vm/errors";
-import { VmLauncher } from "../../src/runtime/vm/launcher";
+import { removeVmState, VmLauncher } from "../../src/runtime/vm/launcher";
 import type { VmSpec } from "../../src/runtime/vm/types";
 import { requirePrivateNamespace } from "../harness/fixtures";
 
@@ -154,6 +154,44 @@ describe("an adopted VM whose QEMU ends without a guest shutdown", () => {
       assert.ok(gone.diskBytes > 0, "its overlay takes disk until cleanup()");
       await vm.cleanup();
       assert.ok(!fs.existsSync(s.dir));
+    }),
+  );
+});
+
+describe("a wedged QEMU (stopped with SIGSTOP: its QMP socket takes connections, nothing answers)", () => {
+  it(
+    "is killed by stop() within the grace period plus a second: the grace period starts at once",
+    { timeout: 60_000 },
+    withDir(async (root) => {
+      const vm = await new VmLauncher().start(spec(root));
+      process.kill(vm.pid, "SIGSTOP");
+      const started = Date.now();
+      await vm.stop(1000);
+      const took = Date.now() - started;
+      const exit = await vm.exited;
+      assert.ok(took < 2000, `stop took ${took} ms`);
+      assert.equal(exit.reason, "Killed");
+      assert.deepEqual(qemuPids(), []);
+      await vm.cleanup();
+    }),
+  );
+
+  it(
+    "is not adopted past the deadline, and killRecorded() kills it by its pid",
+    { timeout: 60_000 },
+    withDir(async (root) => {
+      const first = await new VmLauncher().start(spec(root));
+      await first.detach();
+      process.kill(first.pid, "SIGSTOP");
+      const launcher = new VmLauncher({ qmpTimeoutMs: 300, adoptTimeoutMs: 1000 });
+      const started = Date.now();
+      await assert.rejects(launcher.adopt(first.record), /^VmError: vm c1: adopt.*within 300 ms/);
+      assert.ok(Date.now() - started < 1500, `adopt took ${Date.now() - started} ms`);
+      assert.deepEqual(qemuPids(), [first.pid], "not adopted is not killed");
+      assert.equal(await launcher.killRecorded(first.record), true);
+      assert.deepEqual(qemuPids(), []);
+      assert.equal(await launcher.killRecorded(first.record), false, "gone: nothing to kill");
+      await removeVmState(first.record);
     }),
   );
 });

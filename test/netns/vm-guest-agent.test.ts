@@ -9,14 +9,18 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { status } from "@grpc/grpc-js";
+import { podConfig, startTestVmlet } from "../../src/runtime/testing/harness";
 import {
   GuestAgentCommandError,
   GuestAgentProtocolError,
   GuestAgentUnavailableError,
+  GuestExecCancelledError,
   GuestExecTimeoutError,
   guestExec,
 } from "../../src/runtime/vm/guest-agent";
 import { requirePrivateNamespace } from "../harness/fixtures";
+import { fakeQcow2 } from "../harness/qcow2";
 
 requirePrivateNamespace();
 
@@ -73,6 +77,29 @@ describe("guest agent client, against qemu-ga", () => {
         error instanceof GuestAgentCommandError &&
         error.command === "guest-exec" &&
         /no\/such\/program|No such file/.test(error.message),
+    );
+  });
+
+  it("a call its caller cancels ends at once, whatever its timeout, and frees the channel", {
+    timeout: 30_000,
+  }, async () => {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new Error("the CRI call was cancelled")), 300);
+    const t0 = Date.now();
+    await assert.rejects(
+      guestExec(socket, ["sleep", "30"], { timeoutMs: 0, signal: controller.signal }),
+      (e: unknown) =>
+        e instanceof GuestExecCancelledError && /the CRI call was cancelled/.test(e.message),
+    );
+    assert.ok(Date.now() - t0 < 1500, `took ${Date.now() - t0} ms`);
+    const t1 = Date.now();
+    const r = await guestExec(socket, ["true"], { timeoutMs: 10_000 });
+    assert.equal(r.exitCode, 0);
+    assert.ok(Date.now() - t1 < 2000, "the next call is not held behind the cancelled one");
+    const already = AbortSignal.abort();
+    await assert.rejects(
+      guestExec(socket, ["true"], { timeoutMs: 0, signal: already }),
+      GuestExecCancelledError,
     );
   });
 
@@ -146,6 +173,44 @@ describe("guest agent client, without a working agent", () => {
     }
   });
 
+  it("replies of the wrong shape (null, numbers, arrays, strings) are refused as protocol errors, never thrown elsewhere", async () => {
+    const replies = [
+      "null",
+      "42",
+      "[1]",
+      '"text"',
+      '{"return": null}',
+      '{"return": [1]}',
+      '{"return": {"pid": "1"}}',
+    ];
+    let next = 0;
+    const server = await fakeChannel("shapes.sock", (c) => {
+      c.on("data", (d) => {
+        for (const text of d.toString().split("\n").filter(Boolean)) {
+          const request = JSON.parse(text) as { execute: string; arguments: { id?: number } };
+          if (request.execute === "guest-sync-delimited") {
+            c.write(Buffer.from([0xff]));
+            c.write(`{"return": ${request.arguments.id}}\n`);
+          } else {
+            c.write(`${replies[next++]}\n`);
+          }
+        }
+      });
+      c.on("error", () => {});
+    });
+    try {
+      for (const reply of replies) {
+        await assert.rejects(
+          guestExec(path.join(dir, "shapes.sock"), ["true"], { timeoutMs: 1000 }),
+          (e: unknown) => e instanceof GuestAgentProtocolError,
+          `reply ${reply}`,
+        );
+      }
+    } finally {
+      server.close();
+    }
+  });
+
   it("a flood without a newline is cut off, not buffered without end", async () => {
     const server = await fakeChannel("flood.sock", (c) => {
       c.on("data", (d) => {
@@ -171,6 +236,59 @@ describe("guest agent client, without a working agent", () => {
       );
     } finally {
       server.close();
+    }
+  });
+});
+
+describe("ExecSync through the CRI socket, on qemu-ga", () => {
+  it("timeout 0 lasts the call's deadline, and a cancelled call frees the agent for the next", {
+    timeout: 60_000,
+  }, async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "qga-cri-"));
+    const socket = path.join(dir, "qga.sock");
+    const agent = spawn(
+      "qemu-ga",
+      ["-m", "unix-listen", "-p", socket, "-t", dir, "-f", path.join(dir, "qga.pid")],
+      { stdio: "inherit" },
+    );
+    const t = await startTestVmlet();
+    try {
+      await waitForSocket(socket);
+      // The stand-in VM's ExecSync goes to this qemu-ga, as a VM's goes to its guest's.
+      t.launcher.agentSocket = socket;
+      const http = await import("node:http");
+      const server = http.createServer((_req, res) => res.end(fakeQcow2({ size: 8192 })));
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+      const port = (server.address() as { port: number }).port;
+      t.rules.push({ name: "vmlet.io/qga:latest", url: `http://127.0.0.1:${port}/` });
+      const r = t.client.runtime;
+      const { imageRef } = await t.client.image.PullImage({ image: { image: "vmlet.io/qga" } });
+      server.close();
+      const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("qga") });
+      const { containerId } = await r.CreateContainer({
+        podSandboxId,
+        config: { metadata: { name: "c" }, image: { image: imageRef } },
+      });
+      await r.StartContainer({ containerId });
+
+      const t0 = Date.now();
+      await assert.rejects(
+        r.ExecSync({ containerId, cmd: ["sleep", "30"], timeout: 0 }, { deadlineMs: 1000 }),
+        (e: { code?: number }) => e.code === status.DEADLINE_EXCEEDED,
+      );
+      assert.ok(Date.now() - t0 < 2000);
+      const t1 = Date.now();
+      const done = await r.ExecSync(
+        { containerId, cmd: ["echo", "next"], timeout: 5 },
+        { deadlineMs: 5000 },
+      );
+      assert.equal(done.stdout.toString(), "next\n");
+      assert.ok(Date.now() - t1 < 2000, `the next ExecSync took ${Date.now() - t1} ms`);
+      await r.RemovePodSandbox({ podSandboxId });
+    } finally {
+      await t.close();
+      agent.kill();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,9 +1,9 @@
 // The on-disk record of each attachment (network + container + ifname): the config and
 // args it was added with and, once ADD succeeded, its result. DEL and CHECK read it back,
 // so they work after a vmlet restart and after the netns is gone.
-import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import { removeStaleTemps, syncDir, writeFileAtomic } from "../../util/atomic-file";
 import type { RuntimeConfig } from "./runtime-config";
 
 type Json = Record<string, unknown>;
@@ -27,46 +27,56 @@ export interface CacheEntry {
 export type CacheKey = Pick<CacheEntry, "network" | "containerId" | "ifname">;
 
 export class ResultCache {
+  private opened: Promise<void> | undefined;
+
   constructor(readonly dir: string) {}
+
+  /** On first use: temp files of writes a crash cut short are removed. */
+  private open(): Promise<void> {
+    // Best effort: a temp file that cannot be removed is only litter.
+    this.opened ??= (async () => {
+      for (const container of await this.containerDirs()) {
+        const dir = path.join(this.dir, container);
+        await removeStaleTemps(dir).catch(() => {});
+        // Written by vmlet before the shared writer: `<file>.tmp-<pid>-<hex>`.
+        const names = await fs.promises.readdir(dir).catch(() => []);
+        for (const name of names.filter((n) => /\.tmp-\d+-[0-9a-f]+$/.test(n))) {
+          await fs.promises.rm(path.join(dir, name), { force: true }).catch(() => {});
+        }
+      }
+    })().catch(() => {});
+    return this.opened;
+  }
 
   /** One dir per container; ':' appears in neither network names nor ifnames. */
   private file(key: CacheKey): string {
     return path.join(this.dir, key.containerId, `${key.network}:${key.ifname}.json`);
   }
 
-  /** Writes the entry atomically: a reader sees the old entry or the new one, never half. */
+  /** Writes the entry durably: a reader sees the old entry or the new one, never half. */
   async put(entry: Omit<CacheEntry, "kind">): Promise<void> {
+    await this.open();
     const file = this.file(entry);
-    const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`;
-    let handle: fs.promises.FileHandle;
+    const text = JSON.stringify({ kind: KIND, ...entry });
     try {
-      handle = await fs.promises.open(tmp, "w", 0o600);
+      await writeFileAtomic(file, text);
     } catch (error) {
       // The container's dir is made on its first entry only: one file op less per write.
       if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
       await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-      handle = await fs.promises.open(tmp, "w", 0o600);
-    }
-    try {
-      await handle.writeFile(JSON.stringify({ kind: KIND, ...entry }));
-      await handle.datasync();
-    } finally {
-      await handle.close();
-    }
-    try {
-      await fs.promises.rename(tmp, file);
-    } catch (error) {
-      await fs.promises.rm(tmp, { force: true });
-      throw error;
+      await syncDir(this.dir);
+      await writeFileAtomic(file, text);
     }
   }
 
   async get(key: CacheKey): Promise<CacheEntry | undefined> {
+    await this.open();
     return this.read(this.file(key));
   }
 
   /** The entries of one container, in the order their ifnames sort (eth0, net1, ...). */
   async list(containerId: string): Promise<CacheEntry[]> {
+    await this.open();
     const dir = path.join(this.dir, containerId);
     let names: string[];
     try {
@@ -85,6 +95,11 @@ export class ResultCache {
 
   /** Every container id with entries. */
   async containers(): Promise<string[]> {
+    await this.open();
+    return this.containerDirs();
+  }
+
+  private async containerDirs(): Promise<string[]> {
     try {
       return (await fs.promises.readdir(this.dir)).sort();
     } catch (error) {
@@ -95,6 +110,7 @@ export class ResultCache {
 
   /** Removes the entry, and the container's dir once it is empty; absent is fine. */
   async remove(key: CacheKey): Promise<void> {
+    await this.open();
     await fs.promises.rm(this.file(key), { force: true });
     try {
       await fs.promises.rmdir(path.dirname(this.file(key)));

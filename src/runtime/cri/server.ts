@@ -132,7 +132,7 @@ export class CriServer {
       ListMetricDescriptors: this.unary("ListMetricDescriptors", () => ({ descriptors: [] })),
       ListPodSandboxMetrics: this.unary("ListPodSandboxMetrics", () => ({ podMetrics: [] })),
       UpdateContainerResources: this.unimplemented("UpdateContainerResources"),
-      ExecSync: this.unary("ExecSync", (q) => r.execSync(q)),
+      ExecSync: this.unary("ExecSync", (q, call) => r.execSync(q, call)),
       Exec: this.unimplemented("Exec"),
       Attach: this.unimplemented("Attach"),
       PortForward: this.unimplemented("PortForward"),
@@ -160,12 +160,20 @@ export class CriServer {
 
   private unary<Req, Res>(
     method: string,
-    handle: (request: Req) => Res | Promise<Res>,
+    handle: (request: Req, call: CallContext) => Res | Promise<Res>,
   ): grpc.handleUnaryCall<Req, Res> {
     return (call, callback) => {
       const started = process.hrtime.bigint();
+      // grpc-js emits "cancelled" when the client cancels and when the deadline passes.
+      const controller = new AbortController();
+      call.once("cancelled", () => controller.abort(new Error("the CRI call was cancelled")));
+      const deadline = call.getDeadline();
+      const context: CallContext = {
+        signal: controller.signal,
+        deadline: deadline instanceof Date ? deadline.getTime() : deadline,
+      };
       Promise.resolve()
-        .then(() => handle(call.request))
+        .then(() => handle(call.request, context))
         .then(
           (response) => {
             this.logger.debug({ method, ms: elapsedMs(started) }, "CRI call");
@@ -193,6 +201,14 @@ export class CriServer {
       throw new CriError("UNIMPLEMENTED", `${method}: ${UNIMPLEMENTED[method] ?? "not supported"}`);
     });
   }
+}
+
+/** What a handler may know of its call: when the client gives up on it. */
+export interface CallContext {
+  /** Aborted when the client cancels the call or its deadline passes. */
+  signal: AbortSignal;
+  /** The call's deadline, ms since the epoch; Infinity when the client set none. */
+  deadline: number;
 }
 
 export function toServiceError(

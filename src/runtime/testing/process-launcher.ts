@@ -3,7 +3,8 @@
 // It writes one line to the container log in kubelet's CRI format.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
-import type { VmExit, VmHandle, VmLauncher, VmSpec, VmStats } from "../types";
+import type { ExecResult, VmExit, VmHandle, VmLauncher, VmSpec, VmStats } from "../types";
+import { guestExec } from "../vm/guest-agent";
 
 interface ProcessRecord {
   pid: number;
@@ -20,8 +21,16 @@ export class ProcessLauncher implements VmLauncher {
   failNextStart: Error | undefined;
   /** The next adopt fails with this (QMP unreachable, say). */
   failNextAdopt: Error | undefined;
+  /** Every adopt fails with this while set (a QEMU whose QMP never answers). */
+  failAdopts: Error | undefined;
   /** Dirs `discard` was asked to clean. */
   readonly discarded: string[] = [];
+  /** A qemu-ga socket (qemu-ga -m unix-listen): started "VMs" run ExecSync through it. */
+  agentSocket: string | undefined;
+
+  killRecorded(record: unknown): Promise<boolean> {
+    return killRecordedProcess(record);
+  }
 
   async discard(dir: string): Promise<void> {
     this.discarded.push(dir);
@@ -51,11 +60,17 @@ export class ProcessLauncher implements VmLauncher {
         }),
       );
     });
-    return new ProcessHandle({ pid, startTime: startTimeOf(pid) ?? "" }, exited);
+    const handle = new ProcessHandle({ pid, startTime: startTimeOf(pid) ?? "" }, exited);
+    const agent = this.agentSocket;
+    if (agent) {
+      handle.exec = (argv, timeoutMs, signal) =>
+        guestExec(agent, argv, { timeoutMs, ...(signal ? { signal } : {}) });
+    }
+    return handle;
   }
 
   async adopt(record: unknown): Promise<VmHandle | undefined> {
-    const failure = this.failNextAdopt;
+    const failure = this.failNextAdopt ?? this.failAdopts;
     if (failure) {
       this.failNextAdopt = undefined;
       throw failure;
@@ -66,12 +81,23 @@ export class ProcessLauncher implements VmLauncher {
   }
 }
 
+/** Kills the recorded process by its pid while the start time still matches. */
+export async function killRecordedProcess(record: unknown): Promise<boolean> {
+  const r = record as ProcessRecord;
+  if (typeof r?.pid !== "number" || startTimeOf(r.pid) !== r.startTime) return false;
+  process.kill(r.pid, "SIGKILL");
+  while (startTimeOf(r.pid) === r.startTime)
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  return true;
+}
+
 const osSignals: Record<string, number> = { SIGKILL: 9, SIGTERM: 15, SIGINT: 2 };
 
 class ProcessHandle implements VmHandle {
   readonly pid: number;
   readonly record: ProcessRecord;
   readonly exited: Promise<VmExit>;
+  exec?: (argv: string[], timeoutMs: number, signal?: AbortSignal) => Promise<ExecResult>;
   private done = false;
 
   constructor(record: ProcessRecord, exited: Promise<VmExit>) {

@@ -29,6 +29,14 @@ export class GuestExecTimeoutError extends Error {
   }
 }
 
+/** The caller gave up (the CRI call was cancelled or ran out of time); the command may still run. */
+export class GuestExecCancelledError extends Error {
+  constructor(reason: string) {
+    super(`${reason} (the command may still run in the guest)`);
+    this.name = "GuestExecCancelledError";
+  }
+}
+
 /** The agent sent something that is not its protocol: a broken or hostile guest. */
 export class GuestAgentProtocolError extends Error {
   constructor(message: string) {
@@ -50,8 +58,10 @@ export class GuestAgentCommandError extends Error {
 }
 
 export interface GuestExecOptions {
-  /** 0 = no limit. */
+  /** 0 = no limit of its own: `signal` must then end it. */
   timeoutMs: number;
+  /** Aborting it ends the call at once, and frees the agent's channel for the next. */
+  signal?: AbortSignal;
   /** How long the agent has to answer the first sync; a guest without one answers never. */
   agentTimeoutMs?: number;
   /** Between guest-exec-status polls. */
@@ -69,31 +79,46 @@ export function guestExec(
   if (argv.length === 0 || argv[0] === "") {
     return Promise.reject(new Error("guest exec: an empty command"));
   }
+  const signal = options.signal;
   return sockets.run(socketPath, async () => {
+    const cancelled = () => new GuestExecCancelledError(abortReason(signal));
+    if (signal?.aborted) throw cancelled();
     const agentTimeoutMs = options.agentTimeoutMs ?? 5000;
     const agent = await AgentConnection.open(socketPath, agentTimeoutMs);
+    const onAbort = () => agent.abort(cancelled());
+    signal?.addEventListener("abort", onAbort, { once: true });
     try {
+      if (signal?.aborted) throw cancelled();
       const deadline = options.timeoutMs > 0 ? Date.now() + options.timeoutMs : Infinity;
-      const { pid } = (await agent.execute(
+      const started = await agent.execute(
         "guest-exec",
         { path: argv[0], arg: argv.slice(1), "capture-output": true },
         agentTimeoutMs,
-      )) as { pid?: unknown };
-      if (typeof pid !== "number") throw new GuestAgentProtocolError(`guest-exec gave pid ${pid}`);
+      );
+      const pid = isObject(started) ? started.pid : undefined;
+      if (typeof pid !== "number" || !Number.isInteger(pid)) {
+        throw new GuestAgentProtocolError(`guest-exec gave pid ${JSON.stringify(pid)}`);
+      }
       for (;;) {
         const status = (await agent.execute(
           "guest-exec-status",
           { pid },
           agentTimeoutMs,
         )) as ExecStatus;
-        if (typeof status?.exited !== "boolean") {
+        if (!isObject(status) || typeof status.exited !== "boolean") {
           throw new GuestAgentProtocolError("guest-exec-status without 'exited'");
         }
         if (status.exited) return resultOf(status);
         if (Date.now() >= deadline) throw new GuestExecTimeoutError(options.timeoutMs);
         await new Promise((r) => setTimeout(r, options.pollMs ?? 50));
+        if (signal?.aborted) throw cancelled();
       }
+    } catch (error) {
+      // Whatever failed while the call was being cancelled, the cancellation is the news.
+      if (signal?.aborted && !(error instanceof GuestExecCancelledError)) throw cancelled();
+      throw error;
     } finally {
+      signal?.removeEventListener("abort", onAbort);
       agent.close();
     }
   });
@@ -153,10 +178,20 @@ class AgentConnection {
   static async open(socketPath: string, timeoutMs: number): Promise<AgentConnection> {
     const socket = net.connect(socketPath);
     await new Promise<void>((resolve, reject) => {
-      socket.once("connect", resolve);
-      socket.once("error", (error) =>
-        reject(new GuestAgentUnavailableError(`connect ${socketPath}: ${error.message}`)),
-      );
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(
+          new GuestAgentUnavailableError(`connect ${socketPath}: no answer in ${timeoutMs} ms`),
+        );
+      }, timeoutMs);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.once("error", (error) => {
+        clearTimeout(timer);
+        reject(new GuestAgentUnavailableError(`connect ${socketPath}: ${error.message}`));
+      });
     });
     const agent = new AgentConnection(socket);
     try {
@@ -172,6 +207,14 @@ class AgentConnection {
   }
 
   close(): void {
+    this.socket.destroy();
+  }
+
+  /** Fails whatever waits on the agent with `error`, and closes the channel. */
+  abort(error: Error): void {
+    this.failure ??= error;
+    this.waiting?.(this.failure);
+    this.waiting = undefined;
     this.socket.destroy();
   }
 
@@ -268,10 +311,12 @@ function parseReply(line: Buffer): object {
       `not JSON: ${JSON.stringify(line.subarray(0, 80).toString())}`,
     );
   }
-  if (typeof reply !== "object" || reply === null) {
-    throw new GuestAgentProtocolError("a reply that is not a JSON object");
-  }
+  if (!isObject(reply)) throw new GuestAgentProtocolError("a reply that is not a JSON object");
   return reply;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 /**
@@ -328,4 +373,10 @@ class ByteQueue {
     this.scanned = 0;
     return head;
   }
+}
+
+function abortReason(signal: AbortSignal | undefined): string {
+  const reason: unknown = signal?.reason;
+  if (reason instanceof Error && reason.name !== "AbortError") return reason.message;
+  return typeof reason === "string" ? reason : "cancelled";
 }

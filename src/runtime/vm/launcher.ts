@@ -33,7 +33,16 @@ export interface VmLauncherOptions {
   partialFlushMs?: number;
   /** How often an adopted QEMU, which is not vmlet's child, is checked in /proc. */
   pollMs?: number;
+  /** QMP's deadline to connect, and to answer each command (default 5 s each). */
+  qmpTimeoutMs?: number;
+  /** The most adopt() may take, whatever QEMU does (default 15 s). */
+  adoptTimeoutMs?: number;
 }
+
+/** What adopt() may take in all: connect, console catch-up, query-status. */
+const ADOPT_TIMEOUT_MS = 15_000;
+/** How long a SIGKILLed QEMU may take to be gone before killRecorded() says so. */
+const KILL_WAIT_MS = 10_000;
 
 const silentLog: VmLog = { info() {}, warn() {}, error() {} };
 
@@ -76,7 +85,7 @@ export class VmLauncher {
       exit = started.exit;
       step = "wait for QMP";
       await waitForSocket(paths.qmpSocket, started.exit, this.options.startTimeoutMs ?? 10_000);
-      qmp = await QmpClient.connect(paths.qmpSocket);
+      qmp = await this.connectQmp(paths.qmpSocket);
       const pid = child.pid!;
       const stat = await readProcStat(pid);
       if (!stat) throw new Error(`QEMU (pid ${pid}) is gone`);
@@ -142,17 +151,89 @@ export class VmLauncher {
     if (record.version !== 1) {
       throw new VmError(record.id, "adopt", `record version ${record.version}; this vmlet reads 1`);
     }
+    // A QEMU that never answers must not hold up vmlet's start: past the deadline the
+    // caller gets an error, and a handle that comes later is let go (the VM runs on).
+    const timeoutMs = this.options.adoptTimeoutMs ?? ADOPT_TIMEOUT_MS;
+    const adopting = this.adoptNow(record);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<"late">((resolve) => {
+      timer = setTimeout(() => resolve("late"), timeoutMs);
+    });
+    const first = await Promise.race([adopting, late]).finally(() => clearTimeout(timer));
+    if (first !== "late") return first;
+    void adopting.then(
+      (handle) => handle?.detach(),
+      () => {},
+    );
+    throw new VmError(
+      record.id,
+      "adopt",
+      `QEMU (pid ${record.pid}) not adopted within ${timeoutMs} ms`,
+    );
+  }
+
+  private async adoptNow(record: VmRecord): Promise<VmHandle | undefined> {
     if (!(await this.isOurQemu(record))) return undefined;
     let qmp: QmpClient;
     try {
-      qmp = await QmpClient.connect(record.qmpSocket);
+      qmp = await this.connectQmp(record.qmpSocket);
     } catch (error) {
       if (!(await this.isOurQemu(record))) return undefined;
       throw new VmError(record.id, "adopt: connect QMP", errorMessage(error), { cause: error });
     }
-    const handle = await RunningVm.attach(record, qmp, { kind: "adopted" }, this.watchOptions());
+    let handle: RunningVm;
+    try {
+      handle = await RunningVm.attach(record, qmp, { kind: "adopted" }, this.watchOptions());
+    } catch (error) {
+      qmp.close();
+      throw new VmError(record.id, "adopt: attach", errorMessage(error), { cause: error });
+    }
     this.log.info({ vm: record.id, pid: record.pid }, "vm adopted");
     return handle;
+  }
+
+  /**
+   * Kills the VM of a record without QMP (one that could not be adopted): by its pid,
+   * and only while that pid is still the recorded QEMU. True if it was running.
+   */
+  async killRecorded(record: VmRecord): Promise<boolean> {
+    if (!(await this.isOurQemu(record))) return false;
+    try {
+      process.kill(record.pid, "SIGKILL");
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ESRCH") return false;
+      throw error;
+    }
+    // SIGKILL cannot be refused, but a process in uninterruptible sleep dies late.
+    const deadline = Date.now() + KILL_WAIT_MS;
+    while (await isSameLiveProcess(record.pid, record.pidStartTime)) {
+      if (Date.now() > deadline) {
+        throw new VmError(
+          record.id,
+          "kill",
+          `QEMU (pid ${record.pid}) still alive ${KILL_WAIT_MS} ms after SIGKILL`,
+        );
+      }
+      await sleep(20);
+    }
+    this.log.info({ vm: record.id, pid: record.pid }, "vm killed by its pid (not adopted)");
+    return true;
+  }
+
+  private async connectQmp(socket: string): Promise<QmpClient> {
+    const timeoutMs = this.options.qmpTimeoutMs;
+    const qmp = await QmpClient.connect(
+      socket,
+      timeoutMs === undefined ? {} : { timeoutMs, commandTimeoutMs: timeoutMs },
+    );
+    let reported = false;
+    qmp.on("malformed", (what) => {
+      // Counted always; logged once per connection, so a flood cannot flood the log.
+      if (reported) return;
+      reported = true;
+      this.log.warn({ socket, err: what }, "QMP: malformed message dropped");
+    });
+    return qmp;
   }
 
   private async isOurQemu(record: VmRecord): Promise<boolean> {
@@ -331,6 +412,8 @@ class RunningVm implements VmHandle {
   private done = false;
   private detached = false;
   private guestShutdown = false;
+  /** QEMU reported SHUTDOWN: it is quitting, and QMP closes as it does. */
+  private shuttingDown = false;
   private killedByUs = false;
   private pollTimer: NodeJS.Timeout | undefined;
   private tailer: ConsoleTailer | undefined;
@@ -376,6 +459,7 @@ class RunningVm implements VmHandle {
     const status = await qmp.execute<{ status: string }>("query-status").catch(() => undefined);
     if (status?.status === "shutdown") {
       vm.guestShutdown = true;
+      vm.shuttingDown = true;
       vm.quit();
     }
     return vm;
@@ -388,24 +472,22 @@ class RunningVm implements VmHandle {
   async stop(timeoutMs: number): Promise<void> {
     this.assertAttached("stop");
     if (this.done) return;
-    try {
-      await this.qmp.execute("system_powerdown");
-    } catch (error) {
-      this.options.log.warn({ vm: this.record.id, err: errorMessage(error) }, "system_powerdown");
-    }
+    // The grace period runs from now: a QEMU that never answers the button is still killed.
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      this.exited.then(() => false),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(true), timeoutMs);
-      }),
-    ]);
+    let giveUp!: (why: string) => void;
+    const gaveUp = new Promise<string>((resolve) => {
+      giveUp = resolve;
+      timer = setTimeout(() => resolve("no shutdown after ACPI power button"), timeoutMs);
+    });
+    this.qmp.execute("system_powerdown", undefined, timeoutMs).catch((error: unknown) => {
+      // The button was not pressed: waiting out the grace period would only delay the kill
+      // (unless QEMU is quitting already, which closes QMP).
+      if (!this.shuttingDown) giveUp(`system_powerdown failed: ${errorMessage(error)}`);
+    });
+    const why = await Promise.race([this.exited.then(() => undefined), gaveUp]);
     clearTimeout(timer);
-    if (timedOut) {
-      this.options.log.info(
-        { vm: this.record.id, timeoutMs },
-        "no shutdown after ACPI power button: killing",
-      );
+    if (why !== undefined) {
+      this.options.log.info({ vm: this.record.id, timeoutMs }, `${why}: killing`);
       await this.kill();
     }
   }
@@ -450,7 +532,7 @@ class RunningVm implements VmHandle {
     await this.writer.reopen();
   }
 
-  async exec(argv: string[], timeoutMs: number): Promise<GuestExecResult> {
+  async exec(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<GuestExecResult> {
     this.assertAttached("exec");
     if (this.done) throw new GuestAgentUnavailableError("the VM has exited");
     const socket = this.record.guestAgentSocket;
@@ -459,7 +541,7 @@ class RunningVm implements VmHandle {
         "the VM was started without a guest agent port (by an older vmlet)",
       );
     }
-    return guestExec(socket, argv, { timeoutMs });
+    return guestExec(socket, argv, { timeoutMs, ...(signal ? { signal } : {}) });
   }
 
   async detach(): Promise<void> {
@@ -485,6 +567,7 @@ class RunningVm implements VmHandle {
 
   private onQmpEvent(event: QmpEvent): void {
     if (event.event !== "SHUTDOWN") return;
+    this.shuttingDown = true;
     if (event.data.guest === true) this.guestShutdown = true;
     this.quit();
   }

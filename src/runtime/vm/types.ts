@@ -106,8 +106,11 @@ export interface VmHandle {
   stats(): Promise<VmStats>;
   /** Reopens the CRI log at its path (after kubelet rotated it). */
   reopenLog(): Promise<void>;
-  /** Runs a command in the guest through the QEMU guest agent; timeoutMs 0 = no limit. */
-  exec(argv: string[], timeoutMs: number): Promise<GuestExecResult>;
+  /**
+   * Runs a command in the guest through the QEMU guest agent; timeoutMs 0 = no limit
+   * of its own, so that `signal` (the CRI call's cancellation) ends it.
+   */
+  exec(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<GuestExecResult>;
   /** Stops watching without touching the VM (what a vmlet shutdown does); adopt() resumes. */
   detach(): Promise<void>;
   /** Kills QEMU if it still runs, then removes overlay, seed, sockets and console files. */
