@@ -29,7 +29,11 @@ export interface ImageStoreOptions {
   logger: Logger;
   /** How often a running download logs its progress. */
   progressIntervalMs?: number;
+  /** Largest download in bytes; a bigger one is refused and removed (default 64 GiB). */
+  maxBytes?: number;
 }
+
+export const DEFAULT_MAX_IMAGE_BYTES = 64 * 2 ** 30;
 
 export interface ImageFsUsage {
   mountpoint: string;
@@ -60,6 +64,7 @@ export class ImageStore {
   private readonly rules: () => ImageRule[];
   private readonly logger: Logger;
   private readonly progressIntervalMs: number;
+  private readonly maxBytes: number;
   /** One pull per name at a time; a second caller waits for the first. */
   private readonly pulling = new Map<string, Promise<ImageRecord>>();
 
@@ -70,6 +75,7 @@ export class ImageStore {
     this.rules = options.rules;
     this.logger = options.logger;
     this.progressIntervalMs = options.progressIntervalMs ?? 2000;
+    this.maxBytes = options.maxBytes ?? DEFAULT_MAX_IMAGE_BYTES;
   }
 
   /** Opens the store and removes what an interrupted pull or removal left behind. */
@@ -279,18 +285,43 @@ export class ImageStore {
     ) => new CriError(code, `PullImage ${name}: GET ${url}: ${what}; nothing kept`, { cause });
     let response: Response;
     try {
-      response = await fetch(url, { signal: abort.signal });
+      // identity: fetch would otherwise ask for gzip and inflate it, unbounded, to disk.
+      response = await fetch(url, {
+        signal: abort.signal,
+        headers: { "accept-encoding": "identity" },
+      });
     } catch (error) {
       throw fail("UNAVAILABLE", describeFetchError(error), error);
     }
-    if (!response.ok || !response.body) {
+    /** Drops the response unread; the error to throw. */
+    const refuse = async (
+      code: "UNAVAILABLE" | "NOT_FOUND" | "INVALID_ARGUMENT",
+      what: string,
+    ): Promise<CriError> => {
       await response.body?.cancel().catch(() => {});
-      throw fail(
+      abort.abort();
+      return fail(code, what);
+    };
+    if (!response.ok || !response.body) {
+      throw await refuse(
         response.status === 404 ? "NOT_FOUND" : "UNAVAILABLE",
         `HTTP ${response.status} ${response.statusText}`,
       );
     }
+    const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
+    if (encoding && encoding !== "identity") {
+      throw await refuse(
+        "INVALID_ARGUMENT",
+        `Content-Encoding ${JSON.stringify(encoding)}: vmlet takes disk images unencoded`,
+      );
+    }
     const total = Number(response.headers.get("content-length")) || undefined;
+    if (total !== undefined && total > this.maxBytes) {
+      throw await refuse(
+        "INVALID_ARGUMENT",
+        `${total} bytes (Content-Length) is more than the ${this.maxBytes}-byte image limit`,
+      );
+    }
     const hash = crypto.createHash("sha256");
     const handle = await fs.promises.open(file, "wx", 0o600);
     let header = Buffer.alloc(0);
@@ -306,9 +337,10 @@ export class ImageStore {
             // Refuse early: an error page or a tarball is known after the first 4 KiB.
             if (header.length >= HEADER_BYTES) format = detectDiskFormat(header);
           }
+          size += bytes.length;
+          if (size > this.maxBytes) throw new ImageTooLargeError(this.maxBytes);
           hash.update(bytes);
           await handle.write(bytes);
-          size += bytes.length;
           if (Date.now() - lastLog >= this.progressIntervalMs) {
             lastLog = Date.now();
             log.info(
@@ -319,7 +351,8 @@ export class ImageStore {
         }
       } catch (error) {
         abort.abort();
-        if (error instanceof DiskImageError) throw fail("INVALID_ARGUMENT", error.message, error);
+        if (error instanceof DiskImageError || error instanceof ImageTooLargeError)
+          throw fail("INVALID_ARGUMENT", error.message, error);
         throw fail(
           "UNAVAILABLE",
           `download failed after ${size} bytes: ${describeFetchError(error)}`,
@@ -343,6 +376,13 @@ export class ImageStore {
     await handle.close();
     log.info({ bytes: size, total }, "download complete");
     return { file, sha256: hash.digest("hex"), size, format };
+  }
+}
+
+class ImageTooLargeError extends Error {
+  constructor(limit: number) {
+    super(`more than the ${limit}-byte image limit; download stopped`);
+    this.name = "ImageTooLargeError";
   }
 }
 

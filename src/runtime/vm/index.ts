@@ -3,6 +3,7 @@
 export { kvmAvailable, resolveAccel } from "./accel";
 export {
   buildQemuArgv,
+  QEMU_SANDBOX,
   type QemuCommand,
   qemuOptValue,
   type ResolvedAccel,
@@ -29,6 +30,7 @@ export {
   guestExec,
 } from "./guest-agent";
 export {
+  DEFAULT_QEMU_USER,
   killStrayQemu,
   removeVmFiles,
   removeVmState,
@@ -41,6 +43,7 @@ export type {
   Accel,
   CloudInit,
   CloudInitFile,
+  QemuConfinement,
   VmExit,
   VmHandle,
   VmLog,
