@@ -21,6 +21,7 @@ import {
 import type * as cri from "./cri/generated";
 import { CriError, errorMessage, failedPrecondition, invalidArgument, notFound } from "./errors";
 import { type ImageStore, imageId, repoDigests } from "./images/image-store";
+import { containerLogPath } from "./log-path";
 import type { StateStore } from "./store";
 import type { ContainerRecord, SandboxRecord } from "./store/records";
 import type {
@@ -352,7 +353,11 @@ export class VmRuntime {
       const id = newId();
       const dir = vmDirFor(this.vmDir, id);
       const logPath = config.logPath
-        ? path.resolve(sandbox.logDirectory || this.fallbackLogDir(sandboxId), config.logPath)
+        ? containerLogPath(
+            where,
+            sandbox.logDirectory || this.fallbackLogDir(sandboxId),
+            config.logPath,
+          )
         : path.join(dir, "console.log");
       const record: ContainerRecord = {
         id,

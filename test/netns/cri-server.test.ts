@@ -346,6 +346,35 @@ describe("CRI server", () => {
     assert.ok(!fs.existsSync(path.dirname(logPath)), `${path.dirname(logPath)} removed`);
   });
 
+  test("a log_path outside the pod's log directory is INVALID_ARGUMENT naming log_path, and no container is made", async () => {
+    const r = t.client.runtime;
+    const logDirectory = path.join(t.dir, "pods", "default_badlog_uid");
+    const sandboxConfig = podConfig("badlog", { logDirectory });
+    const { podSandboxId } = await r.RunPodSandbox({ config: sandboxConfig });
+    const before = (await r.ListContainers({})).containers.length;
+    for (const [logPath, why] of [
+      ["/etc/cron.d/x", /must be relative to the pod's log_directory/],
+      ["../../../etc/cron.d/x", /must not contain "\.\."/],
+      ["guest/../../x.log", /must not contain "\.\."/],
+      ["guest//0.log", /must name a file/],
+      ["guest/", /must name a file/],
+    ] as const) {
+      await rejectsWith(
+        r.CreateContainer({
+          podSandboxId,
+          config: { metadata: { name: "guest" }, image: { image: "vmlet.io/test" }, logPath },
+          sandboxConfig,
+        }),
+        status.INVALID_ARGUMENT,
+        new RegExp(
+          `^CreateContainer default/badlog/guest: log_path ${JSON.stringify(logPath).replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}: ${why.source}`,
+        ),
+      );
+    }
+    assert.equal((await r.ListContainers({})).containers.length, before);
+    await r.RemovePodSandbox({ podSandboxId });
+  });
+
   test("a container is a VM: created, started, running, stopped, exited, removed", async () => {
     const r = t.client.runtime;
     const logDirectory = path.join(t.dir, "pods", "default_vm1_uid");

@@ -93,4 +93,26 @@ describe("the CRI log format", () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it("never writes through a symlink at the log path, on open or on reopen after a rotation", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cri-log-link-"));
+    try {
+      const target = path.join(dir, "shadow");
+      fs.writeFileSync(target, "root:secret\n");
+      const log = path.join(dir, "0.log");
+      fs.symlinkSync(target, log);
+      await assert.rejects(CriLogWriter.open(log), /CRI log .*0\.log is a symlink: not followed/);
+      fs.rmSync(log);
+      const writer = await CriLogWriter.open(log);
+      fs.renameSync(log, `${log}.1`); // kubelet rotates; something plants a link meanwhile
+      fs.symlinkSync(target, log);
+      await assert.rejects(writer.reopen(), /is a symlink: not followed/);
+      await writer.write([{ tag: "F", text: Buffer.from("still to the open file") }]);
+      await writer.close();
+      assert.equal(fs.readFileSync(target, "utf8"), "root:secret\n");
+      assert.match(fs.readFileSync(`${log}.1`, "utf8"), /stdout F still to the open file\n$/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

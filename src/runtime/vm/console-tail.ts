@@ -27,6 +27,10 @@ export interface ConsoleTailOptions {
 }
 
 const CHUNK = 64 * 1024;
+/** Pieces are written once this many bytes of them are pending. */
+const WRITE_BATCH_BYTES = 1024 * 1024;
+/** During a long catch-up, the offset is saved after about this many bytes. */
+const SAVE_EVERY_BYTES = 16 * 1024 * 1024;
 /** Logged bytes of the raw file are freed (a hole punched) once this many have piled up. */
 const RECLAIM_BYTES = 1024 * 1024;
 const BLOCK = 4096;
@@ -110,7 +114,6 @@ export class ConsoleTailer {
   }
 
   private async pass(final: boolean): Promise<void> {
-    const pieces: CriPiece[] = [];
     let file: fs.promises.FileHandle;
     try {
       file = await fs.promises.open(this.options.rawPath, "r");
@@ -118,35 +121,54 @@ export class ConsoleTailer {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
       throw error;
     }
+    // The unread part can be GBs (a chatty guest while vmlet was down): it goes to the
+    // log in bounded batches, so memory stays flat whatever the backlog.
+    let batch: CriPiece[] = [];
+    let batchBytes = 0;
+    const flush = async (): Promise<void> => {
+      await this.options.writer.write(batch);
+      batch = [];
+      batchBytes = 0;
+    };
+    const add = (pieces: CriPiece[]): void => {
+      for (const piece of pieces) {
+        batch.push(piece);
+        batchBytes += piece.text.length;
+      }
+    };
     try {
       const { size } = await file.stat();
       if (size < this.readPos) {
         // The file was truncated or replaced: start over at its beginning.
         this.readPos = 0;
-        pieces.push(...this.splitter.end());
+        add(this.splitter.end());
       }
       const buffer = Buffer.alloc(CHUNK);
       for (;;) {
         const { bytesRead } = await file.read(buffer, 0, CHUNK, this.readPos);
         if (bytesRead === 0) break;
         this.readPos += bytesRead;
-        pieces.push(...this.splitter.push(buffer.subarray(0, bytesRead)));
+        add(this.splitter.push(buffer.subarray(0, bytesRead)));
+        if (batchBytes >= WRITE_BATCH_BYTES) {
+          await flush();
+          if (this.offset - this.savedOffset >= SAVE_EVERY_BYTES) await this.saveOffset();
+        }
       }
     } finally {
       await file.close();
     }
     const now = Date.now();
     if (final) {
-      pieces.push(...this.splitter.end());
+      add(this.splitter.end());
     } else if (this.splitter.pendingBytes === 0) {
       this.pendingSince = 0;
     } else if (this.pendingSince === 0) {
       this.pendingSince = now;
     } else if (now - this.pendingSince >= (this.options.partialFlushMs ?? 500)) {
-      pieces.push(...this.splitter.flushPartial());
+      add(this.splitter.flushPartial());
       this.pendingSince = 0;
     }
-    await this.options.writer.write(pieces);
+    await flush();
     await this.saveOffset();
     await this.reclaim();
   }

@@ -133,7 +133,18 @@ export class CriLogWriter {
   }
 }
 
+/** Append-only, and never through a symlink: vmlet writes the log as root. */
+const LOG_OPEN_FLAGS =
+  fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW;
+
 async function openLog(logPath: string): Promise<fs.promises.FileHandle> {
   await fs.promises.mkdir(path.dirname(logPath), { recursive: true });
-  return fs.promises.open(logPath, "a", 0o640);
+  try {
+    return await fs.promises.open(logPath, LOG_OPEN_FLAGS, 0o640);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ELOOP") {
+      throw new Error(`CRI log ${logPath} is a symlink: not followed`, { cause: error });
+    }
+    throw error;
+  }
 }
