@@ -1,6 +1,7 @@
 // `vmlet serve`: the CRI runtime kubelet talks to. Flags, or a JSON config file with the
 // same settings, choose the socket, the state dir, the CNI dirs, the image rules, the
 // accelerator and the log level. Logs are pino JSON lines on stdout.
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -208,6 +209,15 @@ function imageRulesReader(file: string): () => ImageRule[] {
   };
 }
 
+/** QEMU would only fail at the first StartContainer: say it now, and how to fix it. */
+function requireUser(user: string): void {
+  const found = spawnSync("getent", ["passwd", user], { encoding: "utf8" });
+  if (found.status === 0) return;
+  throw new ServeConfigError(
+    `qemuUser ${JSON.stringify(user)}: no such user (QEMU drops to it); scripts/setup.sh makes ${DEFAULT_QEMU_USER}, see deploy/README.md, or set qemuConfinement off for debugging`,
+  );
+}
+
 /** vmlet's parts assembled: CNI client, tapmanager, VM launcher, CRI server. */
 export interface RunningVmlet {
   logger: pino.Logger;
@@ -219,6 +229,7 @@ export async function startDaemon(
   options: ServeOptions,
   destination?: pino.DestinationStream,
 ): Promise<RunningVmlet> {
+  if (options.qemuConfinement === "on") requireUser(options.qemuUser);
   const logger = pino({ level: options.logLevel, base: { pid: process.pid } }, destination);
   const cni = new CniClient({
     confDir: options.cniConfDir,

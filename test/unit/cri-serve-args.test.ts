@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
-import { parseServeArgs, parseSize } from "../../src/cli/serve";
+import { parseServeArgs, parseSize, startDaemon } from "../../src/cli/serve";
 
 function configFile(content: unknown): string {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-serve-")), "vmlet.json");
@@ -59,6 +59,13 @@ describe("vmlet serve settings", () => {
       /qemuConfinement "maybe": want on or off/,
     );
     assert.throws(() => parseServeArgs(["--qemu-user", "a b"]), /qemuUser "a b": not a user name/);
+  });
+
+  test("serve refuses to start when the QEMU user does not exist, saying how to make it", async () => {
+    await assert.rejects(
+      startDaemon({ ...parseServeArgs([]), qemuUser: "vmlet-no-such-user" }),
+      /qemuUser "vmlet-no-such-user": no such user \(QEMU drops to it\); scripts\/setup\.sh makes vmlet-qemu/,
+    );
   });
 
   test("the image download cap takes binary units or bytes", () => {
