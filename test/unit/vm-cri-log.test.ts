@@ -70,6 +70,43 @@ describe("the CRI log format", () => {
     assert.deepEqual(s.end(), []);
   });
 
+  it("gives the same lines, in pieces of at most the maximum, however the stream is cut", () => {
+    const max = 8;
+    let seed = 42;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let round = 0; round < 500; round++) {
+      const text = Array.from({ length: rand(120) }, () => "ab\r\n"[rand(4)]).join("");
+      const splitter = new CriLineSplitter(max);
+      const pieces: CriPiece[] = [];
+      const data = Buffer.from(text);
+      for (let at = 0; at < data.length; ) {
+        const n = 1 + rand(3 * max);
+        pieces.push(...splitter.push(data.subarray(at, at + n)));
+        at += n;
+      }
+      pieces.push(...splitter.end());
+      const lines: string[] = [];
+      let line = "";
+      for (const piece of pieces) {
+        assert.ok(piece.text.length <= max, JSON.stringify(text));
+        line += piece.text.toString();
+        if (piece.tag === "F") {
+          lines.push(line);
+          line = "";
+        }
+      }
+      // Whole lines lose the CR of a CR LF; an unfinished last line is ended as it is.
+      const segments = text.split("\n");
+      const last = segments.pop() ?? "";
+      const expected = segments.map((l) => (l.endsWith("\r") ? l.slice(0, -1) : l));
+      if (last !== "") expected.push(last);
+      assert.deepEqual(lines, expected, JSON.stringify(text));
+    }
+  });
+
   it("appends to the log, and after kubelet renames it, reopenLog writes to a new file at the path", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vm-cri-log-"));
     try {

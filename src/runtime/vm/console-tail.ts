@@ -29,6 +29,10 @@ export interface ConsoleTailOptions {
 const CHUNK = 64 * 1024;
 /** Pieces are written once this many bytes of them are pending. */
 const WRITE_BATCH_BYTES = 1024 * 1024;
+/** ... or this many pieces (a backlog of short lines is mostly per-line overhead). */
+const WRITE_BATCH_PIECES = 4096;
+/** What the line splitter is given at a time. */
+const SPLIT_BYTES = 8 * 1024;
 /** During a long catch-up, the offset is saved after about this many bytes. */
 const SAVE_EVERY_BYTES = 16 * 1024 * 1024;
 /** Logged bytes of the raw file are freed (a hole punched) once this many have piled up. */
@@ -147,11 +151,21 @@ export class ConsoleTailer {
       for (;;) {
         const { bytesRead } = await file.read(buffer, 0, CHUNK, this.readPos);
         if (bytesRead === 0) break;
-        this.readPos += bytesRead;
-        add(this.splitter.push(buffer.subarray(0, bytesRead)));
-        if (batchBytes >= WRITE_BATCH_BYTES) {
-          await flush();
-          if (this.offset - this.savedOffset >= SAVE_EVERY_BYTES) await this.saveOffset();
+        // Short lines go to the splitter in slices, so that even a chunk of one-byte lines
+        // makes a bounded batch; a long line in progress takes the rest of the chunk at once
+        // (few, large pieces; no copy of what is pending per slice). The read position
+        // moves with each slice, so a saved offset never passes unwritten lines.
+        for (let at = 0; at < bytesRead; ) {
+          const longLine = this.splitter.pendingBytes >= SPLIT_BYTES;
+          const end = longLine ? bytesRead : Math.min(at + SPLIT_BYTES, bytesRead);
+          const slice = buffer.subarray(at, end);
+          at = end;
+          this.readPos += slice.length;
+          add(this.splitter.push(slice));
+          if (batchBytes >= WRITE_BATCH_BYTES || batch.length >= WRITE_BATCH_PIECES) {
+            await flush();
+            if (this.offset - this.savedOffset >= SAVE_EVERY_BYTES) await this.saveOffset();
+          }
         }
       }
     } finally {

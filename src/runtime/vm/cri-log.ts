@@ -35,11 +35,23 @@ export function rfc3339Nano(epochNanos: bigint): string {
 }
 
 export function formatCriLine(epochNanos: bigint, stream: CriStream, piece: CriPiece): Buffer {
-  return Buffer.concat([
-    Buffer.from(`${rfc3339Nano(epochNanos)} ${stream} ${piece.tag} `),
-    piece.text,
-    Buffer.from("\n"),
-  ]);
+  return formatCriLines(epochNanos, stream, [piece]);
+}
+
+/** Pieces logged at one time, as one buffer: the time is formatted once, not per line. */
+export function formatCriLines(epochNanos: bigint, stream: CriStream, pieces: CriPiece[]): Buffer {
+  const time = `${rfc3339Nano(epochNanos)} ${stream} `;
+  const heads = { P: Buffer.from(`${time}P `), F: Buffer.from(`${time}F `) };
+  let total = 0;
+  for (const piece of pieces) total += heads[piece.tag].length + piece.text.length + 1;
+  const out = Buffer.allocUnsafe(total);
+  let at = 0;
+  for (const piece of pieces) {
+    at += heads[piece.tag].copy(out, at);
+    at += piece.text.copy(out, at);
+    out[at++] = NEWLINE;
+  }
+  return out;
 }
 
 /**
@@ -60,18 +72,20 @@ export class CriLineSplitter {
 
   push(chunk: Buffer): CriPiece[] {
     const pieces: CriPiece[] = [];
-    let data = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
-    for (let nl = data.indexOf(NEWLINE); nl >= 0; nl = data.indexOf(NEWLINE)) {
-      let line = data.subarray(0, nl);
-      if (line.length && line[line.length - 1] === CR) line = line.subarray(0, line.length - 1);
-      pieces.push(...this.pieces(line, "F"));
-      data = data.subarray(nl + 1);
+    const data = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    // Offsets rather than a subarray per line: a console of short lines makes millions.
+    let start = 0;
+    for (let nl = data.indexOf(NEWLINE, start); nl >= 0; nl = data.indexOf(NEWLINE, start)) {
+      const end = nl > start && data[nl - 1] === CR ? nl - 1 : nl;
+      this.cut(data, start, end, "F", pieces);
+      start = nl + 1;
     }
     // A line longer than the maximum is written in P pieces while it is still arriving.
-    const whole = Math.floor(data.length / this.maxLineBytes) * this.maxLineBytes;
-    const keep = whole === data.length ? whole - this.maxLineBytes : whole;
-    if (keep > 0) pieces.push(...this.pieces(data.subarray(0, keep), "P"));
-    this.pending = Buffer.from(data.subarray(Math.max(keep, 0)));
+    const rest = data.length - start;
+    const whole = Math.floor(rest / this.maxLineBytes) * this.maxLineBytes;
+    const keep = whole === rest ? whole - this.maxLineBytes : whole;
+    if (keep > 0) this.cut(data, start, start + keep, "P", pieces);
+    this.pending = copy(data, start + Math.max(keep, 0), data.length);
     return pieces;
   }
 
@@ -91,17 +105,22 @@ export class CriLineSplitter {
     return [{ tag: "F", text }];
   }
 
-  /** `text` in pieces of at most maxLineBytes: all P but the last, which gets `lastTag`. */
-  private pieces(text: Buffer, lastTag: CriTag): CriPiece[] {
-    const out: CriPiece[] = [];
-    let start = 0;
-    while (text.length - start > this.maxLineBytes) {
-      out.push({ tag: "P", text: Buffer.from(text.subarray(start, start + this.maxLineBytes)) });
-      start += this.maxLineBytes;
+  /** data[start, end) in pieces of at most maxLineBytes: all P but the last, which gets `lastTag`. */
+  private cut(data: Buffer, start: number, end: number, lastTag: CriTag, out: CriPiece[]): void {
+    let at = start;
+    while (end - at > this.maxLineBytes) {
+      out.push({ tag: "P", text: copy(data, at, at + this.maxLineBytes) });
+      at += this.maxLineBytes;
     }
-    out.push({ tag: lastTag, text: Buffer.from(text.subarray(start)) });
-    return out;
+    out.push({ tag: lastTag, text: copy(data, at, end) });
   }
+}
+
+/** Pieces outlive the caller's buffer (the tailer reuses its read buffer). */
+function copy(data: Buffer, start: number, end: number): Buffer {
+  const out = Buffer.allocUnsafe(end - start);
+  data.copy(out, 0, start, end);
+  return out;
 }
 
 /** The CRI log file: appended to, reopened at its path after kubelet rotates it. */
@@ -118,7 +137,7 @@ export class CriLogWriter {
 
   async write(pieces: CriPiece[], at: bigint = nowNanos()): Promise<void> {
     if (!pieces.length) return;
-    await this.file.write(Buffer.concat(pieces.map((p) => formatCriLine(at, this.stream, p))));
+    await this.file.write(formatCriLines(at, this.stream, pieces));
   }
 
   async reopen(): Promise<void> {

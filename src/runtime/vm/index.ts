@@ -18,6 +18,7 @@ export {
   type CriTag,
   DEFAULT_MAX_LINE_BYTES,
   formatCriLine,
+  formatCriLines,
   rfc3339Nano,
 } from "./cri-log";
 export { QmpError, VmError, VmSpecError } from "./errors";
