@@ -268,6 +268,50 @@ describe("image store pulls", () => {
     });
   });
 
+  test("a server that stops sending, before its headers or mid-image, is given up on after the stall timeout, leaving nothing", {
+    timeout: 15_000,
+  }, async () => {
+    const stallDir = path.join(dir, "stall");
+    const stalling = await ImageStore.open({
+      records: await RecordStore.open<ImageRecord>("image", path.join(stallDir, "images")),
+      dir: stallDir,
+      rules: () => rules,
+      logger: pino({ level: "silent" }),
+      stallTimeoutMs: 300,
+    });
+    const hung: http.ServerResponse[] = [];
+    handlers.set("/no-headers", (_req, res) => void hung.push(res));
+    handlers.set("/mid-body", (_req, res) => {
+      res.writeHead(200, { "content-length": 1024 * 1024 });
+      res.write(qcow2("stalls"));
+      hung.push(res);
+    });
+    rules.push({ name: "vmlet.io/no-headers:latest", url: `${base}/no-headers` });
+    rules.push({ name: "vmlet.io/mid-body:latest", url: `${base}/mid-body` });
+    try {
+      for (const [name, message] of [
+        ["vmlet.io/no-headers", /GET .*\/no-headers: no data for 300 ms: given up; nothing kept$/],
+        [
+          "vmlet.io/mid-body",
+          /GET .*\/mid-body: download failed after 65536 bytes: no data for 300 ms: given up; nothing kept$/,
+        ],
+      ] as const) {
+        const at = Date.now();
+        await assert.rejects(stalling.pull(name), (error: unknown) => {
+          assert.ok(error instanceof CriError, String(error));
+          assert.equal(error.code, "UNAVAILABLE");
+          assert.match(error.message, message);
+          return true;
+        });
+        assert.ok(Date.now() - at < 3000, `${name}: given up after ${Date.now() - at} ms`);
+        assert.deepEqual(fs.readdirSync(path.join(stallDir, "tmp")), []);
+        assert.deepEqual(fs.readdirSync(path.join(stallDir, "blobs")), []);
+      }
+    } finally {
+      for (const res of hung) res.destroy();
+    }
+  });
+
   test("a pull logs its progress as JSON lines carrying the image, ending at 100 percent", async () => {
     const lines: Record<string, unknown>[] = [];
     const logger = pino(
