@@ -3,7 +3,6 @@
 export { kvmAvailable, resolveAccel } from "./accel";
 export {
   buildQemuArgv,
-  QEMU_SANDBOX,
   type QemuCommand,
   qemuOptValue,
   type ResolvedAccel,
