@@ -27,12 +27,8 @@ export interface ConsoleTailOptions {
 }
 
 const CHUNK = 64 * 1024;
-/** Pieces are written once this many bytes of them are pending. */
-const WRITE_BATCH_BYTES = 1024 * 1024;
-/** ... or this many pieces (a backlog of short lines is mostly per-line overhead). */
-const WRITE_BATCH_PIECES = 4096;
-/** What the line splitter is given at a time. */
-const SPLIT_BYTES = 8 * 1024;
+/** The log is written once this many bytes of lines are waiting. */
+const WRITE_BATCH_BYTES = 256 * 1024;
 /** During a long catch-up, the offset is saved after about this many bytes. */
 const SAVE_EVERY_BYTES = 16 * 1024 * 1024;
 /** Logged bytes of the raw file are freed (a hole punched) once this many have piled up. */
@@ -125,47 +121,27 @@ export class ConsoleTailer {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
       throw error;
     }
-    // The unread part can be GBs (a chatty guest while vmlet was down): it goes to the
-    // log in bounded batches, so memory stays flat whatever the backlog.
-    let batch: CriPiece[] = [];
-    let batchBytes = 0;
-    const flush = async (): Promise<void> => {
-      await this.options.writer.write(batch);
-      batch = [];
-      batchBytes = 0;
-    };
-    const add = (pieces: CriPiece[]): void => {
-      for (const piece of pieces) {
-        batch.push(piece);
-        batchBytes += piece.text.length;
-      }
-    };
+    // The unread part can be GBs (a chatty guest while vmlet was down): lines go through
+    // the writer's own buffer, written whenever it holds WRITE_BATCH_BYTES, so memory
+    // stays flat whatever the backlog.
+    const writer = this.options.writer;
+    const append = (piece: CriPiece): void => writer.append(piece);
     try {
       const { size } = await file.stat();
       if (size < this.readPos) {
         // The file was truncated or replaced: start over at its beginning.
         this.readPos = 0;
-        add(this.splitter.end());
+        this.splitter.end().forEach(append);
       }
       const buffer = Buffer.alloc(CHUNK);
       for (;;) {
         const { bytesRead } = await file.read(buffer, 0, CHUNK, this.readPos);
         if (bytesRead === 0) break;
-        // Short lines go to the splitter in slices, so that even a chunk of one-byte lines
-        // makes a bounded batch; a long line in progress takes the rest of the chunk at once
-        // (few, large pieces; no copy of what is pending per slice). The read position
-        // moves with each slice, so a saved offset never passes unwritten lines.
-        for (let at = 0; at < bytesRead; ) {
-          const longLine = this.splitter.pendingBytes >= SPLIT_BYTES;
-          const end = longLine ? bytesRead : Math.min(at + SPLIT_BYTES, bytesRead);
-          const slice = buffer.subarray(at, end);
-          at = end;
-          this.readPos += slice.length;
-          add(this.splitter.push(slice));
-          if (batchBytes >= WRITE_BATCH_BYTES || batch.length >= WRITE_BATCH_PIECES) {
-            await flush();
-            if (this.offset - this.savedOffset >= SAVE_EVERY_BYTES) await this.saveOffset();
-          }
+        this.readPos += bytesRead;
+        this.splitter.scan(buffer.subarray(0, bytesRead), append);
+        if (writer.bufferedBytes >= WRITE_BATCH_BYTES) {
+          await writer.flush();
+          if (this.offset - this.savedOffset >= SAVE_EVERY_BYTES) await this.saveOffset();
         }
       }
     } finally {
@@ -173,16 +149,16 @@ export class ConsoleTailer {
     }
     const now = Date.now();
     if (final) {
-      add(this.splitter.end());
+      this.splitter.end().forEach(append);
     } else if (this.splitter.pendingBytes === 0) {
       this.pendingSince = 0;
     } else if (this.pendingSince === 0) {
       this.pendingSince = now;
     } else if (now - this.pendingSince >= (this.options.partialFlushMs ?? 500)) {
-      add(this.splitter.flushPartial());
+      this.splitter.flushPartial().forEach(append);
       this.pendingSince = 0;
     }
-    await flush();
+    await writer.flush();
     await this.saveOffset();
     await this.reclaim();
   }
