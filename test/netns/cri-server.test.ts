@@ -375,6 +375,34 @@ describe("CRI server", () => {
     await r.RemovePodSandbox({ podSandboxId });
   });
 
+  test("a symlink inside the pod's log directory is not followed: StartContainer fails and nothing is written through it", async () => {
+    const r = t.client.runtime;
+    const logDirectory = path.join(t.dir, "pods", "default_linklog_uid");
+    const elsewhere = path.join(t.dir, "elsewhere");
+    fs.mkdirSync(logDirectory, { recursive: true });
+    fs.mkdirSync(elsewhere, { recursive: true });
+    fs.symlinkSync(elsewhere, path.join(logDirectory, "guest"));
+    const sandboxConfig = podConfig("linklog", { logDirectory });
+    const { podSandboxId } = await r.RunPodSandbox({ config: sandboxConfig });
+    const { containerId } = await r.CreateContainer({
+      podSandboxId,
+      config: {
+        metadata: { name: "guest" },
+        image: { image: "vmlet.io/test" },
+        logPath: "guest/0.log",
+      },
+      sandboxConfig,
+    });
+    await rejectsWith(
+      r.StartContainer({ containerId }),
+      status.FAILED_PRECONDITION,
+      /log_path "guest\/0\.log": .*\/guest is a symlink or not a directory: not followed/,
+    );
+    assert.deepEqual(fs.readdirSync(elsewhere), []);
+    assert.equal((await r.ContainerStatus({ containerId })).status?.reason, "StartError");
+    await r.RemovePodSandbox({ podSandboxId });
+  });
+
   test("a container is a VM: created, started, running, stopped, exited, removed", async () => {
     const r = t.client.runtime;
     const logDirectory = path.join(t.dir, "pods", "default_vm1_uid");
