@@ -38,6 +38,19 @@ else
   say "Debian packages present"
 fi
 
+# The unprivileged user QEMU drops to (-runas) once it has opened its disks, sockets and
+# taps; /dev/kvm comes through the kvm group where the node has one (udev makes it).
+QEMU_USER=vmlet-qemu
+if ! getent passwd "$QEMU_USER" >/dev/null; then
+  say "creating system user $QEMU_USER (QEMU runs as it)"
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin --comment "vmlet QEMU" "$QEMU_USER"
+fi
+if getent group kvm >/dev/null && ! id -nG "$QEMU_USER" | tr ' ' '\n' | grep -qx kvm; then
+  say "adding $QEMU_USER to group kvm (/dev/kvm)"
+  usermod --append --groups kvm "$QEMU_USER"
+fi
+
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   # Exactly the lock's versions. (The lock lists every platform's optional biome
   # binaries: npm 11's ci refuses a lock that lists only the platform it was made on.)

@@ -9,6 +9,7 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import pino from "pino";
 import { connectCri } from "../runtime/cri/client";
+import { DEFAULT_QEMU_USER } from "../runtime/vm";
 import { listNetns } from "../sys/netns";
 import { enterPrivateNamespace, privateNamespaceHolderCommand } from "../sys/private-namespace";
 import { Rtnl } from "../sys/rtnl";
@@ -107,6 +108,9 @@ export async function runDemo(args: string[]): Promise<number> {
       accel: "tcg",
       logLevel: "info",
       cgroupDriver: "systemd",
+      qemuConfinement: "on",
+      qemuUser: DEFAULT_QEMU_USER,
+      imageMaxSize: "64Gi",
     },
     pino.destination({ dest: logFile, sync: true }),
   );

@@ -1,6 +1,7 @@
 // `vmlet serve`: the CRI runtime kubelet talks to. Flags, or a JSON config file with the
 // same settings, choose the socket, the state dir, the CNI dirs, the image rules, the
 // accelerator and the log level. Logs are pino JSON lines on stdout.
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -11,19 +12,26 @@ import { startVmlet } from "../runtime/daemon";
 import { type ImageRule, loadImageRules } from "../runtime/images/rules";
 import { createVmLauncher } from "../runtime/launcher";
 import type { Accel } from "../runtime/types";
+import { DEFAULT_QEMU_USER } from "../runtime/vm";
 import { Tapmanager } from "../tapmanager";
 
 export const SERVE_USAGE = `usage: vmlet serve [options]
 
   --config FILE           JSON with any of: socket, stateDir, cniConfDir, cniBinDir,
-                          imageRules, accel, logLevel, cgroupDriver (flags win)
+                          imageRules, accel, logLevel, cgroupDriver, qemuConfinement,
+                          qemuUser, imageMaxSize (flags win)
   --socket PATH           CRI socket (default ${DEFAULT_SOCKET})
   --state-dir DIR         sandboxes, containers, images, VMs (default /var/lib/vmlet)
   --cni-conf-dir DIR      CNI network configs (default /etc/cni/net.d)
   --cni-bin-dir DIR[:DIR] CNI plugin dirs (default /opt/cni/bin:/usr/lib/cni)
   --image-rules FILE      image name to URL rules, JSON (default /etc/vmlet/images.json)
   --accel kvm|tcg|auto    QEMU accelerator (default auto)
-  --log-level LEVEL       trace, debug, info, warn, error (default info)`;
+  --log-level LEVEL       trace, debug, info, warn, error (default info)
+  --qemu-confinement on|off
+                          on: QEMU runs with seccomp, as --qemu-user, without cores;
+                          off (debugging only): as root, unfiltered (default on)
+  --qemu-user NAME        the user QEMU drops to (default ${DEFAULT_QEMU_USER})
+  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default 64Gi)`;
 
 export interface ServeOptions {
   socket: string;
@@ -34,6 +42,10 @@ export interface ServeOptions {
   accel: Accel;
   logLevel: string;
   cgroupDriver: "systemd" | "cgroupfs";
+  qemuConfinement: "on" | "off";
+  qemuUser: string;
+  /** A size such as 64Gi (binary units) or a number of bytes. */
+  imageMaxSize: string;
 }
 
 const DEFAULTS: ServeOptions = {
@@ -45,6 +57,9 @@ const DEFAULTS: ServeOptions = {
   accel: "auto",
   logLevel: "info",
   cgroupDriver: "systemd",
+  qemuConfinement: "on",
+  qemuUser: DEFAULT_QEMU_USER,
+  imageMaxSize: "64Gi",
 };
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
@@ -68,6 +83,9 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       "image-rules": { type: "string" },
       accel: { type: "string" },
       "log-level": { type: "string" },
+      "qemu-confinement": { type: "string" },
+      "qemu-user": { type: "string" },
+      "image-max-size": { type: "string" },
     },
     strict: true,
     allowPositionals: false,
@@ -81,6 +99,11 @@ export function parseServeArgs(argv: string[]): ServeOptions {
     ...(values["image-rules"] ? { imageRules: values["image-rules"] } : {}),
     ...(values.accel ? { accel: values.accel as Accel } : {}),
     ...(values["log-level"] ? { logLevel: values["log-level"] } : {}),
+    ...(values["qemu-confinement"]
+      ? { qemuConfinement: values["qemu-confinement"] as ServeOptions["qemuConfinement"] }
+      : {}),
+    ...(values["qemu-user"] ? { qemuUser: values["qemu-user"] } : {}),
+    ...(values["image-max-size"] ? { imageMaxSize: values["image-max-size"] } : {}),
   };
   return validate({ ...DEFAULTS, ...file, ...flags }, "--");
 }
@@ -146,7 +169,36 @@ function validate(o: ServeOptions, _prefix: string): ServeOptions {
       throw new ServeConfigError(`${name} ${JSON.stringify(value)}: must be an absolute path`);
   }
   if (o.cniBinDirs.length === 0) throw new ServeConfigError("cni bin dir: at least one directory");
+  if (!["on", "off"].includes(o.qemuConfinement)) {
+    throw new ServeConfigError(
+      `qemuConfinement ${JSON.stringify(o.qemuConfinement)}: want on or off`,
+    );
+  }
+  if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(o.qemuUser)) {
+    throw new ServeConfigError(`qemuUser ${JSON.stringify(o.qemuUser)}: not a user name`);
+  }
+  parseSize(o.imageMaxSize, "imageMaxSize");
   return o;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+};
+
+/** `64Gi`, `500Mi`, `1048576`: bytes. */
+export function parseSize(text: string, setting: string): number {
+  const match = /^(\d+)(Ki|Mi|Gi|Ti)?$/.exec(text.trim());
+  const bytes = match ? Number(match[1]) * SIZE_UNITS[match[2] ?? ""] : Number.NaN;
+  if (!Number.isSafeInteger(bytes) || bytes < 1) {
+    throw new ServeConfigError(
+      `${setting} ${JSON.stringify(text)}: want a size such as 64Gi or 500Mi (or bytes)`,
+    );
+  }
+  return bytes;
 }
 
 /** The rules file is read on every pull; a missing file means no image can be pulled. */
@@ -155,6 +207,15 @@ function imageRulesReader(file: string): () => ImageRule[] {
     if (!fs.existsSync(file)) throw new ServeConfigError(`image rules ${file}: no such file`);
     return loadImageRules(file);
   };
+}
+
+/** QEMU would only fail at the first StartContainer: say it now, and how to fix it. */
+function requireUser(user: string): void {
+  const found = spawnSync("getent", ["passwd", user], { encoding: "utf8" });
+  if (found.status === 0) return;
+  throw new ServeConfigError(
+    `qemuUser ${JSON.stringify(user)}: no such user (QEMU drops to it); scripts/setup.sh makes ${DEFAULT_QEMU_USER}, see deploy/README.md, or set qemuConfinement off for debugging`,
+  );
 }
 
 /** vmlet's parts assembled: CNI client, tapmanager, VM launcher, CRI server. */
@@ -168,6 +229,7 @@ export async function startDaemon(
   options: ServeOptions,
   destination?: pino.DestinationStream,
 ): Promise<RunningVmlet> {
+  if (options.qemuConfinement === "on") requireUser(options.qemuUser);
   const logger = pino({ level: options.logLevel, base: { pid: process.pid } }, destination);
   const cni = new CniClient({
     confDir: options.cniConfDir,
@@ -183,8 +245,12 @@ export async function startDaemon(
     socket: options.socket,
     stateDir: options.stateDir,
     networks: tapmanager,
-    launcher: createVmLauncher({ logger: logger.child({ component: "vm" }) }),
+    launcher: createVmLauncher({
+      logger: logger.child({ component: "vm" }),
+      confinement: options.qemuConfinement === "on" ? { user: options.qemuUser } : null,
+    }),
     imageRules: imageRulesReader(options.imageRules),
+    imageMaxBytes: parseSize(options.imageMaxSize, "imageMaxSize"),
     accel: options.accel,
     logger,
     cgroupDriver: options.cgroupDriver,

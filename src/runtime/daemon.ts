@@ -14,6 +14,8 @@ export interface VmletOptions {
   launcher: VmLauncher;
   /** Read on every pull. */
   imageRules: () => ImageRule[];
+  /** Largest image download, in bytes. */
+  imageMaxBytes?: number;
   accel: Accel;
   logger: Logger;
   cgroupDriver?: CgroupDriver;
@@ -40,6 +42,7 @@ export async function startVmlet(options: VmletOptions): Promise<Vmlet> {
     records: store.images,
     dir: options.stateDir,
     rules: options.imageRules,
+    maxBytes: options.imageMaxBytes,
     logger: log,
   });
   const runtime = new VmRuntime({

@@ -4,10 +4,14 @@
 // pidfile in the VM dir.
 import type { Logger } from "pino";
 import type { VmHandle, VmLauncher, VmSpec } from "./types";
-import { killStrayQemu, VmLauncher as QemuLauncher, vmPaths } from "./vm";
+import { killStrayQemu, type QemuConfinement, VmLauncher as QemuLauncher, vmPaths } from "./vm";
 
-export function createVmLauncher(options: { logger: Logger }): VmLauncher {
-  const qemu = new QemuLauncher({ log: options.logger });
+export function createVmLauncher(options: {
+  logger: Logger;
+  /** null: QEMU unconfined (debugging); default: confined as user vmlet-qemu. */
+  confinement?: QemuConfinement | null;
+}): VmLauncher {
+  const qemu = new QemuLauncher({ log: options.logger, confinement: options.confinement });
   return {
     start: (spec: VmSpec): Promise<VmHandle> => qemu.start(spec),
     adopt: (record: unknown) => qemu.adopt(record as Parameters<QemuLauncher["adopt"]>[0]),

@@ -22,6 +22,7 @@ import {
 import type * as cri from "./cri/generated";
 import { CriError, errorMessage, failedPrecondition, invalidArgument, notFound } from "./errors";
 import { type ImageStore, imageId, repoDigests } from "./images/image-store";
+import { containerLogPath, makeLogDirs } from "./log-path";
 import type { StateStore } from "./store";
 import type { ContainerRecord, SandboxRecord } from "./store/records";
 import type {
@@ -392,7 +393,11 @@ export class VmRuntime {
       const id = newId();
       const dir = vmDirFor(this.vmDir, id);
       const logPath = config.logPath
-        ? path.resolve(sandbox.logDirectory || this.fallbackLogDir(sandboxId), config.logPath)
+        ? containerLogPath(
+            where,
+            sandbox.logDirectory || this.fallbackLogDir(sandboxId),
+            config.logPath,
+          )
         : path.join(dir, "console.log");
       const record: ContainerRecord = {
         id,
@@ -468,7 +473,8 @@ export class VmRuntime {
           throw failedPrecondition(`image sha256:${image.id}: ${errorMessage(error)}`);
         });
         taps = this.networks.openTaps(record.sandboxId);
-        await fs.promises.mkdir(path.dirname(record.logPath), { recursive: true });
+        const logDirectory = sandbox.logDirectory || this.fallbackLogDir(record.sandboxId);
+        await makeLogDirs(where, logDirectory, record.logPath);
         const spec: VmSpec = {
           id: record.id,
           dir: record.dir,

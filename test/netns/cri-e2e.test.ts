@@ -2,9 +2,10 @@
 // reference bridge plugin, the test guest's disk served over HTTP, and
 // PullImage → RunPodSandbox → CreateContainer → StartContainer. The guest takes the pod
 // IP by DHCP (its console, in the CRI log, says so), a second pod reaches it, a SIGKILL
-// of vmlet loses nothing, and stop + remove leave nothing behind.
+// of vmlet loses nothing, and stop + remove leave nothing behind. QEMU runs confined
+// (an unprivileged user, seccomp, no cores) through all of it.
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
@@ -182,6 +183,24 @@ describe("a VM pod end to end through the CRI socket", { skip }, () => {
       (await client.runtime.ContainerStatus({ containerId, verbose: true })).info.info,
     ) as { pid: number };
     assert.ok(alive(pid));
+
+    // QEMU is confined: the unprivileged user setup.sh made, a seccomp filter, no cores.
+    const qemuUid = Number(execFileSync("id", ["-u", "vmlet-qemu"], { encoding: "utf8" }).trim());
+    assert.ok(qemuUid > 0);
+    const procStatus = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+    assert.deepEqual(
+      /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$/m.exec(procStatus)?.slice(1).map(Number),
+      [qemuUid, qemuUid, qemuUid, qemuUid],
+      "QEMU runs as vmlet-qemu (real, effective, saved, fs uid)",
+    );
+    assert.match(procStatus, /^CapEff:\s+0+$/m, "with no capabilities");
+    assert.match(procStatus, /^Seccomp:\s+2$/m, "in seccomp filter mode (-sandbox on)");
+    assert.match(
+      fs.readFileSync(`/proc/${pid}/limits`, "utf8"),
+      /^Max core file size\s+0\s+0\s+bytes\s*$/m,
+    );
+    // proc(5): the files of a process that is not dumpable are owned by root.
+    assert.equal(fs.statSync(`/proc/${pid}/status`).uid, 0, "QEMU is not dumpable");
 
     // Structured logs: one JSON line per event, with the pod's and the container's ids.
     const started = (served?.output() ?? "")

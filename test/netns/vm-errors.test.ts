@@ -107,9 +107,23 @@ describe("a VM that cannot start", () => {
       const s = spec(root);
       await assert.rejects(
         new VmLauncher({ qemuBinary: "/nonexistent/qemu" }).start(s),
-        /^VmError: vm c1: wait for QMP: spawn \/nonexistent\/qemu ENOENT/,
+        // QEMU is started through prlimit (core limit 0), which says it cannot run it.
+        /^VmError: vm c1: wait for QMP: QEMU exited \(code 127\): prlimit: failed to execute \/nonexistent\/qemu: No such file or directory/,
       );
       assert.ok(!fs.existsSync(s.dir));
+    }),
+  );
+
+  it(
+    "names the QEMU user when it does not exist, and leaves nothing",
+    withDir(async (root) => {
+      const s = spec(root);
+      await assert.rejects(
+        new VmLauncher({ confinement: { user: "vmlet-no-such-user" } }).start(s),
+        /^VmError: vm c1: wait for QMP: QEMU exited \(code 1\): qemu-system-x86_64: -runas vmlet-no-such-user: User "vmlet-no-such-user" doesn't exist.*; removed its files$/,
+      );
+      assert.ok(!fs.existsSync(s.dir));
+      assert.deepEqual(qemuPids(), []);
     }),
   );
 
@@ -192,6 +206,44 @@ describe("a wedged QEMU (stopped with SIGSTOP: its QMP socket takes connections,
       assert.deepEqual(qemuPids(), []);
       assert.equal(await launcher.killRecorded(first.record), false, "gone: nothing to kill");
       await removeVmState(first.record);
+    }),
+  );
+});
+
+describe("QEMU's confinement", () => {
+  /** Uid, seccomp mode and core limit of a running QEMU. */
+  function confinementOf(pid: number): { uid: number; seccomp: number; core: string } {
+    const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+    const limits = fs.readFileSync(`/proc/${pid}/limits`, "utf8");
+    return {
+      uid: Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]),
+      seccomp: Number(/^Seccomp:\s+(\d+)/m.exec(status)?.[1]),
+      core: /^Max core file size\s+(\S+)/m.exec(limits)?.[1] ?? "",
+    };
+  }
+
+  it(
+    "by default: the vmlet-qemu user, a seccomp filter, core limit 0; off (debugging): root, unfiltered, vmlet's own core limit",
+    withDir(async (root) => {
+      const qemuUid = Number(execFileSync("id", ["-u", "vmlet-qemu"], { encoding: "utf8" }));
+      const confined = await new VmLauncher().start(spec(root));
+      try {
+        assert.deepEqual(confinementOf(confined.pid), { uid: qemuUid, seccomp: 2, core: "0" });
+      } finally {
+        await confined.cleanup();
+      }
+      const relaxed = await new VmLauncher({ confinement: null }).start(
+        spec(root, { id: "c2", dir: path.join(root, "c2") }),
+      );
+      try {
+        const ownCore = /^Max core file size\s+(\S+)/m.exec(
+          fs.readFileSync("/proc/self/limits", "utf8"),
+        )?.[1];
+        assert.deepEqual(confinementOf(relaxed.pid), { uid: 0, seccomp: 0, core: ownCore });
+      } finally {
+        await relaxed.cleanup();
+      }
+      assert.deepEqual(qemuPids(), []);
     }),
   );
 });

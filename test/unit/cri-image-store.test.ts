@@ -8,6 +8,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import zlib from "node:zlib";
 import pino from "pino";
 import { imageMessage } from "../../src/runtime/convert";
 import { CriError } from "../../src/runtime/errors";
@@ -25,6 +26,10 @@ const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
 describe("image store pulls", () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-images-"));
   const bodies = new Map<string, Buffer>();
+  /** Paths answered by their own handler rather than a body. */
+  const handlers = new Map<string, http.RequestListener>();
+  /** Every request the server got: path and Accept-Encoding. */
+  const requests: { url: string; acceptEncoding: string | undefined }[] = [];
   const rules: ImageRule[] = [];
   let server: http.Server;
   let base: string;
@@ -32,6 +37,9 @@ describe("image store pulls", () => {
 
   before(async () => {
     server = http.createServer((req, res) => {
+      requests.push({ url: req.url ?? "", acceptEncoding: req.headers["accept-encoding"] });
+      const handler = handlers.get(req.url ?? "");
+      if (handler) return handler(req, res);
       const body = bodies.get(req.url ?? "");
       res.statusCode = body ? 200 : 404;
       res.end(body ?? "not found");
@@ -166,6 +174,144 @@ describe("image store pulls", () => {
       assertNothingLeft();
     });
   });
+  test("a prefix rule never sends a traversal, query or fragment: INVALID_ARGUMENT naming the image, no request", async () => {
+    rules.push({ prefix: "vmlet.io/", url: `${base}/images/` });
+    bodies.set("/admin/export?x=1", qcow2("admin"));
+    const seen = requests.length;
+    for (const name of [
+      "vmlet.io/../../admin/export?x=1",
+      "vmlet.io/a%2F..%2Fb",
+      "vmlet.io/a//b",
+    ]) {
+      await assert.rejects(store.pull(name), (error: unknown) => {
+        assert.ok(error instanceof CriError, String(error));
+        assert.equal(error.code, "INVALID_ARGUMENT");
+        assert.ok(error.message.startsWith(`PullImage ${name}: image "${name}": `), error.message);
+        return true;
+      });
+    }
+    assert.deepEqual(requests.slice(seen), [], "no request reached the server");
+    assertNothingLeft();
+  });
+
+  describe("downloads are bounded: a cap, and no content-encoding", () => {
+    const LIMIT = 256 * 1024;
+    let capped: ImageStore;
+    const capDir = path.join(dir, "capped");
+    before(async () => {
+      capped = await ImageStore.open({
+        records: await RecordStore.open<ImageRecord>("image", path.join(capDir, "images")),
+        dir: capDir,
+        rules: () => rules,
+        logger: pino({ level: "silent" }),
+        maxBytes: LIMIT,
+      });
+    });
+
+    function cappedNothingLeft(): void {
+      assert.deepEqual(fs.readdirSync(path.join(capDir, "tmp")), []);
+      assert.deepEqual(fs.readdirSync(path.join(capDir, "blobs")), []);
+      assert.deepEqual(capped.list(), []);
+    }
+
+    async function refused(name: string, message: RegExp): Promise<void> {
+      await assert.rejects(capped.pull(name), (error: unknown) => {
+        assert.ok(error instanceof CriError, String(error));
+        assert.equal(error.code, "INVALID_ARGUMENT");
+        assert.match(error.message, message);
+        return true;
+      });
+      cappedNothingLeft();
+    }
+
+    test("an image over the cap is refused by its Content-Length, and nothing is kept", async () => {
+      rules.push({ name: "vmlet.io/big-declared:latest", url: `${base}/big-declared` });
+      bodies.set("/big-declared", fakeQcow2({ seed: "big", size: LIMIT + 4096 }));
+      await refused(
+        "vmlet.io/big-declared",
+        /: 266240 bytes \(Content-Length\) is more than the 262144-byte image limit; nothing kept$/,
+      );
+    });
+
+    test("an image over the cap without a Content-Length is stopped at the cap, and nothing is kept", async () => {
+      rules.push({ name: "vmlet.io/big-chunked:latest", url: `${base}/big-chunked` });
+      const body = fakeQcow2({ seed: "chunked", size: 4 * LIMIT });
+      handlers.set("/big-chunked", (_req, res) => {
+        res.writeHead(200, { "transfer-encoding": "chunked" });
+        res.end(body);
+      });
+      await refused(
+        "vmlet.io/big-chunked",
+        /: more than the 262144-byte image limit; download stopped; nothing kept$/,
+      );
+    });
+
+    test("a gzip-encoded image is refused, not inflated to disk; vmlet asks for identity", async () => {
+      rules.push({ name: "vmlet.io/gzipped:latest", url: `${base}/gzipped` });
+      const gz = zlib.gzipSync(qcow2("gzipped"));
+      handlers.set("/gzipped", (_req, res) => {
+        res.writeHead(200, { "content-encoding": "gzip", "content-length": gz.length });
+        res.end(gz);
+      });
+      await refused(
+        "vmlet.io/gzipped",
+        /: Content-Encoding "gzip": vmlet takes disk images unencoded; nothing kept$/,
+      );
+      assert.equal(requests.at(-1)?.url, "/gzipped");
+      assert.equal(requests.at(-1)?.acceptEncoding, "identity");
+    });
+
+    test("an image under the cap is taken", async () => {
+      rules.push({ name: "vmlet.io/small:latest", url: `${base}/small` });
+      bodies.set("/small", fakeQcow2({ seed: "small", size: LIMIT }));
+      assert.equal((await capped.pull("vmlet.io/small")).size, LIMIT);
+    });
+  });
+
+  test("a server that stops sending, before its headers or mid-image, is given up on after the stall timeout, leaving nothing", {
+    timeout: 15_000,
+  }, async () => {
+    const stallDir = path.join(dir, "stall");
+    const stalling = await ImageStore.open({
+      records: await RecordStore.open<ImageRecord>("image", path.join(stallDir, "images")),
+      dir: stallDir,
+      rules: () => rules,
+      logger: pino({ level: "silent" }),
+      stallTimeoutMs: 300,
+    });
+    const hung: http.ServerResponse[] = [];
+    handlers.set("/no-headers", (_req, res) => void hung.push(res));
+    handlers.set("/mid-body", (_req, res) => {
+      res.writeHead(200, { "content-length": 1024 * 1024 });
+      res.write(qcow2("stalls"));
+      hung.push(res);
+    });
+    rules.push({ name: "vmlet.io/no-headers:latest", url: `${base}/no-headers` });
+    rules.push({ name: "vmlet.io/mid-body:latest", url: `${base}/mid-body` });
+    try {
+      for (const [name, message] of [
+        ["vmlet.io/no-headers", /GET .*\/no-headers: no data for 300 ms: given up; nothing kept$/],
+        [
+          "vmlet.io/mid-body",
+          /GET .*\/mid-body: download failed after 65536 bytes: no data for 300 ms: given up; nothing kept$/,
+        ],
+      ] as const) {
+        const at = Date.now();
+        await assert.rejects(stalling.pull(name), (error: unknown) => {
+          assert.ok(error instanceof CriError, String(error));
+          assert.equal(error.code, "UNAVAILABLE");
+          assert.match(error.message, message);
+          return true;
+        });
+        assert.ok(Date.now() - at < 3000, `${name}: given up after ${Date.now() - at} ms`);
+        assert.deepEqual(fs.readdirSync(path.join(stallDir, "tmp")), []);
+        assert.deepEqual(fs.readdirSync(path.join(stallDir, "blobs")), []);
+      }
+    } finally {
+      for (const res of hung) res.destroy();
+    }
+  });
+
   test("a pull logs its progress as JSON lines carrying the image, ending at 100 percent", async () => {
     const lines: Record<string, unknown>[] = [];
     const logger = pino(

@@ -3,7 +3,12 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { detectDiskFormat } from "../../src/runtime/images/format";
-import { normalizeImageName, parseImageRules, resolveImage } from "../../src/runtime/images/rules";
+import {
+  ImageRulesError,
+  normalizeImageName,
+  parseImageRules,
+  resolveImage,
+} from "../../src/runtime/images/rules";
 import { fakeQcow2 } from "../harness/qcow2";
 
 const DIGEST = "a".repeat(64);
@@ -62,6 +67,39 @@ describe("image rules", () => {
     assert.equal(resolveImage(rules, "vmlet.io/debian:12")?.url, "http://h/images/debian:12");
     assert.equal(resolveImage(rules, "vmlet.io/deep/x")?.url, "http://d/x");
     assert.equal(resolveImage(rules, "docker.io/nginx"), undefined);
+  });
+
+  test("a prefix rule's remainder stays under the rule's URL: traversal, queries and fragments are refused", () => {
+    for (const [name, why] of [
+      ["vmlet.io/../../admin/export?x=1", /path segment "\.\.": no "\." or "\.\."/],
+      ["vmlet.io/a/./b", /path segment "\.": no "\." or "\.\."/],
+      ["vmlet.io/x..y", /path segment "x\.\.y"/],
+      ["vmlet.io/export?x=1", /no \?, #, %, backslash or control characters/],
+      ["vmlet.io/img#frag", /no \?, #, %, backslash or control characters/],
+      ["vmlet.io/%2e%2e/admin", /no \?, #, %, backslash or control characters/],
+      ["vmlet.io/a\\b", /no \?, #, %, backslash or control characters/],
+      ["vmlet.io/a\u0000b", /no \?, #, %, backslash or control characters/],
+      ["vmlet.io/a\nb", /no \?, #, %, backslash or control characters/],
+      ["vmlet.io/a//b", /an empty path segment/],
+      ["vmlet.io//a", /an empty path segment/],
+    ] as const) {
+      assert.throws(
+        () => resolveImage(rules, name),
+        (error: unknown) => {
+          assert.ok(error instanceof ImageRulesError, String(error));
+          assert.ok(error.message.startsWith(`image ${JSON.stringify(name)}: `), error.message);
+          assert.match(error.message, why);
+          return true;
+        },
+        name,
+      );
+    }
+  });
+
+  test("a prefix rule's remainder is percent-encoded segment by segment; a tag's colon stays", () => {
+    assert.equal(resolveImage(rules, "vmlet.io/a b/c+d")?.url, "http://h/images/a%20b/c%2Bd");
+    assert.equal(resolveImage(rules, "vmlet.io/team/é:v1")?.url, "http://h/images/team/%C3%A9:v1");
+    assert.equal(resolveImage(rules, "vmlet.io/x&y=z")?.url, "http://h/images/x%26y%3Dz");
   });
 
   test("a digest reference is looked up by its repository's :latest rule, and gets no tag", () => {

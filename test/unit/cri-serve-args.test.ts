@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
-import { parseServeArgs } from "../../src/cli/serve";
+import { parseServeArgs, parseSize, startDaemon } from "../../src/cli/serve";
 
 function configFile(content: unknown): string {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-serve-")), "vmlet.json");
@@ -42,7 +42,41 @@ describe("vmlet serve settings", () => {
       accel: "tcg",
       logLevel: "debug",
       cgroupDriver: "systemd",
+      qemuConfinement: "on",
+      qemuUser: "vmlet-qemu",
+      imageMaxSize: "64Gi",
     });
+  });
+
+  test("QEMU confinement is on by default; --qemu-confinement off and --qemu-user change it", () => {
+    const o = parseServeArgs(["--qemu-confinement=off", "--qemu-user=qemu"]);
+    assert.equal(o.qemuConfinement, "off");
+    assert.equal(o.qemuUser, "qemu");
+    const file = configFile({ qemuConfinement: "off", imageMaxSize: "500Mi" });
+    assert.equal(parseServeArgs(["--config", file]).qemuConfinement, "off");
+    assert.throws(
+      () => parseServeArgs(["--qemu-confinement", "maybe"]),
+      /qemuConfinement "maybe": want on or off/,
+    );
+    assert.throws(() => parseServeArgs(["--qemu-user", "a b"]), /qemuUser "a b": not a user name/);
+  });
+
+  test("serve refuses to start when the QEMU user does not exist, saying how to make it", async () => {
+    await assert.rejects(
+      startDaemon({ ...parseServeArgs([]), qemuUser: "vmlet-no-such-user" }),
+      /qemuUser "vmlet-no-such-user": no such user \(QEMU drops to it\); scripts\/setup\.sh makes vmlet-qemu/,
+    );
+  });
+
+  test("the image download cap takes binary units or bytes", () => {
+    assert.equal(parseSize(parseServeArgs([]).imageMaxSize, "imageMaxSize"), 64 * 2 ** 30);
+    assert.equal(parseSize("500Mi", "x"), 500 * 2 ** 20);
+    assert.equal(parseSize("4096", "x"), 4096);
+    assert.throws(
+      () => parseServeArgs(["--image-max-size", "lots"]),
+      /imageMaxSize "lots": want a size such as 64Gi or 500Mi/,
+    );
+    assert.throws(() => parseServeArgs(["--image-max-size", "0"]), /imageMaxSize "0"/);
   });
 
   test("a config file sets the same, and flags win over it", () => {

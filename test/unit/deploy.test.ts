@@ -15,10 +15,13 @@ describe("deploy/", () => {
     assert.deepEqual(fromFile, { ...parseServeArgs([]), imageRules: "/etc/vmlet/images.json" });
   });
 
-  it("images.json parses as image rules", () => {
+  it("images.json parses as image rules, each fetched over https or pinned by a sha256", () => {
     const file = path.join(DEPLOY, "images.json");
     const rules = parseImageRules(fs.readFileSync(file, "utf8"), file);
     assert.equal(rules.length, 2);
+    for (const rule of rules) {
+      assert.ok(rule.url.startsWith("https://") || rule.sha256, JSON.stringify(rule));
+    }
   });
 
   it("vmlet.service: systemd parses it without a warning; a restart leaves the VMs alone", () => {
@@ -28,6 +31,8 @@ describe("deploy/", () => {
     assert.equal(`${verify.stdout}${verify.stderr}`, "");
     const text = fs.readFileSync(unit, "utf8");
     assert.match(text, /^KillMode=process$/m);
+    // A core of vmlet or of a QEMU it starts would hold guest memory, Secrets included.
+    assert.match(text, /^LimitCORE=0$/m);
     assert.match(text, /^ExecStart=.* serve --config \/etc\/vmlet\/config\.json$/m);
   });
 });

@@ -109,6 +109,30 @@ describe("the QEMU command line", () => {
     assert.deepEqual(values(args, "-mon"), ["chardev=qmp,mode=control"]);
   });
 
+  it("confines QEMU: a seccomp sandbox (no obsolete syscalls, no spawn, no resource control), run as the QEMU user", () => {
+    const { args } = buildQemuArgv(spec(), paths, "tcg", { user: "vmlet-qemu" });
+    const sandbox = values(args, "-sandbox");
+    assert.equal(sandbox.length, 1);
+    const settings = new Map(
+      sandbox[0]!
+        .split(",")
+        .slice(1)
+        .map((kv) => kv.split("=") as [string, string]),
+    );
+    assert.equal(sandbox[0]!.split(",")[0], "on");
+    assert.equal(settings.get("obsolete"), "deny");
+    assert.equal(settings.get("spawn"), "deny");
+    assert.equal(settings.get("resourcecontrol"), "deny");
+    assert.deepEqual(values(args, "-runas"), ["vmlet-qemu"]);
+    // The debugging switch: neither.
+    const relaxed = buildQemuArgv(spec(), paths, "tcg").args;
+    assert.ok(!relaxed.includes("-sandbox") && !relaxed.includes("-runas"));
+    assert.throws(
+      () => buildQemuArgv(spec(), paths, "tcg", { user: "root,x" }),
+      /vm c0ffee: build QEMU command: QEMU user "root,x": not a user name/,
+    );
+  });
+
   it("escapes commas in paths so a state dir cannot add QEMU options", () => {
     assert.equal(qemuOptValue("/a,b,,c"), "/a,,b,,,,c");
     const { args } = buildQemuArgv(spec(), vmPaths("/tmp/x,format=raw"), "tcg");

@@ -70,6 +70,43 @@ describe("the CRI log format", () => {
     assert.deepEqual(s.end(), []);
   });
 
+  it("gives the same lines, in pieces of at most the maximum, however the stream is cut", () => {
+    const max = 8;
+    let seed = 42;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let round = 0; round < 500; round++) {
+      const text = Array.from({ length: rand(120) }, () => "ab\r\n"[rand(4)]).join("");
+      const splitter = new CriLineSplitter(max);
+      const pieces: CriPiece[] = [];
+      const data = Buffer.from(text);
+      for (let at = 0; at < data.length; ) {
+        const n = 1 + rand(3 * max);
+        pieces.push(...splitter.push(data.subarray(at, at + n)));
+        at += n;
+      }
+      pieces.push(...splitter.end());
+      const lines: string[] = [];
+      let line = "";
+      for (const piece of pieces) {
+        assert.ok(piece.text.length <= max, JSON.stringify(text));
+        line += piece.text.toString();
+        if (piece.tag === "F") {
+          lines.push(line);
+          line = "";
+        }
+      }
+      // Whole lines lose the CR of a CR LF; an unfinished last line is ended as it is.
+      const segments = text.split("\n");
+      const last = segments.pop() ?? "";
+      const expected = segments.map((l) => (l.endsWith("\r") ? l.slice(0, -1) : l));
+      if (last !== "") expected.push(last);
+      assert.deepEqual(lines, expected, JSON.stringify(text));
+    }
+  });
+
   it("appends to the log, and after kubelet renames it, reopenLog writes to a new file at the path", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vm-cri-log-"));
     try {
@@ -89,6 +126,28 @@ describe("the CRI log format", () => {
         "still old",
       ]);
       assert.deepEqual(kubeletLines(fs.readFileSync(logPath, "utf8")), ["new"]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("never writes through a symlink at the log path, on open or on reopen after a rotation", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cri-log-link-"));
+    try {
+      const target = path.join(dir, "shadow");
+      fs.writeFileSync(target, "root:secret\n");
+      const log = path.join(dir, "0.log");
+      fs.symlinkSync(target, log);
+      await assert.rejects(CriLogWriter.open(log), /CRI log .*0\.log is a symlink: not followed/);
+      fs.rmSync(log);
+      const writer = await CriLogWriter.open(log);
+      fs.renameSync(log, `${log}.1`); // kubelet rotates; something plants a link meanwhile
+      fs.symlinkSync(target, log);
+      await assert.rejects(writer.reopen(), /is a symlink: not followed/);
+      await writer.write([{ tag: "F", text: Buffer.from("still to the open file") }]);
+      await writer.close();
+      assert.equal(fs.readFileSync(target, "utf8"), "root:secret\n");
+      assert.match(fs.readFileSync(`${log}.1`, "utf8"), /stdout F still to the open file\n$/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -29,7 +29,13 @@ export interface ImageStoreOptions {
   logger: Logger;
   /** How often a running download logs its progress. */
   progressIntervalMs?: number;
+  /** Largest download in bytes; a bigger one is refused and removed (default 64 GiB). */
+  maxBytes?: number;
+  /** A download that sends nothing (headers or body) for this long is given up on. */
+  stallTimeoutMs?: number;
 }
+
+export const DEFAULT_MAX_IMAGE_BYTES = 64 * 2 ** 30;
 
 export interface ImageFsUsage {
   mountpoint: string;
@@ -60,6 +66,8 @@ export class ImageStore {
   private readonly rules: () => ImageRule[];
   private readonly logger: Logger;
   private readonly progressIntervalMs: number;
+  private readonly maxBytes: number;
+  private readonly stallTimeoutMs: number;
   /** One pull per name at a time; a second caller waits for the first. */
   private readonly pulling = new Map<string, Promise<ImageRecord>>();
 
@@ -70,6 +78,8 @@ export class ImageStore {
     this.rules = options.rules;
     this.logger = options.logger;
     this.progressIntervalMs = options.progressIntervalMs ?? 2000;
+    this.maxBytes = options.maxBytes ?? DEFAULT_MAX_IMAGE_BYTES;
+    this.stallTimeoutMs = options.stallTimeoutMs ?? 60_000;
   }
 
   /** Opens the store and removes what an interrupted pull or removal left behind. */
@@ -277,72 +287,128 @@ export class ImageStore {
       what: string,
       cause?: unknown,
     ) => new CriError(code, `PullImage ${name}: GET ${url}: ${what}; nothing kept`, { cause });
-    let response: Response;
-    try {
-      response = await fetch(url, { signal: abort.signal });
-    } catch (error) {
-      throw fail("UNAVAILABLE", describeFetchError(error), error);
-    }
-    if (!response.ok || !response.body) {
-      await response.body?.cancel().catch(() => {});
-      throw fail(
-        response.status === 404 ? "NOT_FOUND" : "UNAVAILABLE",
-        `HTTP ${response.status} ${response.statusText}`,
-      );
-    }
-    const total = Number(response.headers.get("content-length")) || undefined;
-    const hash = crypto.createHash("sha256");
-    const handle = await fs.promises.open(file, "wx", 0o600);
-    let header = Buffer.alloc(0);
-    let format: ImageRecord["format"] | undefined;
-    let size = 0;
-    let lastLog = Date.now();
-    try {
-      try {
-        for await (const chunk of response.body) {
-          const bytes = Buffer.from(chunk as Uint8Array);
-          if (format === undefined && header.length < HEADER_BYTES) {
-            header = Buffer.concat([header, bytes.subarray(0, HEADER_BYTES - header.length)]);
-            // Refuse early: an error page or a tarball is known after the first 4 KiB.
-            if (header.length >= HEADER_BYTES) format = detectDiskFormat(header);
-          }
-          hash.update(bytes);
-          await handle.write(bytes);
-          size += bytes.length;
-          if (Date.now() - lastLog >= this.progressIntervalMs) {
-            lastLog = Date.now();
-            log.info(
-              { bytes: size, total, percent: total ? Math.floor((size * 100) / total) : undefined },
-              "pull progress",
-            );
-          }
-        }
-      } catch (error) {
+    // A server that stops sending, before its headers or mid-body, is given up on.
+    let stalled = false;
+    let watchdog: NodeJS.Timeout | undefined;
+    const heard = (): void => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        stalled = true;
         abort.abort();
-        if (error instanceof DiskImageError) throw fail("INVALID_ARGUMENT", error.message, error);
-        throw fail(
-          "UNAVAILABLE",
-          `download failed after ${size} bytes: ${describeFetchError(error)}`,
-          error,
+      }, this.stallTimeoutMs);
+    };
+    const stallMessage = () => `no data for ${this.stallTimeoutMs} ms: given up`;
+    heard();
+    try {
+      let response: Response;
+      try {
+        // identity: fetch would otherwise ask for gzip and inflate it, unbounded, to disk.
+        response = await fetch(url, {
+          signal: abort.signal,
+          headers: { "accept-encoding": "identity" },
+        });
+      } catch (error) {
+        throw fail("UNAVAILABLE", stalled ? stallMessage() : describeFetchError(error), error);
+      }
+      heard();
+      /** Drops the response unread; the error to throw. */
+      const refuse = async (
+        code: "UNAVAILABLE" | "NOT_FOUND" | "INVALID_ARGUMENT",
+        what: string,
+      ): Promise<CriError> => {
+        await response.body?.cancel().catch(() => {});
+        abort.abort();
+        return fail(code, what);
+      };
+      if (!response.ok || !response.body) {
+        throw await refuse(
+          response.status === 404 ? "NOT_FOUND" : "UNAVAILABLE",
+          `HTTP ${response.status} ${response.statusText}`,
         );
       }
-      if (total !== undefined && size !== total) {
-        throw fail("UNAVAILABLE", `download ended after ${size} of ${total} bytes`);
+      const encoding = response.headers.get("content-encoding")?.trim().toLowerCase();
+      if (encoding && encoding !== "identity") {
+        throw await refuse(
+          "INVALID_ARGUMENT",
+          `Content-Encoding ${JSON.stringify(encoding)}: vmlet takes disk images unencoded`,
+        );
       }
+      const total = Number(response.headers.get("content-length")) || undefined;
+      if (total !== undefined && total > this.maxBytes) {
+        throw await refuse(
+          "INVALID_ARGUMENT",
+          `${total} bytes (Content-Length) is more than the ${this.maxBytes}-byte image limit`,
+        );
+      }
+      const hash = crypto.createHash("sha256");
+      const handle = await fs.promises.open(file, "wx", 0o600);
+      let header = Buffer.alloc(0);
+      let format: ImageRecord["format"] | undefined;
+      let size = 0;
+      let lastLog = Date.now();
       try {
-        format ??= detectDiskFormat(header);
+        try {
+          for await (const chunk of response.body) {
+            heard();
+            const bytes = Buffer.from(chunk as Uint8Array);
+            if (format === undefined && header.length < HEADER_BYTES) {
+              header = Buffer.concat([header, bytes.subarray(0, HEADER_BYTES - header.length)]);
+              // Refuse early: an error page or a tarball is known after the first 4 KiB.
+              if (header.length >= HEADER_BYTES) format = detectDiskFormat(header);
+            }
+            size += bytes.length;
+            if (size > this.maxBytes) throw new ImageTooLargeError(this.maxBytes);
+            hash.update(bytes);
+            await handle.write(bytes);
+            if (Date.now() - lastLog >= this.progressIntervalMs) {
+              lastLog = Date.now();
+              log.info(
+                {
+                  bytes: size,
+                  total,
+                  percent: total ? Math.floor((size * 100) / total) : undefined,
+                },
+                "pull progress",
+              );
+            }
+          }
+        } catch (error) {
+          abort.abort();
+          if (error instanceof DiskImageError || error instanceof ImageTooLargeError)
+            throw fail("INVALID_ARGUMENT", error.message, error);
+          throw fail(
+            "UNAVAILABLE",
+            `download failed after ${size} bytes: ${stalled ? stallMessage() : describeFetchError(error)}`,
+            error,
+          );
+        }
+        if (total !== undefined && size !== total) {
+          throw fail("UNAVAILABLE", `download ended after ${size} of ${total} bytes`);
+        }
+        try {
+          format ??= detectDiskFormat(header);
+        } catch (error) {
+          throw fail("INVALID_ARGUMENT", errorMessage(error), error);
+        }
+        await handle.sync();
       } catch (error) {
-        throw fail("INVALID_ARGUMENT", errorMessage(error), error);
+        await handle.close();
+        await fs.promises.rm(file, { force: true });
+        throw error;
       }
-      await handle.sync();
-    } catch (error) {
       await handle.close();
-      await fs.promises.rm(file, { force: true });
-      throw error;
+      log.info({ bytes: size, total }, "download complete");
+      return { file, sha256: hash.digest("hex"), size, format };
+    } finally {
+      clearTimeout(watchdog);
     }
-    await handle.close();
-    log.info({ bytes: size, total }, "download complete");
-    return { file, sha256: hash.digest("hex"), size, format };
+  }
+}
+
+class ImageTooLargeError extends Error {
+  constructor(limit: number) {
+    super(`more than the ${limit}-byte image limit; download stopped`);
+    this.name = "ImageTooLargeError";
   }
 }
 

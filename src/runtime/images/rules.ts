@@ -3,7 +3,8 @@
 //    {"prefix": "vmlet.io/", "url": "http://host/images/"}]
 // Exact names are tried first, then the longest matching prefix. A name without a tag
 // means `:latest`. A prefix rule appends the rest of the name to its URL, with a
-// `:latest` tag left off, so `vmlet.io/cirros` and `vmlet.io/cirros:latest` are one URL.
+// `:latest` tag left off, so `vmlet.io/cirros` and `vmlet.io/cirros:latest` are one URL;
+// the rest is checked (no `..`, `?`, `#`, `%`, empty segments) and percent-encoded.
 // A digest reference without a tag (`vmlet.io/cirros@sha256:...`) is looked up as
 // `:latest` but gets no tag: pulling it must not move `:latest`.
 import fs from "node:fs";
@@ -150,5 +151,39 @@ export function resolveImage(rules: ImageRule[], name: string): ResolvedImage | 
   const rest = lookupName(n)
     .slice(best.prefix.length)
     .replace(/:latest$/, "");
-  return { tag: n.tag, repository: n.repository, url: best.url + rest, sha256: n.sha256 };
+  return {
+    tag: n.tag,
+    repository: n.repository,
+    url: best.url + urlPath(name, rest),
+    sha256: n.sha256,
+  };
+}
+
+// What would end a URL path, climb out of the rule's base, or be decoded again by the
+// server: the pod's name picks a file under the base URL and nothing else.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it finds
+const UNSAFE_IN_SEGMENT = /[?#%\\\x00-\x1f\x7f]/;
+
+/** A prefix rule's remainder as URL path segments, each checked and percent-encoded. */
+function urlPath(name: string, rest: string): string {
+  const fail = (why: string): never => {
+    throw new ImageRulesError(`image ${JSON.stringify(name)}: ${why}`);
+  };
+  if (rest === "") fail("nothing after the image rule's prefix");
+  return rest
+    .split("/")
+    .map((segment) => {
+      if (segment === "") fail("an empty path segment (two slashes, or one at an end)");
+      if (segment === "." || segment.includes("..")) {
+        fail(`path segment ${JSON.stringify(segment)}: no "." or ".."`);
+      }
+      if (UNSAFE_IN_SEGMENT.test(segment)) {
+        fail(
+          `path segment ${JSON.stringify(segment)}: no ?, #, %, backslash or control characters`,
+        );
+      }
+      // ":" (a tag) is allowed in a path segment as it is (RFC 3986 pchar).
+      return encodeURIComponent(segment).replaceAll("%3A", ":");
+    })
+    .join("/");
 }

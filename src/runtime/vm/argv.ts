@@ -2,7 +2,7 @@
 // accelerator chosen: every value that reaches an option string is validated or escaped.
 import path from "node:path";
 import { VmSpecError } from "./errors";
-import type { VmSpec } from "./types";
+import type { QemuConfinement, VmSpec } from "./types";
 
 /** The accelerator as resolved: "kvm:tcg" asks for kvm and falls back to tcg. */
 export type ResolvedAccel = "kvm" | "tcg" | "kvm:tcg";
@@ -54,8 +54,31 @@ export function qemuOptValue(value: string): string {
   return value.replaceAll(",", ",,");
 }
 
-export function buildQemuArgv(spec: VmSpec, paths: VmPaths, accel: ResolvedAccel): QemuCommand {
+/**
+ * QEMU's seccomp filter: no obsolete syscalls, no fork or exec, no scheduler or rlimit
+ * changes. elevateprivileges stays allowed: QEMU installs the filter before -runas drops
+ * to the unprivileged user, and a deny kills it at its own setgid (SIGSYS); once dropped
+ * it holds no capabilities, so set*id can only choose among its own ids.
+ */
+export const QEMU_SANDBOX =
+  "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
+// A system user name as useradd takes it.
+const USER = /^[a-z_][a-z0-9_-]{0,31}$/;
+
+export function buildQemuArgv(
+  spec: VmSpec,
+  paths: VmPaths,
+  accel: ResolvedAccel,
+  confinement?: QemuConfinement,
+): QemuCommand {
   validateSpec(spec);
+  if (confinement && !USER.test(confinement.user)) {
+    throw new VmSpecError(
+      spec.id,
+      "build QEMU command",
+      `QEMU user ${JSON.stringify(confinement.user)}: not a user name`,
+    );
+  }
   const v = qemuOptValue;
   const args = [
     "-name",
@@ -107,6 +130,11 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, accel: ResolvedAccel
     "-device",
     "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0",
   ];
+  if (confinement) {
+    // QEMU opens every file, socket and device of its command line as root, then drops
+    // to the user; it needs no access to the VM dir after that.
+    args.push("-sandbox", QEMU_SANDBOX, "-runas", confinement.user);
+  }
   const extraFds: number[] = [];
   spec.taps.forEach((tap, k) => {
     const fd = FIRST_PASSED_FD + k;

@@ -27,6 +27,10 @@ export interface ConsoleTailOptions {
 }
 
 const CHUNK = 64 * 1024;
+/** The log is written once this many bytes of lines are waiting. */
+const WRITE_BATCH_BYTES = 256 * 1024;
+/** During a long catch-up, the offset is saved after about this many bytes. */
+const SAVE_EVERY_BYTES = 16 * 1024 * 1024;
 /** Logged bytes of the raw file are freed (a hole punched) once this many have piled up. */
 const RECLAIM_BYTES = 1024 * 1024;
 const BLOCK = 4096;
@@ -110,7 +114,6 @@ export class ConsoleTailer {
   }
 
   private async pass(final: boolean): Promise<void> {
-    const pieces: CriPiece[] = [];
     let file: fs.promises.FileHandle;
     try {
       file = await fs.promises.open(this.options.rawPath, "r");
@@ -118,35 +121,44 @@ export class ConsoleTailer {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
       throw error;
     }
+    // The unread part can be GBs (a chatty guest while vmlet was down): lines go through
+    // the writer's own buffer, written whenever it holds WRITE_BATCH_BYTES, so memory
+    // stays flat whatever the backlog.
+    const writer = this.options.writer;
+    const append = (piece: CriPiece): void => writer.append(piece);
     try {
       const { size } = await file.stat();
       if (size < this.readPos) {
         // The file was truncated or replaced: start over at its beginning.
         this.readPos = 0;
-        pieces.push(...this.splitter.end());
+        this.splitter.end().forEach(append);
       }
       const buffer = Buffer.alloc(CHUNK);
       for (;;) {
         const { bytesRead } = await file.read(buffer, 0, CHUNK, this.readPos);
         if (bytesRead === 0) break;
         this.readPos += bytesRead;
-        pieces.push(...this.splitter.push(buffer.subarray(0, bytesRead)));
+        this.splitter.scan(buffer.subarray(0, bytesRead), append);
+        if (writer.bufferedBytes >= WRITE_BATCH_BYTES) {
+          await writer.flush();
+          if (this.offset - this.savedOffset >= SAVE_EVERY_BYTES) await this.saveOffset();
+        }
       }
     } finally {
       await file.close();
     }
     const now = Date.now();
     if (final) {
-      pieces.push(...this.splitter.end());
+      this.splitter.end().forEach(append);
     } else if (this.splitter.pendingBytes === 0) {
       this.pendingSince = 0;
     } else if (this.pendingSince === 0) {
       this.pendingSince = now;
     } else if (now - this.pendingSince >= (this.options.partialFlushMs ?? 500)) {
-      pieces.push(...this.splitter.flushPartial());
+      this.splitter.flushPartial().forEach(append);
       this.pendingSince = 0;
     }
-    await this.options.writer.write(pieces);
+    await writer.flush();
     await this.saveOffset();
     await this.reclaim();
   }

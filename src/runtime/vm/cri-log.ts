@@ -35,11 +35,23 @@ export function rfc3339Nano(epochNanos: bigint): string {
 }
 
 export function formatCriLine(epochNanos: bigint, stream: CriStream, piece: CriPiece): Buffer {
-  return Buffer.concat([
-    Buffer.from(`${rfc3339Nano(epochNanos)} ${stream} ${piece.tag} `),
-    piece.text,
-    Buffer.from("\n"),
-  ]);
+  return formatCriLines(epochNanos, stream, [piece]);
+}
+
+/** Pieces logged at one time, as one buffer: the time is formatted once, not per line. */
+export function formatCriLines(epochNanos: bigint, stream: CriStream, pieces: CriPiece[]): Buffer {
+  const time = `${rfc3339Nano(epochNanos)} ${stream} `;
+  const heads = { P: Buffer.from(`${time}P `), F: Buffer.from(`${time}F `) };
+  let total = 0;
+  for (const piece of pieces) total += heads[piece.tag].length + piece.text.length + 1;
+  const out = Buffer.allocUnsafe(total);
+  let at = 0;
+  for (const piece of pieces) {
+    at += heads[piece.tag].copy(out, at);
+    at += piece.text.copy(out, at);
+    out[at++] = NEWLINE;
+  }
+  return out;
 }
 
 /**
@@ -47,65 +59,108 @@ export function formatCriLine(epochNanos: bigint, stream: CriStream, piece: CriP
  * before a newline is dropped so that `kubectl logs` shows clean lines.
  */
 export class CriLineSplitter {
-  private pending: Buffer = Buffer.alloc(0);
+  /** The unfinished line: at most maxLineBytes, kept in a buffer of its own. */
+  private readonly pending: Buffer;
+  private pendingLength = 0;
+  /** pending + the next chunk, reused: a catch-up of GBs allocates nothing per chunk. */
+  private work: Buffer = Buffer.alloc(0);
 
   constructor(private readonly maxLineBytes = DEFAULT_MAX_LINE_BYTES) {
     if (maxLineBytes < 1) throw new Error(`CRI log max line length ${maxLineBytes}`);
+    this.pending = Buffer.alloc(maxLineBytes);
   }
 
   /** Bytes received but not yet returned in a piece. */
   get pendingBytes(): number {
-    return this.pending.length;
+    return this.pendingLength;
   }
 
+  /** The pieces `chunk` completes, each with a copy of its bytes. */
   push(chunk: Buffer): CriPiece[] {
     const pieces: CriPiece[] = [];
-    let data = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
-    for (let nl = data.indexOf(NEWLINE); nl >= 0; nl = data.indexOf(NEWLINE)) {
-      let line = data.subarray(0, nl);
-      if (line.length && line[line.length - 1] === CR) line = line.subarray(0, line.length - 1);
-      pieces.push(...this.pieces(line, "F"));
-      data = data.subarray(nl + 1);
+    this.scan(chunk, (piece) => pieces.push({ tag: piece.tag, text: Buffer.from(piece.text) }));
+    return pieces;
+  }
+
+  /**
+   * Like push, without copying: each piece's text is a view that is valid only during
+   * its call to `emit` (what a writer formats at once into its own buffer).
+   */
+  scan(chunk: Buffer, emit: (piece: CriPiece) => void): void {
+    let data = chunk;
+    if (this.pendingLength) {
+      const length = this.pendingLength + chunk.length;
+      if (this.work.length < length)
+        this.work = Buffer.allocUnsafe(Math.max(length, 2 * this.work.length));
+      this.pending.copy(this.work, 0, 0, this.pendingLength);
+      chunk.copy(this.work, this.pendingLength);
+      data = this.work.subarray(0, length);
+    }
+    // Offsets rather than a subarray per line: a console of short lines makes millions.
+    let start = 0;
+    for (let nl = data.indexOf(NEWLINE, start); nl >= 0; nl = data.indexOf(NEWLINE, start)) {
+      const end = nl > start && data[nl - 1] === CR ? nl - 1 : nl;
+      this.cut(data, start, end, "F", emit);
+      start = nl + 1;
     }
     // A line longer than the maximum is written in P pieces while it is still arriving.
-    const whole = Math.floor(data.length / this.maxLineBytes) * this.maxLineBytes;
-    const keep = whole === data.length ? whole - this.maxLineBytes : whole;
-    if (keep > 0) pieces.push(...this.pieces(data.subarray(0, keep), "P"));
-    this.pending = Buffer.from(data.subarray(Math.max(keep, 0)));
-    return pieces;
+    const rest = data.length - start;
+    const whole = Math.floor(rest / this.maxLineBytes) * this.maxLineBytes;
+    const keep = whole === rest ? whole - this.maxLineBytes : whole;
+    if (keep > 0) this.cut(data, start, start + keep, "P", emit);
+    this.pendingLength = data.copy(this.pending, 0, start + Math.max(keep, 0));
   }
 
   /** The unfinished line as a P piece (a prompt waiting for input must still be seen). */
   flushPartial(): CriPiece[] {
-    if (!this.pending.length) return [];
-    const text = this.pending;
-    this.pending = Buffer.alloc(0);
-    return [{ tag: "P", text }];
+    return this.takePending("P");
   }
 
   /** At the end of the stream: the unfinished line, ended. */
   end(): CriPiece[] {
-    if (!this.pending.length) return [];
-    const text = this.pending;
-    this.pending = Buffer.alloc(0);
-    return [{ tag: "F", text }];
+    return this.takePending("F");
   }
 
-  /** `text` in pieces of at most maxLineBytes: all P but the last, which gets `lastTag`. */
-  private pieces(text: Buffer, lastTag: CriTag): CriPiece[] {
-    const out: CriPiece[] = [];
-    let start = 0;
-    while (text.length - start > this.maxLineBytes) {
-      out.push({ tag: "P", text: Buffer.from(text.subarray(start, start + this.maxLineBytes)) });
-      start += this.maxLineBytes;
+  private takePending(tag: CriTag): CriPiece[] {
+    if (!this.pendingLength) return [];
+    const text = Buffer.from(this.pending.subarray(0, this.pendingLength));
+    this.pendingLength = 0;
+    return [{ tag, text }];
+  }
+
+  /** data[start, end) in pieces of at most maxLineBytes: all P but the last, which gets `lastTag`. */
+  private cut(
+    data: Buffer,
+    start: number,
+    end: number,
+    lastTag: CriTag,
+    emit: (piece: CriPiece) => void,
+  ): void {
+    let at = start;
+    while (end - at > this.maxLineBytes) {
+      emit({ tag: "P", text: data.subarray(at, at + this.maxLineBytes) });
+      at += this.maxLineBytes;
     }
-    out.push({ tag: lastTag, text: Buffer.from(text.subarray(start)) });
-    return out;
+    emit({ tag: lastTag, text: data.subarray(at, end) });
   }
 }
 
-/** The CRI log file: appended to, reopened at its path after kubelet rotates it. */
+/** A writer's buffers start this big and grow to what its caller gathers before a flush. */
+const WRITER_BUFFER_BYTES = 64 * 1024;
+
+/**
+ * The CRI log file: appended to, reopened at its path after kubelet rotates it. Lines
+ * are formatted into a buffer of the writer's own (two, taking turns with the write in
+ * flight), so logging allocates nothing per line.
+ */
 export class CriLogWriter {
+  private buffer = Buffer.allocUnsafe(WRITER_BUFFER_BYTES);
+  private spare = Buffer.allocUnsafe(WRITER_BUFFER_BYTES);
+  private used = 0;
+  /** The time prefix of what is in the buffer, formatted once at its first line. */
+  private heads: Record<CriTag, Buffer> | undefined;
+  private flushing: Promise<void> = Promise.resolve();
+
   private constructor(
     readonly logPath: string,
     private file: fs.promises.FileHandle,
@@ -116,12 +171,51 @@ export class CriLogWriter {
     return new CriLogWriter(logPath, await openLog(logPath), stream);
   }
 
+  /** Bytes appended and not yet written. */
+  get bufferedBytes(): number {
+    return this.used;
+  }
+
+  /** Formats a piece into the buffer (its text is copied: a view may be passed). */
+  append(piece: CriPiece, at: bigint = nowNanos()): void {
+    if (!this.heads) {
+      const time = `${rfc3339Nano(at)} ${this.stream} `;
+      this.heads = { P: Buffer.from(`${time}P `), F: Buffer.from(`${time}F `) };
+    }
+    const head = this.heads[piece.tag];
+    const need = this.used + head.length + piece.text.length + 1;
+    if (need > this.buffer.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(need, 2 * this.buffer.length));
+      this.buffer.copy(bigger, 0, 0, this.used);
+      this.buffer = bigger;
+    }
+    this.used += head.copy(this.buffer, this.used);
+    this.used += piece.text.copy(this.buffer, this.used);
+    this.buffer[this.used++] = NEWLINE;
+  }
+
+  /** Writes what has been appended. */
+  flush(): Promise<void> {
+    const flushed = this.flushing.then(async () => {
+      if (!this.used) return;
+      const full = this.buffer.subarray(0, this.used);
+      // Appends go on into the other buffer while this one is written.
+      [this.buffer, this.spare] = [this.spare, this.buffer];
+      this.used = 0;
+      this.heads = undefined;
+      await this.file.write(full);
+    });
+    this.flushing = flushed.catch(() => {});
+    return flushed;
+  }
+
   async write(pieces: CriPiece[], at: bigint = nowNanos()): Promise<void> {
-    if (!pieces.length) return;
-    await this.file.write(Buffer.concat(pieces.map((p) => formatCriLine(at, this.stream, p))));
+    for (const piece of pieces) this.append(piece, at);
+    await this.flush();
   }
 
   async reopen(): Promise<void> {
+    await this.flushing;
     const next = await openLog(this.logPath);
     const previous = this.file;
     this.file = next;
@@ -129,11 +223,23 @@ export class CriLogWriter {
   }
 
   async close(): Promise<void> {
+    await this.flush().catch(() => {});
     await this.file.close();
   }
 }
 
+/** Append-only, and never through a symlink: vmlet writes the log as root. */
+const LOG_OPEN_FLAGS =
+  fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW;
+
 async function openLog(logPath: string): Promise<fs.promises.FileHandle> {
   await fs.promises.mkdir(path.dirname(logPath), { recursive: true });
-  return fs.promises.open(logPath, "a", 0o640);
+  try {
+    return await fs.promises.open(logPath, LOG_OPEN_FLAGS, 0o640);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ELOOP") {
+      throw new Error(`CRI log ${logPath} is a symlink: not followed`, { cause: error });
+    }
+    throw error;
+  }
 }

@@ -17,6 +17,7 @@ export {
   type CriTag,
   DEFAULT_MAX_LINE_BYTES,
   formatCriLine,
+  formatCriLines,
   rfc3339Nano,
 } from "./cri-log";
 export { QmpError, VmError, VmSpecError } from "./errors";
@@ -29,6 +30,7 @@ export {
   guestExec,
 } from "./guest-agent";
 export {
+  DEFAULT_QEMU_USER,
   killStrayQemu,
   removeVmFiles,
   removeVmState,
@@ -41,6 +43,7 @@ export type {
   Accel,
   CloudInit,
   CloudInitFile,
+  QemuConfinement,
   VmExit,
   VmHandle,
   VmLog,

@@ -15,7 +15,7 @@ import { GuestAgentUnavailableError, type GuestExecResult, guestExec } from "./g
 import { isSameLiveProcess, readProcStat, readRssBytes } from "./proc";
 import { QmpClient, type QmpEvent } from "./qmp";
 import { buildSeedFiles, writeSeedIso } from "./seed";
-import type { VmExit, VmHandle, VmLog, VmRecord, VmSpec, VmStats } from "./types";
+import type { QemuConfinement, VmExit, VmHandle, VmLog, VmRecord, VmSpec, VmStats } from "./types";
 
 const execFileAsync = promisify(execFile);
 
@@ -37,12 +37,19 @@ export interface VmLauncherOptions {
   qmpTimeoutMs?: number;
   /** The most adopt() may take, whatever QEMU does (default 15 s). */
   adoptTimeoutMs?: number;
+  /** Seccomp, the user QEMU drops to, no cores (default); null runs QEMU unconfined. */
+  confinement?: QemuConfinement | null;
 }
 
 /** What adopt() may take in all: connect, console catch-up, query-status. */
 const ADOPT_TIMEOUT_MS = 15_000;
 /** How long a SIGKILLed QEMU may take to be gone before killRecorded() says so. */
 const KILL_WAIT_MS = 10_000;
+
+/** The user `scripts/setup.sh` makes for QEMU. */
+export const DEFAULT_QEMU_USER = "vmlet-qemu";
+/** util-linux prlimit: sets QEMU's core limit to 0, then execs it (the same pid). */
+const PRLIMIT = "prlimit";
 
 const silentLog: VmLog = { info() {}, warn() {}, error() {} };
 
@@ -51,9 +58,14 @@ export class VmLauncher {
   private readonly qemuImgBinary: string;
   private readonly log: VmLog;
   private readonly options: VmLauncherOptions;
+  private readonly confinement: QemuConfinement | undefined;
 
   constructor(options: VmLauncherOptions = {}) {
     this.options = options;
+    this.confinement =
+      options.confinement === null
+        ? undefined
+        : (options.confinement ?? { user: DEFAULT_QEMU_USER });
     this.qemuBinary = options.qemuBinary ?? "qemu-system-x86_64";
     this.qemuImgBinary = options.qemuImgBinary ?? "qemu-img";
     this.log = options.log ?? silentLog;
@@ -63,7 +75,7 @@ export class VmLauncher {
   async start(spec: VmSpec): Promise<VmHandle> {
     const paths = vmPaths(spec.dir);
     const accel = resolveAccel(spec.accel, this.options.hasKvm);
-    const command = buildQemuArgv(spec, paths, accel);
+    const command = buildQemuArgv(spec, paths, accel, this.confinement);
 
     const madeDir = await fs.promises.mkdir(spec.dir, { recursive: true, mode: 0o700 });
     // What an earlier start that never returned left: its QEMU (found by the pidfile,
@@ -80,7 +92,15 @@ export class VmLauncher {
       await writeSeedIso(paths.seed, buildSeedFiles(spec.cloudInit, spec.taps));
 
       step = "spawn QEMU";
-      const started = spawnDetached(this.qemuBinary, command.args, command.extraFds, paths.qemuLog);
+      // A core of QEMU holds guest RAM, Secrets included: none is ever written.
+      const started = this.confinement
+        ? spawnDetached(
+            PRLIMIT,
+            ["--core=0", "--", this.qemuBinary, ...command.args],
+            command.extraFds,
+            paths.qemuLog,
+          )
+        : spawnDetached(this.qemuBinary, command.args, command.extraFds, paths.qemuLog);
       child = started.child;
       exit = started.exit;
       step = "wait for QMP";

@@ -5,6 +5,15 @@ import type { GuestExecResult } from "./guest-agent";
 
 export type Accel = "kvm" | "tcg" | "auto";
 
+/**
+ * How QEMU is confined: seccomp (-sandbox), the unprivileged user it drops to (-runas),
+ * and no core dumps. Without one (a debugging switch), QEMU runs as root, unfiltered,
+ * with vmlet's own core limit.
+ */
+export interface QemuConfinement {
+  user: string;
+}
+
 /** One pod NIC: a tap fd from the tapmanager, given to the guest as a virtio-net device. */
 export interface VmTap {
   /** The CNI interface name (eth0, net1, ...): names the NIC in network-config. */
