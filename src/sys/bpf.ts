@@ -148,6 +148,13 @@ export class BpfAssembler {
     return this;
   }
 
+  /** if reg `op` imm goto label, 64-bit (the verifier's null check of a pointer needs it) */
+  jmp64(op: JmpOp, reg: Reg, imm: number, to: string): this {
+    this.items.push({ jump: BPF_JMP | JMP_OPS[op] | BPF_K, reg, imm, to });
+    this.slots++;
+    return this;
+  }
+
   goto(to: string): this {
     this.items.push({ jump: BPF_JMP | BPF_JA, reg: 0, imm: 0, to });
     this.slots++;
