@@ -8,7 +8,7 @@
 //     itself sends (ARP, NDP from the bridge) reaches the node.
 // A frame that passes gets TC_ACT_UNSPEC so the next filter (the renewal intercept)
 // still runs; a dropped one is counted in the NIC's array map by reason.
-import { BpfAssembler, BPF_FUNC_map_lookup_elem, FP, type Reg } from "../sys/bpf";
+import { BPF_FUNC_map_lookup_elem, BpfAssembler, FP, type Reg } from "../sys/bpf";
 import { TC_ACT_SHOT, TC_ACT_UNSPEC } from "../sys/tc";
 
 /** Why a frame was dropped; the index is the map slot. */
@@ -156,7 +156,10 @@ class PolicyAssembler {
   /** Falls through for the first (or only) fragment of an IPv4 UDP datagram; else `other`. */
   ipv4Udp(other: string): void {
     this.a.ldAbs("b", L3 + 9).jmp("jne", 0, IPPROTO_UDP, other);
-    this.a.ldAbs("h", L3 + 6).alu32("and", 0, 0x1fff).jmp("jne", 0, 0, other);
+    this.a
+      .ldAbs("h", L3 + 6)
+      .alu32("and", 0, 0x1fff)
+      .jmp("jne", 0, 0, other);
   }
 
   /** The drop stubs and the counter update they share. */
@@ -229,7 +232,9 @@ export function tapIngressProgram(policy: TapPolicy, mapFd: number): Buffer {
   a.label("ipv6_ok");
   // Walk the extension headers to the upper layer, so an RA or a DHCPv6 reply cannot
   // hide behind one (RFC 7113).
-  a.ldAbs("b", L3 + 6).movReg(NEXT, 0).movImm(L4, L3 + 40);
+  a.ldAbs("b", L3 + 6)
+    .movReg(NEXT, 0)
+    .movImm(L4, L3 + 40);
   for (let i = 0; i <= IPV6_EXT_MAX; i++) {
     a.jmp("jeq", NEXT, IPPROTO_ICMPV6, "icmp6");
     a.jmp("jeq", NEXT, IPPROTO_UDP, "udp6");
