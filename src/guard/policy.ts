@@ -62,6 +62,8 @@ const DHCPV6_SERVER_PORT = 547;
 const ETH_SRC = 6;
 const ETH_TYPE = 12;
 const L3 = 14;
+/** struct __sk_buff's vlan_present (linux/bpf.h): the tag is off the data by tc time. */
+const SKB_VLAN_PRESENT = 20;
 /** IPv6 extension headers walked before giving up (and dropping). */
 const IPV6_EXT_MAX = 4;
 
@@ -186,6 +188,8 @@ export function tapIngressProgram(policy: TapPolicy, mapFd: number): Buffer {
   const v4 = policy.prefixes.filter((x) => x.family === 4);
   const v6 = policy.prefixes.filter((x) => x.family === 6);
   a.movReg(SKB, 1);
+  // A VLAN tag was taken off into the skb before tc runs: the data shows the inner type.
+  a.loadMem("w", 0, SKB, SKB_VLAN_PRESENT).jmp("jne", 0, 0, p.drop("ethertype"));
   a.ldAbs("w", ETH_SRC).jmp("jne", 0, mac.hi, p.drop("source-mac"));
   a.ldAbs("h", ETH_SRC + 4).jmp("jne", 0, mac.lo, p.drop("source-mac"));
   a.ldAbs("h", ETH_TYPE);

@@ -22,6 +22,7 @@ export const BPF_F_INGRESS = 1;
 
 // linux/bpf_common.h, linux/bpf.h: instruction classes and fields
 const BPF_LD = 0x00;
+const BPF_LDX = 0x01;
 const BPF_ST = 0x02;
 const BPF_STX = 0x03;
 const BPF_ALU = 0x04;
@@ -123,6 +124,11 @@ export class BpfAssembler {
   /** r0 = packet bytes at `src + off`, as ldAbs. */
   ldInd(size: "b" | "h" | "w", src: Reg, off: number): this {
     return this.push(insn(BPF_LD | BPF_IND | SIZES[size], 0, src, 0, off));
+  }
+
+  /** dst = *(size *)(src + off): a context field or a stack slot. */
+  loadMem(size: Size, dst: Reg, src: Reg, off: number): this {
+    return this.push(insn(BPF_LDX | BPF_MEM | SIZES[size], dst, src, off, 0));
   }
 
   /** *(size *)(dst + off) = imm */
