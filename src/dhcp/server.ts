@@ -39,6 +39,12 @@ export interface DhcpServerOptions {
   log?: DhcpLog;
   /** Replies per second the server sends at most (burst the same); a flood is dropped. */
   maxRepliesPerSecond?: number;
+  /**
+   * Attach the renewal intercept to the bridge's ports (default). Off where something
+   * else brings the guest's DHCP to the bridge: the tapmanager's guest isolation steers
+   * every DHCP client message from the tap, and lets none in from the veth.
+   */
+  intercept?: boolean;
 }
 
 export class DhcpServerError extends Error {
@@ -169,7 +175,7 @@ export class DhcpServer {
     private readonly options: DhcpServerOptions,
     private readonly handler: DhcpHandler,
     private readonly socket: dgram.Socket,
-    private readonly intercept: DhcpIntercept,
+    private readonly intercept: DhcpIntercept | undefined,
   ) {}
 
   static async start(options: DhcpServerOptions): Promise<DhcpServer> {
@@ -216,12 +222,15 @@ export class DhcpServer {
       socket.on("error", (error) =>
         options.log?.warn({ where, error: String(error) }, "DHCP socket"),
       );
-      const intercept = await DhcpIntercept.attach(
-        nsPath,
-        ipToUint32(serverId),
-        bridge.index,
-        ports.map((p) => ({ name: p.name, index: p.index })),
-      );
+      const intercept =
+        options.intercept === false
+          ? undefined
+          : await DhcpIntercept.attach(
+              nsPath,
+              ipToUint32(serverId),
+              bridge.index,
+              ports.map((p) => ({ name: p.name, index: p.index })),
+            );
       options.log?.info({ where, serverId, leases: leases.length }, "DHCP server listening");
       return new DhcpServer(options, handler, socket, intercept);
     } catch (error) {
@@ -250,7 +259,7 @@ export class DhcpServer {
     if (this.closed) return;
     this.closed = true;
     this.socket.close();
-    await this.intercept.detach();
+    await this.intercept?.detach();
     const { nsPath, device, serverId } = this.options;
     let rtnl: Rtnl;
     try {

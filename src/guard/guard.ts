@@ -31,6 +31,8 @@ export interface GuardLinks {
   tap: string;
   /** The CNI veth, the pod's one link to the node. */
   veth: string;
+  /** The pod bridge joining them, where the DHCP server listens. */
+  bridge: string;
 }
 
 function spec(link: TcLink, hook: TcHook): TcFilterSpec {
@@ -43,6 +45,8 @@ export class InterfaceGuard {
   private constructor(
     private readonly mapFd: number,
     readonly where: string,
+    private readonly nsPath: string,
+    private readonly specs: TcFilterSpec[],
   ) {}
 
   /** Loads and attaches the three classifiers; on failure nothing of this call stays open. */
@@ -59,8 +63,9 @@ export class InterfaceGuard {
     try {
       const tap = await rtnl.link(links.tap);
       const veth = await rtnl.link(links.veth);
+      const bridge = await rtnl.link(links.bridge);
       const programs: [TcLink, TcHook, string, Buffer][] = [
-        [tap, "ingress", "vmlet_guest", tapIngressProgram(policy, mapFd)],
+        [tap, "ingress", "vmlet_guest", tapIngressProgram(policy, bridge.index, mapFd)],
         [veth, "ingress", "vmlet_from_node", vethIngressProgram(mapFd)],
         [veth, "egress", "vmlet_to_node", vethEgressProgram(policy.guestMac, mapFd)],
       ];
@@ -70,7 +75,8 @@ export class InterfaceGuard {
         await tc.ensureClsact(link);
         await tc.attachBpf(spec(link, hook), fd, name, true);
       }
-      return new InterfaceGuard(mapFd, where);
+      const specs = programs.map(([link, hook]) => spec(link, hook));
+      return new InterfaceGuard(mapFd, where, nsPath, specs);
     } catch (error) {
       libc.close(mapFd);
       throw new GuardError(`${where}: ${(error as Error).message}`, { cause: error });
@@ -91,6 +97,17 @@ export class InterfaceGuard {
       if (values[i] > 0n) out[reason] = Number(values[i]);
     }
     return out;
+  }
+
+  /** Removes the filters and lets go of the counters: the NIC is unguarded after this. */
+  async detach(): Promise<void> {
+    const tc = TcSession.open(this.nsPath);
+    try {
+      for (const s of this.specs) await tc.deleteFilter(s);
+    } finally {
+      tc.close();
+      this.close();
+    }
   }
 
   /** Lets go of the counters; the filters stay until the netns goes. */

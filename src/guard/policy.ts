@@ -8,7 +8,15 @@
 //     itself sends (ARP, NDP from the bridge) reaches the node.
 // A frame that passes gets TC_ACT_UNSPEC so the next filter (the renewal intercept)
 // still runs; a dropped one is counted in the NIC's array map by reason.
-import { BPF_FUNC_map_lookup_elem, BpfAssembler, FP, type Reg } from "../sys/bpf";
+import {
+  BPF_F_INGRESS,
+  BPF_FUNC_map_lookup_elem,
+  BPF_FUNC_redirect,
+  BPF_FUNC_skb_store_bytes,
+  BpfAssembler,
+  FP,
+  type Reg,
+} from "../sys/bpf";
 import { TC_ACT_SHOT, TC_ACT_UNSPEC } from "../sys/tc";
 
 /** Why a frame was dropped; the index is the map slot. */
@@ -18,12 +26,11 @@ export const DROP_REASONS = [
   "arp-spoof", // tap: ARP sender MAC or IP not the guest's
   "ipv6-source", // tap: an IPv6 source not the guest's, ::, or link-local
   "ethertype", // tap: not IPv4, ARP, IPv6 or RARP (VLAN tags included)
-  "dhcp-server", // tap: UDP 67->68 or 547->546, the guest acting as a DHCP server
+  "dhcp-server", // tap: UDP to 68 or 546, the guest acting as a DHCP server
   "router-advert", // tap: ICMPv6 type 134
   "ipv6-header-chain", // tap: more IPv6 extension headers than it reads
   "malformed", // tap: an IPv4 or ARP header it cannot read
   "dhcp-from-node", // veth ingress: UDP to 67 or 68 from the node
-  "dhcp-to-node", // veth egress: UDP to 67 or 68 leaving the pod
   "netns-source", // veth egress: a frame the pod netns itself sent
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
@@ -57,7 +64,6 @@ const ND_ROUTER_ADVERT = 134;
 const DHCP_SERVER_PORT = 67;
 const DHCP_CLIENT_PORT = 68;
 const DHCPV6_CLIENT_PORT = 546;
-const DHCPV6_SERVER_PORT = 547;
 /** Offsets from the Ethernet header. */
 const ETH_SRC = 6;
 const ETH_TYPE = 12;
@@ -72,6 +78,10 @@ const SKB: Reg = 6;
 const L4: Reg = 7;
 /** The IPv6 next header while walking the chain. */
 const NEXT: Reg = 8;
+/** The word at offset 12: ethertype, then the first two bytes of L3. */
+const TYPE_WORD: Reg = 8;
+/** IPv4's flags + fragment offset, TTL and protocol. */
+const FRAG_PROTO: Reg = 9;
 
 function macWords(mac: string): { hi: number; lo: number } {
   const b = Buffer.from(mac.replaceAll(":", ""), "hex");
@@ -146,22 +156,46 @@ class PolicyAssembler {
     this.a.label(miss);
   }
 
-  /** r7 = the IPv4 header's length + 14; drops a header it cannot read. */
+  /** Jumps to `to` when the IPv4 address in r0 falls in the prefix; r0 is kept. */
+  matchIpv4(address: string, prefixLength: number, to: string): void {
+    const mask = maskOf(prefixLength);
+    this.a.movReg(1, 0);
+    if (mask !== 0xffffffff) this.a.alu32("and", 1, mask);
+    this.a.jmp("jeq", 1, (ipv4Word(address) & mask) >>> 0, to);
+  }
+
+  /**
+   * From the word at offset 12 in `TYPE_WORD` (ethertype, then IPv4's version/IHL byte):
+   * r7 = the offset of the L4 header; drops an IPv4 header it cannot read.
+   */
   ipv4HeaderLength(): void {
-    this.a.ldAbs("b", L3).movReg(L4, 0);
-    this.a.alu32("rsh", 0, 4).jmp("jne", 0, 4, this.drop("malformed"));
+    this.a.movReg(L4, TYPE_WORD).alu32("rsh", L4, 8).alu32("and", L4, 0xff);
+    this.a.movReg(0, L4).alu32("rsh", 0, 4).jmp("jne", 0, 4, this.drop("malformed"));
     this.a.alu32("and", L4, 0x0f).alu32("lsh", L4, 2);
     this.a.jmp("jlt", L4, 20, this.drop("malformed"));
     this.a.alu32("add", L4, L3);
+    // Fragment offset and protocol, in one load.
+    this.a.ldAbs("w", L3 + 6).movReg(FRAG_PROTO, 0);
   }
 
   /** Falls through for the first (or only) fragment of an IPv4 UDP datagram; else `other`. */
   ipv4Udp(other: string): void {
-    this.a.ldAbs("b", L3 + 9).jmp("jne", 0, IPPROTO_UDP, other);
-    this.a
-      .ldAbs("h", L3 + 6)
-      .alu32("and", 0, 0x1fff)
-      .jmp("jne", 0, 0, other);
+    this.a.movReg(0, FRAG_PROTO).alu32("and", 0, 0xff).jmp("jne", 0, IPPROTO_UDP, other);
+    this.a.movReg(0, FRAG_PROTO).alu32("rsh", 0, 16).alu32("and", 0, 0x1fff);
+    this.a.jmp("jne", 0, 0, other);
+  }
+
+  /**
+   * Into the bridge's own ingress, destination MAC made broadcast so the bridge takes it
+   * whatever its MAC (as the renewal intercept does): the frame is never bridged on.
+   */
+  steer(bridgeIndex: number): void {
+    const { a } = this;
+    a.storeImm("w", FP, -8, -1).storeImm("h", FP, -4, -1);
+    a.movReg(1, SKB).movImm(2, 0).movReg(3, FP).alu64("add", 3, -8);
+    a.movImm(4, 6).movImm(5, 0).call(BPF_FUNC_skb_store_bytes);
+    a.movImm(1, bridgeIndex).movImm(2, BPF_F_INGRESS).call(BPF_FUNC_redirect);
+    a.exit(); // TC_ACT_REDIRECT from bpf_redirect
   }
 
   /** The drop stubs and the counter update they share. */
@@ -180,8 +214,11 @@ class PolicyAssembler {
   }
 }
 
-/** Frames from the guest (tap ingress). */
-export function tapIngressProgram(policy: TapPolicy, mapFd: number): Buffer {
+/**
+ * Frames from the guest (tap ingress). Its DHCP client messages are steered into the
+ * bridge at `bridgeIndex` (the pod's server), so they are never bridged to the veth.
+ */
+export function tapIngressProgram(policy: TapPolicy, bridgeIndex: number, mapFd: number): Buffer {
   const p = new PolicyAssembler();
   const { a } = p;
   const mac = macWords(policy.guestMac);
@@ -192,29 +229,37 @@ export function tapIngressProgram(policy: TapPolicy, mapFd: number): Buffer {
   a.loadMem("w", 0, SKB, SKB_VLAN_PRESENT).jmp("jne", 0, 0, p.drop("ethertype"));
   a.ldAbs("w", ETH_SRC).jmp("jne", 0, mac.hi, p.drop("source-mac"));
   a.ldAbs("h", ETH_SRC + 4).jmp("jne", 0, mac.lo, p.drop("source-mac"));
-  a.ldAbs("h", ETH_TYPE);
+  a.ldAbs("w", ETH_TYPE).movReg(TYPE_WORD, 0).alu32("rsh", 0, 16);
   a.jmp("jeq", 0, ETH_P_IP, "ipv4");
   a.jmp("jeq", 0, ETH_P_ARP, "arp");
   a.jmp("jeq", 0, ETH_P_IPV6, "ipv6");
   a.jmp("jeq", 0, ETH_P_RARP, "pass"); // QEMU's announce-self after a migration
   a.goto(p.drop("ethertype"));
 
-  // IPv4: from its own addresses, or from 0.0.0.0 as a DHCP client only.
+  // IPv4: from its own addresses, or from 0.0.0.0 as a DHCP client only. Its DHCP
+  // client messages go to the pod's server and nowhere else.
   a.label("ipv4");
   p.ipv4HeaderLength();
   a.ldAbs("w", L3 + 12).jmp("jeq", 0, 0, "ipv4_unspecified");
-  for (const x of v4) p.matchPrefix(L3 + 12, [ipv4Word(x.address)], x.prefixLength, "ipv4_own");
+  for (const x of v4) p.matchIpv4(x.address, x.prefixLength, "ipv4_own");
   a.goto(p.drop("ipv4-source"));
   a.label("ipv4_unspecified");
   p.ipv4Udp(p.drop("ipv4-source"));
-  a.ldInd("h", L4, 0).jmp("jne", 0, DHCP_CLIENT_PORT, p.drop("ipv4-source"));
-  a.ldInd("h", L4, 2).jmp("jne", 0, DHCP_SERVER_PORT, p.drop("ipv4-source"));
-  a.goto("pass");
+  a.ldInd("w", L4, 0).jmp(
+    "jne",
+    0,
+    (DHCP_CLIENT_PORT << 16) | DHCP_SERVER_PORT,
+    p.drop("ipv4-source"),
+  );
+  a.goto("steer");
   a.label("ipv4_own");
   p.ipv4Udp("pass");
-  a.ldInd("h", L4, 0).jmp("jne", 0, DHCP_SERVER_PORT, "pass");
-  a.ldInd("h", L4, 2).jmp("jeq", 0, DHCP_CLIENT_PORT, p.drop("dhcp-server"));
+  a.ldInd("w", L4, 0).alu32("and", 0, 0xffff); // destination port
+  a.jmp("jeq", 0, DHCP_CLIENT_PORT, p.drop("dhcp-server"));
+  a.jmp("jeq", 0, DHCP_SERVER_PORT, "steer");
   a.goto("pass");
+  a.label("steer");
+  p.steer(bridgeIndex);
 
   // ARP: Ethernet/IPv4 only, sender MAC the guest's, sender IP its own or 0.0.0.0 (a probe).
   a.label("arp");
@@ -223,7 +268,7 @@ export function tapIngressProgram(policy: TapPolicy, mapFd: number): Buffer {
   a.ldAbs("w", L3 + 8).jmp("jne", 0, mac.hi, p.drop("arp-spoof"));
   a.ldAbs("h", L3 + 12).jmp("jne", 0, mac.lo, p.drop("arp-spoof"));
   a.ldAbs("w", L3 + 14).jmp("jeq", 0, 0, "pass");
-  for (const x of v4) p.matchPrefix(L3 + 14, [ipv4Word(x.address)], x.prefixLength, "pass");
+  for (const x of v4) p.matchIpv4(x.address, x.prefixLength, "pass");
   a.goto(p.drop("arp-spoof"));
 
   // IPv6: from its own addresses, :: (DAD, MLD) or any link-local (NDP, RS, DHCPv6).
@@ -270,43 +315,38 @@ export function tapIngressProgram(policy: TapPolicy, mapFd: number): Buffer {
   a.ldInd("b", L4, 0).jmp("jeq", 0, ND_ROUTER_ADVERT, p.drop("router-advert"));
   a.goto("pass");
   a.label("udp6");
-  a.ldInd("h", L4, 0).jmp("jne", 0, DHCPV6_SERVER_PORT, "pass");
   a.ldInd("h", L4, 2).jmp("jeq", 0, DHCPV6_CLIENT_PORT, p.drop("dhcp-server"));
   a.label("pass").ret(TC_ACT_UNSPEC);
   return p.finish(mapFd);
 }
 
-/** Emits: drop as `reason` an IPv4 UDP datagram to port 67 or 68; else fall through. */
-function dropDhcp(p: PolicyAssembler, reason: DropReason): void {
-  const { a } = p;
-  const notDhcp = p.fresh("not_dhcp");
-  a.ldAbs("h", ETH_TYPE).jmp("jne", 0, ETH_P_IP, notDhcp);
-  // A header this cannot read is the kernel's to drop; it is not DHCP either way.
-  a.ldAbs("b", L3).movReg(L4, 0).alu32("and", L4, 0x0f).alu32("lsh", L4, 2);
-  a.alu32("add", L4, L3);
-  p.ipv4Udp(notDhcp);
-  a.ldInd("h", L4, 2);
-  a.jmp("jeq", 0, DHCP_SERVER_PORT, p.drop(reason));
-  a.jmp("jeq", 0, DHCP_CLIENT_PORT, p.drop(reason));
-  a.label(notDhcp);
-}
-
-/** Frames from the node into the pod (veth ingress). */
+/** Frames from the node into the pod (veth ingress): no DHCP reaches the pod's server. */
 export function vethIngressProgram(mapFd: number): Buffer {
   const p = new PolicyAssembler();
-  p.a.movReg(SKB, 1);
-  dropDhcp(p, "dhcp-from-node");
-  p.a.ret(TC_ACT_UNSPEC);
+  const { a } = p;
+  a.movReg(SKB, 1);
+  a.ldAbs("w", ETH_TYPE).movReg(TYPE_WORD, 0).alu32("rsh", 0, 16);
+  a.jmp("jne", 0, ETH_P_IP, "pass");
+  // A header this cannot read is the kernel's to drop; it is not DHCP either way.
+  p.ipv4HeaderLength();
+  p.ipv4Udp("pass");
+  a.ldInd("h", L4, 2);
+  a.jmp("jeq", 0, DHCP_SERVER_PORT, p.drop("dhcp-from-node"));
+  a.jmp("jeq", 0, DHCP_CLIENT_PORT, p.drop("dhcp-from-node"));
+  a.label("pass").ret(TC_ACT_UNSPEC);
   return p.finish(mapFd);
 }
 
-/** Frames from the pod to the node (veth egress): only the guest's, and no DHCP. */
+/**
+ * Frames from the pod to the node (veth egress): only the guest's. The guest's DHCP
+ * never gets here (the tap program steers it to the server); what the pod netns sends
+ * itself (the server's replies, an ARP request, the bridge's NDP) does, and stops here.
+ */
 export function vethEgressProgram(guestMac: string, mapFd: number): Buffer {
   const p = new PolicyAssembler();
   const { a } = p;
   const mac = macWords(guestMac);
   a.movReg(SKB, 1);
-  dropDhcp(p, "dhcp-to-node");
   a.ldAbs("w", ETH_SRC).jmp("jne", 0, mac.hi, p.drop("netns-source"));
   a.ldAbs("h", ETH_SRC + 4).jmp("jne", 0, mac.lo, p.drop("netns-source"));
   a.ret(TC_ACT_UNSPEC);

@@ -210,7 +210,7 @@ export class Tapmanager {
       const guard = await this.step(`guard ${iface.tap}`, () =>
         InterfaceGuard.attach(
           record.netnsPath,
-          { tap: iface.tap, veth: iface.ifname },
+          { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge },
           { guestMac: iface.guestMac, prefixes: sourcePrefixes(record, iface) },
         ),
       );
@@ -226,6 +226,8 @@ export class Tapmanager {
           serverId: iface.serverId,
           leases: [lease],
           log: this.log,
+          // The guard on the tap steers the guest's DHCP to the server itself.
+          intercept: false,
         }),
       );
       servers.push(server);

@@ -383,10 +383,6 @@ for (const style of STYLES) {
         assert.equal(drops["router-advert"], 2, JSON.stringify(drops));
         assert.equal(drops["ipv6-source"], 1, JSON.stringify(drops));
         assert.equal(drops.ethertype, 1, JSON.stringify(drops));
-        assert.ok(
-          (drops["dhcp-to-node"] ?? 0) >= 1,
-          `the DISCOVER stayed in the pod: ${JSON.stringify(drops)}`,
-        );
       } finally {
         await tearDownPod(node, vm);
       }
@@ -438,7 +434,6 @@ for (const style of STYLES) {
             `${reason}: ${JSON.stringify(drops)}`,
           );
         }
-        assert.ok((drops["dhcp-to-node"] ?? 0) >= 1, "its DHCP broadcasts stayed in the pod");
         assert.ok(
           capture
             .frames()
