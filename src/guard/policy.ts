@@ -222,8 +222,12 @@ export function tapIngressProgram(policy: TapPolicy, bridgeIndex: number, mapFd:
   const p = new PolicyAssembler();
   const { a } = p;
   const mac = macWords(policy.guestMac);
-  const v4 = policy.prefixes.filter((x) => x.family === 4);
-  const v6 = policy.prefixes.filter((x) => x.family === 6);
+  // A /0 (a routing guest) allows every source of its family: no test to emit, and the
+  // verifier rejects code after a test that always succeeds.
+  const v4Any = policy.prefixes.some((x) => x.family === 4 && x.prefixLength === 0);
+  const v6Any = policy.prefixes.some((x) => x.family === 6 && x.prefixLength === 0);
+  const v4 = v4Any ? [] : policy.prefixes.filter((x) => x.family === 4);
+  const v6 = v6Any ? [] : policy.prefixes.filter((x) => x.family === 6);
   a.movReg(SKB, 1);
   // A VLAN tag was taken off into the skb before tc runs: the data shows the inner type.
   a.loadMem("w", 0, SKB, SKB_VLAN_PRESENT).jmp("jne", 0, 0, p.drop("ethertype"));
@@ -242,7 +246,7 @@ export function tapIngressProgram(policy: TapPolicy, bridgeIndex: number, mapFd:
   p.ipv4HeaderLength();
   a.ldAbs("w", L3 + 12).jmp("jeq", 0, 0, "ipv4_unspecified");
   for (const x of v4) p.matchIpv4(x.address, x.prefixLength, "ipv4_own");
-  a.goto(p.drop("ipv4-source"));
+  a.goto(v4Any ? "ipv4_own" : p.drop("ipv4-source"));
   a.label("ipv4_unspecified");
   p.ipv4Udp(p.drop("ipv4-source"));
   a.ldInd("w", L4, 0).jmp(
@@ -269,7 +273,7 @@ export function tapIngressProgram(policy: TapPolicy, bridgeIndex: number, mapFd:
   a.ldAbs("h", L3 + 12).jmp("jne", 0, mac.lo, p.drop("arp-spoof"));
   a.ldAbs("w", L3 + 14).jmp("jeq", 0, 0, "pass");
   for (const x of v4) p.matchIpv4(x.address, x.prefixLength, "pass");
-  a.goto(p.drop("arp-spoof"));
+  a.goto(v4Any ? "pass" : p.drop("arp-spoof"));
 
   // IPv6: from its own addresses, :: (DAD, MLD) or any link-local (NDP, RS, DHCPv6).
   a.label("ipv6");
@@ -277,7 +281,7 @@ export function tapIngressProgram(policy: TapPolicy, bridgeIndex: number, mapFd:
   p.matchPrefix(src, [0, 0, 0, 0], 128, "ipv6_ok");
   p.matchPrefix(src, ipv6Words("fe80::"), 10, "ipv6_ok");
   for (const x of v6) p.matchPrefix(src, ipv6Words(x.address), x.prefixLength, "ipv6_ok");
-  a.goto(p.drop("ipv6-source"));
+  a.goto(v6Any ? "ipv6_ok" : p.drop("ipv6-source"));
   a.label("ipv6_ok");
   // Walk the extension headers to the upper layer, so an RA or a DHCPv6 reply cannot
   // hide behind one (RFC 7113).
