@@ -105,6 +105,8 @@ const STYLES: Style[] = [
 interface Node {
   cni: CniSandbox;
   tapmanager: Tapmanager;
+  /** What the tapmanager logged at info. */
+  logged: { fields: Record<string, unknown>; message: string }[];
   plain: CniClient;
   /** An ordinary pod on the same network. */
   other: { ns: TestNetns; pod: PodRef; ip: string };
@@ -114,7 +116,18 @@ interface Node {
 async function makeNode(style: Style): Promise<Node> {
   const cni = makeCniSandbox();
   cni.writeConf("10-net.conflist", style.conflist(cni));
-  const tapmanager = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
+  const logged: { fields: Record<string, unknown>; message: string }[] = [];
+  const log = {
+    info: (fields: object, message: string) =>
+      logged.push({ fields: fields as Record<string, unknown>, message }),
+    warn() {},
+    debug() {},
+  };
+  const tapmanager = new Tapmanager({
+    cni: cni.client(),
+    stateDir: path.join(cni.root, "pods"),
+    log,
+  });
   const plain = cni.client();
   const ns = makeNetns("nb");
   const pod = makePod();
@@ -122,6 +135,7 @@ async function makeNode(style: Style): Promise<Node> {
   const node: Node = {
     cni,
     tapmanager,
+    logged,
     plain,
     other: { ns, pod, ip: attachment.result.ips[0].address.split("/")[0] },
   };
@@ -383,6 +397,20 @@ for (const style of STYLES) {
         assert.equal(drops["router-advert"], 2, JSON.stringify(drops));
         assert.equal(drops["ipv6-source"], 1, JSON.stringify(drops));
         assert.equal(drops.ethertype, 1, JSON.stringify(drops));
+        await tearDownPod(node, vm);
+        const line = node.logged.find(
+          (l) => l.message === "guest isolation drops" && l.fields.sandboxId === vm.pod.sandboxId,
+        );
+        const logged = (line?.fields.drops as { total: typeof drops } | undefined)?.total;
+        assert.deepEqual(
+          {
+            mac: logged?.["source-mac"],
+            arp: logged?.["arp-spoof"],
+            ra: logged?.["router-advert"],
+          },
+          { mac: 1, arp: 3, ra: 2 },
+          "the teardown logs the pod's drops",
+        );
       } finally {
         await tearDownPod(node, vm);
       }
