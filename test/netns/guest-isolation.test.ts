@@ -485,6 +485,41 @@ for (const style of STYLES) {
   });
 }
 
+describe("guest isolation across a restart of vmlet (Flannel-style)", () => {
+  it("keeps guarding while vmlet is down, and a restarted tapmanager takes the counters up again", async () => {
+    const node = await makeNode(STYLES[0]);
+    const vm = await setUpPod(node);
+    let restarted: Tapmanager | undefined;
+    try {
+      const spoofed = ethernet(
+        BROADCAST_MAC,
+        vm.tap.guestMac,
+        0x0800,
+        ipv4(node.other.ip, STYLES[0].gateway, 17, udp(9, 9, "x")),
+      );
+      await node.tapmanager.close(); // vmlet stops; the VM (here, the tap fd) runs on
+      const last = marker(vm, STYLES[0], 3);
+      const seen = await sendAndCapture(vm, [spoofed], last);
+      assert.deepEqual(seen.map(describeFrame), [describeFrame(last)], "still dropped");
+
+      restarted = new Tapmanager({
+        cni: node.cni.client(),
+        stateDir: path.join(node.cni.root, "pods"),
+      });
+      const outcome = await restarted.recover();
+      assert.deepEqual(outcome.recovered, [vm.pod.sandboxId]);
+      const again = await sendAndCapture(vm, [spoofed], marker(vm, STYLES[0], 4));
+      assert.equal(again.length, 1, again.map(describeFrame).join("\n"));
+      assert.equal(restarted.dropCounts(vm.pod.sandboxId)?.total["ipv4-source"], 1);
+    } finally {
+      fs.closeSync(vm.tap.fd);
+      await (restarted ?? node.tapmanager).tearDown(vm.pod.sandboxId);
+      await restarted?.close();
+      await removeNode(node);
+    }
+  });
+});
+
 describe("a neighbour pod on the node bridge (Flannel-style)", () => {
   let node: Node;
   before(async () => {
