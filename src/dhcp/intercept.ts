@@ -19,7 +19,8 @@
 // untouched; the bridge has arp_ignore=8 so it never answers ARP for the gateway
 // address it holds, and a permanent neighbour entry per lease means it never sends ARP.
 // Verified with udhcpc (stock script), dhclient and dhcpcd on Flannel- and Calico-style
-// networks (test/netns/dhcp-clients.test.ts).
+// networks (test/netns/dhcp-clients.test.ts). The tapmanager's pods do without it: their
+// guard (src/guard/) steers every DHCP client message from the tap the same way.
 import * as bpf from "../sys/bpf";
 import * as libc from "../sys/libc";
 import { withNetns } from "../sys/netns";

@@ -164,7 +164,8 @@ function tolerate(codes: string[]): (error: unknown) => void {
  * renewals are steered to it: a DISCOVER sent after that is answered.
  *
  * What it changes in the pod netns, and close() undoes: the server id as a /32 on the
- * bridge, a /32 route per lease, the intercept filter on each bridge port. What stays
+ * bridge, a /32 route per lease, the intercept filter on each bridge port (unless
+ * `intercept: false`). What stays
  * until the bridge goes: arp_ignore=8 on the bridge, the permanent neighbour entries,
  * the ports' clsact qdiscs. One server per bridge: a second one would share that state.
  */
