@@ -29,7 +29,7 @@ export const DROP_REASONS = [
   "dhcp-server", // tap: UDP to 68 or 546, the guest acting as a DHCP server
   "router-advert", // tap: ICMPv6 type 134
   "ipv6-header-chain", // tap: more IPv6 extension headers than it reads
-  "malformed", // tap: an IPv4 or ARP header it cannot read
+  "malformed", // an IPv4 (tap, veth ingress) or ARP (tap) header it cannot read
   "dhcp-from-node", // veth ingress: UDP to 67 or 68 from the node
   "netns-source", // veth egress: a frame the pod netns itself sent
 ] as const;
