@@ -166,6 +166,16 @@ async function netRunClaimed(options: NetRunOptions): Promise<number> {
       stopped,
     );
   } finally {
+    // What each guest tried to send that it may not, read before the networks go.
+    for (const [i, id] of ids.entries()) {
+      const drops = tapmanager.dropCounts(id);
+      const pod = options.pods[i];
+      if (drops) {
+        process.stdout.write(
+          `${JSON.stringify({ pod: `${pod.namespace}/${pod.name}`, drops: drops.total, interfaces: drops.interfaces })}\n`,
+        );
+      }
+    }
     await tapmanager.close();
     for (const id of ids.reverse()) await tapmanager.tearDown(id);
     cni.close();

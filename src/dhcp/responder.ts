@@ -295,7 +295,7 @@ export class DhcpResponder {
       reply: {
         type,
         datagram,
-        address: this.destination(m, inform ? m.ciaddr : p.lease.ip),
+        address: this.destination(m, p.lease, inform),
         port: CLIENT_PORT,
         lease: p.lease,
         xid: m.xid,
@@ -303,11 +303,16 @@ export class DhcpResponder {
     };
   }
 
-  /** RFC 2131 4.1: ciaddr if the client has one, broadcast if it asks, else yiaddr. */
-  private destination(m: DhcpMessage, yiaddr: string): string {
-    if (m.ciaddr !== ZERO) return m.ciaddr;
+  /**
+   * RFC 2131 4.1, except that a guest never picks where a reply goes: ciaddr only when
+   * it is the lease (a RENEW, or an INFORM from its own address), else broadcast when
+   * asked, else the lease IP (whose neighbour entry the server set). A reply sent to any
+   * other address would make the pod netns ARP for it, as the gateway.
+   */
+  private destination(m: DhcpMessage, lease: DhcpLease, inform: boolean): string {
+    if (m.ciaddr !== ZERO && m.ciaddr === lease.ip) return m.ciaddr;
     if (m.flags & FLAG_BROADCAST) return BROADCAST;
-    return yiaddr === ZERO ? BROADCAST : yiaddr;
+    return inform ? BROADCAST : lease.ip;
   }
 
   /** The always-sent options, then what the client asked for in its order, then the rest. */

@@ -39,6 +39,12 @@ export interface DhcpServerOptions {
   log?: DhcpLog;
   /** Replies per second the server sends at most (burst the same); a flood is dropped. */
   maxRepliesPerSecond?: number;
+  /**
+   * Attach the renewal intercept to the bridge's ports (default). Off where something
+   * else brings the guest's DHCP to the bridge: the tapmanager's guest isolation steers
+   * every DHCP client message from the tap, and lets none in from the veth.
+   */
+  intercept?: boolean;
 }
 
 export class DhcpServerError extends Error {
@@ -158,7 +164,8 @@ function tolerate(codes: string[]): (error: unknown) => void {
  * renewals are steered to it: a DISCOVER sent after that is answered.
  *
  * What it changes in the pod netns, and close() undoes: the server id as a /32 on the
- * bridge, a /32 route per lease, the intercept filter on each bridge port. What stays
+ * bridge, a /32 route per lease, the intercept filter on each bridge port (unless
+ * `intercept: false`). What stays
  * until the bridge goes: arp_ignore=8 on the bridge, the permanent neighbour entries,
  * the ports' clsact qdiscs. One server per bridge: a second one would share that state.
  */
@@ -169,7 +176,7 @@ export class DhcpServer {
     private readonly options: DhcpServerOptions,
     private readonly handler: DhcpHandler,
     private readonly socket: dgram.Socket,
-    private readonly intercept: DhcpIntercept,
+    private readonly intercept: DhcpIntercept | undefined,
   ) {}
 
   static async start(options: DhcpServerOptions): Promise<DhcpServer> {
@@ -216,12 +223,15 @@ export class DhcpServer {
       socket.on("error", (error) =>
         options.log?.warn({ where, error: String(error) }, "DHCP socket"),
       );
-      const intercept = await DhcpIntercept.attach(
-        nsPath,
-        ipToUint32(serverId),
-        bridge.index,
-        ports.map((p) => ({ name: p.name, index: p.index })),
-      );
+      const intercept =
+        options.intercept === false
+          ? undefined
+          : await DhcpIntercept.attach(
+              nsPath,
+              ipToUint32(serverId),
+              bridge.index,
+              ports.map((p) => ({ name: p.name, index: p.index })),
+            );
       options.log?.info({ where, serverId, leases: leases.length }, "DHCP server listening");
       return new DhcpServer(options, handler, socket, intercept);
     } catch (error) {
@@ -250,7 +260,7 @@ export class DhcpServer {
     if (this.closed) return;
     this.closed = true;
     this.socket.close();
-    await this.intercept.detach();
+    await this.intercept?.detach();
     const { nsPath, device, serverId } = this.options;
     let rtnl: Rtnl;
     try {

@@ -23,6 +23,7 @@ import type * as cri from "./cri/generated";
 import { CriError, errorMessage, failedPrecondition, invalidArgument, notFound } from "./errors";
 import { type ImageStore, imageId, repoDigests } from "./images/image-store";
 import { containerLogPath, makeLogDirs } from "./log-path";
+import { allowedSourcePrefixes } from "./net-annotations";
 import type { StateStore } from "./store";
 import type { ContainerRecord, SandboxRecord } from "./store/records";
 import type {
@@ -198,6 +199,7 @@ export class VmRuntime {
   ): Promise<cri.RunPodSandboxResponse> {
     // Checked before anything is recorded: a bad annotation leaves nothing behind.
     const capabilities = cniCapabilities(config, pod);
+    const allowedPrefixes = allowedSourcePrefixes(config.annotations ?? {});
     const same = this.store.sandboxes
       .list()
       .find(
@@ -257,6 +259,7 @@ export class VmRuntime {
           pod: { namespace: md.namespace, name: md.name, uid: md.uid, sandboxId: id },
           hostname: record.hostname,
           capabilities,
+          ...(allowedPrefixes.length > 0 ? { allowedSourcePrefixes: allowedPrefixes } : {}),
           dns: config.dnsConfig
             ? { servers: config.dnsConfig.servers, searches: config.dnsConfig.searches }
             : undefined,
@@ -890,6 +893,8 @@ export class VmRuntime {
     const log = this.sandboxLog(sandbox);
     // CRI: running containers of a stopped sandbox are forcibly terminated.
     for (const c of this.containersOf(id)) await this.stopContainerLocked(c.id, 0);
+    // Read before the network goes: what the guest tried to send that it may not.
+    const drops = this.networks.dropCounts?.(id);
     try {
       await this.networks.tearDown(id);
     } catch (error) {
@@ -899,6 +904,8 @@ export class VmRuntime {
         { cause: error },
       );
     }
+    if (drops)
+      log.info({ drops: drops.total, byInterface: drops.interfaces }, "guest isolation drops");
     if (sandbox.phase !== "stopped") {
       await this.store.sandboxes.put({ ...sandbox, phase: "stopped" });
       log.info("pod sandbox stopped");

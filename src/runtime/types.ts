@@ -1,10 +1,10 @@
 // What the runtime uses from its two collaborators, as structural interfaces: the
 // tapmanager (src/tapmanager) builds each pod's network, the VM launcher
 // (src/runtime/vm) runs QEMU. Either plugs in as it is; tests plug in stand-ins.
-import type { OpenedTap, PodNetwork, PodNetworkRequest } from "../tapmanager/types";
+import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "../tapmanager/types";
 import type { VmSpec } from "./vm/types";
 
-export type { OpenedTap, PodNetwork, PodNetworkRequest };
+export type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest };
 
 export interface NetworkReadiness {
   ready: boolean;
@@ -25,6 +25,8 @@ export interface PodNetworks {
   /** After recover() and before serving: frees what networks hold for unknown pods. */
   collectGarbage?(): Promise<void>;
   networkStatus(): NetworkReadiness;
+  /** What the pod's guest isolation dropped, for the log at teardown (and metrics later). */
+  dropCounts?(sandboxId: string): PodDrops | undefined;
 }
 
 // The VM's request is the launcher's own type; the handle below is what the runtime uses.

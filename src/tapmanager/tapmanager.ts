@@ -7,12 +7,14 @@ import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-
 import { withoutDefaultRoute } from "../cni-bridge/guest-view";
 import { readInterface, rewireInterface, rewireNames } from "../cni-bridge/rewire";
 import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhcp/server";
+import { addDrops, InterfaceGuard } from "../guard/guard";
+import type { Prefix } from "../guard/policy";
 import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { KeyedLock } from "../util/keyed-lock";
 import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
-import type { OpenedTap, PodNetwork, PodNetworkRequest } from "./types";
+import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "./types";
 
 export interface TapmanagerOptions {
   cni: CniClient;
@@ -55,6 +57,8 @@ export class Tapmanager {
   private readonly store: PodStateStore;
   private readonly lock = new KeyedLock();
   private readonly servers = new Map<string, DhcpServer[]>();
+  /** Each pod's guarded NICs, by sandbox id: where its drop counters are read. */
+  private readonly guards = new Map<string, { ifname: string; guard: InterfaceGuard }[]>();
   private readonly log: DhcpLog;
 
   constructor(private readonly options: TapmanagerOptions) {
@@ -203,6 +207,20 @@ export class Tapmanager {
         );
       }
     });
+    // Guarded before DHCP serves and before any VM gets the tap.
+    this.closeGuards(id);
+    const guards: { ifname: string; guard: InterfaceGuard }[] = [];
+    this.guards.set(id, guards);
+    for (const iface of record.interfaces) {
+      const guard = await this.step(`guard ${iface.tap}`, () =>
+        InterfaceGuard.attach(
+          record.netnsPath,
+          { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge },
+          { guestMac: iface.guestMac, prefixes: sourcePrefixes(record, iface) },
+        ),
+      );
+      guards.push({ ifname: iface.ifname, guard });
+    }
     for (const iface of record.interfaces) {
       const lease = iface.lease;
       if (!lease) continue;
@@ -213,6 +231,8 @@ export class Tapmanager {
           serverId: iface.serverId,
           leases: [lease],
           log: this.log,
+          // The guard on the tap steers the guest's DHCP to the server itself.
+          intercept: false,
         }),
       );
       servers.push(server);
@@ -238,6 +258,9 @@ export class Tapmanager {
     const id = record.request.pod.sandboxId;
     const label = podLabel(record.request);
     await this.stopServing(id);
+    const drops = this.dropCounts(id);
+    if (drops) this.log.info({ pod: label, sandboxId: id, drops }, "guest isolation drops");
+    this.closeGuards(id);
     // The taps and bridges are not deleted one by one before the netns goes: each
     // RTM_DELLINK waits out an RCU grace period (~35 ms apiece here, two per NIC), while
     // the kernel removes whatever a deleted netns still holds in one batch, off this path.
@@ -269,6 +292,25 @@ export class Tapmanager {
   /** What each of the pod's DHCP servers received, answered and dropped, by interface. */
   dhcpStats(sandboxId: string): DhcpStats[] {
     return (this.servers.get(sandboxId) ?? []).map((server) => server.stats());
+  }
+
+  /**
+   * What the pod's guest isolation dropped since its network was configured by this
+   * process (a restart starts the counters again); undefined for a pod not guarded here.
+   */
+  dropCounts(sandboxId: string): PodDrops | undefined {
+    const guards = this.guards.get(sandboxId);
+    if (!guards) return undefined;
+    const interfaces = guards.map(({ ifname, guard }) => ({ ifname, drops: guard.drops() }));
+    return {
+      total: interfaces.reduce((sum, i) => addDrops(sum, i.drops), {}),
+      interfaces,
+    };
+  }
+
+  private closeGuards(sandboxId: string): void {
+    for (const { guard } of this.guards.get(sandboxId) ?? []) guard.close();
+    this.guards.delete(sandboxId);
   }
 
   get(sandboxId: string): PodNetwork | undefined {
@@ -372,6 +414,8 @@ export class Tapmanager {
   /** Stops every DHCP server; the networks stay for the next start to recover. */
   async close(): Promise<void> {
     for (const id of [...this.servers.keys()]) await this.stopServing(id);
+    // The filters stay: the guests keep running, guarded, until the next start.
+    for (const id of [...this.guards.keys()]) this.closeGuards(id);
   }
 
   private async stopServing(sandboxId: string): Promise<void> {
@@ -405,6 +449,17 @@ export class Tapmanager {
       throw new Error(`${name}: ${(error as Error).message}`, { cause: error });
     }
   }
+}
+
+/** What a NIC's guest may send from: its lease, its CNI addresses, the pod's extra prefixes. */
+function sourcePrefixes(record: PodRecord, iface: PersistedInterface): Prefix[] {
+  const own: Prefix[] = iface.addresses.map((a) => ({
+    family: a.family,
+    address: a.address,
+    prefixLength: a.family === 4 ? 32 : 128,
+  }));
+  if (iface.lease) own.push({ family: 4, address: iface.lease.ip, prefixLength: 32 });
+  return [...own, ...(record.request.allowedSourcePrefixes ?? [])];
 }
 
 function cniGateway(result: CniResult): string | undefined {

@@ -2,6 +2,7 @@
 // a VM needs. The persisted form of PodNetwork is the "container side network".
 import type { PodRef } from "../cni-bridge/cni";
 import type { RuntimeConfig } from "../cni-bridge/cni/runtime-config";
+import type { DropCounts } from "../guard/guard";
 
 export type { PodRef };
 
@@ -15,6 +16,11 @@ export interface PodNetworkRequest {
   dns?: { servers: string[]; searches: string[] };
   /** DHCP option 12; the pod name when absent. */
   hostname?: string;
+  /**
+   * Source prefixes the guest may send from beyond its own addresses, on every NIC
+   * (an NFV pod that routes, or holds extra addresses).
+   */
+  allowedSourcePrefixes?: IpAddress[];
 }
 
 export interface IpAddress {
@@ -55,6 +61,12 @@ export interface PodNetwork {
   netnsPath: string;
   hostname: string;
   interfaces: PodInterface[];
+}
+
+/** What a pod's guest isolation dropped, by reason: in total and per NIC. */
+export interface PodDrops {
+  total: DropCounts;
+  interfaces: { ifname: string; drops: DropCounts }[];
 }
 
 /** A tap opened for a VM: pass `fd` to QEMU and close it here once QEMU has it. */

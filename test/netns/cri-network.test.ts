@@ -116,6 +116,51 @@ describe("CRI on the tapmanager and real CNI plugins", () => {
     assert.deepEqual(fs.readdirSync(path.join(cni.root, "pods")), []);
   });
 
+  test("vmlet.io/allowed-source-prefixes: a bad value is INVALID_ARGUMENT naming it, with nothing built; a good one reaches the pod network", async () => {
+    const r = t.client.runtime;
+    const netnsBefore = netnsNames();
+    for (const bad of ["10.1.0.0/33", "10.1.0.1/24", "fd00::/129", "bogus", "10.1.0.0", ","]) {
+      await assert.rejects(
+        r.RunPodSandbox({
+          config: podConfig("prefixes", {
+            annotations: { "vmlet.io/allowed-source-prefixes": bad },
+          }),
+        }),
+        (error: { code?: number; details?: string }) => {
+          assert.equal(
+            status[error.code ?? -1],
+            "INVALID_ARGUMENT",
+            `for ${bad}: ${error.details}`,
+          );
+          assert.match(error.details ?? "", /annotation vmlet\.io\/allowed-source-prefixes=/);
+          return true;
+        },
+      );
+    }
+    assert.deepEqual(netnsNames(), netnsBefore, "no netns made");
+    assert.deepEqual(allocations(cni.dataDir, "podnet"), [], "no address taken");
+    assert.deepEqual(fs.readdirSync(path.join(t.stateDir, "sandboxes")), [], "no sandbox record");
+
+    const { podSandboxId } = await r.RunPodSandbox({
+      config: podConfig("prefixes", {
+        annotations: { "vmlet.io/allowed-source-prefixes": " 10.123.0.0/24, fd00:7::/64" },
+      }),
+    });
+    try {
+      const record = JSON.parse(
+        fs.readFileSync(path.join(cni.root, "pods", `${podSandboxId}.json`), "utf8"),
+      );
+      assert.deepEqual(record.request.allowedSourcePrefixes, [
+        { family: 4, address: "10.123.0.0", prefixLength: 24 },
+        { family: 6, address: "fd00:7::", prefixLength: 64 },
+      ]);
+      assert.ok(tm.dropCounts(podSandboxId), "the pod's NIC is guarded");
+    } finally {
+      await r.StopPodSandbox({ podSandboxId });
+      await r.RemovePodSandbox({ podSandboxId });
+    }
+  });
+
   test("a CNI failure leaves no netns, no allocation and no sandbox, and says what was cleaned", async () => {
     // tuning refuses an unknown sysctl at ADD, after bridge and host-local did their part.
     const tuning = { type: "tuning", sysctl: { "net.ipv4.conf.eth0.no_such_sysctl": "1" } };

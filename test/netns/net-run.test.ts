@@ -97,6 +97,45 @@ describe("vmlet net run", () => {
     }
   });
 
+  it("prints each pod's guest isolation drops as JSON at teardown", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-br.conflist", bridgeList("br", "1.0.0", cni.dataDir, "10.97.0.0/24"));
+    // Through the tap (fd 3): two frames from a MAC that is not the guest's, one ARP reply
+    // claiming the gateway; each behind the tap's zero virtio-net header.
+    const write = `
+      const fs = require("fs");
+      const mac = Buffer.from(process.env.VMLET_MACS.replaceAll(":", ""), "hex");
+      const foreign = Buffer.from("026666666666", "hex");
+      const head = (src, type) => Buffer.concat([Buffer.alloc(10), Buffer.alloc(6, 0xff), src, Buffer.from(type, "hex")]);
+      const ip = Buffer.alloc(28); ip[0] = 0x45;
+      fs.writeSync(3, Buffer.concat([head(foreign, "0800"), ip]));
+      fs.writeSync(3, Buffer.concat([head(foreign, "0800"), ip]));
+      const arp = Buffer.concat([Buffer.from("0001080006040002", "hex"), mac, Buffer.from([10, 97, 0, 1]), Buffer.alloc(10)]);
+      fs.writeSync(3, Buffer.concat([head(mac, "0806"), arp]));`;
+    const run = netRun([
+      ...onSandbox(cni),
+      "--pod",
+      "default/vm1",
+      "--exec",
+      `${process.execPath} -e '${write}'; sleep 0.2`,
+    ]);
+    try {
+      const out: string[] = [];
+      for await (const line of run.lines) out.push(line);
+      assert.equal(await run.exited, 0, run.stderr());
+      const drops = JSON.parse(out.at(-1)!);
+      assert.equal(drops.pod, "default/vm1");
+      // (netns-source may count too: the pod bridge's own IPv6 link-local chatter.)
+      assert.deepEqual(
+        { mac: drops.drops["source-mac"], arp: drops.drops["arp-spoof"] },
+        { mac: 2, arp: 1 },
+      );
+      assert.deepEqual(drops.interfaces, [{ ifname: "eth0", drops: drops.drops }]);
+    } finally {
+      cni.remove();
+    }
+  });
+
   it("boots README's QEMU example on the first of two pod networks: taps as fds 3, 4, and the guest takes its lease", {
     skip: !guestImagesBuilt() && "test guests not built",
     timeout: 180_000,

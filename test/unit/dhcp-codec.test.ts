@@ -295,6 +295,29 @@ describe("DHCP responder", () => {
     );
   });
 
+  it("sends a reply to the lease, never to a ciaddr the guest chose", () => {
+    const foreign = { ciaddr: "10.244.1.77" };
+    const offer = reply(clientMessage(MessageType.DISCOVER, [], foreign));
+    assert.equal(offer.type, "OFFER");
+    assert.equal(offer.address, "10.244.1.5", "a DISCOVER with a foreign ciaddr: to the lease");
+    const bcast = reply(clientMessage(MessageType.DISCOVER, [], { ...foreign, flags: 0x8000 }));
+    assert.equal(bcast.address, "255.255.255.255", "broadcast flag: broadcast");
+    const selecting = reply(
+      clientMessage(
+        MessageType.REQUEST,
+        [
+          [Option.SERVER_ID, ips(["10.244.1.1"])],
+          [Option.REQUESTED_IP, ips(["10.244.1.5"])],
+        ],
+        { ciaddr: "10.244.1.1" },
+      ),
+    );
+    assert.equal(selecting.type, "ACK");
+    assert.equal(selecting.address, "10.244.1.5", "not to the gateway it named as ciaddr");
+    const inform = reply(clientMessage(MessageType.INFORM, [], foreign));
+    assert.equal(inform.address, "255.255.255.255", "an INFORM from a foreign address: broadcast");
+  });
+
   it("answers INFORM without lease fields", () => {
     const r = reply(clientMessage(MessageType.INFORM, [], { ciaddr: "10.244.1.5" }));
     assert.equal(r.type, "ACK");
