@@ -1,5 +1,6 @@
 // Fixtures for CNI tests: a private conf dir, cache dir and host-local dataDir per test,
 // configs for Debian's reference plugins, and small misbehaving plugins.
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -17,6 +18,7 @@ export interface CniSandbox {
   binDir: string;
   client(timeoutMs?: number): CniClient;
   writeConf(file: string, conf: unknown): void;
+  /** Removes the sandbox's dirs, and the node bridges its configs named (CNI DEL keeps them). */
   remove(): void;
 }
 
@@ -30,6 +32,9 @@ export function makeCniSandbox(): CniSandbox {
   };
   for (const d of Object.values(dirs)) fs.mkdirSync(d);
   const clients: CniClient[] = [];
+  // The bridge plugin never deletes its bridge; one left with its gateway address would
+  // take the next test's traffic for the same subnet.
+  const bridges = new Set<string>();
   return {
     root,
     ...dirs,
@@ -47,12 +52,26 @@ export function makeCniSandbox(): CniSandbox {
       const tmp = path.join(root, `.${file}`);
       fs.writeFileSync(tmp, JSON.stringify(conf));
       fs.renameSync(tmp, path.join(dirs.confDir, file));
+      for (const name of bridgesNamedIn(conf)) bridges.add(name);
     },
     remove() {
       for (const c of clients) c.close();
+      for (const name of bridges) {
+        spawnSync("ip", ["link", "del", name, "type", "bridge"], { stdio: "ignore" });
+      }
       fs.rmSync(root, { recursive: true, force: true });
     },
   };
+}
+
+/** The `bridge` names of the bridge plugins in a conf or conflist. */
+function bridgesNamedIn(conf: unknown): string[] {
+  if (typeof conf !== "object" || conf === null) return [];
+  const { plugins } = conf as { plugins?: unknown };
+  const entries = Array.isArray(plugins) ? plugins : [conf];
+  return entries.flatMap((p: { type?: unknown; bridge?: unknown }) =>
+    p?.type === "bridge" ? [typeof p.bridge === "string" ? p.bridge : "cni0"] : [],
+  );
 }
 
 export function makePod(name = uniqueName("pod")): PodRef {

@@ -127,12 +127,13 @@ function tokenBuckets(): Map<string, number> {
  * lets some 250 MB through unshaped before the rate holds. (Sending more would block at the
  * rate: the queue behind the bucket is as deep as the bucket.) What is left goes in
  * iperf's omitted first seconds. Ingress: from the node to the pod IP; egress: frames put
- * straight onto the pod end of the veth, from the pod netns.
+ * straight onto the pod end of the veth, from the pod netns, as the guest's MAC (the guard
+ * lets nothing else leave through the veth).
  */
 function drainBucket(
   direction: "ingress" | "egress",
   bytes: number,
-  pod: { ip: string; netns: string },
+  pod: { ip: string; netns: string; mac: string },
 ): void {
   const frames = Math.floor((bytes * 0.95) / 1400);
   const send =
@@ -140,7 +141,7 @@ function drainBucket(
       ? `s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); dst = (${JSON.stringify(pod.ip)}, 9)
 def one(): s.sendto(b"x" * 1400, dst)`
       : `s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(("eth0", 0))
-frame = b"\\xff" * 6 + b"\\x02" * 6 + b"\\x08\\x00" + b"\\x45" + b"\\x00" * 1399
+frame = b"\\xff" * 6 + bytes.fromhex(${JSON.stringify(pod.mac.replaceAll(":", ""))}) + b"\\x08\\x00" + b"\\x45" + b"\\x00" * 1399
 def one(): s.send(frame)`;
   const script = `import socket
 ${send}
@@ -236,7 +237,7 @@ describe("capability args through RunPodSandbox on the stock Calico chain", () =
       const ingressBucket = buckets.get(hostVeth);
       const [egressDev, egressBucket] = [...buckets].find(([dev]) => dev !== hostVeth) ?? [];
       assert.ok(ingressBucket && egressBucket && egressDev, `tbf on ${hostVeth} and an ifb`);
-      const slow = { ip: slowGuest.ip, netns: podNetns };
+      const slow = { ip: slowGuest.ip, netns: podNetns, mac: slowGuest.relay.mac };
       drainBucket("ingress", ingressBucket, slow);
       const ingress = iperf(slowGuest.relay.netns, slowGuest.ip, false);
       drainBucket("egress", egressBucket, slow);
