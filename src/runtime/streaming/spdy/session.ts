@@ -81,6 +81,7 @@ export class SpdySession implements StreamOwner {
   private handlers: SessionHandlers | undefined;
 
   private queue: Frame[] = [];
+  private queuedBytes = 0;
   private pumping = false;
   private chain: Promise<void> = Promise.resolve();
   private drainWaiters: Array<() => void> = [];
@@ -183,7 +184,10 @@ export class SpdySession implements StreamOwner {
       this.fail(e);
       return;
     }
-    for (const f of frames) this.queue.push(f);
+    for (const f of frames) {
+      this.queue.push(f);
+      if (f.type === "data") this.queuedBytes += f.data.length;
+    }
     this.updatePause();
     if (!this.pumping) void this.pump();
   }
@@ -193,6 +197,7 @@ export class SpdySession implements StreamOwner {
     try {
       while (this.queue.length > 0 && !this.closed) {
         const frame = this.queue.shift()!;
+        if (frame.type === "data") this.queuedBytes -= frame.data.length;
         const pending = this.handle(frame);
         if (pending) await pending;
       }
@@ -512,6 +517,7 @@ export class SpdySession implements StreamOwner {
     const s = this.socket as Duplex & { writableLength: number };
     const want =
       this.queue.length > MAX_QUEUED_FRAMES ||
+      this.queuedBytes > this.opts.maxStreamBuffer ||
       this.overBuffered.size > 0 ||
       s.writableLength > this.opts.maxStreamBuffer;
     if (want && !this.paused) {
