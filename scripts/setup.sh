@@ -23,6 +23,8 @@ APT_PACKAGES=(
   golang-1.19-go golang-google-grpc-dev golang-goprotobuf-dev protobuf-compiler python3-grpcio python3-protobuf
   # iperf3: the bandwidth test measures a pod's rate limits with it
   iperf3
+  # moby/spdystream: the CRI streaming test client (scripts/build-stream-client.sh)
+  golang-github-docker-spdystream-dev
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
