@@ -179,6 +179,65 @@ describe("SPDY/3.1 server session", () => {
   });
 });
 
+describe("SPDY/3.1 session against hostile peers", () => {
+  it("a thousand streams: 100 served, the rest refused, and all gone when the peer leaves", async () => {
+    const { server, served } = sessionServer();
+    const port = await listen(server);
+    const peer = await SpdyPeer.connect(port);
+    for (let id = 1; id < 2000; id += 2)
+      await peer.synStream(id, spdyHeaders({ streamtype: "data" }));
+    await peer.until((p) => p.of("syn_reply").length + p.of("rst_stream").length === 1000, 10_000);
+    assert.equal(peer.of("syn_reply").length, 100);
+    assert.ok(peer.of("rst_stream").every((f) => f.status === RstStatus.REFUSED_STREAM));
+    peer.write(encodePing(1));
+    await peer.until((p) => p.of("ping").length === 1);
+    const session = served[0].session;
+    assert.equal(session.streamCount, 100);
+    peer.close();
+    await waitFor(() => served[0].closed, "the session to close");
+    assert.equal(session.streamCount, 0);
+    assert.ok(served[0].streams.every((s) => s.destroyed));
+    server.close();
+  });
+
+  it("random and mutated frame streams never take the server down", async () => {
+    const { server, served } = sessionServer({}, (s) => s.resume());
+    const port = await listen(server);
+    let seed = 0x5eed;
+    const next = (): number => {
+      seed ^= seed << 13;
+      seed >>>= 0;
+      seed ^= seed >>> 17;
+      seed ^= seed << 5;
+      seed >>>= 0;
+      return seed;
+    };
+    const valid = Buffer.concat([
+      encodeData(1, Buffer.from("abc"), false),
+      encodeWindowUpdate(0, 100),
+      encodePing(3),
+      encodeRstStream(1, 5),
+      encodeSettings([{ flags: 0, id: 7, value: 100 }]),
+    ]);
+    for (let round = 0; round < 40; round++) {
+      const peer = await SpdyPeer.connect(port);
+      await peer.synStream(1, spdyHeaders({ a: "b" }));
+      const junk = Buffer.from(valid);
+      for (let k = 0; k < 1 + (next() % 8); k++) junk[next() % junk.length] = next() & 0xff;
+      peer.write(junk);
+      await new Promise((r) => setTimeout(r, 5));
+      peer.close();
+    }
+    await waitFor(() => served.every((x) => x.closed), "every session to end");
+    // Still serving.
+    const peer = await SpdyPeer.connect(port);
+    peer.write(encodePing(1));
+    await peer.until((p) => p.of("ping").length === 1);
+    peer.close();
+    server.close();
+  });
+});
+
 describe("SPDY/3.1 flow control", () => {
   const big = Buffer.alloc(200 * 1024, 0x61);
 
