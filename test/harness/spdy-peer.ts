@@ -21,8 +21,11 @@ export class SpdyPeer {
   private waiters: Array<() => void> = [];
   private chain: Promise<void> = Promise.resolve();
 
-  constructor(readonly socket: net.Socket) {
-    socket.on("data", (chunk: Buffer) => {
+  constructor(
+    readonly socket: net.Socket,
+    initial?: Buffer,
+  ) {
+    const onData = (chunk: Buffer): void => {
       const frames = this.decoder.decode(chunk);
       this.chain = this.chain.then(async () => {
         for (const f of frames) {
@@ -35,7 +38,9 @@ export class SpdyPeer {
         }
         this.wake();
       });
-    });
+    };
+    socket.on("data", onData);
+    if (initial && initial.length > 0) onData(initial);
     socket.on("close", () => {
       this.chain = this.chain.then(() => {
         this.closed = true;
@@ -48,6 +53,34 @@ export class SpdyPeer {
   static connect(port: number): Promise<SpdyPeer> {
     return new Promise((resolve, reject) => {
       const s = net.connect(port, "127.0.0.1", () => resolve(new SpdyPeer(s)));
+      s.once("error", reject);
+    });
+  }
+
+  /** Does the HTTP upgrade to SPDY/3.1 on path, then speaks SPDY. Rejects unless 101. */
+  static upgrade(port: number, path: string, protocol: string): Promise<SpdyPeer> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(port, "127.0.0.1", () => {
+        s.write(
+          `POST ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n` +
+            `X-Stream-Protocol-Version: ${protocol}\r\n\r\n`,
+        );
+      });
+      let buf = Buffer.alloc(0);
+      const onData = (d: Buffer): void => {
+        buf = Buffer.concat([buf, d]);
+        const end = buf.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        s.off("data", onData);
+        const head = buf.subarray(0, end).toString();
+        if (!head.startsWith("HTTP/1.1 101")) {
+          s.destroy();
+          reject(new Error(`upgrade refused: ${head.split("\r\n")[0]}`));
+          return;
+        }
+        resolve(new SpdyPeer(s, buf.subarray(end + 4)));
+      };
+      s.on("data", onData);
       s.once("error", reject);
     });
   }

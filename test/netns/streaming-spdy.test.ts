@@ -21,6 +21,8 @@ import {
   FrameDecoder,
   GoawayStatus,
 } from "../../src/runtime/streaming/spdy/frames";
+import { spdyHeaders } from "../../src/runtime/streaming/spdy/header-block";
+import { SpdyPeer } from "../harness/spdy-peer";
 import { type EchoScript, EchoTarget } from "../harness/stream-echo-target";
 
 const CLIENT = path.resolve(__dirname, "../../../.cache/clients/stream-client-go");
@@ -227,5 +229,39 @@ describe("CRI streaming with moby/spdystream (client-go's SPDY)", () => {
     assert.ok(Date.now() - t0 >= 4500, "held for the (5 s test) creation timeout");
     assert.equal(target.started, false);
     assert.ok(errors.some((e) => /timed out .*\(missing: error, stdin, stdout\)/.test(e.message)));
+  });
+
+  it("a client that goes away mid-run aborts the target, and its streams are released", async () => {
+    let release: () => void = () => {};
+    const hold = new Promise<void>((r) => {
+      release = r;
+    });
+    const { url, target } = exec({ exitCode: 0, hold }, { stdin: false });
+    const { port, pathname } = new URL(url);
+    const peer = await SpdyPeer.upgrade(Number(port), pathname, "v4.channel.k8s.io");
+    await peer.synStream(1, spdyHeaders({ streamType: "error" }));
+    await peer.synStream(3, spdyHeaders({ streamType: "stdout" }));
+    while (!target.started) await new Promise((r) => setTimeout(r, 10));
+    peer.close();
+    while (!target.aborted) await new Promise((r) => setTimeout(r, 10));
+    release();
+  });
+
+  it("an unknown or duplicate streamType is reset without disturbing the exec", async () => {
+    const { url } = exec({ exitCode: 0, prefix: "ok" }, { stdin: false });
+    const { port, pathname } = new URL(url);
+    const peer = await SpdyPeer.upgrade(Number(port), pathname, "v4.channel.k8s.io");
+    await peer.synStream(1, spdyHeaders({ streamType: "error" }));
+    await peer.synStream(3, spdyHeaders({ streamType: "error" }));
+    await peer.synStream(5, spdyHeaders({ streamType: "bogus" }));
+    await peer.synStream(7, spdyHeaders({ streamType: "stdout" }));
+    await peer.until((p) => p.finOn(1) && p.finOn(7));
+    assert.deepEqual(
+      peer.of("rst_stream").map((f) => f.streamId),
+      [3, 5],
+    );
+    assert.equal(peer.dataOn(7).toString(), "ok");
+    assert.deepEqual(JSON.parse(peer.dataOn(1).toString()), { metadata: {}, status: "Success" });
+    peer.close();
   });
 });
