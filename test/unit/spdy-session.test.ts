@@ -9,6 +9,7 @@ import {
   encodeSettings,
   encodeSynStream,
   encodeWindowUpdate,
+  FLAG_UNIDIRECTIONAL,
   GoawayStatus,
   RstStatus,
 } from "../../src/runtime/streaming/spdy/frames";
@@ -162,6 +163,22 @@ describe("SPDY/3.1 server session", () => {
     });
     peer.write(encodePing(1));
     await peer.until((p) => p.of("ping").length > 0);
+    peer.close();
+  });
+
+  it("takes a unidirectional stream's data without answering it", async () => {
+    const peer = await SpdyPeer.connect(port);
+    await peer.synStream(1, spdyHeaders({ a: "b" }), FLAG_UNIDIRECTIONAL);
+    peer.write(encodeData(1, Buffer.from("one way"), true));
+    const served = echo.served[echo.served.length - 1];
+    await waitFor(
+      () => served.session.streamCount === 0 && served.streams.length === 1,
+      "the stream to finish",
+    );
+    peer.write(encodePing(1));
+    await peer.until((p) => p.of("ping").length === 1);
+    assert.equal(peer.of("syn_reply").length, 0);
+    assert.equal(peer.dataOn(1).length, 0, "nothing sent back on it");
     peer.close();
   });
 

@@ -407,6 +407,8 @@ export class SpdySession implements StreamOwner {
   // ---- StreamOwner ----
 
   async sendData(s: SpdyStream, data: Buffer, fin: boolean): Promise<void> {
+    // A unidirectional stream, or one already finished: end() has nothing to send.
+    if (fin && data.length === 0 && s.localClosed) return;
     let off = 0;
     do {
       if (s.localClosed || s.reset || this.closed) {
