@@ -24,6 +24,8 @@ APT_PACKAGES=(
   # iperf3: the bandwidth test measures a pod's rate limits with it
   iperf3
   strace # test/unit/state-files: sees the state writers fsync their directories
+  # moby/spdystream: the CRI streaming test client (scripts/build-stream-client.sh)
+  golang-github-docker-spdystream-dev
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -67,7 +69,9 @@ if [ "${1:-}" = "--test-guests" ] && [ -x scripts/build-test-guests.sh ]; then
   scripts/build-test-guests.sh
 fi
 
-# The non-JS CRI clients the tests drive the socket with (grpc-go, python3-grpcio).
-if [ "${1:-}" = "--test-guests" ] && [ -x scripts/build-test-clients.sh ]; then
+# The non-JS clients the tests drive vmlet with: CRI over gRPC (grpc-go, python3-grpcio)
+# and the streaming server over SPDY/3.1 (moby/spdystream, as kubelet's client-go uses).
+if [ "${1:-}" = "--test-guests" ]; then
   scripts/build-test-clients.sh
+  scripts/build-stream-client.sh
 fi
