@@ -45,14 +45,18 @@ export async function syncDir(dir: string): Promise<void> {
 
 /** Removes the temp files interrupted writes left in `dir`; a missing dir is fine. */
 export async function removeStaleTemps(dir: string): Promise<string[]> {
-  let names: string[];
+  const names = await readDirIfAny(dir);
+  const stale = names.filter((name) => name.endsWith(TEMP_SUFFIX));
+  for (const name of stale) await fs.promises.rm(path.join(dir, name), { force: true });
+  return stale;
+}
+
+/** The names in `dir`; none when it does not exist (yet, or any more). */
+export async function readDirIfAny(dir: string): Promise<string[]> {
   try {
-    names = await fs.promises.readdir(dir);
+    return await fs.promises.readdir(dir);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw error;
   }
-  const stale = names.filter((name) => name.endsWith(TEMP_SUFFIX));
-  for (const name of stale) await fs.promises.rm(path.join(dir, name), { force: true });
-  return stale;
 }

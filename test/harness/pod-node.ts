@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import type { CniClient, PodRef } from "../../src/cni-bridge/cni";
+import type { DhcpLog } from "../../src/dhcp/server";
 import { Tapmanager } from "../../src/tapmanager";
 import type { PodNetwork } from "../../src/tapmanager/types";
 import { type CniSandbox, makeCniSandbox, makePod } from "./cni-fixtures";
@@ -50,10 +51,16 @@ export interface PodNode {
 export async function makePodNode(options: {
   conflist(cni: CniSandbox): unknown;
   needsUplink?: boolean;
+  /** Where the tapmanager logs; silent by default. */
+  log?: DhcpLog;
 }): Promise<PodNode> {
   const cni = makeCniSandbox();
   cni.writeConf("10-net.conflist", options.conflist(cni));
-  const tapmanager = new Tapmanager({ cni: cni.client(), stateDir: path.join(cni.root, "pods") });
+  const tapmanager = new Tapmanager({
+    cni: cni.client(),
+    stateDir: path.join(cni.root, "pods"),
+    ...(options.log ? { log: options.log } : {}),
+  });
   const plainClient = cni.client();
   const node: Partial<PodNode> = { cni, tapmanager, plainClient };
   try {

@@ -7,21 +7,12 @@ import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import type { CniClient, PodRef } from "../../src/cni-bridge/cni";
+import type { PodRef } from "../../src/cni-bridge/cni";
 import { BOOTREQUEST, formatMessage, MessageType, Option, u8 } from "../../src/dhcp/codec";
 import { Tapmanager } from "../../src/tapmanager";
 import type { OpenedTap, PodNetwork } from "../../src/tapmanager/types";
-import { calicoPluginInto } from "../harness/calico-plugin";
-import { type CniSandbox, hostLocal, makeCniSandbox, makePod } from "../harness/cni-fixtures";
-import {
-  ip as ipCmd,
-  ipIn,
-  makeNetns,
-  requirePrivateNamespace,
-  run,
-  type TestNetns,
-  uniqueName,
-} from "../harness/fixtures";
+import { makePod } from "../harness/cni-fixtures";
+import { ip as ipCmd, ipIn, requirePrivateNamespace, run } from "../harness/fixtures";
 import {
   arp,
   BROADCAST_MAC,
@@ -37,125 +28,31 @@ import {
   withVnetHeader,
 } from "../harness/frames";
 import { startDhcpClient } from "../harness/guest-clients";
+import { NETWORK_STYLES, type NetworkStyle } from "../harness/network-styles";
+import { makePodNode, type PodNode, removePodNode } from "../harness/pod-node";
 import { startRelay } from "../harness/relay";
 
 requirePrivateNamespace();
 
-interface Style {
-  name: string;
-  conflist(cni: CniSandbox): unknown;
-  gateway: string;
-  gatewayAnswersPing: boolean;
-  needsUplink?: boolean;
-}
+const STYLES = NETWORK_STYLES;
 
-const STYLES: Style[] = [
-  {
-    name: "Flannel-style (bridge + host-local)",
-    conflist: (cni) => ({
-      cniVersion: "1.0.0",
-      name: "cbr0",
-      plugins: [
-        {
-          type: "bridge",
-          bridge: uniqueName("cni"),
-          isGateway: true,
-          ipMasq: false,
-          mtu: 1450,
-          ipam: hostLocal(cni.dataDir, "10.244.1.0/24"),
-        },
-      ],
-    }),
-    gateway: "10.244.1.1",
-    gatewayAnswersPing: true,
-  },
-  {
-    name: "ptp",
-    conflist: (cni) => ({
-      cniVersion: "1.0.0",
-      name: "ptpnet",
-      plugins: [{ type: "ptp", ipMasq: false, ipam: hostLocal(cni.dataDir, "10.71.0.0/16") }],
-    }),
-    gateway: "10.71.0.1",
-    gatewayAnswersPing: true,
-  },
-  {
-    name: "Calico-style",
-    conflist: (cni) => ({
-      cniVersion: "1.0.0",
-      name: "k8s-pod-network",
-      plugins: [
-        {
-          type: calicoPluginInto(cni.binDir),
-          mtu: 1440,
-          ipam: {
-            type: "host-local",
-            dataDir: cni.dataDir,
-            ranges: [[{ subnet: "192.168.50.0/24" }]],
-          },
-        },
-      ],
-    }),
-    gateway: "169.254.1.1",
-    gatewayAnswersPing: false,
-    needsUplink: true,
-  },
-];
-
-interface Node {
-  cni: CniSandbox;
-  tapmanager: Tapmanager;
-  /** What the tapmanager logged at info. */
+/** A pod node whose tapmanager's info lines are kept, for the drop counts it logs. */
+interface Node extends PodNode {
   logged: { fields: Record<string, unknown>; message: string }[];
-  plain: CniClient;
-  /** An ordinary pod on the same network. */
-  other: { ns: TestNetns; pod: PodRef; ip: string };
-  uplink?: string;
 }
 
-async function makeNode(style: Style): Promise<Node> {
-  const cni = makeCniSandbox();
-  cni.writeConf("10-net.conflist", style.conflist(cni));
-  const logged: { fields: Record<string, unknown>; message: string }[] = [];
+async function makeNode(style: NetworkStyle): Promise<Node> {
+  const logged: Node["logged"] = [];
   const log = {
     info: (fields: object, message: string) =>
       logged.push({ fields: fields as Record<string, unknown>, message }),
     warn() {},
     debug() {},
   };
-  const tapmanager = new Tapmanager({
-    cni: cni.client(),
-    stateDir: path.join(cni.root, "pods"),
-    log,
-  });
-  const plain = cni.client();
-  const ns = makeNetns("nb");
-  const pod = makePod();
-  const [attachment] = await plain.addPod(pod, ns.path);
-  const node: Node = {
-    cni,
-    tapmanager,
-    logged,
-    plain,
-    other: { ns, pod, ip: attachment.result.ips[0].address.split("/")[0] },
-  };
-  if (style.needsUplink) {
-    // Proxy ARP answers only for a routable target: the node needs a default route.
-    node.uplink = uniqueName("up");
-    ipCmd("link", "add", node.uplink, "type", "veth", "peer", "name", `${node.uplink}p`);
-    ipCmd("link", "set", node.uplink, "up");
-    ipCmd("route", "add", "default", "dev", node.uplink);
-  }
-  return node;
+  return { ...(await makePodNode({ ...style, log })), logged };
 }
 
-async function removeNode(node: Node): Promise<void> {
-  await node.tapmanager.close();
-  await node.plain.delPod(node.other.pod, node.other.ns.path);
-  node.other.ns.remove();
-  node.cni.remove();
-  if (node.uplink) ipCmd("link", "del", node.uplink);
-}
+const removeNode = removePodNode;
 
 /** The node's end of the pod's veth: where whatever leaves the pod lands. */
 function nodeEndOf(network: PodNetwork): string {
@@ -219,7 +116,7 @@ function dhcpMessage(type: number, mac: string, ciaddr?: string): Buffer {
 }
 
 /** A legitimate frame from the guest, last in a batch: once it is seen, the batch has passed. */
-function marker(vm: VmPod, style: Style, n: number): Buffer {
+function marker(vm: VmPod, style: NetworkStyle, n: number): Buffer {
   return ethernet(
     BROADCAST_MAC,
     vm.tap.guestMac,

@@ -3,7 +3,7 @@
 // so they work after a vmlet restart and after the netns is gone.
 import fs from "node:fs";
 import path from "node:path";
-import { removeStaleTemps, syncDir, writeFileAtomic } from "../../util/atomic-file";
+import { readDirIfAny, removeStaleTemps, syncDir, writeFileAtomic } from "../../util/atomic-file";
 import type { RuntimeConfig } from "./runtime-config";
 
 type Json = Record<string, unknown>;
@@ -78,13 +78,7 @@ export class ResultCache {
   async list(containerId: string): Promise<CacheEntry[]> {
     await this.open();
     const dir = path.join(this.dir, containerId);
-    let names: string[];
-    try {
-      names = await fs.promises.readdir(dir);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
-      throw error;
-    }
+    const names = await readDirIfAny(dir);
     const entries: CacheEntry[] = [];
     for (const name of names.filter((n) => n.endsWith(".json"))) {
       const entry = await this.read(path.join(dir, name));
@@ -100,12 +94,7 @@ export class ResultCache {
   }
 
   private async containerDirs(): Promise<string[]> {
-    try {
-      return (await fs.promises.readdir(this.dir)).sort();
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
-      throw error;
-    }
+    return (await readDirIfAny(this.dir)).sort();
   }
 
   /** Removes the entry, and the container's dir once it is empty; absent is fine. */

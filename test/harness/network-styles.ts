@@ -1,0 +1,87 @@
+// The three pod network styles the tests run on, as their CNI configs and what a guest on
+// each must be told: Flannel-style (bridge + host-local), ptp, and Calico-style (/32,
+// 169.254.1.1 on-link, proxy ARP from the fixture plugin).
+import { calicoPluginInto } from "./calico-plugin";
+import { type CniSandbox, hostLocal } from "./cni-fixtures";
+import { uniqueName } from "./fixtures";
+import { DNS, type GuestExpectation } from "./pod-node";
+
+export interface NetworkStyle extends GuestExpectation {
+  name: string;
+  conflist(cni: CniSandbox): unknown;
+  /** The node's uplink with a default route: proxy ARP answers only for routable targets. */
+  needsUplink?: boolean;
+}
+
+export const NETWORK_STYLES: NetworkStyle[] = [
+  {
+    name: "Flannel-style (bridge + host-local, /24, MTU 1450, cluster route)",
+    conflist: (cni) => ({
+      cniVersion: "1.0.0",
+      name: "cbr0",
+      plugins: [
+        {
+          type: "bridge",
+          bridge: uniqueName("cni"),
+          isGateway: true,
+          ipMasq: false,
+          mtu: 1450,
+          dns: DNS,
+          ipam: hostLocal(cni.dataDir, "10.244.1.0/24", {
+            routes: [{ dst: "0.0.0.0/0" }, { dst: "10.244.0.0/16" }],
+          }),
+        },
+      ],
+    }),
+    mtu: 1450,
+    guestPrefix: 24,
+    gateway: "10.244.1.1",
+    extraRoutes: [/^10\.244\.0\.0\/16 via 10\.244\.1\.1 dev eth0/],
+    gatewayAnswersPing: true,
+  },
+  {
+    name: "ptp + host-local",
+    conflist: (cni) => ({
+      cniVersion: "1.0.0",
+      name: "ptpnet",
+      plugins: [
+        {
+          type: "ptp",
+          ipMasq: false,
+          mtu: 1500,
+          dns: DNS,
+          ipam: hostLocal(cni.dataDir, "10.71.0.0/16"),
+        },
+      ],
+    }),
+    mtu: 1500,
+    guestPrefix: 32,
+    gateway: "10.71.0.1",
+    extraRoutes: [/^10\.71\.0\.0\/16 via 10\.71\.0\.1 dev eth0/],
+    gatewayAnswersPing: true,
+  },
+  {
+    name: "Calico-style (/32, 169.254.1.1 on-link, proxy ARP)",
+    conflist: (cni) => ({
+      cniVersion: "1.0.0",
+      name: "k8s-pod-network",
+      plugins: [
+        {
+          type: calicoPluginInto(cni.binDir),
+          mtu: 1440,
+          ipam: {
+            type: "host-local",
+            dataDir: cni.dataDir,
+            ranges: [[{ subnet: "192.168.50.0/24" }]],
+          },
+        },
+      ],
+    }),
+    mtu: 1440,
+    guestPrefix: 32,
+    gateway: "169.254.1.1",
+    extraRoutes: [/^169\.254\.1\.1 dev eth0/],
+    gatewayAnswersPing: false,
+    needsUplink: true,
+  },
+];
