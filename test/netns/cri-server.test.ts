@@ -45,6 +45,21 @@ describe("CRI server", () => {
   let t: TestVmlet;
   let imageRef: string;
 
+  /** A pod with one started container (the process launcher's VM) and that VM's pid. */
+  async function runningVm(name: string) {
+    const r = t.client.runtime;
+    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig(name) });
+    const { containerId } = await r.CreateContainer({
+      podSandboxId,
+      config: { metadata: { name: "c" }, image: { image: imageRef } },
+    });
+    await r.StartContainer({ containerId });
+    const { pid } = JSON.parse(
+      (await r.ContainerStatus({ containerId, verbose: true })).info.info,
+    ) as { pid: number };
+    return { podSandboxId, containerId, pid };
+  }
+
   before(async () => {
     requirePrivateNamespace();
     t = await startTestVmlet();
@@ -741,15 +756,7 @@ describe("CRI server", () => {
 
   test("a VM that cannot be re-attached after a restart stays RUNNING and is stopped on a retry, not leaked", async () => {
     const r = () => t.client.runtime;
-    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("unattached") });
-    const { containerId } = await r().CreateContainer({
-      podSandboxId,
-      config: { metadata: { name: "c" }, image: { image: imageRef } },
-    });
-    await r().StartContainer({ containerId });
-    const { pid } = JSON.parse(
-      (await r().ContainerStatus({ containerId, verbose: true })).info.info,
-    ) as { pid: number };
+    const { podSandboxId, containerId, pid } = await runningVm("unattached");
     t.launcher.failNextAdopt = new Error("QMP: connection refused");
     await t.restart();
     assert.equal((await r().ContainerStatus({ containerId })).status?.state, "CONTAINER_RUNNING");
@@ -759,15 +766,7 @@ describe("CRI server", () => {
 
   test("a VM not adopted at start is adopted again later, so that its exit is still seen", async () => {
     const r = () => t.client.runtime;
-    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("readopt") });
-    const { containerId } = await r().CreateContainer({
-      podSandboxId,
-      config: { metadata: { name: "c" }, image: { image: imageRef } },
-    });
-    await r().StartContainer({ containerId });
-    const { pid } = JSON.parse(
-      (await r().ContainerStatus({ containerId, verbose: true })).info.info,
-    ) as { pid: number };
+    const { podSandboxId, containerId, pid } = await runningVm("readopt");
     t.launcher.failNextAdopt = new Error("QMP: no greeting within 5000 ms");
     await t.restart();
     await t.vmlet.runtime.readoptUnwatched(); // what the reaper does every 30 s
@@ -784,15 +783,7 @@ describe("CRI server", () => {
 
   test("a VM that can never be adopted (its QMP never answers) is killed by its pid when the pod stops", async () => {
     const r = () => t.client.runtime;
-    const { podSandboxId } = await r().RunPodSandbox({ config: podConfig("wedged") });
-    const { containerId } = await r().CreateContainer({
-      podSandboxId,
-      config: { metadata: { name: "c" }, image: { image: imageRef } },
-    });
-    await r().StartContainer({ containerId });
-    const { pid } = JSON.parse(
-      (await r().ContainerStatus({ containerId, verbose: true })).info.info,
-    ) as { pid: number };
+    const { podSandboxId, containerId, pid } = await runningVm("wedged");
     t.launcher.failAdopts = new Error("QMP: query-status: no answer within 5000 ms");
     try {
       await t.restart();
@@ -813,15 +804,7 @@ describe("CRI server", () => {
 
   test("a VM that exits on its own while RemoveContainer runs: its exit is recorded under the pod lock, and the removed container stays removed", async () => {
     const r = t.client.runtime;
-    const { podSandboxId } = await r.RunPodSandbox({ config: podConfig("exitrace") });
-    const { containerId } = await r.CreateContainer({
-      podSandboxId,
-      config: { metadata: { name: "c" }, image: { image: imageRef } },
-    });
-    await r.StartContainer({ containerId });
-    const { pid } = JSON.parse(
-      (await r.ContainerStatus({ containerId, verbose: true })).info.info,
-    ) as { pid: number };
+    const { podSandboxId, containerId, pid } = await runningVm("exitrace");
     // The first write of the exit record is held, as a slow fsync would hold it (a disk
     // cannot be made slow on demand): the window in which RemoveContainer arrives.
     const put = RecordStore.prototype.put;

@@ -47,6 +47,19 @@ function nodeVeths(): string[] {
   return links.filter((l) => l.linkinfo?.info_kind === "veth").map((l) => l.ifname);
 }
 
+/** Three pods set up on a bridge network by a tapmanager that then closes, as a vmlet that stops. */
+async function threePodsSetUp(network: string, subnet: string) {
+  const cni = makeCniSandbox();
+  cni.writeConf("10-br.conflist", bridgeList(network, "1.0.0", cni.dataDir, subnet));
+  const stateDir = path.join(cni.root, "pods");
+  const first = new Tapmanager({ cni: cni.client(), stateDir });
+  const pods = [makePod(), makePod(), makePod()];
+  const networks = [];
+  for (const pod of pods) networks.push(await first.setUp({ pod }));
+  await first.close();
+  return { cni, stateDir, pods, networks };
+}
+
 describe("tapmanager on a Flannel-style bridge network", () => {
   let cni: CniSandbox;
   let tm: Tapmanager;
@@ -312,14 +325,7 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
   });
 
   it("recover(): a pod whose network cannot be re-attached is reported, not ready, and does not stop the others", async () => {
-    const cni = makeCniSandbox();
-    cni.writeConf("10-br.conflist", bridgeList("iso", "1.0.0", cni.dataDir, "10.40.2.0/24"));
-    const stateDir = path.join(cni.root, "pods");
-    const first = new Tapmanager({ cni: cni.client(), stateDir });
-    const pods = [makePod(), makePod(), makePod()];
-    const networks = [];
-    for (const pod of pods) networks.push(await first.setUp({ pod }));
-    await first.close();
+    const { cni, stateDir, pods, networks } = await threePodsSetUp("iso", "10.40.2.0/24");
     // Someone deleted the middle pod's CNI interface while vmlet was down.
     ip("-n", path.basename(networks[1]!.netnsPath), "link", "del", "eth0");
     const second = new Tapmanager({ cni: cni.client(), stateDir });
@@ -349,14 +355,7 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
   });
 
   it("recover(): a truncated pod record is set aside with a log line naming it, and the other pods recover", async () => {
-    const cni = makeCniSandbox();
-    cni.writeConf("10-br.conflist", bridgeList("torn", "1.0.0", cni.dataDir, "10.40.9.0/24"));
-    const stateDir = path.join(cni.root, "pods");
-    const first = new Tapmanager({ cni: cni.client(), stateDir });
-    const pods = [makePod(), makePod(), makePod()];
-    const networks = [];
-    for (const pod of pods) networks.push(await first.setUp({ pod }));
-    await first.close();
+    const { cni, stateDir, pods, networks } = await threePodsSetUp("torn", "10.40.9.0/24");
     // A torn write (a disk that lied about fsync), and a temp file a crash left.
     const bad = path.join(stateDir, `${pods[1]!.sandboxId}.json`);
     const text = fs.readFileSync(bad, "utf8");
