@@ -6,5 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test-guests
 echo "test: lint (biome)"
 npx --no-install biome check src test bench
+echo "test: layers (no upward imports in src/)"
+node scripts/check-layers.mjs
 echo "test: node --test inside a private namespace"
 exec node dist/test/run.js "$@"

@@ -5,7 +5,6 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import { type Rtnl, RtnlError } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
-import { type GuestView, guestViewOf } from "./guest-view";
 
 export interface RewireNames {
   /** The CNI interface (the veth's pod end), e.g. eth0. */
@@ -14,9 +13,18 @@ export interface RewireNames {
   tap: string;
 }
 
+/** What moves from the veth to the guest: the pod's addresses, routes, MTU and MAC. */
+export interface PodIdentity {
+  addresses: { address: string; prefixLength: number }[];
+  /** Routes through the veth; gateway "0.0.0.0" for an on-link route. */
+  routes: { dst: string; prefixLength: number; gateway: string }[];
+  mtu: number;
+  /** The veth's MAC as CNI made it, which the guest takes. */
+  mac: string;
+}
+
 export interface RewiredInterface extends RewireNames {
   guestMac: string;
-  view: GuestView;
 }
 
 /** Bridge and tap names for a CNI interface; unique inside the pod's netns. */
@@ -31,20 +39,6 @@ export function randomLocalMac(): string {
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
 }
 
-/** Reads what the plugins really built for `ifname`: the netns is the truth. */
-export async function readInterface(
-  rtnl: Rtnl,
-  ifname: string,
-): Promise<GuestView & { mac: string }> {
-  const link = await rtnl.link(ifname);
-  const [addresses, routes4, routes6] = await Promise.all([
-    rtnl.addresses(),
-    rtnl.routes(4),
-    rtnl.routes(6),
-  ]);
-  return { ...guestViewOf({ link, addresses, routes: [...routes4, ...routes6] }), mac: link.mac };
-}
-
 /**
  * Moves the pod's identity from the veth to the guest: addresses and routes off the veth,
  * a new MAC on it, then bridge + persistent tap (vnet headers, the veth's MTU) with it.
@@ -54,7 +48,7 @@ export async function rewireInterface(
   rtnl: Rtnl,
   nsPath: string,
   names: RewireNames,
-  view: GuestView & { mac: string },
+  view: PodIdentity,
 ): Promise<RewiredInterface> {
   const { ifname, bridge, tap } = names;
   const veth = await rtnl.link(ifname);
@@ -91,7 +85,7 @@ export async function rewireInterface(
   await rtnl.setMaster(tap, bridge);
   await pinGuestToTap(rtnl, names, view.mac);
   for (const name of [bridge, tap, ifname]) await rtnl.setUp(name);
-  return { ...names, guestMac: view.mac, view };
+  return { ...names, guestMac: view.mac };
 }
 
 /**

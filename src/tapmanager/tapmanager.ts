@@ -4,8 +4,7 @@
 
 import fs from "node:fs";
 import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-bridge/cni";
-import { withoutDefaultRoute } from "../cni-bridge/guest-view";
-import { readInterface, rewireInterface, rewireNames } from "../cni-bridge/rewire";
+import { rewireInterface, rewireNames } from "../cni-bridge/rewire";
 import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhcp/server";
 import { addDrops, InterfaceGuard } from "../guard/guard";
 import type { Prefix } from "../guard/policy";
@@ -13,6 +12,7 @@ import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { KeyedLock } from "../util/keyed-lock";
+import { readGuestView, withoutDefaultRoute } from "./guest-network";
 import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
 import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "./types";
 
@@ -133,7 +133,7 @@ export class Tapmanager {
   ): Promise<PersistedInterface[]> {
     const out: PersistedInterface[] = [];
     for (const [i, attachment] of attachments.entries()) {
-      const read = await readInterface(rtnl, attachment.ifname);
+      const read = await readGuestView(rtnl, attachment.ifname);
       const view = i === 0 ? read : withoutDefaultRoute(read);
       const names = rewireNames(attachment.ifname);
       const dns = this.dnsFor(record.request, attachment.result);
@@ -202,7 +202,6 @@ export class Tapmanager {
             routes: iface.routes,
             mtu: iface.mtu,
             mac: iface.guestMac,
-            ...(iface.gateway ? { gateway: iface.gateway } : {}),
           }),
         );
       }

@@ -1,8 +1,9 @@
 // What the guest must be told so that it has the reachability the pod's netns had: the
 // address with the mask the netns really routes on-link, and every other route as a
-// classless static route. Pure: it reads a snapshot, so each network style is testable.
-import type { AddressInfo, LinkInfo, RouteInfo } from "../sys/rtnl";
-import type { GuestRoute, IpAddress } from "../tapmanager/types";
+// classless static route. guestViewOf is pure: it reads a snapshot, so each network style
+// is testable; readGuestView takes that snapshot off the netns.
+import type { AddressInfo, LinkInfo, RouteInfo, Rtnl } from "../sys/rtnl";
+import type { GuestRoute, IpAddress } from "./types";
 
 export interface NetnsSnapshot {
   link: LinkInfo;
@@ -88,4 +89,18 @@ export function guestViewOf(snapshot: NetnsSnapshot): GuestView {
 export function withoutDefaultRoute(view: GuestView): GuestView {
   const { gateway: _dropped, ...rest } = view;
   return { ...rest, routes: view.routes.filter((r) => r.prefixLength !== 0) };
+}
+
+/** Reads what the plugins really built for `ifname`: the netns is the truth. */
+export async function readGuestView(
+  rtnl: Rtnl,
+  ifname: string,
+): Promise<GuestView & { mac: string }> {
+  const link = await rtnl.link(ifname);
+  const [addresses, routes4, routes6] = await Promise.all([
+    rtnl.addresses(),
+    rtnl.routes(4),
+    rtnl.routes(6),
+  ]);
+  return { ...guestViewOf({ link, addresses, routes: [...routes4, ...routes6] }), mac: link.mac };
 }
