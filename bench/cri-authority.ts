@@ -7,17 +7,15 @@ import path from "node:path";
 import pino from "pino";
 import { connectCri } from "../src/runtime/cri/client";
 import { CriServer } from "../src/runtime/cri/server";
-import { podConfig, startTestVmlet } from "../src/runtime/testing/harness";
-import { Tapmanager } from "../src/tapmanager";
+import { podConfig } from "../src/runtime/testing/harness";
 import { inTurn, report, stepTimer } from "./lib";
-import { benchNode } from "./node";
+import { benchVmlet } from "./node";
 
 async function main(): Promise<void> {
-  const { root, cni } = await benchNode("authority", "authbench0", "10.97.0.0/16");
+  const node = await benchVmlet("authority", "authbench0", "10.97.0.0/16");
+  const { root, t } = node;
   const versions = Number(process.argv[2] ?? 3000);
   const pods = Number(process.argv[3] ?? 50);
-  const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods") });
-  const t = await startTestVmlet({ networks: tm, dir: root });
   const directSocket = path.join(root, "run", "direct.sock");
   const direct = new CriServer(t.vmlet.runtime, pino({ level: "silent" }));
   await direct.listen(directSocket, { direct: true });
@@ -73,9 +71,7 @@ async function main(): Promise<void> {
   );
   pathClient.close();
   await direct.close();
-  await t.close();
-  await tm.close();
-  cni.close();
+  await node.close();
 }
 
 main().catch((error: unknown) => {

@@ -8,10 +8,9 @@ import path from "node:path";
 import { performance } from "node:perf_hooks";
 import pino from "pino";
 import { createVmLauncher } from "../src/runtime/launcher";
-import { podConfig, startTestVmlet } from "../src/runtime/testing/harness";
-import { Tapmanager } from "../src/tapmanager";
+import { podConfig } from "../src/runtime/testing/harness";
 import { report } from "./lib";
-import { benchNode } from "./node";
+import { benchVmlet } from "./node";
 
 const GUEST_DISK = path.join(
   process.env.VMLET_GUESTS_DIR ?? path.resolve(__dirname, "../../.cache/guests"),
@@ -21,11 +20,10 @@ const GUEST_DISK = path.join(
 async function main(): Promise<void> {
   if (!fs.existsSync(GUEST_DISK))
     throw new Error(`no test guest at ${GUEST_DISK}: run scripts/build-test-guests.sh`);
-  const { root, cni } = await benchNode("lease", "crilease0", "10.97.0.0/24");
   const pods = Number(process.argv[2] ?? 5);
-  const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods") });
   const launcher = createVmLauncher({ logger: pino({ level: "silent" }) });
-  const t = await startTestVmlet({ networks: tm, launcher, dir: root });
+  const node = await benchVmlet("lease", "crilease0", "10.97.0.0/24", launcher);
+  const { root, t } = node;
   const server = http.createServer((_req, res) => fs.createReadStream(GUEST_DISK).pipe(res));
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   t.rules.push({
@@ -72,9 +70,7 @@ async function main(): Promise<void> {
     { pods },
   );
   server.close();
-  await t.close();
-  await tm.close();
-  cni.close();
+  await node.close();
 }
 
 main().catch((error: unknown) => {

@@ -3,17 +3,14 @@
 // bridge + host-local plugins; the tapmanager's own setUp and tearDown, alternated in
 // the same run, are the baseline. Usage: node dist/bench/cri.js [N]
 import crypto from "node:crypto";
-import path from "node:path";
-import { podConfig, startTestVmlet } from "../src/runtime/testing/harness";
-import { Tapmanager } from "../src/tapmanager";
+import { podConfig } from "../src/runtime/testing/harness";
 import { inTurn, report, stepTimer } from "./lib";
-import { benchNode } from "./node";
+import { benchVmlet } from "./node";
 
 async function main(): Promise<void> {
-  const { root, cni } = await benchNode("bench", "cribench0", "10.98.0.0/16");
+  const node = await benchVmlet("bench", "cribench0", "10.98.0.0/16");
+  const { tm, t } = node;
   const pods = Number(process.argv[2] ?? 50);
-  const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods") });
-  const t = await startTestVmlet({ networks: tm, dir: root });
   const r = t.client.runtime;
 
   const { samples, time } = stepTimer([
@@ -59,9 +56,7 @@ async function main(): Promise<void> {
     ],
     { pods },
   );
-  await t.close();
-  await tm.close();
-  cni.close();
+  await node.close();
 }
 
 main().catch((error: unknown) => {

@@ -4,8 +4,11 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { CniClient } from "../src/cni-bridge/cni";
+import { startTestVmlet, type TestVmlet } from "../src/runtime/testing/harness";
+import type { VmLauncher } from "../src/runtime/types";
 import { enterPrivateNamespace } from "../src/sys/private-namespace";
 import { Rtnl } from "../src/sys/rtnl";
+import { Tapmanager } from "../src/tapmanager";
 import { BIN_DIR } from "./plugin";
 
 export interface BenchNode {
@@ -41,4 +44,32 @@ export async function benchNode(name: string, bridge: string, subnet: string): P
   fs.writeFileSync(path.join(confDir, "10-bench.conflist"), JSON.stringify(list));
   const cni = new CniClient({ confDir, binDirs: [BIN_DIR], cacheDir: path.join(root, "cache") });
   return { root, plugin, list, cni };
+}
+
+/** A vmlet on a bench node: the real tapmanager behind the CRI socket; close() ends both. */
+export async function benchVmlet(
+  name: string,
+  bridge: string,
+  subnet: string,
+  launcher?: VmLauncher,
+): Promise<
+  BenchNode & { tm: Tapmanager; t: TestVmlet<Tapmanager, VmLauncher>; close(): Promise<void> }
+> {
+  const node = await benchNode(name, bridge, subnet);
+  const tm = new Tapmanager({ cni: node.cni, stateDir: path.join(node.root, "pods") });
+  const t = await startTestVmlet<Tapmanager, VmLauncher>({
+    networks: tm,
+    dir: node.root,
+    ...(launcher ? { launcher } : {}),
+  });
+  return {
+    ...node,
+    tm,
+    t,
+    async close() {
+      await t.close();
+      await tm.close();
+      node.cni.close();
+    },
+  };
 }

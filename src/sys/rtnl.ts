@@ -185,7 +185,8 @@ export function attr(type: number, payload: Buffer): Buffer {
   return out;
 }
 
-function errnoCode(error: unknown): string {
+/** The errno name the netlink package puts in a rejected request's message (EEXIST, ...). */
+export function errnoCode(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
   return /Request rejected: (\S+)/.exec(message)?.[1] ?? message;
 }

@@ -2,7 +2,7 @@
 // direct-action eBPF filters on its ingress or egress hook.
 import { createRtNetlink, type RtNetlinkSocket } from "netlink";
 import { withNetns } from "./netns";
-import { attr } from "./rtnl";
+import { attr, errnoCode } from "./rtnl";
 
 // linux/pkt_cls.h
 export const TC_ACT_UNSPEC = -1;
@@ -72,11 +72,6 @@ function u32le(v: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(v >>> 0);
   return b;
-}
-
-function errnoCode(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  return /Request rejected: (\S+)/.exec(message)?.[1] ?? message;
 }
 
 function filterHeader(spec: TcFilterSpec, handle: number): Buffer {

@@ -5,8 +5,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
-import { writeFileAtomic } from "../../src/runtime/store/atomic";
 import { RecordStore } from "../../src/runtime/store/record-store";
+import { writeFileAtomic } from "../../src/util/atomic-file";
 
 interface Thing {
   id: string;

@@ -13,6 +13,7 @@ import {
 } from "../../src/dhcp/codec";
 import type { DhcpLease } from "../../src/dhcp/responder";
 import { DhcpHandler } from "../../src/dhcp/server";
+import { rng } from "../harness/rng";
 
 const MAC = Buffer.from("525400123456", "hex");
 const lease: DhcpLease = {
@@ -27,19 +28,6 @@ const lease: DhcpLease = {
   hostname: "vm1",
   leaseSeconds: 600,
 };
-
-/** xorshift32: the same packets on every run, so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-}
 
 function seeds(next: () => number): Buffer[] {
   const msg = (type: number, options: [number, Buffer][], ciaddr?: string) =>

@@ -15,21 +15,9 @@ import {
   FrameDecoder,
   SpdyFrameError,
 } from "../../src/runtime/streaming/spdy/frames";
+import { rng } from "../harness/rng";
 
 const limits = { maxControlFrameBytes: 4096 };
-
-/** xorshift32: the same inputs every run, so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-}
 
 /** Data pieces of one frame merged back, so byte-at-a-time and whole-buffer decodes compare equal. */
 function merge(frames: Frame[]): Frame[] {

@@ -3,7 +3,7 @@ import path from "node:path";
 import { RecordStore } from "./record-store";
 import type { ContainerRecord, ImageRecord, SandboxRecord } from "./records";
 
-export { syncDir, writeFileAtomic } from "./atomic";
+export { syncDir, writeFileAtomic } from "../../util/atomic-file";
 export { RecordStore, type StoredRecord, StoreError } from "./record-store";
 export type {
   ContainerPhase,

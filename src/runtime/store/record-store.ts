@@ -2,7 +2,7 @@
 // and written through atomically. The file is the truth after a restart.
 import fs from "node:fs";
 import path from "node:path";
-import { syncDir, TEMP_SUFFIX, writeFileAtomic } from "./atomic";
+import { syncDir, TEMP_SUFFIX, writeFileAtomic } from "../../util/atomic-file";
 
 export interface StoredRecord {
   id: string;
