@@ -12,7 +12,7 @@ import { startVmlet } from "../runtime/daemon";
 import { type ImageRule, loadImageRules } from "../runtime/images/rules";
 import { createVmLauncher } from "../runtime/launcher";
 import type { Accel } from "../runtime/types";
-import { DEFAULT_QEMU_USER } from "../runtime/vm";
+import { DEFAULT_QEMU_USER, QEMU_USER_NAME } from "../runtime/vm";
 import { Tapmanager } from "../tapmanager";
 
 export const SERVE_USAGE = `usage: vmlet serve [options]
@@ -174,7 +174,7 @@ function validate(o: ServeOptions, _prefix: string): ServeOptions {
       `qemuConfinement ${JSON.stringify(o.qemuConfinement)}: want on or off`,
     );
   }
-  if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(o.qemuUser)) {
+  if (!QEMU_USER_NAME.test(o.qemuUser)) {
     throw new ServeConfigError(`qemuUser ${JSON.stringify(o.qemuUser)}: not a user name`);
   }
   parseSize(o.imageMaxSize, "imageMaxSize");

@@ -204,8 +204,6 @@ export class BpfAssembler {
 
 // ------------------------------------------------------------- the syscall
 
-const libcLib = koffi.load("libc.so.6");
-const syscallBpf = libcLib.func("long syscall(long nr, int cmd, void *attr, unsigned int size)");
 // union bpf_attr, the BPF_PROG_LOAD member (linux/bpf.h), zero padded.
 const ProgLoadAttr = koffi.struct("vmlet_bpf_prog_load_attr", {
   prog_type: "uint32",
@@ -232,7 +230,7 @@ const MapElemAttr = koffi.struct("vmlet_bpf_map_elem_attr", {
 const MAP_CREATE_ATTR_SIZE = 72;
 
 function bpf(cmd: number, attr: Buffer): number {
-  return Number(syscallBpf(SYS_BPF, cmd, attr, attr.length));
+  return Number(libc.syscallBpf(SYS_BPF, cmd, attr, attr.length));
 }
 
 /** Loads a program; returns its fd (close it once attached). The verifier's log goes into the error. */

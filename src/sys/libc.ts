@@ -22,6 +22,10 @@ export const setsockopt = libc.func(
 );
 export const bind = libc.func("int bind(int fd, const void *addr, uint32_t len)");
 export const gettid = libc.func("int gettid(void)");
+// syscall(2) for bpf(2), which glibc does not wrap: (nr, cmd, union bpf_attr *, size).
+export const syscallBpf = libc.func(
+  "long syscall(long nr, int cmd, void *attr, unsigned int size)",
+);
 
 // linux/sched.h
 export const CLONE_NEWNET = 0x40000000;

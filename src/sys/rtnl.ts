@@ -27,8 +27,9 @@ const IFLA_PROTINFO = 12;
 const IFLA_BRPORT_LEARNING = 8;
 // linux/netlink.h
 const NLA_F_NESTED = 0x8000;
-const NLM_F_REPLACE = 0x100;
-const NLM_F_CREATE = 0x400;
+export const NLM_F_REPLACE = 0x100;
+export const NLM_F_EXCL = 0x200;
+export const NLM_F_CREATE = 0x400;
 // linux/neighbour.h
 const NDA_LLADDR = 2;
 const NDA_MASTER = 9;
@@ -312,7 +313,7 @@ export class Rtnl {
     ]);
     await this.call(operation, () =>
       this.socket.request(rt.MessageType.NEWLINK, body, {
-        flags: 0x400 | 0x200, // NLM_F_CREATE | NLM_F_EXCL
+        flags: NLM_F_CREATE | NLM_F_EXCL,
         timeout: REQUEST_TIMEOUT_MS,
       }),
     );
@@ -404,7 +405,10 @@ export class Rtnl {
     const link = await this.link(name);
     const { data, attrs } = this.addressMessage(link.index, cidr);
     await this.call(`RTM_NEWADDR ${cidr} dev ${name}`, () =>
-      this.socket.newAddress(data, attrs, { flags: 0x400 | 0x200, timeout: REQUEST_TIMEOUT_MS }),
+      this.socket.newAddress(data, attrs, {
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+        timeout: REQUEST_TIMEOUT_MS,
+      }),
     );
   }
 
@@ -456,7 +460,10 @@ export class Rtnl {
   async addRoute(spec: RouteSpec): Promise<void> {
     const { data, attrs } = await this.routeMessage(spec);
     await this.call(`RTM_NEWROUTE ${Rtnl.describeRoute(spec)}`, () =>
-      this.socket.newRoute(data, attrs, { flags: 0x400 | 0x200, timeout: REQUEST_TIMEOUT_MS }),
+      this.socket.newRoute(data, attrs, {
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+        timeout: REQUEST_TIMEOUT_MS,
+      }),
     );
   }
 
@@ -523,7 +530,7 @@ export class Rtnl {
       this.socket.newNeighbor(
         { family: afOf(familyOf(ip)), ifindex: link.index, state: { permanent: true } },
         { dst: ipToBuffer(ip), lladdr: macToBuffer(mac) },
-        { flags: 0x400 | 0x100 /* NLM_F_CREATE | NLM_F_REPLACE */, timeout: REQUEST_TIMEOUT_MS },
+        { flags: NLM_F_CREATE | NLM_F_REPLACE, timeout: REQUEST_TIMEOUT_MS },
       ),
     );
   }

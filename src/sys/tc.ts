@@ -2,11 +2,10 @@
 // direct-action eBPF filters on its ingress or egress hook.
 import { createRtNetlink, type RtNetlinkSocket } from "netlink";
 import { withNetns } from "./netns";
-import { attr, errnoCode } from "./rtnl";
+import { attr, errnoCode, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE } from "./rtnl";
 
 // linux/pkt_cls.h
 export const TC_ACT_UNSPEC = -1;
-export const TC_ACT_OK = 0;
 export const TC_ACT_SHOT = 2;
 const TCA_BPF_FD = 6;
 const TCA_BPF_NAME = 7;
@@ -22,10 +21,6 @@ const TC_H_CLSACT = 0xfffffff1;
 const TC_H_MIN_INGRESS = 0xfff2;
 const TC_H_MIN_EGRESS = 0xfff3;
 const CLSACT_HANDLE = 0xffff0000;
-// linux/netlink.h
-const NLM_F_REPLACE = 0x100;
-const NLM_F_EXCL = 0x200;
-const NLM_F_CREATE = 0x400;
 // linux/if_ether.h, in network order as tcm_info wants it
 export const ETH_P_ALL_BE = 0x0300;
 export const ETH_P_IP_BE = 0x0008;

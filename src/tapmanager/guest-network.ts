@@ -97,10 +97,7 @@ export async function readGuestView(
   ifname: string,
 ): Promise<GuestView & { mac: string }> {
   const link = await rtnl.link(ifname);
-  const [addresses, routes4, routes6] = await Promise.all([
-    rtnl.addresses(),
-    rtnl.routes(4),
-    rtnl.routes(6),
-  ]);
-  return { ...guestViewOf({ link, addresses, routes: [...routes4, ...routes6] }), mac: link.mac };
+  // guestViewOf uses IPv4 routes only: IPv6 ones are not dumped.
+  const [addresses, routes] = await Promise.all([rtnl.addresses(), rtnl.routes(4)]);
+  return { ...guestViewOf({ link, addresses, routes }), mac: link.mac };
 }

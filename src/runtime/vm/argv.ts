@@ -63,7 +63,8 @@ export function qemuOptValue(value: string): string {
 export const QEMU_SANDBOX =
   "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
 // A system user name as useradd takes it.
-const USER = /^[a-z_][a-z0-9_-]{0,31}$/;
+/** A user name QEMU's -runas takes, and nothing an argv could misread. */
+export const QEMU_USER_NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 
 export function buildQemuArgv(
   spec: VmSpec,
@@ -72,7 +73,7 @@ export function buildQemuArgv(
   confinement?: QemuConfinement,
 ): QemuCommand {
   validateSpec(spec);
-  if (confinement && !USER.test(confinement.user)) {
+  if (confinement && !QEMU_USER_NAME.test(confinement.user)) {
     throw new VmSpecError(
       spec.id,
       "build QEMU command",

@@ -34,24 +34,10 @@ export function rfc3339Nano(epochNanos: bigint): string {
   return `${secondsPart}${fraction ? `.${fraction}` : ""}Z`;
 }
 
+/** One CRI log line: `<time> <stream> <P|F> <text>\n`. */
 export function formatCriLine(epochNanos: bigint, stream: CriStream, piece: CriPiece): Buffer {
-  return formatCriLines(epochNanos, stream, [piece]);
-}
-
-/** Pieces logged at one time, as one buffer: the time is formatted once, not per line. */
-export function formatCriLines(epochNanos: bigint, stream: CriStream, pieces: CriPiece[]): Buffer {
-  const time = `${rfc3339Nano(epochNanos)} ${stream} `;
-  const heads = { P: Buffer.from(`${time}P `), F: Buffer.from(`${time}F `) };
-  let total = 0;
-  for (const piece of pieces) total += heads[piece.tag].length + piece.text.length + 1;
-  const out = Buffer.allocUnsafe(total);
-  let at = 0;
-  for (const piece of pieces) {
-    at += heads[piece.tag].copy(out, at);
-    at += piece.text.copy(out, at);
-    out[at++] = NEWLINE;
-  }
-  return out;
+  const head = Buffer.from(`${rfc3339Nano(epochNanos)} ${stream} ${piece.tag} `);
+  return Buffer.concat([head, piece.text, Buffer.from([NEWLINE])]);
 }
 
 /**

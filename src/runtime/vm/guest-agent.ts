@@ -5,6 +5,7 @@
 // where stale output from an earlier client ends; guest-exec starts a process and
 // returns its pid; guest-exec-status reports it, with base64 output once it exited.
 import net from "node:net";
+import { isObject } from "../../util/is-object";
 import { KeyedLock } from "../../util/keyed-lock";
 
 export interface GuestExecResult {
@@ -313,10 +314,6 @@ function parseReply(line: Buffer): object {
   }
   if (!isObject(reply)) throw new GuestAgentProtocolError("a reply that is not a JSON object");
   return reply;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 /**

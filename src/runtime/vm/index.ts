@@ -3,6 +3,7 @@
 export { kvmAvailable, resolveAccel } from "./accel";
 export {
   buildQemuArgv,
+  QEMU_USER_NAME,
   type QemuCommand,
   qemuOptValue,
   type ResolvedAccel,
@@ -17,7 +18,6 @@ export {
   type CriTag,
   DEFAULT_MAX_LINE_BYTES,
   formatCriLine,
-  formatCriLines,
   rfc3339Nano,
 } from "./cri-log";
 export { QmpError, VmError, VmSpecError } from "./errors";

@@ -2,6 +2,7 @@
 // capabilities, then run commands (matched to replies by id) and receive events.
 import { EventEmitter } from "node:events";
 import net from "node:net";
+import { isObject } from "../../util/is-object";
 import { QmpError } from "./errors";
 
 export interface QmpEvent {
@@ -239,8 +240,4 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     this.pending.clear();
     this.emit("close", error);
   }
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
 }

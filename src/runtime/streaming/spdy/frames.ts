@@ -187,8 +187,10 @@ export class FrameDecoder {
   }
 }
 
+const KNOWN_TYPES = new Set<number>(Object.values(FrameType) as number[]);
+
 function isKnownType(type: number): boolean {
-  return (Object.values(FrameType) as number[]).includes(type);
+  return KNOWN_TYPES.has(type);
 }
 
 function parseControl(type: number, flags: number, p: Buffer): Frame {
