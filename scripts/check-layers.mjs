@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Fails when a module imports from a higher layer of src/: util < sys < cni-bridge, dhcp,
+// Fails when a module imports from a higher layer of src/: util < sys < cni-bridge, dhcp, dhcp6,
 // guard < tapmanager < runtime < cli. Lower layers must not know the ones built on them.
 // Plain Node (no build step), so CI can run it before tsc.
 import fs from "node:fs";
@@ -10,6 +10,7 @@ const RANK = {
   sys: 1,
   "cni-bridge": 2,
   dhcp: 2,
+  dhcp6: 2,
   guard: 2,
   tapmanager: 3,
   runtime: 4,

@@ -1,0 +1,126 @@
+// What the DHCPv6 server does with each datagram, apart from the socket: decide, rate
+// limit, send, count and log. Never throws.
+import {
+  type Dhcp6DropReason,
+  type Dhcp6Lease,
+  type Dhcp6Outcome,
+  Dhcp6Responder,
+} from "./responder";
+
+/** The subset of a pino logger the IPv6 servers use. */
+export interface Ipv6Log {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  debug(fields: object, message: string): void;
+}
+
+export const silentIpv6Log: Ipv6Log = { info() {}, warn() {}, debug() {} };
+
+export interface Dhcp6Stats {
+  received: number;
+  replied: number;
+  released: number;
+  declined: number;
+  dropped: Partial<Record<Dhcp6DropReason, number>>;
+}
+
+export type Dhcp6Send = (datagram: Buffer, port: number, address: string) => Promise<void>;
+
+export class Dhcp6Handler {
+  readonly responder: Dhcp6Responder;
+  private readonly counters: Dhcp6Stats = {
+    received: 0,
+    replied: 0,
+    released: 0,
+    declined: 0,
+    dropped: {},
+  };
+  private tokens: number;
+  private refilledAt = Date.now();
+
+  constructor(
+    serverMac: string,
+    leases: Dhcp6Lease[],
+    private readonly send: Dhcp6Send,
+    private readonly log: Ipv6Log = silentIpv6Log,
+    private readonly maxPerSecond = 200,
+    private readonly where = "",
+  ) {
+    this.responder = new Dhcp6Responder(serverMac, leases);
+    this.tokens = maxPerSecond;
+  }
+
+  stats(): Dhcp6Stats {
+    return { ...this.counters, dropped: { ...this.counters.dropped } };
+  }
+
+  /** The socket's message handler: `source` is the sender's address. */
+  handle(datagram: Buffer, source: string): void {
+    this.counters.received++;
+    let outcome: Dhcp6Outcome;
+    try {
+      outcome = this.responder.handle(datagram, source);
+    } catch (error) {
+      outcome = { kind: "drop", reason: "internal", detail: String(error) };
+    }
+    try {
+      this.act(outcome);
+    } catch (error) {
+      this.count("internal", String(error));
+    }
+  }
+
+  private act(outcome: Dhcp6Outcome): void {
+    if (outcome.kind === "drop") {
+      this.count(outcome.reason, outcome.detail);
+      return;
+    }
+    const { reply, note } = outcome;
+    if (note === "RELEASE") this.counters.released++;
+    if (note === "DECLINE") this.counters.declined++;
+    if (note) {
+      this.log.info({ where: this.where, mac: reply.mac, from: reply.address }, `DHCPv6 ${note}`);
+    }
+    if (!this.takeToken()) {
+      this.count("rate-limited", `${reply.mac} ${reply.type} to ${reply.answers}`);
+      return;
+    }
+    this.send(reply.datagram, reply.port, reply.address).then(
+      () => {
+        this.counters.replied++;
+        this.log.debug(
+          {
+            where: this.where,
+            mac: reply.mac,
+            to: reply.address,
+            transactionId: reply.transactionId,
+            ...(reply.bound ? { address: reply.bound } : {}),
+          },
+          `DHCPv6 ${reply.type} to ${reply.answers}`,
+        );
+      },
+      (error: unknown) =>
+        this.count("send-failed", `${reply.type} to ${reply.address}: ${String(error)}`),
+    );
+  }
+
+  private takeToken(): boolean {
+    const now = Date.now();
+    this.tokens = Math.min(
+      this.maxPerSecond,
+      this.tokens + ((now - this.refilledAt) * this.maxPerSecond) / 1000,
+    );
+    this.refilledAt = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
+
+  private count(reason: Dhcp6DropReason, detail: string): void {
+    const dropped = this.counters.dropped;
+    dropped[reason] = (dropped[reason] ?? 0) + 1;
+    // A flood must not become a log flood: the first of each reason is a warning.
+    if (dropped[reason] === 1) this.log.warn({ where: this.where, reason, detail }, "DHCPv6 drop");
+    else this.log.debug({ where: this.where, reason, detail }, "DHCPv6 drop");
+  }
+}

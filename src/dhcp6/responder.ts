@@ -1,0 +1,301 @@
+// The DHCPv6 server's decisions, without sockets (RFC 8415 section 18.3): one datagram and
+// its source in, a reply (bytes and where to send them), a note, or a counted drop out.
+// The server is static: each known client has one address, always the same.
+import { isLinkLocal, macFromEui64, normalIpv6 } from "../util/ipv6";
+import {
+  addressesValue,
+  CLIENT_PORT,
+  type Dhcp6Message,
+  Dhcp6Option,
+  Dhcp6ParseError,
+  type Dhcp6ParseReason,
+  Dhcp6Status,
+  Dhcp6Type,
+  duidLl,
+  encodeDomainList,
+  formatDhcp6,
+  type IaNa,
+  iaAddrOption,
+  iaNaOption,
+  option,
+  parseDhcp6,
+  statusOption,
+} from "./codec";
+
+/** What one guest NIC (by MAC) is given over DHCPv6. */
+export interface Dhcp6Lease {
+  mac: string;
+  address: string;
+  dns: string[];
+  search: string[];
+  /** Valid and preferred lifetime of the address; T1 and T2 follow from it. */
+  leaseSeconds: number;
+}
+
+export type Dhcp6DropReason =
+  | Dhcp6ParseReason
+  | "not-link-local"
+  | "server-message"
+  | "bad-message-type"
+  | "no-client-id"
+  | "unexpected-server-id"
+  | "other-server"
+  | "unknown-client"
+  | "unexpected-ia"
+  | "nothing-to-confirm"
+  | "rate-limited"
+  | "send-failed"
+  | "internal";
+
+export interface Dhcp6Reply {
+  type: "ADVERTISE" | "REPLY";
+  /** What the reply answers, for the logs. */
+  answers: string;
+  datagram: Buffer;
+  /** The client's link-local source, and port 546. */
+  address: string;
+  port: number;
+  mac: string;
+  transactionId: number;
+  /** The address the reply binds (a REPLY to a REQUEST, RENEW, REBIND or rapid commit). */
+  bound?: string;
+}
+
+export type Dhcp6Outcome =
+  | { kind: "reply"; reply: Dhcp6Reply; note?: "RELEASE" | "DECLINE" }
+  | { kind: "drop"; reason: Dhcp6DropReason; detail: string };
+
+const TYPE_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(Dhcp6Type).map(([name, code]) => [code, name]),
+);
+/** 255: a client takes this ADVERTISE at once instead of waiting for others (18.2.1). */
+const MAX_PREFERENCE = 255;
+
+function normalMac(mac: string): string {
+  const parts = mac.toLowerCase().split(/[:-]/);
+  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-f]{2}$/.test(p))) {
+    throw new Error(`DHCPv6 lease MAC ${JSON.stringify(mac)}: expected six hex octets`);
+  }
+  return parts.join(":");
+}
+
+function drop(reason: Dhcp6DropReason, detail: string): Dhcp6Outcome {
+  return { kind: "drop", reason, detail };
+}
+
+/** Decides the answer to each datagram for one pod bridge's leases. handle() never throws. */
+export class Dhcp6Responder {
+  readonly serverDuid: Buffer;
+  private readonly byMac = new Map<string, Dhcp6Lease>();
+
+  /** `serverMac`: the bridge's MAC, which the server's DUID-LL is made of. */
+  constructor(serverMac: string, leases: Dhcp6Lease[]) {
+    this.serverDuid = duidLl(normalMac(serverMac));
+    for (const lease of leases) {
+      const mac = normalMac(lease.mac);
+      if (this.byMac.has(mac)) throw new Error(`two DHCPv6 leases for MAC ${mac}`);
+      if (!Number.isInteger(lease.leaseSeconds) || lease.leaseSeconds < 1) {
+        throw new Error(`DHCPv6 lease for ${mac}: leaseSeconds ${lease.leaseSeconds}`);
+      }
+      this.byMac.set(mac, {
+        ...lease,
+        mac,
+        address: normalIpv6(lease.address),
+        dns: lease.dns.map(normalIpv6),
+      });
+      encodeDomainList(lease.search); // refuse a bad search list now, not per reply
+    }
+  }
+
+  leases(): Dhcp6Lease[] {
+    return [...this.byMac.values()];
+  }
+
+  /** `source`: the datagram's source address (a "%zone" is ignored). */
+  handle(datagram: Buffer, source: string): Dhcp6Outcome {
+    try {
+      return this.decide(parseDhcp6(datagram), source.split("%")[0]!);
+    } catch (error) {
+      if (error instanceof Dhcp6ParseError) return drop(error.reason, error.message);
+      return drop("internal", String(error));
+    }
+  }
+
+  private decide(m: Dhcp6Message, source: string): Dhcp6Outcome {
+    // Clients send from their link-local address (section 13.1); a reply goes back to it.
+    if (!isLinkLocal(source)) return drop("not-link-local", `from ${source}`);
+    const name = TYPE_NAMES[m.type] ?? `type ${m.type}`;
+    switch (m.type) {
+      case Dhcp6Type.ADVERTISE:
+      case Dhcp6Type.REPLY:
+      case Dhcp6Type.RECONFIGURE:
+        return drop("server-message", `${name} from ${source}`);
+      case Dhcp6Type.SOLICIT:
+      case Dhcp6Type.CONFIRM:
+      case Dhcp6Type.REBIND:
+        if (m.serverId) return drop("unexpected-server-id", `${name} from ${source}`);
+        break;
+      case Dhcp6Type.REQUEST:
+      case Dhcp6Type.RENEW:
+      case Dhcp6Type.RELEASE:
+      case Dhcp6Type.DECLINE:
+        if (!m.serverId) return drop("other-server", `${name} from ${source} names no server`);
+        break;
+      case Dhcp6Type.INFORMATION_REQUEST:
+        if (m.iaNa.length > 0 || m.otherIa) {
+          return drop("unexpected-ia", `INFORMATION-REQUEST from ${source} holds an IA`);
+        }
+        break;
+      default:
+        return drop("bad-message-type", `${name} from ${source}`);
+    }
+    if (m.serverId && !m.serverId.raw.equals(this.serverDuid)) {
+      return drop("other-server", `${name} from ${source} for ${m.serverId.raw.toString("hex")}`);
+    }
+    if (!m.clientId && m.type !== Dhcp6Type.INFORMATION_REQUEST) {
+      return drop("no-client-id", `${name} from ${source}`);
+    }
+    const lease = this.clientOf(m, source);
+    if (!lease) {
+      return drop(
+        "unknown-client",
+        `${name} from ${source} (DUID MAC ${m.clientId?.mac ?? "none"})`,
+      );
+    }
+    switch (m.type) {
+      case Dhcp6Type.SOLICIT:
+        return m.rapidCommit
+          ? this.reply(m, source, lease, "REPLY", this.assign(m, lease), [
+              option(Dhcp6Option.RAPID_COMMIT, Buffer.alloc(0)),
+            ])
+          : this.reply(m, source, lease, "ADVERTISE", this.assign(m, lease), [
+              option(Dhcp6Option.PREFERENCE, Buffer.from([MAX_PREFERENCE])),
+            ]);
+      case Dhcp6Type.REQUEST:
+      case Dhcp6Type.RENEW:
+      case Dhcp6Type.REBIND:
+        return this.reply(m, source, lease, "REPLY", this.assign(m, lease));
+      case Dhcp6Type.CONFIRM:
+        return this.confirm(m, source, lease);
+      case Dhcp6Type.RELEASE:
+      case Dhcp6Type.DECLINE:
+        return this.release(m, source, lease);
+      default:
+        return this.reply(m, source, lease, "REPLY", []);
+    }
+  }
+
+  /** By the MAC in the client's DUID, else by the MAC in its EUI-64 link-local source. */
+  private clientOf(m: Dhcp6Message, source: string): Dhcp6Lease | undefined {
+    const byDuid = m.clientId?.mac ? this.byMac.get(m.clientId.mac) : undefined;
+    if (byDuid) return byDuid;
+    const mac = macFromEui64(source);
+    return mac ? this.byMac.get(mac) : undefined;
+  }
+
+  /**
+   * Each IA_NA the client sent, echoed by IAID with the lease's address. An address the
+   * client holds that is not its lease goes back with zero lifetimes (18.3.4, 18.3.5);
+   * a REQUEST that names only such addresses gets NotOnLink (18.3.2).
+   */
+  private assign(m: Dhcp6Message, lease: Dhcp6Lease): Buffer[] {
+    if (m.iaNa.length === 0) {
+      return [statusOption(Dhcp6Status.NO_ADDRS_AVAIL, "only IA_NA is served")];
+    }
+    const seconds = lease.leaseSeconds;
+    const t1 = Math.floor(seconds / 2);
+    const t2 = Math.floor((seconds * 4) / 5);
+    return m.iaNa.map((ia: IaNa) => {
+      const foreign = ia.addresses.filter((a) => normalIpv6(a.address) !== lease.address);
+      if (
+        m.type === Dhcp6Type.REQUEST &&
+        foreign.length > 0 &&
+        foreign.length === ia.addresses.length
+      ) {
+        return iaNaOption(ia.iaid, 0, 0, [
+          statusOption(Dhcp6Status.NOT_ON_LINK, `${foreign[0]!.address} is not on this link`),
+        ]);
+      }
+      return iaNaOption(ia.iaid, t1, t2, [
+        iaAddrOption(lease.address, seconds, seconds),
+        ...foreign.map((a) => iaAddrOption(a.address, 0, 0)),
+      ]);
+    });
+  }
+
+  /** 18.3.3: Success when every address the client names is its lease, else NotOnLink. */
+  private confirm(m: Dhcp6Message, source: string, lease: Dhcp6Lease): Dhcp6Outcome {
+    const named = m.iaNa.flatMap((ia) => ia.addresses.map((a) => normalIpv6(a.address)));
+    if (named.length === 0) return drop("nothing-to-confirm", `CONFIRM from ${source}`);
+    const ok = named.every((a) => a === lease.address);
+    return this.reply(m, source, lease, "REPLY", [
+      ok
+        ? statusOption(Dhcp6Status.SUCCESS, "on link")
+        : statusOption(Dhcp6Status.NOT_ON_LINK, `not all of ${named.join(", ")} are on this link`),
+    ]);
+  }
+
+  /** 18.3.7, 18.3.8: Success overall; an IA without the lease's address gets NoBinding. */
+  private release(m: Dhcp6Message, source: string, lease: Dhcp6Lease): Dhcp6Outcome {
+    const note = m.type === Dhcp6Type.RELEASE ? "RELEASE" : "DECLINE";
+    const unbound = m.iaNa
+      .filter((ia) => !ia.addresses.some((a) => normalIpv6(a.address) === lease.address))
+      .map((ia) =>
+        iaNaOption(ia.iaid, 0, 0, [statusOption(Dhcp6Status.NO_BINDING, "no such binding")]),
+      );
+    const outcome = this.reply(m, source, lease, "REPLY", [
+      statusOption(Dhcp6Status.SUCCESS, note === "RELEASE" ? "released" : "declined"),
+      ...unbound,
+    ]);
+    return outcome.kind === "reply" ? { ...outcome, note } : outcome;
+  }
+
+  private reply(
+    m: Dhcp6Message,
+    source: string,
+    lease: Dhcp6Lease,
+    type: "ADVERTISE" | "REPLY",
+    body: Buffer[],
+    extra: Buffer[] = [],
+  ): Dhcp6Outcome {
+    const options: Buffer[] = [option(Dhcp6Option.SERVERID, this.serverDuid)];
+    if (m.clientId) options.push(option(Dhcp6Option.CLIENTID, m.clientId.raw));
+    options.push(...extra, ...body);
+    const configures =
+      m.type === Dhcp6Type.SOLICIT ||
+      m.type === Dhcp6Type.REQUEST ||
+      m.type === Dhcp6Type.RENEW ||
+      m.type === Dhcp6Type.REBIND ||
+      m.type === Dhcp6Type.INFORMATION_REQUEST;
+    // Sent asked for or not, as the DHCPv4 server sends the MTU: a guest needs its DNS.
+    if (configures && lease.dns.length > 0) {
+      options.push(option(Dhcp6Option.DNS_SERVERS, addressesValue(lease.dns)));
+    }
+    if (configures && lease.search.length > 0) {
+      options.push(option(Dhcp6Option.DOMAIN_LIST, encodeDomainList(lease.search)));
+    }
+    const binds =
+      m.iaNa.length > 0 &&
+      (type === "REPLY" || m.rapidCommit) &&
+      m.type !== Dhcp6Type.CONFIRM &&
+      m.type !== Dhcp6Type.RELEASE &&
+      m.type !== Dhcp6Type.DECLINE;
+    return {
+      kind: "reply",
+      reply: {
+        type,
+        answers: TYPE_NAMES[m.type] ?? String(m.type),
+        datagram: formatDhcp6(
+          type === "ADVERTISE" ? Dhcp6Type.ADVERTISE : Dhcp6Type.REPLY,
+          m.transactionId,
+          options,
+        ),
+        address: source,
+        port: CLIENT_PORT,
+        mac: lease.mac,
+        transactionId: m.transactionId,
+        ...(binds ? { bound: lease.address } : {}),
+      },
+    };
+  }
+}
