@@ -26,6 +26,8 @@ APT_PACKAGES=(
   strace # test/unit/state-files: sees the state writers fsync their directories
   # moby/spdystream: the CRI streaming test client (scripts/build-stream-client.sh)
   golang-github-docker-spdystream-dev
+  # ndisc6: rdisc6 sends router solicitations in the IPv6 tests and bench/dhcp6.ts; scapy checks the codecs
+  ndisc6 python3-scapy
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

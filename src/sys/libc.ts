@@ -26,6 +26,17 @@ export const gettid = libc.func("int gettid(void)");
 export const syscallBpf = libc.func(
   "long syscall(long nr, int cmd, void *attr, unsigned int size)",
 );
+// For the raw ICMPv6 socket (sys/icmp6.ts) and the readiness poller (sys/poller.ts).
+export const sendto = libc.func(
+  "long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)",
+);
+export const recvfrom = libc.func(
+  "long recvfrom(int fd, void *buf, size_t len, int flags, void *addr, void *addrlen)",
+);
+export const poll = libc.func("int poll(void *fds, unsigned long nfds, int timeout)");
+export const pipe2 = libc.func("int pipe2(void *fds, int flags)");
+export const read = libc.func("long read(int fd, void *buf, size_t count)");
+export const write = libc.func("long write(int fd, const void *buf, size_t count)");
 
 // linux/sched.h
 export const CLONE_NEWNET = 0x40000000;
@@ -49,6 +60,25 @@ export const SO_REUSEADDR = 2;
 export const SO_BROADCAST = 6;
 export const SO_BINDTODEVICE = 25;
 export const IPPROTO_UDP = 17;
+// linux/in6.h, linux/ipv6.h, linux/icmpv6.h, asm-generic/socket.h, bits/socket.h
+export const AF_INET6 = 10;
+export const SOCK_RAW = 3;
+export const SOCK_NONBLOCK = 0o4000;
+export const IPPROTO_IPV6 = 41;
+export const IPPROTO_ICMPV6 = 58;
+export const IPV6_UNICAST_HOPS = 16;
+export const IPV6_MULTICAST_HOPS = 18;
+export const IPV6_MULTICAST_LOOP = 19;
+export const IPV6_ADD_MEMBERSHIP = 20;
+export const IPV6_V6ONLY = 26;
+export const ICMP6_FILTER = 1;
+export const MSG_DONTWAIT = 0x40;
+// asm-generic/errno-base.h, asm-generic/errno.h
+export const EAGAIN = 11;
+export const EINTR = 4;
+export const EADDRNOTAVAIL = 99;
+// asm-generic/poll.h
+export const POLLIN = 0x1;
 
 /** errno of the last failed call on this thread. */
 export function errno(): number {

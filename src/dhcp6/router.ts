@@ -1,0 +1,111 @@
+// The pod bridge's router advertisements: sent to all nodes at start and periodically,
+// and in answer to each router solicitation, from the bridge's link-local address (which
+// the guest then routes through). RFC 4861 sections 6.2.4 and 6.2.6.
+import type { Socket6 } from "../sys/socket6";
+import type { Ipv6Log } from "./handler";
+import {
+  ALL_NODES,
+  buildRouterAdvertisement,
+  NdpParseError,
+  parseRouterSolicitation,
+  type RouterAdvertisement,
+} from "./ndp";
+
+export interface RouterStats {
+  solicitations: number;
+  advertisements: number;
+  dropped: Partial<Record<"malformed" | "rate-limited" | "send-failed", number>>;
+}
+
+/** The first few RAs come quickly (MAX_INITIAL_RTR_ADVERTISEMENTS, RFC 4861 section 10). */
+const INITIAL_ADVERTISEMENTS = 3;
+const INITIAL_INTERVAL_MS = 4000;
+
+export class RouterAdvertiser {
+  private readonly advertisement: Buffer;
+  private readonly counters: RouterStats = { solicitations: 0, advertisements: 0, dropped: {} };
+  private timer?: NodeJS.Timeout;
+  private sentPeriodic = 0;
+  private tokens: number;
+  private refilledAt = Date.now();
+
+  constructor(
+    private readonly socket: Socket6,
+    ra: RouterAdvertisement,
+    private readonly intervalMs: number,
+    private readonly log: Ipv6Log,
+    private readonly where: string,
+    private readonly maxPerSecond = 50,
+  ) {
+    this.advertisement = buildRouterAdvertisement(ra);
+    this.tokens = maxPerSecond;
+  }
+
+  start(): void {
+    this.socket.onMessage((message, source) => this.solicited(message, source));
+    this.periodic();
+  }
+
+  stats(): RouterStats {
+    return { ...this.counters, dropped: { ...this.counters.dropped } };
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private periodic(): void {
+    this.send(ALL_NODES, "periodic");
+    this.sentPeriodic++;
+    const next = this.sentPeriodic < INITIAL_ADVERTISEMENTS ? INITIAL_INTERVAL_MS : this.intervalMs;
+    this.timer = setTimeout(() => this.periodic(), next);
+    this.timer.unref();
+  }
+
+  /** Answered at once and by unicast (6.2.6 allows it), or to all nodes from "::". */
+  private solicited(message: Buffer, source: string): void {
+    this.counters.solicitations++;
+    try {
+      parseRouterSolicitation(message, source);
+    } catch (error) {
+      if (!(error instanceof NdpParseError)) throw error;
+      this.count("malformed", `${error.message} from ${source}`);
+      return;
+    }
+    if (!this.takeToken()) {
+      this.count("rate-limited", `RS from ${source}`);
+      return;
+    }
+    this.send(source === "::" ? ALL_NODES : source, "solicited");
+  }
+
+  private send(to: string, why: string): void {
+    try {
+      this.socket.send(this.advertisement, to);
+      this.counters.advertisements++;
+      this.log.debug({ where: this.where, to, why }, "IPv6 RA sent");
+    } catch (error) {
+      this.count("send-failed", `RA to ${to}: ${String(error)}`);
+    }
+  }
+
+  private takeToken(): boolean {
+    const now = Date.now();
+    this.tokens = Math.min(
+      this.maxPerSecond,
+      this.tokens + ((now - this.refilledAt) * this.maxPerSecond) / 1000,
+    );
+    this.refilledAt = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
+
+  private count(reason: keyof RouterStats["dropped"], detail: string): void {
+    const dropped = this.counters.dropped;
+    dropped[reason] = (dropped[reason] ?? 0) + 1;
+    if (dropped[reason] === 1) this.log.warn({ where: this.where, reason, detail }, "IPv6 RA drop");
+    else this.log.debug({ where: this.where, reason, detail }, "IPv6 RA drop");
+  }
+}

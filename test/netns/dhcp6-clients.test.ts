@@ -1,0 +1,388 @@
+// Real IPv6 clients (ISC dhclient -6, dhcpcd, the guest kernel's own RA handling, rdisc6)
+// in a guest netns bridged through a veth standing in for the tap, against the pod
+// bridge's RA + DHCPv6 service, on a Flannel-style /64 and a Calico-style /128 network.
+import assert from "node:assert/strict";
+import { execFile, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
+import { Ipv6Server } from "../../src/dhcp6/server";
+import { Rtnl } from "../../src/sys/rtnl";
+import { type GuestIpv6, routeGuestIpv6 } from "../../src/tapmanager/guest-ipv6";
+import { ClientProcess, waitFor } from "../harness/client-process";
+import {
+  ipIn,
+  makeNetns,
+  requirePrivateNamespace,
+  run,
+  type TestNetns,
+  uniqueName,
+} from "../harness/fixtures";
+
+requirePrivateNamespace();
+const execFileAsync = promisify(execFile);
+
+const GUEST_MAC = "52:54:00:aa:bb:06";
+const BRIDGE = "br0";
+const GUEST_PORT = "vtap0";
+const DNS6 = "fd00:10:96::a";
+const SEARCH = ["default.svc.cluster.local", "svc.cluster.local"];
+const MTU = 1450;
+
+type Kind = "flannel" | "calico";
+
+interface Topology {
+  kind: Kind;
+  host: TestNetns;
+  pod: TestNetns;
+  guest: TestNetns;
+  address: string;
+  ipv6: GuestIpv6;
+  /** An address of the host the guest must reach through its router. */
+  hostAddress: string;
+  remove(): void;
+}
+
+function sysctl(netns: string, ...settings: string[]): void {
+  execFileSync("ip", ["netns", "exec", netns, "sysctl", "-qw", ...settings]);
+}
+
+/** host <-veth-> pod bridge <-veth "tap"-> guest, with the pod's routes as CNI left them, moved as vmlet moves them. */
+async function makeTopology(kind: Kind): Promise<Topology> {
+  const host = makeNetns("h6");
+  const pod = makeNetns("p6");
+  const guest = makeNetns("g6");
+  const hostVeth = uniqueName("hv");
+  ipIn(
+    host.name,
+    "link",
+    "add",
+    hostVeth,
+    "type",
+    "veth",
+    "peer",
+    "name",
+    "uplink",
+    "netns",
+    pod.name,
+  );
+  ipIn(
+    guest.name,
+    "link",
+    "add",
+    "eth0",
+    "type",
+    "veth",
+    "peer",
+    "name",
+    GUEST_PORT,
+    "netns",
+    pod.name,
+  );
+  ipIn(guest.name, "link", "set", "eth0", "address", GUEST_MAC, "mtu", "1500");
+  ipIn(pod.name, "link", "add", BRIDGE, "type", "bridge");
+  for (const port of ["uplink", GUEST_PORT])
+    ipIn(pod.name, "link", "set", port, "master", BRIDGE, "up");
+  ipIn(pod.name, "link", "set", BRIDGE, "up");
+  ipIn(host.name, "link", "set", hostVeth, "up");
+  let ipv6: GuestIpv6;
+  let hostAddress: string;
+  let address: string;
+  if (kind === "flannel") {
+    address = "fd00:10:244:1::5";
+    ipIn(host.name, "addr", "add", "fd00:10:244:1::1/64", "dev", hostVeth, "nodad");
+    hostAddress = "fd00:10:244:1::1";
+    ipv6 = {
+      address,
+      prefixLength: 64,
+      onLink: { prefix: "fd00:10:244:1::", prefixLength: 64 },
+      routes: [
+        { dst: "fd00:10:244:1::", prefixLength: 64, gateway: "::" },
+        { dst: "::", prefixLength: 0, gateway: "fd00:10:244:1::1" },
+      ],
+      gateway: "fd00:10:244:1::1",
+    };
+  } else {
+    // Calico: the host veth answers as fe80::1, routes the pod's /128 to it, and the rest
+    // of the world is behind another link.
+    address = "fd00:10:1::3";
+    sysctl(host.name, "net.ipv6.conf.all.forwarding=1");
+    ipIn(host.name, "addr", "add", "fe80::1/64", "dev", hostVeth, "nodad");
+    ipIn(host.name, "route", "add", `${address}/128`, "dev", hostVeth);
+    ipIn(host.name, "link", "add", "up0", "type", "veth", "peer", "name", "up1");
+    ipIn(host.name, "link", "set", "up0", "up");
+    ipIn(host.name, "link", "set", "up1", "up");
+    ipIn(host.name, "addr", "add", "2001:db8:ff::1/64", "dev", "up0", "nodad");
+    hostAddress = "2001:db8:ff::1";
+    ipv6 = {
+      address,
+      prefixLength: 128,
+      routes: [{ dst: "::", prefixLength: 0, gateway: "fe80::1" }],
+      gateway: "fe80::1",
+    };
+  }
+  ipIn(guest.name, "link", "set", "eth0", "up");
+  const rtnl = Rtnl.open(pod.path);
+  try {
+    await routeGuestIpv6(rtnl, pod.path, { ifname: "uplink", bridge: BRIDGE }, ipv6);
+  } finally {
+    rtnl.close();
+  }
+  return {
+    kind,
+    host,
+    pod,
+    guest,
+    address,
+    ipv6,
+    hostAddress,
+    remove() {
+      guest.remove();
+      pod.remove();
+      host.remove();
+    },
+  };
+}
+
+interface Guest6 {
+  addresses: string[];
+  defaultVia?: string;
+  mtu: number;
+}
+
+function guest6(netns: string): Guest6 {
+  const [link] = JSON.parse(
+    ipIn(netns, "-j", "-6", "addr", "show", "dev", "eth0", "scope", "global"),
+  ) as {
+    addr_info: { local: string; prefixlen: number; tentative?: boolean }[];
+  }[];
+  const routes = JSON.parse(ipIn(netns, "-j", "-6", "route", "show", "default")) as {
+    gateway?: string;
+  }[];
+  return {
+    addresses: (link?.addr_info ?? [])
+      .filter((a) => !a.tentative)
+      .map((a) => `${a.local}/${a.prefixlen}`),
+    ...(routes[0]?.gateway ? { defaultVia: routes[0].gateway } : {}),
+    mtu: Number(run(netns, "cat", "/proc/sys/net/ipv6/conf/eth0/mtu").trim()),
+  };
+}
+
+function ping6(netns: string, address: string): boolean {
+  try {
+    execFileSync("ip", ["netns", "exec", netns, "ping", "-6", "-c1", "-W2", address], {
+      stdio: "ignore",
+    });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function linkLocalOf(netns: string, dev: string): string | undefined {
+  const [link] = JSON.parse(
+    ipIn(netns, "-j", "-6", "addr", "show", "dev", dev, "scope", "link"),
+  ) as {
+    addr_info: { local: string; tentative?: boolean }[];
+  }[];
+  return link?.addr_info.find((a) => !a.tentative)?.local;
+}
+
+interface ClientSpec {
+  name: string;
+  start(t: Topology, dir: string): ClientProcess;
+  /** What it logs for each REPLY it takes. */
+  replies: RegExp;
+  /** The prefix length it puts on the address. */
+  prefixLength: number;
+  /** How it is told to exit, when a signal to its first process is not enough. */
+  stop?: (t: Topology, dir: string) => Promise<void>;
+}
+
+const clients: ClientSpec[] = [
+  {
+    name: "ISC dhclient -6",
+    start: (t, dir) =>
+      new ClientProcess(t.guest.name, [
+        "dhclient",
+        "-6",
+        "-d",
+        "-v",
+        "-sf",
+        "/sbin/dhclient-script",
+        "-lf",
+        path.join(dir, "dhclient6.leases"),
+        "-pf",
+        path.join(dir, "dhclient6.pid"),
+        "eth0",
+      ]),
+    replies: /RCV: Reply message on eth0/,
+    prefixLength: 128,
+  },
+  {
+    name: "dhcpcd",
+    start: (t, dir) => {
+      const conf = path.join(dir, "dhcpcd.conf");
+      fs.writeFileSync(
+        conf,
+        [
+          "ipv6only",
+          "noipv6rs",
+          "ipv6rs",
+          "ia_na 1",
+          "option dhcp6_name_servers, dhcp6_domain_search",
+          "nohook 30-hostname",
+          "",
+        ].join("\n"),
+      );
+      return new ClientProcess(t.guest.name, ["dhcpcd", "-6", "-B", "-d", "-f", conf, "eth0"]);
+    },
+    replies: /REPLY6 received from/,
+    prefixLength: 128,
+    // dhcpcd 9's privilege-separated helpers outlive a SIGTERM to the master (keeping our
+    // pipes open); its own stop command takes them all down.
+    stop: async (t, dir) => {
+      await execFileAsync("ip", [
+        "netns",
+        "exec",
+        t.guest.name,
+        "dhcpcd",
+        "-x",
+        "-6",
+        "-f",
+        path.join(dir, "dhcpcd.conf"),
+        "eth0",
+      ]);
+    },
+  },
+];
+
+describe("IPv6 RA and DHCPv6 with real clients", () => {
+  let tmp: string;
+  let resolvConf: string;
+
+  before(() => {
+    // The runner's mount namespace is private: these bind mounts stay in it.
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), "dhcp6-clients-"));
+    resolvConf = path.join(tmp, "resolv.conf");
+    fs.writeFileSync(resolvConf, "");
+    execFileSync("mount", ["--bind", resolvConf, "/etc/resolv.conf"]);
+    const dhcpcdDb = path.join(tmp, "dhcpcd-db");
+    fs.mkdirSync(dhcpcdDb);
+    fs.mkdirSync("/var/lib/dhcpcd", { recursive: true });
+    execFileSync("mount", ["--bind", dhcpcdDb, "/var/lib/dhcpcd"]);
+  });
+
+  after(() => {
+    execFileSync("umount", ["/etc/resolv.conf"]);
+    execFileSync("umount", ["/var/lib/dhcpcd"]);
+  });
+
+  for (const kind of ["flannel", "calico"] as const) {
+    it(`rdisc6 on a ${kind}-style network reads M, O, the MTU, RDNSS and ${kind === "flannel" ? "the on-link /64" : "no prefix"}`, async () => {
+      const t = await makeTopology(kind);
+      const server = await Ipv6Server.start({
+        nsPath: t.pod.path,
+        device: BRIDGE,
+        leases: [
+          { mac: GUEST_MAC, address: t.address, dns: [DNS6], search: SEARCH, leaseSeconds: 60 },
+        ],
+        mtu: MTU,
+        dns: [DNS6],
+        search: SEARCH,
+        onLink: t.ipv6.onLink ? [t.ipv6.onLink] : [],
+      });
+      try {
+        await waitFor("the guest's link-local", 5000, () => linkLocalOf(t.guest.name, "eth0"));
+        // Not execFileSync: the server answers on this process's event loop.
+        const { stdout: out } = await execFileAsync("ip", [
+          "netns",
+          "exec",
+          t.guest.name,
+          "rdisc6",
+          "-1",
+          "-r",
+          "3",
+          "-w",
+          "2000",
+          "eth0",
+        ]);
+        assert.match(out, /Stateful address conf\.\s+:\s+Yes/);
+        assert.match(out, /Stateful other conf\.\s+:\s+Yes/);
+        assert.match(out, /Router lifetime\s+:\s+1800/);
+        assert.match(out, new RegExp(`MTU\\s+:\\s+${MTU}`));
+        assert.match(out, new RegExp(`Recursive DNS server\\s+:\\s+${DNS6}`));
+        assert.match(out, new RegExp(`from ${server.linkLocal}`));
+        if (kind === "flannel") assert.match(out, /Prefix\s+:\s+fd00:10:244:1::\/64/);
+        else assert.doesNotMatch(out, /Prefix\s+:/);
+        assert.ok(server.stats().router.solicitations >= 1);
+      } finally {
+        await server.close();
+        t.remove();
+      }
+    });
+
+    for (const spec of clients) {
+      it(`${spec.name} on a ${kind}-style network takes the address, the route via the bridge, MTU and DNS; pings both ways; renews`, async () => {
+        const t = await makeTopology(kind);
+        const dir = fs.mkdtempSync(path.join(tmp, "c-"));
+        fs.writeFileSync(resolvConf, "");
+        for (const f of fs.readdirSync("/var/lib/dhcpcd"))
+          fs.rmSync(path.join("/var/lib/dhcpcd", f), { recursive: true });
+        const leaseSeconds = 8;
+        const server = await Ipv6Server.start({
+          nsPath: t.pod.path,
+          device: BRIDGE,
+          leases: [
+            { mac: GUEST_MAC, address: t.address, dns: [DNS6], search: SEARCH, leaseSeconds },
+          ],
+          mtu: MTU,
+          dns: [DNS6],
+          search: SEARCH,
+          onLink: t.ipv6.onLink ? [t.ipv6.onLink] : [],
+        });
+        await waitFor("the guest's link-local", 5000, () => linkLocalOf(t.guest.name, "eth0"));
+        const client = spec.start(t, dir);
+        try {
+          const want = `${t.address}/${spec.prefixLength}`;
+          await waitFor(`${want} on the guest`, 20_000, () =>
+            guest6(t.guest.name).addresses.includes(want),
+          );
+          const state = await waitFor("a default route", 10_000, () => {
+            const s = guest6(t.guest.name);
+            return s.defaultVia ? s : undefined;
+          });
+          assert.equal(state.defaultVia, server.linkLocal, "default route via the RA's source");
+          assert.equal(state.mtu, MTU, "MTU from the RA");
+          const resolv = await waitFor("resolv.conf", 5_000, () => {
+            const text = fs.readFileSync(resolvConf, "utf8");
+            return text.includes(DNS6) && text;
+          });
+          assert.match(resolv, new RegExp(`nameserver ${DNS6}`));
+          assert.ok(ping6(t.guest.name, t.hostAddress), `guest pings ${t.hostAddress}`);
+          assert.ok(ping6(t.host.name, t.address), `host pings the guest at ${t.address}`);
+          assert.ok(ping6(t.pod.name, t.address), "the pod netns pings the guest");
+
+          const replies = client.count(spec.replies);
+          await waitFor(
+            "a REPLY to the renewal at T1",
+            leaseSeconds * 2000,
+            () => client.count(spec.replies) > replies,
+          );
+          assert.ok(guest6(t.guest.name).addresses.includes(want));
+          assert.deepEqual(server.stats().dhcp6.dropped, {});
+        } catch (error) {
+          console.error(client.output, JSON.stringify(server.stats()));
+          throw error;
+        } finally {
+          await spec.stop?.(t, dir).catch((e: unknown) => console.error(`stop ${spec.name}: ${e}`));
+          await client.stop();
+          await server.close();
+          t.remove();
+        }
+      });
+    }
+  }
+});
