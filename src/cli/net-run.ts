@@ -74,6 +74,19 @@ export function describePod(network: PodNetwork): Record<string, unknown> {
       gateway: i.gateway ?? null,
       routes: i.routes.map((r) => ({ dst: `${r.dst}/${r.prefixLength}`, gateway: r.gateway })),
       dns: i.dns,
+      // The IPv6 family apart: the guest gets it by RA + DHCPv6, routed by the pod netns.
+      ipv6: i.ipv6
+        ? {
+            address: `${i.ipv6.address}/${i.ipv6.prefixLength}`,
+            onLink: i.ipv6.onLink ? `${i.ipv6.onLink.prefix}/${i.ipv6.onLink.prefixLength}` : null,
+            gateway: i.ipv6.gateway ?? null,
+            routes: i.ipv6.routes.map((r) => ({
+              dst: `${r.dst}/${r.prefixLength}`,
+              gateway: r.gateway,
+            })),
+            nameservers: i.ipv6.nameservers,
+          }
+        : null,
     })),
   };
 }

@@ -67,7 +67,12 @@ export class InterfaceGuard {
       const programs: [TcLink, TcHook, string, Buffer][] = [
         [tap, "ingress", "vmlet_guest", tapIngressProgram(policy, bridge.index, mapFd)],
         [veth, "ingress", "vmlet_from_node", vethIngressProgram(mapFd)],
-        [veth, "egress", "vmlet_to_node", vethEgressProgram(policy.guestMac, mapFd)],
+        [
+          veth,
+          "egress",
+          "vmlet_to_node",
+          vethEgressProgram(policy.guestMac, mapFd, policy.routesIpv6 ? bridge.mac : undefined),
+        ],
       ];
       for (const [link, hook, name, insns] of programs) {
         const fd = bpf.loadProgram(name, bpf.BPF_PROG_TYPE_SCHED_CLS, insns);

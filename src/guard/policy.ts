@@ -46,6 +46,11 @@ export interface TapPolicy {
   guestMac: string;
   /** Sources it may use: its lease and addresses (as /32, /128), annotation prefixes. */
   prefixes: Prefix[];
+  /**
+   * The pod netns routes the guest's IPv6 (tapmanager/guest-ipv6): its forwarded frames
+   * and NDP, from the bridge's MAC, may leave through the veth; its RAs and DHCPv6 may not.
+   */
+  routesIpv6?: boolean;
 }
 
 // linux/if_ether.h
@@ -64,10 +69,14 @@ const ND_ROUTER_ADVERT = 134;
 const DHCP_SERVER_PORT = 67;
 const DHCP_CLIENT_PORT = 68;
 const DHCPV6_CLIENT_PORT = 546;
+const DHCPV6_SERVER_PORT = 547;
 /** Offsets from the Ethernet header. */
 const ETH_SRC = 6;
 const ETH_TYPE = 12;
 const L3 = 14;
+/** The fixed IPv6 header's next-header byte, and where its upper layer starts. */
+const IPV6_NEXT = L3 + 6;
+const IPV6_L4 = L3 + 40;
 /** struct __sk_buff's vlan_present (linux/bpf.h): the tag is off the data by tc time. */
 const SKB_VLAN_PRESENT = 20;
 /** IPv6 extension headers walked before giving up (and dropping). */
@@ -320,16 +329,20 @@ export function tapIngressProgram(policy: TapPolicy, bridgeIndex: number, mapFd:
   a.goto("pass");
   a.label("udp6");
   a.ldInd("h", L4, 2).jmp("jeq", 0, DHCPV6_CLIENT_PORT, p.drop("dhcp-server"));
+  // Its DHCPv6 goes to the pod's server only, as its DHCPv4 does.
+  a.jmp("jne", 0, DHCPV6_SERVER_PORT, "pass");
+  p.steer(bridgeIndex);
   a.label("pass").ret(TC_ACT_UNSPEC);
   return p.finish(mapFd);
 }
 
-/** Frames from the node into the pod (veth ingress): no DHCP reaches the pod's server. */
+/** Frames from the node into the pod (veth ingress): no DHCP or DHCPv6 reaches the pod's server. */
 export function vethIngressProgram(mapFd: number): Buffer {
   const p = new PolicyAssembler();
   const { a } = p;
   a.movReg(SKB, 1);
   a.ldAbs("w", ETH_TYPE).movReg(TYPE_WORD, 0).alu32("rsh", 0, 16);
+  a.jmp("jeq", 0, ETH_P_IPV6, "ipv6");
   a.jmp("jne", 0, ETH_P_IP, "pass");
   // A header this cannot read is the kernel's to drop; it is not DHCP either way.
   p.ipv4HeaderLength();
@@ -337,6 +350,13 @@ export function vethIngressProgram(mapFd: number): Buffer {
   a.ldInd("h", L4, 2);
   a.jmp("jeq", 0, DHCP_SERVER_PORT, p.drop("dhcp-from-node"));
   a.jmp("jeq", 0, DHCP_CLIENT_PORT, p.drop("dhcp-from-node"));
+  a.goto("pass");
+  // Other pods' DHCPv6 flooded by the node's bridge (a client's SOLICIT to ff02::1:2).
+  a.label("ipv6");
+  a.ldAbs("b", IPV6_NEXT).jmp("jne", 0, IPPROTO_UDP, "pass");
+  a.ldAbs("h", IPV6_L4 + 2);
+  a.jmp("jeq", 0, DHCPV6_SERVER_PORT, p.drop("dhcp-from-node"));
+  a.jmp("jeq", 0, DHCPV6_CLIENT_PORT, p.drop("dhcp-from-node"));
   a.label("pass").ret(TC_ACT_UNSPEC);
   return p.finish(mapFd);
 }
@@ -346,13 +366,31 @@ export function vethIngressProgram(mapFd: number): Buffer {
  * never gets here (the tap program steers it to the server); what the pod netns sends
  * itself (the server's replies, an ARP request, the bridge's NDP) does, and stops here.
  */
-export function vethEgressProgram(guestMac: string, mapFd: number): Buffer {
+export function vethEgressProgram(guestMac: string, mapFd: number, routerMac?: string): Buffer {
   const p = new PolicyAssembler();
   const { a } = p;
   const mac = macWords(guestMac);
+  const notGuest = routerMac ? "router" : p.drop("netns-source");
   a.movReg(SKB, 1);
-  a.ldAbs("w", ETH_SRC).jmp("jne", 0, mac.hi, p.drop("netns-source"));
-  a.ldAbs("h", ETH_SRC + 4).jmp("jne", 0, mac.lo, p.drop("netns-source"));
+  a.ldAbs("w", ETH_SRC).jmp("jne", 0, mac.hi, notGuest);
+  a.ldAbs("h", ETH_SRC + 4).jmp("jne", 0, mac.lo, notGuest);
   a.ret(TC_ACT_UNSPEC);
+  if (routerMac) {
+    // The netns as the guest's IPv6 router: what it forwards, and its NDP towards the
+    // gateway. Never its RAs or DHCPv6 replies, which are for the guest alone.
+    const router = macWords(routerMac);
+    a.label("router");
+    a.ldAbs("w", ETH_SRC).jmp("jne", 0, router.hi, p.drop("netns-source"));
+    a.ldAbs("h", ETH_SRC + 4).jmp("jne", 0, router.lo, p.drop("netns-source"));
+    a.ldAbs("h", ETH_TYPE).jmp("jne", 0, ETH_P_IPV6, p.drop("netns-source"));
+    a.ldAbs("b", IPV6_NEXT).movReg(NEXT, 0);
+    a.jmp("jeq", NEXT, IPPROTO_ICMPV6, "router_icmp6");
+    a.jmp("jne", NEXT, IPPROTO_UDP, "router_pass");
+    a.ldAbs("h", IPV6_L4).jmp("jeq", 0, DHCPV6_SERVER_PORT, p.drop("netns-source"));
+    a.goto("router_pass");
+    a.label("router_icmp6");
+    a.ldAbs("b", IPV6_L4).jmp("jeq", 0, ND_ROUTER_ADVERT, p.drop("netns-source"));
+    a.label("router_pass").ret(TC_ACT_UNSPEC);
+  }
   return p.finish(mapFd);
 }

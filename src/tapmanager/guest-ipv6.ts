@@ -7,26 +7,10 @@ import fs from "node:fs";
 import { withNetns } from "../sys/netns";
 import { type AddressInfo, type LinkInfo, type RouteInfo, type Rtnl, RtnlError } from "../sys/rtnl";
 import { isLinkLocal } from "../util/ipv6";
+import type { PodIpv6 } from "./types";
 
-export interface GuestIpv6Route {
-  /** "::" with prefixLength 0 for the default route. */
-  dst: string;
-  prefixLength: number;
-  /** "::" for an on-link route. */
-  gateway: string;
-}
-
-export interface GuestIpv6 {
-  /** The pod's global address, served by DHCPv6 as a /128 binding. */
-  address: string;
-  /** As CNI set it on the veth: 64 (host-local on a bridge) or 128. */
-  prefixLength: number;
-  /** The prefix the netns really had on-link (its connected route); absent for a /128. */
-  onLink?: { prefix: string; prefixLength: number };
-  /** The netns's IPv6 routes through the veth, default route included. */
-  routes: GuestIpv6Route[];
-  gateway?: string;
-}
+/** What the netns read gives; the DNS servers come from the pod's DNS config. */
+export type GuestIpv6 = Omit<PodIpv6, "nameservers">;
 
 const RT_SCOPE_UNIVERSE = 0;
 const RTN_UNICAST = 1;
@@ -115,4 +99,10 @@ export async function routeGuestIpv6(
     await ignoring(["ESRCH", "ENOENT"], () => rtnl.deleteRoute({ ...spec, device: names.ifname }));
     await ignoring(["EEXIST"], () => rtnl.addRoute({ ...spec, device: names.bridge }));
   }
+}
+
+/** The view for a second NIC: no default route, so the first NIC keeps it. */
+export function withoutDefaultRoute6(ipv6: GuestIpv6): GuestIpv6 {
+  const { gateway: _dropped, ...rest } = ipv6;
+  return { ...rest, routes: ipv6.routes.filter((r) => r.prefixLength !== 0) };
 }

@@ -6,13 +6,16 @@ import fs from "node:fs";
 import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-bridge/cni";
 import { rewireInterface, rewireNames } from "../cni-bridge/rewire";
 import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhcp/server";
+import type { Ipv6Server, Ipv6ServerStats } from "../dhcp6";
 import { addDrops, InterfaceGuard } from "../guard/guard";
 import type { Prefix } from "../guard/policy";
 import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { KeyedLock } from "../util/keyed-lock";
+import { readGuestIpv6, withoutDefaultRoute6 } from "./guest-ipv6";
 import { readGuestView, withoutDefaultRoute } from "./guest-network";
+import { routeNicIpv6, serveNicIpv6 } from "./ipv6-service";
 import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
 import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "./types";
 
@@ -57,6 +60,8 @@ export class Tapmanager {
   private readonly store: PodStateStore;
   private readonly lock = new KeyedLock();
   private readonly servers = new Map<string, DhcpServer[]>();
+  /** Each pod's RA + DHCPv6 services, by sandbox id (only NICs with IPv6 have one). */
+  private readonly ipv6Servers = new Map<string, Ipv6Server[]>();
   /** Each pod's guarded NICs, by sandbox id: where its drop counters are read. */
   private readonly guards = new Map<string, { ifname: string; guard: InterfaceGuard }[]>();
   private readonly log: DhcpLog;
@@ -135,6 +140,8 @@ export class Tapmanager {
     for (const [i, attachment] of attachments.entries()) {
       const read = await readGuestView(rtnl, attachment.ifname);
       const view = i === 0 ? read : withoutDefaultRoute(read);
+      const read6 = await readGuestIpv6(rtnl, attachment.ifname);
+      const ipv6 = read6 && (i === 0 ? read6 : withoutDefaultRoute6(read6));
       const names = rewireNames(attachment.ifname);
       const dns = this.dnsFor(record.request, attachment.result);
       const serverId = view.gateway ?? cniGateway(attachment.result) ?? LINK_LOCAL_SERVER_ID;
@@ -149,6 +156,9 @@ export class Tapmanager {
         routes: view.routes,
         dns,
         ...(view.gateway ? { gateway: view.gateway } : {}),
+        ...(ipv6
+          ? { ipv6: { ...ipv6, nameservers: ipv6Nameservers(record.request, attachment.result) } }
+          : {}),
       };
       const lease: DhcpLease | undefined = view.ipv4 && {
         mac: read.mac,
@@ -204,6 +214,9 @@ export class Tapmanager {
             mac: iface.guestMac,
           }),
         );
+        await this.step(`route IPv6 of ${iface.ifname}`, () =>
+          routeNicIpv6(rtnl, record.netnsPath, iface),
+        );
       }
     });
     // Guarded before DHCP serves and before any VM gets the tap.
@@ -215,7 +228,11 @@ export class Tapmanager {
         InterfaceGuard.attach(
           record.netnsPath,
           { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge },
-          { guestMac: iface.guestMac, prefixes: sourcePrefixes(record, iface) },
+          {
+            guestMac: iface.guestMac,
+            prefixes: sourcePrefixes(record, iface),
+            routesIpv6: iface.ipv6 !== undefined,
+          },
         ),
       );
       guards.push({ ifname: iface.ifname, guard });
@@ -235,6 +252,19 @@ export class Tapmanager {
         }),
       );
       servers.push(server);
+    }
+    const ipv6Servers: Ipv6Server[] = [];
+    this.ipv6Servers.set(id, ipv6Servers);
+    for (const iface of record.interfaces) {
+      const server = await this.step(`serve RA and DHCPv6 on ${iface.bridge}`, () =>
+        serveNicIpv6(
+          record.netnsPath,
+          iface,
+          this.options.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
+          this.log,
+        ),
+      );
+      if (server) ipv6Servers.push(server);
     }
   }
 
@@ -412,7 +442,9 @@ export class Tapmanager {
 
   /** Stops every DHCP server; the networks stay for the next start to recover. */
   async close(): Promise<void> {
-    for (const id of [...this.servers.keys()]) await this.stopServing(id);
+    for (const id of new Set([...this.servers.keys(), ...this.ipv6Servers.keys()])) {
+      await this.stopServing(id);
+    }
     // The filters stay: the guests keep running, guarded, until the next start.
     for (const id of [...this.guards.keys()]) this.closeGuards(id);
   }
@@ -421,6 +453,14 @@ export class Tapmanager {
     const servers = this.servers.get(sandboxId) ?? [];
     this.servers.delete(sandboxId);
     for (const server of servers) await server.close();
+    const ipv6Servers = this.ipv6Servers.get(sandboxId) ?? [];
+    this.ipv6Servers.delete(sandboxId);
+    for (const server of ipv6Servers) await server.close();
+  }
+
+  /** What each of the pod's RA + DHCPv6 services received, answered and dropped. */
+  ipv6Stats(sandboxId: string): Ipv6ServerStats[] {
+    return (this.ipv6Servers.get(sandboxId) ?? []).map((server) => server.stats());
   }
 
   private describe(record: PodRecord): PodNetwork {
@@ -459,6 +499,12 @@ function sourcePrefixes(record: PodRecord, iface: PersistedInterface): Prefix[] 
   }));
   if (iface.lease) own.push({ family: 4, address: iface.lease.ip, prefixLength: 32 });
   return [...own, ...(record.request.allowedSourcePrefixes ?? [])];
+}
+
+/** The pod's IPv6 DNS servers: kubelet's, else the plugin's, as for IPv4. */
+function ipv6Nameservers(request: PodNetworkRequest, result: CniResult): string[] {
+  const all = request.dns?.servers.length ? request.dns.servers : (result.dns.nameservers ?? []);
+  return all.filter((s) => s.includes(":"));
 }
 
 function cniGateway(result: CniResult): string | undefined {

@@ -54,6 +54,24 @@ export interface PodInterface {
   /** The IPv4 routes the guest gets (option 121), default route included. */
   routes: GuestRoute[];
   dns: { nameservers: string[]; search: string[]; domain?: string };
+  /** The guest's IPv6, served by RA and DHCPv6; absent for an IPv4-only NIC. */
+  ipv6?: PodIpv6;
+}
+
+/** What the netns had over IPv6, and what the guest is given (tapmanager/guest-ipv6). */
+export interface PodIpv6 {
+  /** The pod's global address, served by DHCPv6 as a /128 binding. */
+  address: string;
+  /** As CNI set it on the veth: 64 (host-local on a bridge) or 128. */
+  prefixLength: number;
+  /** The prefix the netns really had on-link (its connected route); absent for a /128. */
+  onLink?: { prefix: string; prefixLength: number };
+  /** The netns's IPv6 routes through the veth ("::" = on-link), now through the bridge. */
+  routes: GuestRoute[];
+  /** The netns's IPv6 gateway; the guest routes through the bridge, which forwards to it. */
+  gateway?: string;
+  /** IPv6 DNS servers: DHCPv6 option 23 and RDNSS. */
+  nameservers: string[];
 }
 
 export interface PodNetwork {

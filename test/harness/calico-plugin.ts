@@ -10,6 +10,8 @@ import fs from "node:fs";
 import path from "node:path";
 
 const GATEWAY = "169.254.1.1";
+/** IPv6: a /128 and a link-local gateway on the host veth, as Calico routes IPv6 pods. */
+const GATEWAY6 = "fe80::1";
 const HOST_MAC = "ee:ee:ee:ee:ee:ee";
 
 interface Conf {
@@ -40,7 +42,8 @@ function add(conf: Conf, stdin: string): unknown {
   const ifname = process.env.CNI_IFNAME ?? "eth0";
   const host = hostVethName(process.env.CNI_CONTAINERID ?? "", ifname);
   const ipam = delegateIpam(conf, stdin);
-  const address = ipam.ips[0].address.split("/")[0];
+  const address = ipam.ips.find((i) => !i.address.includes(":"))!.address.split("/")[0];
+  const address6 = ipam.ips.find((i) => i.address.includes(":"))?.address.split("/")[0];
   const mtu = String(conf.mtu ?? 1500);
   const nsName = path.basename(netns);
   const tmp = `tmp${crypto.randomBytes(4).toString("hex")}`;
@@ -56,6 +59,13 @@ function add(conf: Conf, stdin: string): unknown {
   ip("-n", nsName, "route", "add", GATEWAY, "dev", ifname, "scope", "link");
   ip("-n", nsName, "route", "add", "default", "via", GATEWAY, "dev", ifname);
   ip("route", "add", `${address}/32`, "dev", host, "scope", "link");
+  if (address6) {
+    fs.writeFileSync("/proc/sys/net/ipv6/conf/all/forwarding", "1");
+    ip("addr", "add", `${GATEWAY6}/64`, "dev", host, "nodad");
+    ip("-n", nsName, "addr", "add", `${address6}/128`, "dev", ifname, "nodad");
+    ip("-n", nsName, "-6", "route", "add", "default", "via", GATEWAY6, "dev", ifname);
+    ip("-6", "route", "add", `${address6}/128`, "dev", host);
+  }
   const mac = JSON.parse(ip("-n", nsName, "-j", "link", "show", ifname))[0].address as string;
   return {
     cniVersion: conf.cniVersion,
@@ -71,6 +81,15 @@ function add(conf: Conf, stdin: string): unknown {
         interface: 1,
         ...(conf.cniVersion.startsWith("0.") ? { version: "4" } : {}),
       },
+      ...(address6
+        ? [
+            {
+              address: `${address6}/128`,
+              interface: 1,
+              ...(conf.cniVersion.startsWith("0.") ? { version: "6" } : {}),
+            },
+          ]
+        : []),
     ],
     routes: [{ dst: "0.0.0.0/0" }],
     dns: {},

@@ -53,6 +53,8 @@ export async function makePodNode(options: {
   needsUplink?: boolean;
   /** Where the tapmanager logs; silent by default. */
   log?: DhcpLog;
+  /** DHCP and DHCPv6 lease time; short where a test waits for a renewal. */
+  leaseSeconds?: number;
 }): Promise<PodNode> {
   const cni = makeCniSandbox();
   cni.writeConf("10-net.conflist", options.conflist(cni));
@@ -60,6 +62,7 @@ export async function makePodNode(options: {
     cni: cni.client(),
     stateDir: path.join(cni.root, "pods"),
     ...(options.log ? { log: options.log } : {}),
+    ...(options.leaseSeconds ? { leaseSeconds: options.leaseSeconds } : {}),
   });
   const plainClient = cni.client();
   const node: Partial<PodNode> = { cni, tapmanager, plainClient };

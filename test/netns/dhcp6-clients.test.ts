@@ -2,27 +2,32 @@
 // in a guest netns bridged through a veth standing in for the tap, against the pod
 // bridge's RA + DHCPv6 service, on a Flannel-style /64 and a Calico-style /128 network.
 import assert from "node:assert/strict";
-import { execFile, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { promisify } from "node:util";
 import { Ipv6Server } from "../../src/dhcp6/server";
 import { Rtnl } from "../../src/sys/rtnl";
 import { type GuestIpv6, routeGuestIpv6 } from "../../src/tapmanager/guest-ipv6";
-import { ClientProcess, waitFor } from "../harness/client-process";
+import { waitFor } from "../harness/client-process";
 import {
   ipIn,
   makeNetns,
   requirePrivateNamespace,
-  run,
   type TestNetns,
   uniqueName,
 } from "../harness/fixtures";
+import {
+  execFileAsync,
+  guest6,
+  type Ipv6ClientKind,
+  linkLocalOf,
+  ping6,
+  startIpv6Client,
+} from "../harness/ipv6-guest";
 
 requirePrivateNamespace();
-const execFileAsync = promisify(execFile);
 
 const GUEST_MAC = "52:54:00:aa:bb:06";
 const BRIDGE = "br0";
@@ -146,118 +151,7 @@ async function makeTopology(kind: Kind): Promise<Topology> {
   };
 }
 
-interface Guest6 {
-  addresses: string[];
-  defaultVia?: string;
-  mtu: number;
-}
-
-function guest6(netns: string): Guest6 {
-  const [link] = JSON.parse(
-    ipIn(netns, "-j", "-6", "addr", "show", "dev", "eth0", "scope", "global"),
-  ) as {
-    addr_info: { local: string; prefixlen: number; tentative?: boolean }[];
-  }[];
-  const routes = JSON.parse(ipIn(netns, "-j", "-6", "route", "show", "default")) as {
-    gateway?: string;
-  }[];
-  return {
-    addresses: (link?.addr_info ?? [])
-      .filter((a) => !a.tentative)
-      .map((a) => `${a.local}/${a.prefixlen}`),
-    ...(routes[0]?.gateway ? { defaultVia: routes[0].gateway } : {}),
-    mtu: Number(run(netns, "cat", "/proc/sys/net/ipv6/conf/eth0/mtu").trim()),
-  };
-}
-
-function ping6(netns: string, address: string): boolean {
-  try {
-    execFileSync("ip", ["netns", "exec", netns, "ping", "-6", "-c1", "-W2", address], {
-      stdio: "ignore",
-    });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function linkLocalOf(netns: string, dev: string): string | undefined {
-  const [link] = JSON.parse(
-    ipIn(netns, "-j", "-6", "addr", "show", "dev", dev, "scope", "link"),
-  ) as {
-    addr_info: { local: string; tentative?: boolean }[];
-  }[];
-  return link?.addr_info.find((a) => !a.tentative)?.local;
-}
-
-interface ClientSpec {
-  name: string;
-  start(t: Topology, dir: string): ClientProcess;
-  /** What it logs for each REPLY it takes. */
-  replies: RegExp;
-  /** The prefix length it puts on the address. */
-  prefixLength: number;
-  /** How it is told to exit, when a signal to its first process is not enough. */
-  stop?: (t: Topology, dir: string) => Promise<void>;
-}
-
-const clients: ClientSpec[] = [
-  {
-    name: "ISC dhclient -6",
-    start: (t, dir) =>
-      new ClientProcess(t.guest.name, [
-        "dhclient",
-        "-6",
-        "-d",
-        "-v",
-        "-sf",
-        "/sbin/dhclient-script",
-        "-lf",
-        path.join(dir, "dhclient6.leases"),
-        "-pf",
-        path.join(dir, "dhclient6.pid"),
-        "eth0",
-      ]),
-    replies: /RCV: Reply message on eth0/,
-    prefixLength: 128,
-  },
-  {
-    name: "dhcpcd",
-    start: (t, dir) => {
-      const conf = path.join(dir, "dhcpcd.conf");
-      fs.writeFileSync(
-        conf,
-        [
-          "ipv6only",
-          "noipv6rs",
-          "ipv6rs",
-          "ia_na 1",
-          "option dhcp6_name_servers, dhcp6_domain_search",
-          "nohook 30-hostname",
-          "",
-        ].join("\n"),
-      );
-      return new ClientProcess(t.guest.name, ["dhcpcd", "-6", "-B", "-d", "-f", conf, "eth0"]);
-    },
-    replies: /REPLY6 received from/,
-    prefixLength: 128,
-    // dhcpcd 9's privilege-separated helpers outlive a SIGTERM to the master (keeping our
-    // pipes open); its own stop command takes them all down.
-    stop: async (t, dir) => {
-      await execFileAsync("ip", [
-        "netns",
-        "exec",
-        t.guest.name,
-        "dhcpcd",
-        "-x",
-        "-6",
-        "-f",
-        path.join(dir, "dhcpcd.conf"),
-        "eth0",
-      ]);
-    },
-  },
-];
+const clients: Ipv6ClientKind[] = ["dhclient", "dhcpcd"];
 
 describe("IPv6 RA and DHCPv6 with real clients", () => {
   let tmp: string;
@@ -324,8 +218,8 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
       }
     });
 
-    for (const spec of clients) {
-      it(`${spec.name} on a ${kind}-style network takes the address, the route via the bridge, MTU and DNS; pings both ways; renews`, async () => {
+    for (const kind6 of clients) {
+      it(`${kind6 === "dhclient" ? "ISC dhclient -6" : "dhcpcd"} on a ${kind}-style network takes the address, the route via the bridge, MTU and DNS; pings both ways; renews`, async () => {
         const t = await makeTopology(kind);
         const dir = fs.mkdtempSync(path.join(tmp, "c-"));
         fs.writeFileSync(resolvConf, "");
@@ -344,9 +238,10 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
           onLink: t.ipv6.onLink ? [t.ipv6.onLink] : [],
         });
         await waitFor("the guest's link-local", 5000, () => linkLocalOf(t.guest.name, "eth0"));
-        const client = spec.start(t, dir);
+        const client6 = startIpv6Client(kind6, t.guest.name, "eth0", dir);
+        const client = client6.process;
         try {
-          const want = `${t.address}/${spec.prefixLength}`;
+          const want = `${t.address}/128`;
           await waitFor(`${want} on the guest`, 20_000, () =>
             guest6(t.guest.name).addresses.includes(want),
           );
@@ -365,11 +260,11 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
           assert.ok(ping6(t.host.name, t.address), `host pings the guest at ${t.address}`);
           assert.ok(ping6(t.pod.name, t.address), "the pod netns pings the guest");
 
-          const replies = client.count(spec.replies);
+          const replies = client.count(client6.replies);
           await waitFor(
             "a REPLY to the renewal at T1",
             leaseSeconds * 2000,
-            () => client.count(spec.replies) > replies,
+            () => client.count(client6.replies) > replies,
           );
           assert.ok(guest6(t.guest.name).addresses.includes(want));
           assert.deepEqual(server.stats().dhcp6.dropped, {});
@@ -377,8 +272,7 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
           console.error(client.output, JSON.stringify(server.stats()));
           throw error;
         } finally {
-          await spec.stop?.(t, dir).catch((e: unknown) => console.error(`stop ${spec.name}: ${e}`));
-          await client.stop();
+          await client6.stop();
           await server.close();
           t.remove();
         }

@@ -47,6 +47,7 @@ describe("guard programs", () => {
       }
       loads("t_veth_in", vethIngressProgram(map));
       loads("t_veth_out", vethEgressProgram("52:54:00:aa:bb:cc", map));
+      loads("t_veth_out6", vethEgressProgram("52:54:00:aa:bb:cc", map, "02:11:22:33:44:55"));
       assert.deepEqual(
         bpf.readCounters(map, DROP_REASONS.length),
         DROP_REASONS.map(() => 0n),

@@ -1,0 +1,119 @@
+// IPv6 clients in a guest netns (ISC dhclient -6, dhcpcd) and what a user checks of the
+// guest's IPv6 afterwards: its global addresses, default route, IPv6 MTU, reachability.
+import { execFile, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { promisify } from "node:util";
+import { ClientProcess } from "./client-process";
+import { ipIn, run } from "./fixtures";
+
+export const execFileAsync = promisify(execFile);
+
+export interface Guest6State {
+  /** Global addresses that passed DAD, as "address/prefix". */
+  addresses: string[];
+  defaultVia?: string;
+  /** The link's IPv6 MTU (an RA's MTU option lowers it). */
+  mtu: number;
+}
+
+export function guest6(netns: string, ifname = "eth0"): Guest6State {
+  const [link] = JSON.parse(
+    ipIn(netns, "-j", "-6", "addr", "show", "dev", ifname, "scope", "global"),
+  ) as { addr_info: { local: string; prefixlen: number; tentative?: boolean }[] }[];
+  const routes = JSON.parse(ipIn(netns, "-j", "-6", "route", "show", "default")) as {
+    gateway?: string;
+  }[];
+  return {
+    addresses: (link?.addr_info ?? [])
+      .filter((a) => !a.tentative)
+      .map((a) => `${a.local}/${a.prefixlen}`),
+    ...(routes[0]?.gateway ? { defaultVia: routes[0].gateway } : {}),
+    mtu: Number(run(netns, "cat", `/proc/sys/net/ipv6/conf/${ifname}/mtu`).trim()),
+  };
+}
+
+export function ping6(netns: string, address: string): boolean {
+  try {
+    execFileSync("ip", ["netns", "exec", netns, "ping", "-6", "-c1", "-W2", address], {
+      stdio: "ignore",
+    });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The link's link-local address once it passed DAD. */
+export function linkLocalOf(netns: string, dev: string): string | undefined {
+  const [link] = JSON.parse(
+    ipIn(netns, "-j", "-6", "addr", "show", "dev", dev, "scope", "link"),
+  ) as { addr_info: { local: string; tentative?: boolean }[] }[];
+  return link?.addr_info.find((a) => !a.tentative)?.local;
+}
+
+export type Ipv6ClientKind = "dhclient" | "dhcpcd";
+
+export interface Ipv6Client {
+  process: ClientProcess;
+  /** What it logs for each REPLY it takes. */
+  replies: RegExp;
+  stop(): Promise<void>;
+}
+
+/** Starts `kind` on `ifname` in `netns`, its files in `dir`; resolv.conf is the machine's (bind-mount it). */
+export function startIpv6Client(
+  kind: Ipv6ClientKind,
+  netns: string,
+  ifname: string,
+  dir: string,
+): Ipv6Client {
+  if (kind === "dhclient") {
+    const process = new ClientProcess(netns, [
+      "dhclient",
+      "-6",
+      "-d",
+      "-v",
+      "-sf",
+      "/sbin/dhclient-script",
+      "-lf",
+      path.join(dir, "dhclient6.leases"),
+      "-pf",
+      path.join(dir, "dhclient6.pid"),
+      ifname,
+    ]);
+    return { process, replies: /RCV: Reply message on/, stop: () => process.stop() };
+  }
+  const conf = path.join(dir, "dhcpcd.conf");
+  fs.writeFileSync(
+    conf,
+    [
+      "ipv6only",
+      "ia_na 1",
+      "option dhcp6_name_servers, dhcp6_domain_search",
+      "nohook 30-hostname",
+      "",
+    ].join("\n"),
+  );
+  const process = new ClientProcess(netns, ["dhcpcd", "-6", "-B", "-d", "-f", conf, ifname]);
+  return {
+    process,
+    replies: /REPLY6 received from/,
+    async stop() {
+      // dhcpcd 9's privilege-separated helpers outlive a SIGTERM to the master (keeping
+      // our pipes open); its own stop command takes them all down.
+      await execFileAsync("ip", [
+        "netns",
+        "exec",
+        netns,
+        "dhcpcd",
+        "-x",
+        "-6",
+        "-f",
+        conf,
+        ifname,
+      ]).catch(() => {});
+      await process.stop();
+    },
+  };
+}
