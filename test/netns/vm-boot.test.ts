@@ -6,8 +6,8 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { describe, it, type TestContext } from "node:test";
-import { VmLauncher } from "../../src/runtime/vm/launcher";
 import { isSameLiveProcess } from "../../src/runtime/vm/proc";
+import { QemuLauncher } from "../../src/runtime/vm/qemu-launcher";
 import type { VmRecord, VmSpec } from "../../src/runtime/vm/types";
 import { createNetns, deleteNetns } from "../../src/sys/netns";
 import { openTap } from "../../src/sys/tap";
@@ -147,7 +147,7 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
         const discover = dhcpDiscoverFrom(dhcp, MAC);
         const spec = vmSpec(dir, tap.fd);
         const t0 = Date.now();
-        const vm = await new VmLauncher().start(spec);
+        const vm = await new QemuLauncher().start(spec);
         const started = Date.now() - t0;
         await discover;
         const discoverAt = Date.now() - t0;
@@ -185,7 +185,7 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
         assert.ok(!(await isSameLiveProcess(vm.pid, vm.record.pidStartTime)));
 
         assert.equal(
-          await new VmLauncher().adopt(vm.record),
+          await new QemuLauncher().adopt(vm.record),
           undefined,
           "a VM that is gone is not adopted",
         );
@@ -212,12 +212,12 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
     try {
       // "vmlet": a separate process that opens the tap, starts the VM, and is killed.
       const script = `
-        const { VmLauncher } = require(${JSON.stringify(require.resolve("../../src/runtime/vm/launcher"))});
+        const { QemuLauncher } = require(${JSON.stringify(require.resolve("../../src/runtime/vm/qemu-launcher"))});
         const { openTap } = require(${JSON.stringify(require.resolve("../../src/sys/tap"))});
         (async () => {
           const { nsPath, spec } = JSON.parse(process.argv[1]);
           spec.taps[0].fd = openTap(nsPath, { name: "tap0" }).fd;
-          const vm = await new VmLauncher().start(spec);
+          const vm = await new QemuLauncher().start(spec);
           process.stdout.write(JSON.stringify(vm.record) + "\\n");
           setInterval(() => {}, 1000);
         })().catch((e) => { console.error(e); process.exit(1); });`;
@@ -247,7 +247,7 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
         "QEMU holds the tap open",
       );
 
-      const vm = await new VmLauncher().adopt(record);
+      const vm = await new QemuLauncher().adopt(record);
       assert.ok(vm, "adopted");
       assert.equal(vm.pid, record.pid);
 
@@ -300,7 +300,7 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
       plugTap(pod, "tap0");
       const spec = vmSpec(dir, tap.fd);
       const t0 = Date.now();
-      const vm = await new VmLauncher().start(spec);
+      const vm = await new QemuLauncher().start(spec);
       await until("the guest ready", () => logHas(spec.logPath, /^VMLET-GUEST ready$/));
       t.diagnostic(`start() to the guest's "ready" line: ${Date.now() - t0} ms`);
 
@@ -338,7 +338,7 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
     try {
       plugTap(pod, "tap0");
       const spec = vmSpec(dir, tap.fd);
-      const vm = await new VmLauncher().start(spec);
+      const vm = await new QemuLauncher().start(spec);
       await until("the guest ready", () => logHas(spec.logPath, /^VMLET-GUEST ready$/));
       await vm.detach(); // vmlet goes away
 
@@ -354,7 +354,7 @@ describe("a VM started by the launcher", { skip: noGuest, timeout: 240_000 }, ()
       console.destroy();
       assert.ok(await isSameLiveProcess(vm.pid, vm.record.pidStartTime), "QEMU waits for vmlet");
 
-      const adopted = await new VmLauncher().adopt(vm.record);
+      const adopted = await new QemuLauncher().adopt(vm.record);
       assert.ok(adopted);
       const exit = await adopted.exited;
       assert.deepEqual([exit.exitCode, exit.reason], [0, "Completed"]);

@@ -5,7 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { describe, it } from "node:test";
 import { VmError } from "../../src/runtime/vm/errors";
-import { removeVmState, VmLauncher } from "../../src/runtime/vm/launcher";
+import { QemuLauncher, removeVmState } from "../../src/runtime/vm/qemu-launcher";
 import type { VmSpec } from "../../src/runtime/vm/types";
 import { requirePrivateNamespace } from "../harness/fixtures";
 
@@ -64,7 +64,7 @@ describe("a VM that cannot start", () => {
       const s = spec(root, {
         baseImage: { path: path.join(root, "missing.qcow2"), format: "qcow2" },
       });
-      await assert.rejects(new VmLauncher().start(s), (error: unknown) => {
+      await assert.rejects(new QemuLauncher().start(s), (error: unknown) => {
         assert.ok(error instanceof VmError);
         assert.match(
           error.message,
@@ -85,7 +85,7 @@ describe("a VM that cannot start", () => {
         const s = spec(root, {
           taps: [{ ifname: "eth0", tap: "tap0", fd, guestMac: "02:00:00:00:00:01", mtu: 1500 }],
         });
-        await assert.rejects(new VmLauncher().start(s), (error: unknown) => {
+        await assert.rejects(new QemuLauncher().start(s), (error: unknown) => {
           assert.ok(error instanceof VmError);
           assert.match(
             error.message,
@@ -106,7 +106,7 @@ describe("a VM that cannot start", () => {
     withDir(async (root) => {
       const s = spec(root);
       await assert.rejects(
-        new VmLauncher({ qemuBinary: "/nonexistent/qemu" }).start(s),
+        new QemuLauncher({ qemuBinary: "/nonexistent/qemu" }).start(s),
         // QEMU is started through prlimit (core limit 0), which says it cannot run it.
         /^VmError: vm c1: wait for QMP: QEMU exited \(code 127\): prlimit: failed to execute \/nonexistent\/qemu: No such file or directory/,
       );
@@ -119,7 +119,7 @@ describe("a VM that cannot start", () => {
     withDir(async (root) => {
       const s = spec(root);
       await assert.rejects(
-        new VmLauncher({ confinement: { user: "vmlet-no-such-user" } }).start(s),
+        new QemuLauncher({ confinement: { user: "vmlet-no-such-user" } }).start(s),
         /^VmError: vm c1: wait for QMP: QEMU exited \(code 1\): qemu-system-x86_64: -runas vmlet-no-such-user: User "vmlet-no-such-user" doesn't exist.*; removed its files$/,
       );
       assert.ok(!fs.existsSync(s.dir));
@@ -131,7 +131,7 @@ describe("a VM that cannot start", () => {
     "kills the QEMU of an earlier start that never returned (found by its pidfile) before starting again",
     withDir(async (root) => {
       const s = spec(root);
-      const launcher = new VmLauncher();
+      const launcher = new QemuLauncher();
       const first = await launcher.start(s);
       // As if vmlet died inside start(): the handle and record are lost, the files stay.
       await first.detach();
@@ -152,9 +152,9 @@ describe("an adopted VM whose QEMU ends without a guest shutdown", () => {
     "exits 137 Killed, saying its status is unknown, when killed by someone else",
     withDir(async (root) => {
       const s = spec(root);
-      const first = await new VmLauncher().start(s);
+      const first = await new QemuLauncher().start(s);
       await first.detach();
-      const vm = await new VmLauncher({ pollMs: 100 }).adopt(first.record);
+      const vm = await new QemuLauncher({ pollMs: 100 }).adopt(first.record);
       assert.ok(vm);
       const stats = await vm.stats();
       assert.ok(stats.memoryBytes > 0);
@@ -177,7 +177,7 @@ describe("a wedged QEMU (stopped with SIGSTOP: its QMP socket takes connections,
     "is killed by stop() within the grace period plus a second: the grace period starts at once",
     { timeout: 60_000 },
     withDir(async (root) => {
-      const vm = await new VmLauncher().start(spec(root));
+      const vm = await new QemuLauncher().start(spec(root));
       process.kill(vm.pid, "SIGSTOP");
       const started = Date.now();
       await vm.stop(1000);
@@ -194,10 +194,10 @@ describe("a wedged QEMU (stopped with SIGSTOP: its QMP socket takes connections,
     "is not adopted past the deadline, and killRecorded() kills it by its pid",
     { timeout: 60_000 },
     withDir(async (root) => {
-      const first = await new VmLauncher().start(spec(root));
+      const first = await new QemuLauncher().start(spec(root));
       await first.detach();
       process.kill(first.pid, "SIGSTOP");
-      const launcher = new VmLauncher({ qmpTimeoutMs: 300, adoptTimeoutMs: 1000 });
+      const launcher = new QemuLauncher({ qmpTimeoutMs: 300, adoptTimeoutMs: 1000 });
       const started = Date.now();
       await assert.rejects(launcher.adopt(first.record), /^VmError: vm c1: adopt.*within 300 ms/);
       assert.ok(Date.now() - started < 1500, `adopt took ${Date.now() - started} ms`);
@@ -226,13 +226,13 @@ describe("QEMU's confinement", () => {
     "by default: the vmlet-qemu user, a seccomp filter, core limit 0; off (debugging): root, unfiltered, vmlet's own core limit",
     withDir(async (root) => {
       const qemuUid = Number(execFileSync("id", ["-u", "vmlet-qemu"], { encoding: "utf8" }));
-      const confined = await new VmLauncher().start(spec(root));
+      const confined = await new QemuLauncher().start(spec(root));
       try {
         assert.deepEqual(confinementOf(confined.pid), { uid: qemuUid, seccomp: 2, core: "0" });
       } finally {
         await confined.cleanup();
       }
-      const relaxed = await new VmLauncher({ confinement: null }).start(
+      const relaxed = await new QemuLauncher({ confinement: null }).start(
         spec(root, { id: "c2", dir: path.join(root, "c2") }),
       );
       try {

@@ -78,7 +78,7 @@ describe("state store", () => {
 
 describe("state dir", () => {
   test("a state dir too deep for QEMU's unix sockets is refused up front, with the numbers", async () => {
-    const { checkStateDirDepth } = await import("../../src/runtime/service");
+    const { checkStateDirDepth } = await import("../../src/runtime/store");
     checkStateDirDepth("/var/lib/vmlet");
     assert.throws(
       () => checkStateDirDepth(`/${"d".repeat(80)}`),

@@ -3,8 +3,8 @@
 // It writes one line to the container log in kubelet's CRI format.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
-import type { ExecResult, VmExit, VmHandle, VmLauncher, VmSpec, VmStats } from "../types";
-import { guestExec } from "../vm/guest-agent";
+import type { VmExit, VmHandle, VmLauncher, VmSpec, VmStats } from "../types";
+import { type GuestExecResult, guestExec } from "../vm/guest-agent";
 
 interface ProcessRecord {
   pid: number;
@@ -97,7 +97,7 @@ class ProcessHandle implements VmHandle {
   readonly pid: number;
   readonly record: ProcessRecord;
   readonly exited: Promise<VmExit>;
-  exec?: (argv: string[], timeoutMs: number, signal?: AbortSignal) => Promise<ExecResult>;
+  exec?: (argv: string[], timeoutMs: number, signal?: AbortSignal) => Promise<GuestExecResult>;
   private done = false;
 
   constructor(record: ProcessRecord, exited: Promise<VmExit>) {

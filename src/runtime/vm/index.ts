@@ -30,13 +30,15 @@ export {
   guestExec,
 } from "./guest-agent";
 export {
+  createVmLauncher,
   DEFAULT_QEMU_USER,
+  killQemuOfDir,
   killStrayQemu,
+  QemuLauncher,
+  type QemuLauncherOptions,
   removeVmFiles,
   removeVmState,
-  VmLauncher,
-  type VmLauncherOptions,
-} from "./launcher";
+} from "./qemu-launcher";
 export { QmpClient, type QmpEvent } from "./qmp";
 export { buildSeedFiles, type SeedFiles, writeSeedIso } from "./seed";
 export type {
@@ -44,8 +46,10 @@ export type {
   CloudInit,
   CloudInitFile,
   QemuConfinement,
+  QemuVm,
   VmExit,
   VmHandle,
+  VmLauncher,
   VmLog,
   VmRecord,
   VmSpec,

@@ -15,11 +15,23 @@ import { GuestAgentUnavailableError, type GuestExecResult, guestExec } from "./g
 import { isSameLiveProcess, readProcStat, readRssBytes } from "./proc";
 import { QmpClient, type QmpEvent } from "./qmp";
 import { buildSeedFiles, writeSeedIso } from "./seed";
-import type { QemuConfinement, VmExit, VmHandle, VmLog, VmRecord, VmSpec, VmStats } from "./types";
+import type {
+  QemuConfinement,
+  QemuVm,
+  VmExit,
+  VmLauncher,
+  VmLog,
+  VmRecord,
+  VmSpec,
+  VmStats,
+} from "./types";
 
 const execFileAsync = promisify(execFile);
 
-export interface VmLauncherOptions {
+/** QEMU's exit always says what ended it. */
+type QemuExit = Required<VmExit>;
+
+export interface QemuLauncherOptions {
   qemuBinary?: string;
   qemuImgBinary?: string;
   log?: VmLog;
@@ -53,14 +65,15 @@ const PRLIMIT = "prlimit";
 
 const silentLog: VmLog = { info() {}, warn() {}, error() {} };
 
-export class VmLauncher {
+/** The VM launcher `vmlet serve` runs: one QEMU per container. */
+export class QemuLauncher implements VmLauncher<VmRecord> {
   private readonly qemuBinary: string;
   private readonly qemuImgBinary: string;
   private readonly log: VmLog;
-  private readonly options: VmLauncherOptions;
+  private readonly options: QemuLauncherOptions;
   private readonly confinement: QemuConfinement | undefined;
 
-  constructor(options: VmLauncherOptions = {}) {
+  constructor(options: QemuLauncherOptions = {}) {
     this.options = options;
     this.confinement =
       options.confinement === null
@@ -72,7 +85,7 @@ export class VmLauncher {
   }
 
   /** Creates the overlay and the seed, starts QEMU detached, connects QMP and the console. */
-  async start(spec: VmSpec): Promise<VmHandle> {
+  async start(spec: VmSpec): Promise<QemuVm> {
     const paths = vmPaths(spec.dir);
     const accel = resolveAccel(spec.accel, this.options.hasKvm);
     const command = buildQemuArgv(spec, paths, accel, this.confinement);
@@ -167,7 +180,7 @@ export class VmLauncher {
    * Finds a VM started by an earlier vmlet and watches it again: reconnects QMP and the
    * console. Undefined when the process is gone (or its PID now belongs to another).
    */
-  async adopt(record: VmRecord): Promise<VmHandle | undefined> {
+  async adopt(record: VmRecord): Promise<QemuVm | undefined> {
     if (record.version !== 1) {
       throw new VmError(record.id, "adopt", `record version ${record.version}; this vmlet reads 1`);
     }
@@ -192,7 +205,7 @@ export class VmLauncher {
     );
   }
 
-  private async adoptNow(record: VmRecord): Promise<VmHandle | undefined> {
+  private async adoptNow(record: VmRecord): Promise<QemuVm | undefined> {
     if (!(await this.isOurQemu(record))) return undefined;
     let qmp: QmpClient;
     try {
@@ -210,6 +223,14 @@ export class VmLauncher {
     }
     this.log.info({ vm: record.id, pid: record.pid }, "vm adopted");
     return handle;
+  }
+
+  /**
+   * Kills a QEMU whose start was cut short by a vmlet crash: it has no record to adopt
+   * it by, only the pidfile in its VM dir. True if there was one.
+   */
+  discard(dir: string): Promise<boolean> {
+    return killQemuOfDir(dir);
   }
 
   /**
@@ -294,6 +315,20 @@ export class VmLauncher {
       });
     }
   }
+}
+
+/** The launcher `vmlet serve` runs, logging to its logger. */
+export function createVmLauncher(options: {
+  logger: VmLog;
+  /** null: QEMU unconfined (debugging); default: confined as user vmlet-qemu. */
+  confinement?: QemuConfinement | null;
+}): QemuLauncher {
+  return new QemuLauncher({ log: options.logger, confinement: options.confinement });
+}
+
+/** Kills a QEMU left in a VM dir by a start that never returned; true if there was one. */
+export function killQemuOfDir(dir: string): Promise<boolean> {
+  return killStrayQemu(vmPaths(dir));
 }
 
 /** Removes every file the launcher makes in a VM's state dir, then the dir if empty. */
@@ -426,9 +461,9 @@ type Origin =
   | { kind: "adopted" };
 
 /** A QEMU being watched: its exit, its QMP events, its console. */
-class RunningVm implements VmHandle {
-  readonly exited: Promise<VmExit>;
-  private resolveExit!: (exit: VmExit) => void;
+class RunningVm implements QemuVm {
+  readonly exited: Promise<QemuExit>;
+  private resolveExit!: (exit: QemuExit) => void;
   private done = false;
   private detached = false;
   private guestShutdown = false;
@@ -532,7 +567,7 @@ class RunningVm implements VmHandle {
     await this.exited;
   }
 
-  async stats(): Promise<VmStats> {
+  async stats(): Promise<Required<VmStats>> {
     const overlay = await fs.promises.stat(this.record.overlayPath).catch(() => undefined);
     const diskBytes = overlay ? overlay.blocks * 512 : 0; // allocated, not apparent size
     const stat = await readProcStat(this.record.pid);
@@ -615,7 +650,7 @@ class RunningVm implements VmHandle {
     await this.finish(this.adoptedExit());
   }
 
-  private adoptedExit(): Omit<VmExit, "finishedAt"> {
+  private adoptedExit(): Omit<QemuExit, "finishedAt"> {
     if (this.guestShutdown)
       return { exitCode: 0, reason: "Completed", message: "the guest shut down" };
     if (this.killedByUs) return { exitCode: 137, reason: "Killed", message: "killed by vmlet" };
@@ -627,7 +662,7 @@ class RunningVm implements VmHandle {
     };
   }
 
-  private async finish(exit: Omit<VmExit, "finishedAt">): Promise<void> {
+  private async finish(exit: Omit<QemuExit, "finishedAt">): Promise<void> {
     if (this.done || this.detached) return;
     this.done = true;
     const finishedAt = new Date();
@@ -652,7 +687,7 @@ class RunningVm implements VmHandle {
   }
 }
 
-function childExit(e: ChildExit, guestShutdown: boolean): Omit<VmExit, "finishedAt"> {
+function childExit(e: ChildExit, guestShutdown: boolean): Omit<QemuExit, "finishedAt"> {
   if (e.error) return { exitCode: 255, reason: "Error", message: e.error.message };
   if (e.signal) {
     const exitCode = 128 + (os.constants.signals[e.signal] ?? 0);
