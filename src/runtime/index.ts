@@ -33,4 +33,5 @@ export type {
   VmStats,
   VmTap,
 } from "./types";
-export { createVmLauncher, killQemuOfDir, QemuLauncher } from "./vm/qemu-launcher";
+export { createVmLauncher, QemuLauncher } from "./vm/qemu-launcher";
+export { killQemuOfDir } from "./vm/vm-files";

@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { vmPaths } from "../../src/runtime/vm";
-import { killQemuOfDir } from "../../src/runtime/vm/qemu-launcher";
+import { killQemuOfDir } from "../../src/runtime/vm/vm-files";
 import { requirePrivateNamespace } from "../harness/fixtures";
 
 function alive(pid: number): boolean {

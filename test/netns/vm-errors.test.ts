@@ -5,8 +5,9 @@ import os from "node:os";
 import path from "node:path";
 import { describe, it } from "node:test";
 import { VmError } from "../../src/runtime/vm/errors";
-import { QemuLauncher, removeVmState } from "../../src/runtime/vm/qemu-launcher";
+import { QemuLauncher } from "../../src/runtime/vm/qemu-launcher";
 import type { VmSpec } from "../../src/runtime/vm/types";
+import { removeVmState } from "../../src/runtime/vm/vm-files";
 import { requirePrivateNamespace } from "../harness/fixtures";
 
 requirePrivateNamespace();

@@ -32,12 +32,8 @@ export {
 export {
   createVmLauncher,
   DEFAULT_QEMU_USER,
-  killQemuOfDir,
-  killStrayQemu,
   QemuLauncher,
   type QemuLauncherOptions,
-  removeVmFiles,
-  removeVmState,
 } from "./qemu-launcher";
 export { QmpClient, type QmpEvent } from "./qmp";
 export { buildSeedFiles, type SeedFiles, writeSeedIso } from "./seed";
@@ -56,3 +52,4 @@ export type {
   VmStats,
   VmTap,
 } from "./types";
+export { killQemuOfDir, killStrayQemu, removeVmFiles, removeVmState } from "./vm-files";
