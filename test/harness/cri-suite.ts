@@ -5,9 +5,9 @@ import fs from "node:fs";
 import http from "node:http";
 import { after, before } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
 import { requirePrivateNamespace } from "./fixtures";
 import { fakeQcow2 } from "./qcow2";
+import { podConfig, startTestVmlet, type TestVmlet } from "./test-vmlet";
 
 export interface CriSuite {
   /** The vmlet of this file, set in `before`. */

@@ -6,9 +6,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { podConfig } from "../../src/runtime/testing/harness";
 import { criSuite, qcow2Bytes, rejectsWith } from "../harness/cri-suite";
 import { fakeQcow2 } from "../harness/qcow2";
+import { podConfig } from "../harness/test-vmlet";
 
 describe("CRI containers", () => {
   const suite = criSuite();

@@ -6,8 +6,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { RecordStore, type StoredRecord } from "../../src/runtime/store";
-import { podConfig } from "../../src/runtime/testing/harness";
 import { criSuite, waitDead } from "../harness/cri-suite";
+import { podConfig } from "../harness/test-vmlet";
 
 describe("CRI recovery and VM monitoring", () => {
   const suite = criSuite();

@@ -6,8 +6,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { podConfig } from "../../src/runtime/testing/harness";
 import { criSuite, rejectsWith } from "../harness/cri-suite";
+import { podConfig } from "../harness/test-vmlet";
 
 describe("CRI sandboxes", () => {
   const suite = criSuite();
