@@ -5,8 +5,8 @@ import {
   NdpParseError,
   parseRouterSolicitation,
   type RouterAdvertisement,
-} from "../../src/dhcp6/ndp";
-import { scapy } from "../harness/scapy";
+} from "../../../src/dhcp6/ndp";
+import { scapy } from "../../harness/scapy";
 
 interface RaSummary {
   type: number;

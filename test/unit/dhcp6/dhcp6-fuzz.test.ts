@@ -10,11 +10,11 @@ import {
   iaNaOption,
   option,
   parseDhcp6,
-} from "../../src/dhcp6/codec";
-import { Dhcp6Handler } from "../../src/dhcp6/handler";
-import { NdpParseError, parseRouterSolicitation } from "../../src/dhcp6/ndp";
-import { linkLocalOfMac } from "../../src/util/ipv6";
-import { rng } from "../harness/rng";
+} from "../../../src/dhcp6/codec";
+import { Dhcp6Handler } from "../../../src/dhcp6/handler";
+import { NdpParseError, parseRouterSolicitation } from "../../../src/dhcp6/ndp";
+import { linkLocalOfMac } from "../../../src/util/ipv6";
+import { rng } from "../../harness/rng";
 
 const GUEST_MAC = "52:54:00:12:34:56";
 const BRIDGE_MAC = "02:aa:bb:cc:dd:ee";

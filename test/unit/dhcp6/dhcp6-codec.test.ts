@@ -11,10 +11,10 @@ import {
   formatDhcp6,
   option,
   parseDhcp6,
-} from "../../src/dhcp6/codec";
-import { type Dhcp6Lease, Dhcp6Responder } from "../../src/dhcp6/responder";
-import { bytesToIpv6, ipv6ToBytes, linkLocalOfMac, macFromEui64 } from "../../src/util/ipv6";
-import { scapy } from "../harness/scapy";
+} from "../../../src/dhcp6/codec";
+import { type Dhcp6Lease, Dhcp6Responder } from "../../../src/dhcp6/responder";
+import { bytesToIpv6, ipv6ToBytes, linkLocalOfMac, macFromEui64 } from "../../../src/util/ipv6";
+import { scapy } from "../../harness/scapy";
 
 const GUEST_MAC = "52:54:00:12:34:56";
 const BRIDGE_MAC = "02:aa:bb:cc:dd:ee";
