@@ -26,7 +26,9 @@ export interface Ipv6ServerOptions {
   routerLifetimeSeconds?: number;
   raIntervalSeconds?: number;
   log?: Ipv6Log;
+  /** DHCPv6 replies and solicited RAs per second at most; a flood beyond is dropped. */
   maxRepliesPerSecond?: number;
+  raMaxPerSecond?: number;
   /** How long to wait for the bridge's link-local address to pass DAD. */
   linkLocalTimeoutMs?: number;
 }
@@ -134,6 +136,7 @@ export class Ipv6Server {
         (options.raIntervalSeconds ?? DEFAULT_RA_INTERVAL_S) * 1000,
         log,
         where,
+        options.raMaxPerSecond,
       );
       router.start();
       log.info(

@@ -13,7 +13,10 @@ export interface Guest6State {
   /** Global addresses that passed DAD, as "address/prefix". */
   addresses: string[];
   defaultVia?: string;
-  /** The link's IPv6 MTU (an RA's MTU option lowers it). */
+  /**
+   * The MTU of the default route: the link's IPv6 MTU (the kernel applies an RA's MTU
+   * option there), or the route's own when lower (dhcpcd 9 puts it on its routes).
+   */
   mtu: number;
 }
 
@@ -23,13 +26,16 @@ export function guest6(netns: string, ifname = "eth0"): Guest6State {
   ) as { addr_info: { local: string; prefixlen: number; tentative?: boolean }[] }[];
   const routes = JSON.parse(ipIn(netns, "-j", "-6", "route", "show", "default")) as {
     gateway?: string;
+    metrics?: { mtu?: number }[];
   }[];
+  const linkMtu = Number(run(netns, "cat", `/proc/sys/net/ipv6/conf/${ifname}/mtu`).trim());
+  const routeMtu = routes[0]?.metrics?.find((m) => m.mtu !== undefined)?.mtu;
   return {
     addresses: (link?.addr_info ?? [])
       .filter((a) => !a.tentative)
       .map((a) => `${a.local}/${a.prefixlen}`),
     ...(routes[0]?.gateway ? { defaultVia: routes[0].gateway } : {}),
-    mtu: Number(run(netns, "cat", `/proc/sys/net/ipv6/conf/${ifname}/mtu`).trim()),
+    mtu: Math.min(linkMtu, routeMtu ?? linkMtu),
   };
 }
 
