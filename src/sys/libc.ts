@@ -26,17 +26,13 @@ export const gettid = libc.func("int gettid(void)");
 export const syscallBpf = libc.func(
   "long syscall(long nr, int cmd, void *attr, unsigned int size)",
 );
-// For the raw ICMPv6 socket (sys/icmp6.ts) and the readiness poller (sys/poller.ts).
+// For the IPv6 sockets of sys/socket6.ts.
 export const sendto = libc.func(
   "long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)",
 );
 export const recvfrom = libc.func(
   "long recvfrom(int fd, void *buf, size_t len, int flags, void *addr, void *addrlen)",
 );
-export const poll = libc.func("int poll(void *fds, unsigned long nfds, int timeout)");
-export const pipe2 = libc.func("int pipe2(void *fds, int flags)");
-export const read = libc.func("long read(int fd, void *buf, size_t count)");
-export const write = libc.func("long write(int fd, const void *buf, size_t count)");
 
 // linux/sched.h
 export const CLONE_NEWNET = 0x40000000;
@@ -73,12 +69,8 @@ export const IPV6_ADD_MEMBERSHIP = 20;
 export const IPV6_V6ONLY = 26;
 export const ICMP6_FILTER = 1;
 export const MSG_DONTWAIT = 0x40;
-// asm-generic/errno-base.h, asm-generic/errno.h
-export const EAGAIN = 11;
-export const EINTR = 4;
+// asm-generic/errno.h
 export const EADDRNOTAVAIL = 99;
-// asm-generic/poll.h
-export const POLLIN = 0x1;
 
 /** errno of the last failed call on this thread. */
 export function errno(): number {

@@ -1,86 +1,74 @@
-// Readiness for the fds Node cannot watch itself: dgram adopts UDP sockets only, so a raw
-// ICMPv6 socket is watched here. One poll(2) for all of them is in flight at a time on
-// libuv's thread pool (koffi's async call), with a pipe to restart it when the set
-// changes; the handlers run on the main thread. One pool thread waits, however many pods.
-import * as libc from "./libc";
+// Readiness for the fds Node cannot watch itself (dgram adopts UDP sockets only, and
+// names a link-local sender by an interface of vmlet's own netns): each is watched by a
+// uv_poll handle on Node's own event loop, called through koffi from the libuv that Node
+// exports. The handler runs on the main thread as libuv finds the fd readable, as a
+// dgram socket's would: no thread hand-off.
+import koffi from "koffi";
 
 export type ReadableHandler = () => void;
 
-/** struct pollfd, asm-generic/poll.h: int fd; short events; short revents. */
-const POLLFD_SIZE = 8;
-/** Each poll(2) returns at least this often, so a lost wake-up costs a second at most. */
-const POLL_TIMEOUT_MS = 1000;
+const self = koffi.load(null);
+// uv.h: uv_handle_type UV_POLL, uv_poll_event UV_READABLE.
+const UV_POLL = 8;
+const UV_READABLE = 1;
+const PollCallback = koffi.proto("void vmlet_uv_poll_cb(void *handle, int status, int events)");
+const CloseCallback = koffi.proto("void vmlet_uv_close_cb(void *handle)");
+const uvDefaultLoop = self.func("void *uv_default_loop(void)");
+const uvHandleSize = self.func("size_t uv_handle_size(int type)");
+const uvPollInit = self.func("int uv_poll_init(void *loop, void *handle, int fd)");
+const uvPollStart = self.func("int uv_poll_start(void *handle, int events, vmlet_uv_poll_cb *cb)");
+const uvPollStop = self.func("int uv_poll_stop(void *handle)");
+const uvClose = self.func("void uv_close(void *handle, vmlet_uv_close_cb *cb)");
+const uvStrerror = self.func("const char *uv_strerror(int err)");
+
+interface Watch {
+  /** The uv_poll_t's memory: libuv holds a pointer to it until the close callback. */
+  handle: Buffer;
+  callback: ReturnType<typeof koffi.register>;
+}
 
 class Poller {
-  private readonly watched = new Map<number, ReadableHandler>();
-  /** Fds unwatched while a poll was in flight: closed once it returns. */
-  private closeAfterPoll: number[] = [];
-  private wakeFds?: { read: number; write: number };
-  private inFlight = false;
+  private readonly watched = new Map<number, Watch>();
+  private readonly handleSize = Number(uvHandleSize(UV_POLL));
 
+  /** Calls `onReadable` on the main thread whenever `fd` has data. */
   watch(fd: number, onReadable: ReadableHandler): void {
-    this.watched.set(fd, onReadable);
-    this.kick();
-  }
-
-  /** Stops watching `fd` and closes it, after any poll that still holds it. */
-  unwatchAndClose(fd: number): void {
-    if (!this.watched.delete(fd)) return;
-    if (this.inFlight) {
-      this.closeAfterPoll.push(fd);
-      this.wake();
-    } else {
-      libc.close(fd);
-    }
-  }
-
-  private kick(): void {
-    if (this.inFlight) this.wake();
-    else this.poll();
-  }
-
-  private wakePipe(): { read: number; write: number } {
-    if (!this.wakeFds) {
-      const fds = Buffer.alloc(8);
-      libc.check(libc.pipe2(fds, libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC), "pipe2 for the poller");
-      this.wakeFds = { read: fds.readInt32LE(0), write: fds.readInt32LE(4) };
-    }
-    return this.wakeFds;
-  }
-
-  private wake(): void {
-    libc.write(this.wakePipe().write, Buffer.from([1]), 1);
-  }
-
-  private poll(): void {
-    if (this.watched.size === 0) return;
-    const wake = this.wakePipe();
-    const fds = [wake.read, ...this.watched.keys()];
-    const set = Buffer.alloc(fds.length * POLLFD_SIZE);
-    fds.forEach((fd, i) => {
-      set.writeInt32LE(fd, i * POLLFD_SIZE);
-      set.writeInt16LE(libc.POLLIN, i * POLLFD_SIZE + 4);
-    });
-    this.inFlight = true;
-    libc.poll.async(set, fds.length, POLL_TIMEOUT_MS, (error: unknown) => {
-      this.inFlight = false;
-      for (const fd of this.closeAfterPoll) libc.close(fd);
-      this.closeAfterPoll = [];
-      const drain = Buffer.alloc(64);
-      while (libc.read(wake.read, drain, drain.length) > 0);
-      if (!error) {
-        for (let i = 1; i < fds.length; i++) {
-          if (set.readInt16LE(i * POLLFD_SIZE + 6) === 0) continue;
-          const handler = this.watched.get(fds[i]!);
-          try {
-            handler?.();
-          } catch {
-            // a handler's own failure is its to count; the poller keeps serving the rest
-          }
-        }
+    if (this.watched.has(fd)) throw new Error(`poller: fd ${fd} is watched already`);
+    const handle = Buffer.alloc(this.handleSize);
+    const init = uvPollInit(uvDefaultLoop(), handle, fd);
+    if (init !== 0) throw new Error(`uv_poll_init fd ${fd}: ${uvStrerror(init)}`);
+    const callback = koffi.register(() => {
+      try {
+        onReadable();
+      } catch {
+        // a handler's own failure is its to count; the loop keeps serving the rest
       }
-      this.poll();
-    });
+    }, koffi.pointer(PollCallback));
+    const started = uvPollStart(handle, UV_READABLE, callback);
+    if (started !== 0) {
+      koffi.unregister(callback);
+      throw new Error(`uv_poll_start fd ${fd}: ${uvStrerror(started)}`);
+    }
+    this.watched.set(fd, { handle, callback });
+  }
+
+  /** Stops watching `fd`; `close` runs (closing the fd) once libuv has let go of it. */
+  unwatch(fd: number, close: () => void): void {
+    const watch = this.watched.get(fd);
+    if (!watch) {
+      close();
+      return;
+    }
+    this.watched.delete(fd);
+    uvPollStop(watch.handle);
+    koffi.unregister(watch.callback);
+    // The callback holds `watch` (and so the handle's memory) until libuv is done with it.
+    const closed = koffi.register(() => {
+      koffi.unregister(closed);
+      close();
+      watch.handle.fill(0);
+    }, koffi.pointer(CloseCallback));
+    uvClose(watch.handle, closed);
   }
 }
 

@@ -1,5 +1,5 @@
 // An IPv6 datagram socket (raw ICMPv6 or UDP) made inside a pod's netns, bound to one
-// device there, read through the poller and written with sendto(2). Not Node's dgram:
+// device there, watched on Node's event loop (sys/poller) and written with sendto(2). Not Node's dgram:
 // dgram names a link-local sender by its interface, looked up in vmlet's own netns,
 // where the pod's bridge index means nothing (ENXIO from uv_if_indextoiid, datagram lost).
 import { bytesToIpv6, ipv6ToBytes } from "../util/ipv6";
@@ -120,7 +120,7 @@ export class Socket6 {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.handler) poller.unwatchAndClose(this.fd);
+    if (this.handler) poller.unwatch(this.fd, () => libc.close(this.fd));
     else libc.close(this.fd);
   }
 
