@@ -83,32 +83,51 @@ function drop(reason: Dhcp6DropReason, detail: string): Dhcp6Outcome {
   return { kind: "drop", reason, detail };
 }
 
+/** A lease with the options every reply to it carries, encoded once. */
+interface PreparedLease extends Dhcp6Lease {
+  /** IAADDR with the lease's lifetimes. */
+  iaAddr: Buffer;
+  /** DNS (23) and domain list (24), when the lease has them. */
+  config: Buffer[];
+}
+
 /** Decides the answer to each datagram for one pod bridge's leases. handle() never throws. */
 export class Dhcp6Responder {
   readonly serverDuid: Buffer;
-  private readonly byMac = new Map<string, Dhcp6Lease>();
+  private readonly serverIdOption: Buffer;
+  private readonly byMac = new Map<string, PreparedLease>();
 
   /** `serverMac`: the bridge's MAC, which the server's DUID-LL is made of. */
   constructor(serverMac: string, leases: Dhcp6Lease[]) {
     this.serverDuid = duidLl(normalMac(serverMac));
+    this.serverIdOption = option(Dhcp6Option.SERVERID, this.serverDuid);
     for (const lease of leases) {
       const mac = normalMac(lease.mac);
       if (this.byMac.has(mac)) throw new Error(`two DHCPv6 leases for MAC ${mac}`);
-      if (!Number.isInteger(lease.leaseSeconds) || lease.leaseSeconds < 1) {
-        throw new Error(`DHCPv6 lease for ${mac}: leaseSeconds ${lease.leaseSeconds}`);
+      const seconds = lease.leaseSeconds;
+      if (!Number.isInteger(seconds) || seconds < 1) {
+        throw new Error(`DHCPv6 lease for ${mac}: leaseSeconds ${seconds}`);
+      }
+      const address = normalIpv6(lease.address);
+      const dns = lease.dns.map(normalIpv6);
+      const config: Buffer[] = [];
+      if (dns.length > 0) config.push(option(Dhcp6Option.DNS_SERVERS, addressesValue(dns)));
+      if (lease.search.length > 0) {
+        config.push(option(Dhcp6Option.DOMAIN_LIST, encodeDomainList(lease.search)));
       }
       this.byMac.set(mac, {
         ...lease,
         mac,
-        address: normalIpv6(lease.address),
-        dns: lease.dns.map(normalIpv6),
+        address,
+        dns,
+        iaAddr: iaAddrOption(address, seconds, seconds),
+        config,
       });
-      encodeDomainList(lease.search); // refuse a bad search list now, not per reply
     }
   }
 
   leases(): Dhcp6Lease[] {
-    return [...this.byMac.values()];
+    return [...this.byMac.values()].map(({ iaAddr: _a, config: _c, ...lease }) => lease);
   }
 
   /** `source`: the datagram's source address (a "%zone" is ignored). */
@@ -122,6 +141,7 @@ export class Dhcp6Responder {
   }
 
   private decide(m: Dhcp6Message, source: string): Dhcp6Outcome {
+    // (Addresses parsed from the wire are in canonical form: compared as text below.)
     // Clients send from their link-local address (section 13.1); a reply goes back to it.
     if (!isLinkLocal(source)) return drop("not-link-local", `from ${source}`);
     const name = TYPE_NAMES[m.type] ?? `type ${m.type}`;
@@ -186,7 +206,7 @@ export class Dhcp6Responder {
   }
 
   /** By the MAC in the client's DUID, else by the MAC in its EUI-64 link-local source. */
-  private clientOf(m: Dhcp6Message, source: string): Dhcp6Lease | undefined {
+  private clientOf(m: Dhcp6Message, source: string): PreparedLease | undefined {
     const byDuid = m.clientId?.mac ? this.byMac.get(m.clientId.mac) : undefined;
     if (byDuid) return byDuid;
     const mac = macFromEui64(source);
@@ -198,7 +218,7 @@ export class Dhcp6Responder {
    * client holds that is not its lease goes back with zero lifetimes (18.3.4, 18.3.5);
    * a REQUEST that names only such addresses gets NotOnLink (18.3.2).
    */
-  private assign(m: Dhcp6Message, lease: Dhcp6Lease): Buffer[] {
+  private assign(m: Dhcp6Message, lease: PreparedLease): Buffer[] {
     if (m.iaNa.length === 0) {
       return [statusOption(Dhcp6Status.NO_ADDRS_AVAIL, "only IA_NA is served")];
     }
@@ -206,7 +226,7 @@ export class Dhcp6Responder {
     const t1 = Math.floor(seconds / 2);
     const t2 = Math.floor((seconds * 4) / 5);
     return m.iaNa.map((ia: IaNa) => {
-      const foreign = ia.addresses.filter((a) => normalIpv6(a.address) !== lease.address);
+      const foreign = ia.addresses.filter((a) => a.address !== lease.address);
       if (
         m.type === Dhcp6Type.REQUEST &&
         foreign.length > 0 &&
@@ -217,15 +237,15 @@ export class Dhcp6Responder {
         ]);
       }
       return iaNaOption(ia.iaid, t1, t2, [
-        iaAddrOption(lease.address, seconds, seconds),
+        lease.iaAddr,
         ...foreign.map((a) => iaAddrOption(a.address, 0, 0)),
       ]);
     });
   }
 
   /** 18.3.3: Success when every address the client names is its lease, else NotOnLink. */
-  private confirm(m: Dhcp6Message, source: string, lease: Dhcp6Lease): Dhcp6Outcome {
-    const named = m.iaNa.flatMap((ia) => ia.addresses.map((a) => normalIpv6(a.address)));
+  private confirm(m: Dhcp6Message, source: string, lease: PreparedLease): Dhcp6Outcome {
+    const named = m.iaNa.flatMap((ia) => ia.addresses.map((a) => a.address));
     if (named.length === 0) return drop("nothing-to-confirm", `CONFIRM from ${source}`);
     const ok = named.every((a) => a === lease.address);
     return this.reply(m, source, lease, "REPLY", [
@@ -236,10 +256,10 @@ export class Dhcp6Responder {
   }
 
   /** 18.3.7, 18.3.8: Success overall; an IA without the lease's address gets NoBinding. */
-  private release(m: Dhcp6Message, source: string, lease: Dhcp6Lease): Dhcp6Outcome {
+  private release(m: Dhcp6Message, source: string, lease: PreparedLease): Dhcp6Outcome {
     const note = m.type === Dhcp6Type.RELEASE ? "RELEASE" : "DECLINE";
     const unbound = m.iaNa
-      .filter((ia) => !ia.addresses.some((a) => normalIpv6(a.address) === lease.address))
+      .filter((ia) => !ia.addresses.some((a) => a.address === lease.address))
       .map((ia) =>
         iaNaOption(ia.iaid, 0, 0, [statusOption(Dhcp6Status.NO_BINDING, "no such binding")]),
       );
@@ -253,12 +273,12 @@ export class Dhcp6Responder {
   private reply(
     m: Dhcp6Message,
     source: string,
-    lease: Dhcp6Lease,
+    lease: PreparedLease,
     type: "ADVERTISE" | "REPLY",
     body: Buffer[],
     extra: Buffer[] = [],
   ): Dhcp6Outcome {
-    const options: Buffer[] = [option(Dhcp6Option.SERVERID, this.serverDuid)];
+    const options: Buffer[] = [this.serverIdOption];
     if (m.clientId) options.push(option(Dhcp6Option.CLIENTID, m.clientId.raw));
     options.push(...extra, ...body);
     const configures =
@@ -268,12 +288,7 @@ export class Dhcp6Responder {
       m.type === Dhcp6Type.REBIND ||
       m.type === Dhcp6Type.INFORMATION_REQUEST;
     // Sent asked for or not, as the DHCPv4 server sends the MTU: a guest needs its DNS.
-    if (configures && lease.dns.length > 0) {
-      options.push(option(Dhcp6Option.DNS_SERVERS, addressesValue(lease.dns)));
-    }
-    if (configures && lease.search.length > 0) {
-      options.push(option(Dhcp6Option.DOMAIN_LIST, encodeDomainList(lease.search)));
-    }
+    if (configures) options.push(...lease.config);
     const binds =
       m.iaNa.length > 0 &&
       (type === "REPLY" || m.rapidCommit) &&

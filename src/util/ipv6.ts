@@ -76,10 +76,9 @@ export function isIpv6(text: string): boolean {
   }
 }
 
-/** fe80::/10 */
+/** fe80::/10, for a well-formed address as text: the first group is fe80 to febf. */
 export function isLinkLocal(text: string): boolean {
-  const b = ipv6ToBytes(text);
-  return b[0] === 0xfe && (b[1]! & 0xc0) === 0x80;
+  return /^fe[89ab][0-9a-f]:/i.test(text);
 }
 
 /** Whether `address` lies in `prefix`/`prefixLength`. */
