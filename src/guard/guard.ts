@@ -58,8 +58,9 @@ export class InterfaceGuard {
     const where = `guard ${links.tap}/${links.veth} in ${nsPath}`;
     const mapFd = bpf.createCounterMap("vmlet_guard", DROP_REASONS.length);
     const progFds: number[] = [];
+    // One netlink socket for the link lookups and the tc requests.
     const rtnl = Rtnl.open(nsPath);
-    const tc = TcSession.open(nsPath);
+    const tc = TcSession.on(rtnl);
     try {
       const tap = await rtnl.link(links.tap);
       const veth = await rtnl.link(links.veth);
@@ -83,7 +84,6 @@ export class InterfaceGuard {
     } finally {
       // The attached filters hold their programs, and the programs the map.
       for (const fd of progFds) libc.close(fd);
-      tc.close();
       rtnl.close();
     }
   }

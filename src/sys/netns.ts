@@ -1,8 +1,11 @@
 // Named network namespaces in the form `ip netns add` makes them (a bind mount of the
 // namespace at /run/netns/NAME), and running code on the main thread inside one.
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import * as libc from "./libc";
+
+const { EINVAL, ENOENT } = os.constants.errno;
 
 /** Where named namespaces live; tests and demos may point it elsewhere. */
 export function netnsRunDir(): string {
@@ -80,7 +83,7 @@ function prepareRunDir(dir: string): void {
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   const flags = libc.MS_SHARED | libc.MS_REC;
   if (libc.mount("none", dir, null, flags, null) === 0) return;
-  if (libc.errno() !== 22 /* EINVAL: not yet a mount point */) {
+  if (libc.errno() !== EINVAL /* not yet a mount point */) {
     throw new libc.SysCallError(`mount --make-rshared ${dir}`, libc.errno());
   }
   libc.check(libc.mount(dir, dir, "none", libc.MS_BIND | libc.MS_REC, null), `bind ${dir}`);
@@ -145,7 +148,7 @@ export function deleteNetns(name: string): void {
   if (libc.umount2(nsPath, libc.MNT_DETACH) === -1) {
     const code = libc.errno();
     // EINVAL: not mounted (half-made), ENOENT: already gone.
-    if (code !== 22 && code !== 2) throw new libc.SysCallError(`umount ${nsPath}`, code);
+    if (code !== EINVAL && code !== ENOENT) throw new libc.SysCallError(`umount ${nsPath}`, code);
   }
   removeNetnsFile(nsPath);
 }

@@ -3,38 +3,38 @@
 import { createRtNetlink, type RtNetlinkSocket, rt } from "netlink";
 import { formatInfo, parseInfo } from "netlink/dist/rt/ifla";
 import { AttrStream } from "netlink/dist/structs";
+import { errnoCode } from "../util/errors";
 import { withNetns } from "./netns";
 
-// linux/socket.h
-const AF_UNSPEC = 0;
-const AF_INET = 2;
-const AF_BRIDGE = 7;
-const AF_INET6 = 10;
-// linux/rtnetlink.h
-const RTNH_F_ONLINK = 4;
-const RT_TABLE_MAIN = 254;
-const RTPROT_BOOT = 3;
-const RT_SCOPE_UNIVERSE = 0;
-const RT_SCOPE_LINK = 253;
-const RT_SCOPE_HOST = 254;
-// linux/veth.h
-const VETH_INFO_PEER = 1;
-// linux/if_link.h
-const IFLA_IFNAME = 3;
-const IFLA_NET_NS_FD = 28;
-const IFLA_PROTINFO = 12;
-// linux/if_link.h, enum IFLA_BRPORT_*: attributes nested in IFLA_PROTINFO for AF_BRIDGE
-const IFLA_BRPORT_LEARNING = 8;
-// linux/netlink.h
-const NLA_F_NESTED = 0x8000;
-export const NLM_F_REPLACE = 0x100;
-export const NLM_F_EXCL = 0x200;
-export const NLM_F_CREATE = 0x400;
-// linux/neighbour.h
-const NDA_LLADDR = 2;
-const NDA_MASTER = 9;
-const NTF_MASTER = 0x04;
-const NUD_NOARP = 0x40; // a bridge FDB entry with it is "static": forwarded, never aged or local
+import {
+  AF_BRIDGE,
+  AF_INET,
+  AF_INET6,
+  AF_UNSPEC,
+  IFLA_BRPORT_LEARNING,
+  IFLA_IFNAME,
+  IFLA_LINKINFO,
+  IFLA_NET_NS_FD,
+  IFLA_PROTINFO,
+  NDA_LLADDR,
+  NDA_MASTER,
+  NLA_F_NESTED,
+  NLM_F_CREATE,
+  NLM_F_EXCL,
+  NLM_F_REPLACE,
+  NTF_MASTER,
+  NUD_NOARP,
+  RT_SCOPE_HOST,
+  RT_SCOPE_LINK,
+  RT_SCOPE_NOWHERE,
+  RT_SCOPE_UNIVERSE,
+  RT_TABLE_MAIN,
+  RTN_UNICAST,
+  RTNH_F_ONLINK,
+  RTPROT_BOOT,
+  VETH_INFO_PEER,
+} from "./uapi";
+
 // netlink requests to the kernel answer at once; a silent socket means something broke.
 const REQUEST_TIMEOUT_MS = 5000;
 
@@ -186,12 +186,6 @@ export function attr(type: number, payload: Buffer): Buffer {
   return out;
 }
 
-/** The errno name the netlink package puts in a rejected request's message (EEXIST, ...). */
-export function errnoCode(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  return /Request rejected: (\S+)/.exec(message)?.[1] ?? message;
-}
-
 /** An rtnetlink connection to one netns. Close it when done. */
 export class Rtnl {
   private constructor(
@@ -222,6 +216,27 @@ export class Rtnl {
     const result = this.queue.then(run, run);
     this.queue = result.catch(() => undefined);
     return result;
+  }
+
+  /**
+   * A request the netlink package has no call for (tc's qdiscs and filters), on this
+   * socket's queue; an errno in `tolerated` counts as done.
+   */
+  async request(
+    operation: string,
+    type: number,
+    body: Buffer,
+    flags: number,
+    tolerated: readonly string[] = [],
+  ): Promise<void> {
+    try {
+      await this.call(operation, () =>
+        this.socket.request(type, body, { flags, timeout: REQUEST_TIMEOUT_MS }),
+      );
+    } catch (error) {
+      if (error instanceof RtnlError && tolerated.includes(error.code)) return;
+      throw error;
+    }
   }
 
   async links(): Promise<LinkInfo[]> {
@@ -321,9 +336,7 @@ export class Rtnl {
 
   async createBridge(name: string): Promise<void> {
     const linkinfo = encode(formatInfo({ kind: "bridge" }));
-    await this.newLink(`RTM_NEWLINK bridge ${name}`, name, [
-      attr(18 /* IFLA_LINKINFO */, linkinfo),
-    ]);
+    await this.newLink(`RTM_NEWLINK bridge ${name}`, name, [attr(IFLA_LINKINFO, linkinfo)]);
   }
 
   /**
@@ -342,7 +355,9 @@ export class Rtnl {
       Buffer.concat([rt.formatLink({ family: AF_UNSPEC }), ...peerAttrs]),
     );
     const linkinfo = encode(formatInfo({ kind: "veth", data: peer }));
-    await this.newLink(`RTM_NEWLINK veth ${name} peer ${peerName}`, name, [attr(18, linkinfo)]);
+    await this.newLink(`RTM_NEWLINK veth ${name} peer ${peerName}`, name, [
+      attr(IFLA_LINKINFO, linkinfo),
+    ]);
   }
 
   private async setLink(operation: string, name: string, change: { up?: boolean }, attrs: object) {
@@ -439,7 +454,7 @@ export class Rtnl {
       table: RT_TABLE_MAIN,
       protocol: RTPROT_BOOT,
       scope,
-      type: 1, // RTN_UNICAST
+      type: RTN_UNICAST,
       flags: spec.onlink ? { __unknown: RTNH_F_ONLINK } : {},
     };
     return { data, attrs };
@@ -470,7 +485,7 @@ export class Rtnl {
   async deleteRoute(spec: RouteSpec): Promise<void> {
     const { data, attrs } = await this.routeMessage(spec);
     // The kernel matches on what is given; leave scope and protocol open.
-    data.scope = 255; // RT_SCOPE_NOWHERE: any
+    data.scope = RT_SCOPE_NOWHERE;
     delete data.protocol;
     await this.call(`RTM_DELROUTE ${Rtnl.describeRoute(spec)}`, () =>
       this.socket.delRoute(data, attrs, { timeout: REQUEST_TIMEOUT_MS }),

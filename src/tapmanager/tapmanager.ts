@@ -12,6 +12,7 @@ import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { KeyedLock } from "../util/keyed-lock";
+import { silentLog } from "../util/silent-log";
 import { readGuestView, withoutDefaultRoute } from "./guest-network";
 import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
 import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "./types";
@@ -36,7 +37,6 @@ export class PodNetworkError extends Error {
 const DEFAULT_LEASE_SECONDS = 86_400;
 /** The server id of a NIC whose network has no IPv4 gateway at all. */
 const LINK_LOCAL_SERVER_ID = "169.254.255.254";
-const silentLog: DhcpLog = { info() {}, warn() {}, debug() {} };
 
 export interface RecoverOutcome {
   recovered: string[];

@@ -6,11 +6,13 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import { errorMessage } from "../../util/errors";
+import { silentLog } from "../../util/silent-log";
 import { resolveAccel } from "./accel";
 import { buildQemuArgv, type VmPaths, vmPaths } from "./argv";
 import { ConsoleTailer } from "./console-tail";
 import { CriLogWriter } from "./cri-log";
-import { errorMessage, VmError } from "./errors";
+import { VmError } from "./errors";
 import { GuestAgentUnavailableError, type GuestExecResult, guestExec } from "./guest-agent";
 import { isSameLiveProcess, readProcStat, readRssBytes } from "./proc";
 import { QmpClient, type QmpEvent } from "./qmp";
@@ -50,8 +52,6 @@ const KILL_WAIT_MS = 10_000;
 export const DEFAULT_QEMU_USER = "vmlet-qemu";
 /** util-linux prlimit: sets QEMU's core limit to 0, then execs it (the same pid). */
 const PRLIMIT = "prlimit";
-
-const silentLog: VmLog = { info() {}, warn() {}, error() {} };
 
 export class VmLauncher {
   private readonly qemuBinary: string;
