@@ -4,12 +4,13 @@ import type dgram from "node:dgram";
 import { Rtnl } from "../sys/rtnl";
 import { addServedAddress, removeServedAddress, type ServedAddress } from "../sys/served-address";
 import { openBoundUdpSocket } from "../sys/udp";
+import { ipv4ToUint32 } from "../util/ip";
 import { silentLog } from "../util/silent-log";
-import { ipToUint32, SERVER_PORT } from "./codec";
+import { SERVER_PORT } from "./codec";
 import { DhcpIntercept } from "./intercept";
 import { type DhcpDropReason, type DhcpLease, type DhcpOutcome, DhcpResponder } from "./responder";
 
-export type { DhcpDropReason, DhcpLease, DhcpRoute } from "./responder";
+export type { DhcpDropReason, DhcpLease } from "./responder";
 
 /** The subset of a pino logger the server uses. */
 export interface DhcpLog {
@@ -215,7 +216,7 @@ export class DhcpServer {
           ? undefined
           : await DhcpIntercept.attach(
               nsPath,
-              ipToUint32(serverId),
+              ipv4ToUint32(serverId),
               bridge.index,
               ports.map((p) => ({ name: p.name, index: p.index })),
             );

@@ -4,6 +4,7 @@ import { createRtNetlink, type RtNetlinkSocket, rt } from "netlink";
 import { formatInfo, parseInfo } from "netlink/dist/rt/ifla";
 import { AttrStream } from "netlink/dist/structs";
 import { errnoCode } from "../util/errors";
+import { bytesToIp, ipToBytes } from "../util/ip";
 import { withNetns } from "./netns";
 
 import {
@@ -112,54 +113,6 @@ export function macToBuffer(mac: string): Buffer {
     throw new Error(`MAC ${JSON.stringify(mac)}: expected six hex octets separated by ':'`);
   }
   return Buffer.from(parts.map((p) => Number.parseInt(p, 16)));
-}
-
-export function ipToBuffer(ip: string): Buffer {
-  if (ip.includes(":")) return ipv6ToBuffer(ip);
-  const octets = ip.split(".").map(Number);
-  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) {
-    throw new Error(`IP ${JSON.stringify(ip)}: not an IPv4 or IPv6 address`);
-  }
-  return Buffer.from(octets);
-}
-
-function ipv6ToBuffer(ip: string): Buffer {
-  const [head, tail = ""] = ip.split("::");
-  const words = (s: string) => (s ? s.split(":") : []);
-  const left = words(head);
-  const right = words(tail);
-  const missing = 8 - left.length - right.length;
-  if (missing < 0 || (!ip.includes("::") && missing !== 0)) {
-    throw new Error(`IP ${JSON.stringify(ip)}: not an IPv6 address`);
-  }
-  const all = [...left, ...Array<string>(missing).fill("0"), ...right];
-  const buf = Buffer.alloc(16);
-  all.forEach((w, i) => {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(w))
-      throw new Error(`IP ${JSON.stringify(ip)}: not an IPv6 address`);
-    buf.writeUInt16BE(Number.parseInt(w, 16), i * 2);
-  });
-  return buf;
-}
-
-export function bufferToIp(buf: Buffer): string {
-  if (buf.length === 4) return [...buf].join(".");
-  const words: string[] = [];
-  for (let i = 0; i < 16; i += 2) words.push(buf.readUInt16BE(i).toString(16));
-  // Compress the longest run of zero words, as RFC 5952 asks.
-  let best = { start: -1, len: 0 };
-  for (let i = 0; i < 8; ) {
-    if (words[i] !== "0") {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === "0") j++;
-    if (j - i > best.len && j - i > 1) best = { start: i, len: j - i };
-    i = j;
-  }
-  if (best.start < 0) return words.join(":");
-  return `${words.slice(0, best.start).join(":")}::${words.slice(best.start + best.len).join(":")}`;
 }
 
 function familyOf(ip: string): IpFamily {
@@ -281,7 +234,7 @@ export class Rtnl {
       .map((m) => ({
         index: m.data.index ?? 0,
         family: m.data.family === AF_INET ? 4 : 6,
-        address: bufferToIp((m.attrs.local ?? m.attrs.address) as Buffer),
+        address: bytesToIp((m.attrs.local ?? m.attrs.address) as Buffer),
         prefixLength: m.data.prefixlen ?? 0,
         scope: m.data.scope ?? 0,
       }));
@@ -298,14 +251,14 @@ export class Rtnl {
         const table = m.attrs.table ?? m.data.table ?? 0;
         const route: RouteInfo = {
           family,
-          dst: m.attrs.dst ? bufferToIp(m.attrs.dst) : zero,
+          dst: m.attrs.dst ? bytesToIp(m.attrs.dst) : zero,
           dstLength: m.data.dstLen ?? 0,
           scope: enumValue(rt.RouteScope, m.data.scope),
           table,
           onlink: ((rtFlagsRaw(m.data.flags) ?? 0) & RTNH_F_ONLINK) !== 0,
           type: enumValue(rt.RouteType, m.data.type),
         };
-        if (m.attrs.gateway) route.gateway = bufferToIp(m.attrs.gateway);
+        if (m.attrs.gateway) route.gateway = bytesToIp(m.attrs.gateway);
         if (m.attrs.oif) route.oif = m.attrs.oif;
         if (m.attrs.priority !== undefined) route.priority = m.attrs.priority;
         return route;
@@ -409,7 +362,7 @@ export class Rtnl {
     const [ip, len] = cidr.split("/");
     const family = familyOf(ip);
     const prefixlen = Number(len ?? (family === 4 ? 32 : 128));
-    const bytes = ipToBuffer(ip);
+    const bytes = ipToBytes(ip);
     return {
       data: { family: afOf(family), prefixlen, index },
       attrs: { local: bytes, address: bytes },
@@ -438,8 +391,8 @@ export class Rtnl {
   private async routeMessage(spec: RouteSpec) {
     const family = familyOf(spec.dst);
     const attrs: rt.RouteAttrs = { table: RT_TABLE_MAIN };
-    if (spec.dstLength > 0) attrs.dst = ipToBuffer(spec.dst);
-    if (spec.gateway) attrs.gateway = ipToBuffer(spec.gateway);
+    if (spec.dstLength > 0) attrs.dst = ipToBytes(spec.dst);
+    if (spec.gateway) attrs.gateway = ipToBytes(spec.gateway);
     if (spec.device) attrs.oif = (await this.link(spec.device)).index;
     if (spec.priority !== undefined) attrs.priority = spec.priority;
     const scope =
@@ -544,7 +497,7 @@ export class Rtnl {
     await this.call(`RTM_NEWNEIGH ${ip} lladdr ${mac} dev ${name}`, () =>
       this.socket.newNeighbor(
         { family: afOf(familyOf(ip)), ifindex: link.index, state: { permanent: true } },
-        { dst: ipToBuffer(ip), lladdr: macToBuffer(mac) },
+        { dst: ipToBytes(ip), lladdr: macToBuffer(mac) },
         { flags: NLM_F_CREATE | NLM_F_REPLACE, timeout: REQUEST_TIMEOUT_MS },
       ),
     );

@@ -14,7 +14,7 @@ import { ConsoleTailer } from "./console-tail";
 import { CriLogWriter } from "./cri-log";
 import { VmError } from "./errors";
 import { GuestAgentUnavailableError, type GuestExecResult, guestExec } from "./guest-agent";
-import { isSameLiveProcess, readProcStat, readRssBytes } from "./proc";
+import { isSameLiveProcess, killAndWait, readProcStat, readRssBytes } from "./proc";
 import { QmpClient, type QmpEvent } from "./qmp";
 import { buildSeedFiles, writeSeedIso } from "./seed";
 import type { QemuConfinement, VmExit, VmHandle, VmLog, VmRecord, VmSpec, VmStats } from "./types";
@@ -47,6 +47,8 @@ export interface VmLauncherOptions {
 const ADOPT_TIMEOUT_MS = 15_000;
 /** How long a SIGKILLed QEMU may take to be gone before killRecorded() says so. */
 const KILL_WAIT_MS = 10_000;
+/** How long killStrayQemu waits for a stray QEMU to be gone. */
+const STRAY_KILL_WAIT_MS = 5_000;
 
 /** The user `scripts/setup.sh` makes for QEMU. */
 export const DEFAULT_QEMU_USER = "vmlet-qemu";
@@ -218,23 +220,15 @@ export class VmLauncher {
    */
   async killRecorded(record: VmRecord): Promise<boolean> {
     if (!(await this.isOurQemu(record))) return false;
-    try {
-      process.kill(record.pid, "SIGKILL");
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ESRCH") return false;
-      throw error;
-    }
-    // SIGKILL cannot be refused, but a process in uninterruptible sleep dies late.
-    const deadline = Date.now() + KILL_WAIT_MS;
-    while (await isSameLiveProcess(record.pid, record.pidStartTime)) {
-      if (Date.now() > deadline) {
-        throw new VmError(
-          record.id,
-          "kill",
-          `QEMU (pid ${record.pid}) still alive ${KILL_WAIT_MS} ms after SIGKILL`,
-        );
-      }
-      await sleep(20);
+    const alive = () => isSameLiveProcess(record.pid, record.pidStartTime);
+    const outcome = await killAndWait(record.pid, alive, KILL_WAIT_MS);
+    if (outcome === "no-such-process") return false;
+    if (outcome === "still-alive") {
+      throw new VmError(
+        record.id,
+        "kill",
+        `QEMU (pid ${record.pid}) still alive ${KILL_WAIT_MS} ms after SIGKILL`,
+      );
     }
     this.log.info({ vm: record.id, pid: record.pid }, "vm killed by its pid (not adopted)");
     return true;
@@ -338,17 +332,13 @@ export async function killStrayQemu(paths: VmPaths): Promise<boolean> {
   if (!Number.isSafeInteger(pid) || pid <= 1) return false;
   const cmdline = await fs.promises.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
   if (!cmdline.split("\0").some((arg) => arg.includes(paths.qmpSocket))) return false;
-  try {
-    process.kill(pid, "SIGKILL");
-  } catch {
-    return false;
-  }
-  for (let i = 0; i < 250; i++) {
+  const alive = async () => {
     const stat = await readProcStat(pid);
-    if (!stat || stat.state === "Z") return true;
-    await sleep(20);
-  }
-  return true;
+    return stat !== undefined && stat.state !== "Z";
+  };
+  // A stray that outlives the wait is reported by the next start's QMP connect failing.
+  const outcome = await killAndWait(pid, alive, STRAY_KILL_WAIT_MS).catch(() => undefined);
+  return outcome !== undefined && outcome !== "no-such-process";
 }
 
 interface ChildExit {
@@ -515,20 +505,15 @@ class RunningVm implements VmHandle {
   async kill(): Promise<void> {
     this.assertAttached("kill");
     if (this.done) return;
-    if (await isSameLiveProcess(this.record.pid, this.record.pidStartTime)) {
+    const { pid, pidStartTime } = this.record;
+    const alive = async () => !this.done && (await isSameLiveProcess(pid, pidStartTime));
+    if (await alive()) {
       this.killedByUs = true;
-      try {
-        process.kill(this.record.pid, "SIGKILL");
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
-      }
+      // A child's exit event says when it is gone; an adopted QEMU is watched by its pid.
+      const watch = this.origin.kind === "adopted" ? alive : async () => false;
+      await killAndWait(pid, watch, Number.POSITIVE_INFINITY);
     }
-    if (this.origin.kind === "adopted") {
-      while (!this.done && (await isSameLiveProcess(this.record.pid, this.record.pidStartTime))) {
-        await sleep(20);
-      }
-      await this.checkAlive();
-    }
+    if (this.origin.kind === "adopted") await this.checkAlive();
     await this.exited;
   }
 
