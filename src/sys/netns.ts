@@ -38,20 +38,36 @@ export const restoreFailure = {
  * returns to the original netns. `fn` must not be async: no await may run while switched.
  */
 export function withNetns<T>(nsPath: string, fn: () => T): T {
-  const original = fs.openSync(threadNetnsPath(), "r");
-  try {
-    const target = openNetns(nsPath);
-    try {
-      libc.check(libc.setns(target, libc.CLONE_NEWNET), `setns ${nsPath}`);
-    } finally {
-      fs.closeSync(target);
-    }
-    try {
+  return switchedAndBack(
+    nsPath,
+    () => {
+      const target = openNetns(nsPath);
+      try {
+        libc.check(libc.setns(target, libc.CLONE_NEWNET), `setns ${nsPath}`);
+      } finally {
+        fs.closeSync(target);
+      }
+    },
+    () => {
       const result = fn();
       if (result instanceof Promise) {
         throw new Error(`withNetns ${nsPath}: fn returned a Promise; it must be synchronous`);
       }
       return result;
+    },
+  );
+}
+
+/**
+ * Runs `enter` (which moves the main thread to another netns) and then `fn` there; the
+ * thread is back in its own netns afterwards, whatever `fn` did.
+ */
+function switchedAndBack<T>(nsPath: string, enter: () => void, fn: () => T): T {
+  const original = fs.openSync(threadNetnsPath(), "r");
+  try {
+    enter();
+    try {
+      return fn();
     } finally {
       restore(original, nsPath);
     }
@@ -118,20 +134,15 @@ export function createNetns(name: string): string {
 
 /** unshare() gives the main thread a fresh netns; we pin it with a bind mount and go back. */
 function bindNewNetns(nsPath: string): void {
-  const original = fs.openSync(threadNetnsPath(), "r");
-  try {
-    libc.check(libc.unshare(libc.CLONE_NEWNET), "unshare(CLONE_NEWNET)");
-    try {
+  switchedAndBack(
+    nsPath,
+    () => libc.check(libc.unshare(libc.CLONE_NEWNET), "unshare(CLONE_NEWNET)"),
+    () =>
       libc.check(
         libc.mount(threadNetnsPath(), nsPath, "none", libc.MS_BIND, null),
         `bind mount ${nsPath}`,
-      );
-    } finally {
-      restore(original, nsPath);
-    }
-  } finally {
-    fs.closeSync(original);
-  }
+      ),
+  );
 }
 
 function removeNetnsFile(nsPath: string): void {
