@@ -6,6 +6,7 @@ import fs from "node:fs";
 import { type Rtnl, RtnlError } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { type Ipv4Route, ON_LINK } from "../util/ip";
+import { macToString } from "../util/mac";
 
 export interface RewireNames {
   /** The CNI interface (the veth's pod end), e.g. eth0. */
@@ -37,7 +38,7 @@ export function rewireNames(ifname: string): RewireNames {
 export function randomLocalMac(): string {
   const bytes = crypto.randomBytes(6);
   bytes[0] = (bytes[0] & 0xfc) | 0x02;
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
+  return macToString(bytes);
 }
 
 /**

@@ -10,6 +10,7 @@
 // that carry a pod's routing and search list must be right, so the codec is our own.
 
 import { bytesToIp, hostBitsClear, type Ipv4Route, ipToBytes, ipv4ToUint32 } from "../util/ip";
+import { macToString } from "../util/mac";
 /** Why a datagram was refused; the server counts drops by these. */
 export type DhcpParseReason =
   | "truncated"
@@ -148,10 +149,6 @@ function ipBytes(ip: string): Buffer {
   return ipToBytes(ip);
 }
 
-export function macString(bytes: Buffer): string {
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
-}
-
 // ---------------------------------------------------------------- parse
 
 /** Parses one datagram a client sent; throws DhcpParseError and nothing else. */
@@ -201,7 +198,7 @@ export function parseMessage(buf: Buffer): DhcpMessage {
     siaddr: readIp(buf, 20),
     giaddr: readIp(buf, 24),
     chaddr,
-    mac: macString(chaddr.subarray(0, hlen)),
+    mac: macToString(chaddr.subarray(0, hlen)),
     sname,
     file,
     options: decodeOptions(rawOptions),

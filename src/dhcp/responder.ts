@@ -1,7 +1,9 @@
 // The server's decisions, without sockets: one datagram in, a reply (bytes and where to
 // send them), a note, or a counted drop out. RFC 2131 sections 4.3 and 4.1.
 
+import { errorMessage } from "../util/errors";
 import { type Ipv4Route, inIpv4Prefix, ipv4ToUint32, maskOf, prefixToMask } from "../util/ip";
+import { normalMac } from "../util/mac";
 import {
   BOOTREQUEST,
   CLIENT_PORT,
@@ -81,15 +83,15 @@ const ALWAYS = [
   // Debian's udhcpc script does not ask for the MTU, and a Flannel VXLAN 1450 must arrive.
   Option.MTU,
 ];
-const LEASE_ONLY = new Set<number>([Option.LEASE_TIME, Option.RENEWAL_TIME, Option.REBINDING_TIME]);
-
-function normalMac(mac: string): string {
-  const parts = mac.toLowerCase().split(/[:-]/);
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-f]{2}$/.test(p))) {
-    throw new Error(`lease MAC ${JSON.stringify(mac)}: expected six hex octets`);
+function normalLeaseMac(mac: string): string {
+  try {
+    return normalMac(mac);
+  } catch (error) {
+    throw new Error(`lease ${errorMessage(error)}`, { cause: error });
   }
-  return parts.join(":");
 }
+
+const LEASE_ONLY = new Set<number>([Option.LEASE_TIME, Option.RENEWAL_TIME, Option.REBINDING_TIME]);
 
 /**
  * Option 121 for a lease. A client that takes 121 ignores option 3 (RFC 3442), so the
@@ -158,7 +160,7 @@ export class DhcpResponder {
   ) {
     ipv4ToUint32(serverId);
     for (const lease of leases) {
-      const mac = normalMac(lease.mac);
+      const mac = normalLeaseMac(lease.mac);
       if (this.byMac.has(mac)) throw new Error(`two leases for MAC ${mac}`);
       this.byMac.set(mac, prepare({ ...lease, mac }, serverId));
     }

@@ -5,6 +5,7 @@ import { formatInfo, parseInfo } from "netlink/dist/rt/ifla";
 import { AttrStream } from "netlink/dist/structs";
 import { errnoCode } from "../util/errors";
 import { bytesToIp, ipToBytes } from "../util/ip";
+import { macToBuffer, macToString } from "../util/mac";
 import { withNetns } from "./netns";
 
 import {
@@ -102,19 +103,6 @@ export class RtnlError extends Error {
   }
 }
 
-export function macToString(mac: Buffer | undefined): string {
-  if (!mac) return "";
-  return [...mac].map((b) => b.toString(16).padStart(2, "0")).join(":");
-}
-
-export function macToBuffer(mac: string): Buffer {
-  const parts = mac.split(":");
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
-    throw new Error(`MAC ${JSON.stringify(mac)}: expected six hex octets separated by ':'`);
-  }
-  return Buffer.from(parts.map((p) => Number.parseInt(p, 16)));
-}
-
 function familyOf(ip: string): IpFamily {
   return ip.includes(":") ? 6 : 4;
 }
@@ -201,7 +189,7 @@ export class Rtnl {
       const link: LinkInfo = {
         index: m.data.index ?? 0,
         name: m.attrs.ifname ?? "",
-        mac: macToString(m.attrs.address),
+        mac: m.attrs.address ? macToString(m.attrs.address) : "",
         mtu: m.attrs.mtu ?? 0,
         up: Boolean(m.data.flags?.up),
       };
