@@ -23,7 +23,8 @@
 // guard (src/guard/) steers every DHCP client message from the tap the same way.
 import fs from "node:fs";
 import * as bpf from "../sys/bpf";
-import { ETH_P_IP_BE, TC_ACT_UNSPEC, TcSession } from "../sys/tc";
+import { TcSession } from "../sys/tc";
+import { ETH_P_IP_BE, TC_ACT_UNSPEC } from "../sys/uapi";
 
 /** Our filter's priority on each port, so close() removes exactly it. */
 const FILTER_PRIO = 0x4dc;

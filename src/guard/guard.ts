@@ -5,7 +5,8 @@
 import fs from "node:fs";
 import * as bpf from "../sys/bpf";
 import { Rtnl } from "../sys/rtnl";
-import { ETH_P_ALL_BE, type TcFilterSpec, type TcHook, type TcLink, TcSession } from "../sys/tc";
+import { type TcFilterSpec, type TcHook, type TcLink, TcSession } from "../sys/tc";
+import { ETH_P_ALL_BE } from "../sys/uapi";
 import {
   DROP_REASONS,
   type DropReason,

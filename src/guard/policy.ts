@@ -17,7 +17,7 @@ import {
   FP,
   type Reg,
 } from "../sys/bpf";
-import { TC_ACT_SHOT, TC_ACT_UNSPEC } from "../sys/tc";
+import { TC_ACT_SHOT, TC_ACT_UNSPEC } from "../sys/uapi";
 import { ipv4ToUint32, ipv6Words, maskOf } from "../util/ip";
 
 /** Why a frame was dropped; the index is the map slot. */

@@ -21,8 +21,6 @@ import {
   TCA_OPTIONS,
 } from "./uapi";
 
-export { ETH_P_ALL_BE, ETH_P_IP_BE, TC_ACT_SHOT, TC_ACT_UNSPEC } from "./uapi";
-
 /** The clsact qdisc's handle: its major number, minor 0. */
 const CLSACT_HANDLE = TC_H_CLSACT & TC_H_MAJ_MASK;
 
