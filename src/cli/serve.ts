@@ -11,9 +11,9 @@ import { DEFAULT_SOCKET } from "../runtime/cri/server";
 import { startVmlet } from "../runtime/daemon";
 import { DEFAULT_MAX_IMAGE_BYTES } from "../runtime/images/image-store";
 import { type ImageRule, loadImageRules } from "../runtime/images/rules";
-import { createVmLauncher } from "../runtime/launcher";
 import type { Accel } from "../runtime/types";
 import { DEFAULT_QEMU_USER, QEMU_USER_NAME } from "../runtime/vm";
+import { createVmLauncher } from "../runtime/vm/qemu-launcher";
 import { Tapmanager } from "../tapmanager";
 import { parseQuantity } from "../util/quantity";
 
