@@ -2,6 +2,7 @@
 // sends, turning a datagram into a typed message or a typed error, and the encoders the
 // server's replies are built from. Relay messages are refused: a pod bridge has no relay.
 import { bytesToIpv6, ipv6ToBytes } from "../util/ipv6";
+import { macToBuffer, macToString } from "../util/mac";
 
 /** Why a datagram was refused; the server counts drops by these. */
 export type Dhcp6ParseReason =
@@ -150,10 +151,6 @@ function readOptions(buf: Buffer, where: string): RawOption[] {
   return out;
 }
 
-function macString(bytes: Buffer): string {
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
-}
-
 export function parseDuid(value: Buffer, which: string): Duid {
   if (value.length < DUID_MIN || value.length > DUID_MAX) {
     throw new Dhcp6ParseError("bad-duid", `${which}: ${value.length} bytes`);
@@ -170,7 +167,7 @@ export function parseDuid(value: Buffer, which: string): Duid {
           `${which}: Ethernet address of ${value.length - lladdrAt} bytes`,
         );
       }
-      duid.mac = macString(value.subarray(lladdrAt));
+      duid.mac = macToString(value.subarray(lladdrAt));
     }
   } else if (type === DuidType.UUID && value.length !== 18) {
     throw new Dhcp6ParseError("bad-duid", `${which}: UUID of ${value.length - 2} bytes`);
@@ -340,14 +337,10 @@ function u32(value: number): Buffer {
 
 /** DUID-LL of an Ethernet MAC (RFC 8415 section 11.4): what the server names itself by. */
 export function duidLl(mac: string): Buffer {
-  const bytes = mac.split(":").map((h) => Number.parseInt(h, 16));
-  if (bytes.length !== 6 || bytes.some((b) => !Number.isInteger(b) || b < 0 || b > 255)) {
-    throw new Error(`DUID-LL: MAC ${JSON.stringify(mac)} is not six hex octets`);
-  }
   const out = Buffer.alloc(10);
   out.writeUInt16BE(DuidType.LL, 0);
   out.writeUInt16BE(HWTYPE_ETHERNET, 2);
-  Buffer.from(bytes).copy(out, 4);
+  macToBuffer(mac).copy(out, 4);
   return out;
 }
 

@@ -1,5 +1,6 @@
 // What the DHCPv6 server does with each datagram, apart from the socket: decide, rate
 // limit, send, count and log. Never throws.
+import { silentLog } from "../util/silent-log";
 import {
   type Dhcp6DropReason,
   type Dhcp6Lease,
@@ -13,8 +14,6 @@ export interface Ipv6Log {
   warn(fields: object, message: string): void;
   debug(fields: object, message: string): void;
 }
-
-export const silentIpv6Log: Ipv6Log = { info() {}, warn() {}, debug() {} };
 
 export interface Dhcp6Stats {
   received: number;
@@ -42,7 +41,7 @@ export class Dhcp6Handler {
     serverMac: string,
     leases: Dhcp6Lease[],
     private readonly send: Dhcp6Send,
-    private readonly log: Ipv6Log = silentIpv6Log,
+    private readonly log: Ipv6Log = silentLog,
     private readonly maxPerSecond = 200,
     private readonly where = "",
   ) {

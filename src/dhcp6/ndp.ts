@@ -2,6 +2,7 @@
 // RFC 8106) and the router solicitations it answers (section 4.1). ICMPv6 bodies only:
 // the kernel adds the IPv6 header and the checksum on a raw ICMPv6 socket.
 import { ipv6ToBytes, prefixOf6 } from "../util/ipv6";
+import { macToBuffer, macToString } from "../util/mac";
 import { encodeDomainList } from "./codec";
 
 /** linux/icmpv6.h */
@@ -45,14 +46,6 @@ export interface RouterAdvertisement {
   prefixLifetime: number;
 }
 
-function macBytes(mac: string): Buffer {
-  const bytes = mac.split(":").map((h) => Number.parseInt(h, 16));
-  if (bytes.length !== 6 || bytes.some((b) => !Number.isInteger(b) || b < 0 || b > 255)) {
-    throw new Error(`RA source MAC ${JSON.stringify(mac)}: not six hex octets`);
-  }
-  return Buffer.from(bytes);
-}
-
 /** An option: type, length in units of 8 bytes, value padded to fit. */
 function ndpOption(type: number, value: Buffer): Buffer {
   const units = Math.ceil((value.length + 2) / 8);
@@ -77,7 +70,7 @@ export function buildRouterAdvertisement(ra: RouterAdvertisement): Buffer {
   header[5] = FLAG_MANAGED | FLAG_OTHER;
   header.writeUInt16BE(Math.min(ra.routerLifetime, MAX_ROUTER_LIFETIME), 6);
   // Reachable time and retrans timer 0: unspecified, the guest keeps its own.
-  const options: Buffer[] = [ndpOption(OPT_SOURCE_LLADDR, macBytes(ra.sourceMac))];
+  const options: Buffer[] = [ndpOption(OPT_SOURCE_LLADDR, macToBuffer(ra.sourceMac))];
   if (ra.mtu !== undefined) {
     const value = Buffer.alloc(6);
     value.writeUInt32BE(ra.mtu, 2);
@@ -138,9 +131,7 @@ export function parseRouterSolicitation(buf: Buffer, source: string): RouterSoli
     if (buf[i] === OPT_SOURCE_LLADDR) {
       if (unspecified) throw new NdpParseError("source link-layer option from ::");
       if (units === 1) {
-        rs.sourceMac = [...buf.subarray(i + 2, i + 8)]
-          .map((b) => b.toString(16).padStart(2, "0"))
-          .join(":");
+        rs.sourceMac = macToString(buf.subarray(i + 2, i + 8));
       }
     }
     i += units * 8;

@@ -2,6 +2,7 @@
 // its source in, a reply (bytes and where to send them), a note, or a counted drop out.
 // The server is static: each known client has one address, always the same.
 import { isLinkLocal, macFromEui64, normalIpv6 } from "../util/ipv6";
+import { normalMac } from "../util/mac";
 import {
   addressesValue,
   CLIENT_PORT,
@@ -70,14 +71,6 @@ const TYPE_NAMES: Record<number, string> = Object.fromEntries(
 );
 /** 255: a client takes this ADVERTISE at once instead of waiting for others (18.2.1). */
 const MAX_PREFERENCE = 255;
-
-function normalMac(mac: string): string {
-  const parts = mac.toLowerCase().split(/[:-]/);
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-f]{2}$/.test(p))) {
-    throw new Error(`DHCPv6 lease MAC ${JSON.stringify(mac)}: expected six hex octets`);
-  }
-  return parts.join(":");
-}
 
 function drop(reason: Dhcp6DropReason, detail: string): Dhcp6Outcome {
   return { kind: "drop", reason, detail };

@@ -6,8 +6,9 @@ import { Rtnl, RtnlError } from "../sys/rtnl";
 import type { Socket6 } from "../sys/socket6";
 import { openUdp6Socket } from "../sys/udp6";
 import { isLinkLocal } from "../util/ipv6";
+import { silentLog } from "../util/silent-log";
 import { ALL_SERVERS, SERVER_PORT } from "./codec";
-import { Dhcp6Handler, type Dhcp6Stats, type Ipv6Log, silentIpv6Log } from "./handler";
+import { Dhcp6Handler, type Dhcp6Stats, type Ipv6Log } from "./handler";
 import { ALL_ROUTERS, ICMPV6_ROUTER_SOLICITATION, NDP_HOP_LIMIT, type OnLinkPrefix } from "./ndp";
 import type { Dhcp6Lease } from "./responder";
 import { RouterAdvertiser, type RouterStats } from "./router";
@@ -77,7 +78,7 @@ export class Ipv6Server {
 
   static async start(options: Ipv6ServerOptions): Promise<Ipv6Server> {
     const { nsPath, device, leases } = options;
-    const log = options.log ?? silentIpv6Log;
+    const log = options.log ?? silentLog;
     const where = `IPv6 RA and DHCPv6 on ${device} in ${nsPath}`;
     let icmp: Socket6 | undefined;
     let udp: Socket6 | undefined;

@@ -3,9 +3,9 @@
 // guest's first-hop router. The guest routes through the bridge's link-local address (the
 // RA's source): a Calico-style /128 has no on-link neighbours, and a Flannel-style gateway
 // is a global address that no RA may come from.
-import fs from "node:fs";
-import { withNetns } from "../sys/netns";
+
 import { type AddressInfo, type LinkInfo, type RouteInfo, type Rtnl, RtnlError } from "../sys/rtnl";
+import { writeSysctl } from "../sys/sysctl";
 import { isLinkLocal } from "../util/ipv6";
 import type { PodIpv6 } from "./types";
 
@@ -85,11 +85,9 @@ export async function routeGuestIpv6(
   names: { ifname: string; bridge: string },
   ipv6: GuestIpv6,
 ): Promise<void> {
-  withNetns(nsPath, () => {
-    fs.writeFileSync("/proc/sys/net/ipv6/conf/all/forwarding", "1");
-    // A router ignores RAs; the guest's would be dropped by the guard anyway.
-    fs.writeFileSync(`/proc/sys/net/ipv6/conf/${names.bridge}/accept_ra`, "0");
-  });
+  writeSysctl(nsPath, "net/ipv6/conf/all/forwarding", "1");
+  // A router ignores RAs; the guest's would be dropped by the guard anyway.
+  writeSysctl(nsPath, `net/ipv6/conf/${names.bridge}/accept_ra`, "0");
   for (const route of ipv6.routes) {
     const spec = {
       dst: route.dst,

@@ -3,6 +3,7 @@
 import type { PodRef } from "../cni-bridge/cni";
 import type { RuntimeConfig } from "../cni-bridge/cni/runtime-config";
 import type { DropCounts } from "../guard/guard";
+import type { Ipv4Route } from "../util/ip";
 
 export type { PodRef };
 
@@ -29,14 +30,6 @@ export interface IpAddress {
   prefixLength: number;
 }
 
-export interface GuestRoute {
-  /** Destination network, "0.0.0.0" with prefixLength 0 for the default route. */
-  dst: string;
-  prefixLength: number;
-  /** "0.0.0.0" for an on-link route. */
-  gateway: string;
-}
-
 /** One NIC of the VM: a tap on a bridge with the veth that CNI made. */
 export interface PodInterface {
   /** The CNI interface name (eth0, net1, ...). */
@@ -52,10 +45,18 @@ export interface PodInterface {
   /** The IPv4 router the guest gets (option 3). */
   gateway?: string;
   /** The IPv4 routes the guest gets (option 121), default route included. */
-  routes: GuestRoute[];
+  routes: Ipv4Route[];
   dns: { nameservers: string[]; search: string[]; domain?: string };
   /** The guest's IPv6, served by RA and DHCPv6; absent for an IPv4-only NIC. */
   ipv6?: PodIpv6;
+}
+
+export interface Ipv6Route {
+  /** "::" with prefixLength 0 for the default route. */
+  dst: string;
+  prefixLength: number;
+  /** "::" for an on-link route. */
+  gateway: string;
 }
 
 /** What the netns had over IPv6, and what the guest is given (tapmanager/guest-ipv6). */
@@ -66,8 +67,8 @@ export interface PodIpv6 {
   prefixLength: number;
   /** The prefix the netns really had on-link (its connected route); absent for a /128. */
   onLink?: { prefix: string; prefixLength: number };
-  /** The netns's IPv6 routes through the veth ("::" = on-link), now through the bridge. */
-  routes: GuestRoute[];
+  /** The netns's IPv6 routes through the veth (gateway "::" = on-link), now through the bridge. */
+  routes: Ipv6Route[];
   /** The netns's IPv6 gateway; the guest routes through the bridge, which forwards to it. */
   gateway?: string;
   /** IPv6 DNS servers: DHCPv6 option 23 and RDNSS. */

@@ -1,65 +1,21 @@
-// IPv6 addresses as text and as the 16 bytes the wire carries (RFC 4291 section 2.2 in,
-// RFC 5952 out), and the few address facts the DHCPv6 and RA code needs.
+// IPv6 facts the DHCPv6 and RA code needs (link-local, prefixes, EUI-64), on util/ip's
+// parsing and formatting.
+import { bytesToIp, ipToBytes } from "./ip";
 
 /** Parses an IPv6 address (a "%zone" suffix is ignored); throws on anything else. */
 export function ipv6ToBytes(text: string): Buffer {
   const address = text.split("%")[0]!;
-  const fail = () => new Error(`IPv6 ${JSON.stringify(text)}: not an IPv6 address`);
-  if (!/^[0-9a-fA-F:.]+$/.test(address)) throw fail();
-  const halves = address.split("::");
-  if (halves.length > 2) throw fail();
-  const groups = (part: string): number[] => {
-    if (part === "") return [];
-    const out: number[] = [];
-    const pieces = part.split(":");
-    for (let i = 0; i < pieces.length; i++) {
-      const p = pieces[i]!;
-      if (i === pieces.length - 1 && p.includes(".")) {
-        const octets = p.split(".");
-        if (octets.length !== 4 || octets.some((o) => !/^\d{1,3}$/.test(o) || Number(o) > 255)) {
-          throw fail();
-        }
-        const [a, b, c, d] = octets.map(Number) as [number, number, number, number];
-        out.push((a << 8) | b, (c << 8) | d);
-      } else {
-        if (!/^[0-9a-fA-F]{1,4}$/.test(p)) throw fail();
-        out.push(Number.parseInt(p, 16));
-      }
-    }
-    return out;
-  };
-  const head = groups(halves[0]!);
-  const tail = halves.length === 2 ? groups(halves[1]!) : [];
-  const missing = 8 - head.length - tail.length;
-  if (halves.length === 2 ? missing < 1 : missing !== 0) throw fail();
-  const all = [...head, ...new Array<number>(halves.length === 2 ? missing : 0).fill(0), ...tail];
-  const out = Buffer.alloc(16);
-  for (let i = 0; i < 8; i++) out.writeUInt16BE(all[i]!, i * 2);
-  return out;
+  if (!address.includes(":")) throw new Error(`IPv6 ${JSON.stringify(text)}: not an IPv6 address`);
+  try {
+    return ipToBytes(address);
+  } catch (error) {
+    throw new Error(`IPv6 ${JSON.stringify(text)}: not an IPv6 address`, { cause: error });
+  }
 }
 
-/** RFC 5952 text: lower case, the longest run of two or more zero groups as "::". */
+/** RFC 5952 text of the 16 bytes at `offset`. */
 export function bytesToIpv6(bytes: Buffer, offset = 0): string {
-  const g: number[] = [];
-  for (let i = 0; i < 8; i++) g.push(bytes.readUInt16BE(offset + i * 2));
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = (list: number[]) => list.map((x) => x.toString(16)).join(":");
-  if (best < 0) return hex(g);
-  return `${hex(g.slice(0, best))}::${hex(g.slice(best + bestLen))}`;
+  return bytesToIp(bytes.subarray(offset, offset + 16));
 }
 
 /** The canonical form of an address given as text. */
