@@ -11,6 +11,7 @@ import { DEFAULT_SOCKET } from "../runtime/cri/server";
 import { startVmlet } from "../runtime/daemon";
 import { type ImageRule, loadImageRules } from "../runtime/images/rules";
 import { createVmLauncher } from "../runtime/launcher";
+import { parseAddress } from "../runtime/streaming/cri-calls";
 import type { Accel } from "../runtime/types";
 import { DEFAULT_QEMU_USER, QEMU_USER_NAME } from "../runtime/vm";
 import { Tapmanager } from "../tapmanager";
@@ -19,7 +20,7 @@ export const SERVE_USAGE = `usage: vmlet serve [options]
 
   --config FILE           JSON with any of: socket, stateDir, cniConfDir, cniBinDir,
                           imageRules, accel, logLevel, cgroupDriver, qemuConfinement,
-                          qemuUser, imageMaxSize (flags win)
+                          qemuUser, imageMaxSize, streamAddress (flags win)
   --socket PATH           CRI socket (default ${DEFAULT_SOCKET})
   --state-dir DIR         sandboxes, containers, images, VMs (default /var/lib/vmlet)
   --cni-conf-dir DIR      CNI network configs (default /etc/cni/net.d)
@@ -31,7 +32,9 @@ export const SERVE_USAGE = `usage: vmlet serve [options]
                           on: QEMU runs with seccomp, as --qemu-user, without cores;
                           off (debugging only): as root, unfiltered (default on)
   --qemu-user NAME        the user QEMU drops to (default ${DEFAULT_QEMU_USER})
-  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default 64Gi)`;
+  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default 64Gi)
+  --stream-address H:P    exec/attach/port-forward HTTP server kubelet proxies to
+                          (default 127.0.0.1:0, a port chosen at start)`;
 
 export interface ServeOptions {
   socket: string;
@@ -46,6 +49,8 @@ export interface ServeOptions {
   qemuUser: string;
   /** A size such as 64Gi (binary units) or a number of bytes. */
   imageMaxSize: string;
+  /** host:port of the streaming server; port 0 picks one at start. */
+  streamAddress?: string;
 }
 
 const DEFAULTS: ServeOptions = {
@@ -60,6 +65,7 @@ const DEFAULTS: ServeOptions = {
   qemuConfinement: "on",
   qemuUser: DEFAULT_QEMU_USER,
   imageMaxSize: "64Gi",
+  streamAddress: "127.0.0.1:0",
 };
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
@@ -86,6 +92,7 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       "qemu-confinement": { type: "string" },
       "qemu-user": { type: "string" },
       "image-max-size": { type: "string" },
+      "stream-address": { type: "string" },
     },
     strict: true,
     allowPositionals: false,
@@ -104,6 +111,7 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       : {}),
     ...(values["qemu-user"] ? { qemuUser: values["qemu-user"] } : {}),
     ...(values["image-max-size"] ? { imageMaxSize: values["image-max-size"] } : {}),
+    ...(values["stream-address"] ? { streamAddress: values["stream-address"] } : {}),
   };
   return validate({ ...DEFAULTS, ...file, ...flags }, "--");
 }
@@ -178,6 +186,11 @@ function validate(o: ServeOptions, _prefix: string): ServeOptions {
     throw new ServeConfigError(`qemuUser ${JSON.stringify(o.qemuUser)}: not a user name`);
   }
   parseSize(o.imageMaxSize, "imageMaxSize");
+  try {
+    if (o.streamAddress !== undefined) parseAddress(o.streamAddress);
+  } catch (error) {
+    throw new ServeConfigError((error as Error).message);
+  }
   return o;
 }
 
@@ -254,6 +267,7 @@ export async function startDaemon(
     accel: options.accel,
     logger,
     cgroupDriver: options.cgroupDriver,
+    ...(options.streamAddress ? { streamAddress: options.streamAddress } : {}),
   });
   return {
     logger,

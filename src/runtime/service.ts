@@ -26,6 +26,7 @@ import { containerLogPath, makeLogDirs } from "./log-path";
 import { allowedSourcePrefixes } from "./net-annotations";
 import type { StateStore } from "./store";
 import type { ContainerRecord, SandboxRecord } from "./store/records";
+import type { StreamLookups } from "./streaming/cri-calls";
 import type {
   Accel,
   CloudInitFile,
@@ -649,6 +650,34 @@ export class VmRuntime {
       if (error instanceof GuestAgentUnavailableError) throw failedPrecondition(message);
       throw new CriError("UNKNOWN", message, { cause: error });
     }
+  }
+
+  /** What CRI streaming (Exec, Attach, PortForward) looks up: running VMs, ready pods. */
+  streamLookups(): StreamLookups {
+    return {
+      container: (id, call) => {
+        const record = this.mustContainer(id, call);
+        const handle = this.running.get(record.id)?.handle;
+        if (record.phase !== "running" || !handle) {
+          throw failedPrecondition(
+            `${call} ${record.id}: container is ${record.phase}, not running`,
+          );
+        }
+        const sandbox = this.store.sandboxes.get(record.sandboxId);
+        const pod = sandbox ? `${sandbox.metadata.namespace}/${sandbox.metadata.name}` : "?";
+        return { name: `${pod} container ${record.id}`, ...handle.channels };
+      },
+      sandbox: (id, call) => {
+        const sandbox = this.mustSandbox(id, call);
+        const network = this.networks.get(id);
+        const ip = network ? podIps(network)[0] : undefined;
+        if (sandbox.phase !== "ready" || !network || !ip) {
+          throw failedPrecondition(`${call} ${id}: pod sandbox is not ready (no pod network)`);
+        }
+        const name = `${sandbox.metadata.namespace}/${sandbox.metadata.name}`;
+        return { name, ip };
+      },
+    };
   }
 
   // ---- stats ----

@@ -59,6 +59,8 @@ export interface VmHandle {
   reopenLog?(): Promise<void>;
   /** Stop watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
   detach?(): Promise<void>;
+  /** The VM's console and guest agent sockets (kubectl attach and exec); absent when none. */
+  channels?: { consoleSocket: string; guestAgentSocket?: string };
   /** Runs a command in the guest (ExecSync); absent when the launcher cannot. */
   exec?(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<ExecResult>;
 }
