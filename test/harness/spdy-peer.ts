@@ -15,6 +15,7 @@ export type PeerFrame = Frame & { headers?: SpdyHeaders };
 export class SpdyPeer {
   readonly frames: PeerFrame[] = [];
   closed = false;
+  private dropped = false;
   private readonly decoder = new FrameDecoder({ maxControlFrameBytes: 1 << 24 });
   private readonly inflater = new HeaderInflater(1 << 20);
   private readonly deflater = new HeaderDeflater();
@@ -29,6 +30,8 @@ export class SpdyPeer {
       const frames = this.decoder.decode(chunk);
       this.chain = this.chain.then(async () => {
         for (const f of frames) {
+          // Closed by us: the inflater is gone, and nobody looks at later frames.
+          if (this.dropped) return;
           if ("headerBlock" in f) {
             this.frames.push({
               ...f,
@@ -140,6 +143,7 @@ export class SpdyPeer {
   }
 
   close(): void {
+    this.dropped = true;
     this.socket.destroy();
     this.inflater.close();
     this.deflater.close();

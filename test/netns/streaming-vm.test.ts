@@ -4,6 +4,7 @@
 // (moby/spdystream, client-go's library: test/clients/spdy) as kubelet proxies kubectl.
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
 import net from "node:net";
@@ -12,9 +13,16 @@ import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import { status as grpcStatus } from "@grpc/grpc-js";
 import { type CriClient, connectCri } from "../../src/runtime/cri/client";
+import {
+  encodeSynStream,
+  FrameDecoder,
+  GoawayStatus,
+} from "../../src/runtime/streaming/spdy/frames";
+import { HeaderDeflater, spdyHeaders } from "../../src/runtime/streaming/spdy/header-block";
 import { podConfig } from "../../src/runtime/testing/harness";
 import { bridgeList, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
 import { requirePrivateNamespace } from "../harness/fixtures";
+import { SpdyPeer } from "../harness/spdy-peer";
 
 const MAIN = path.resolve(__dirname, "../../src/cli/main.js");
 const CLIENT = path.resolve(__dirname, "../../../.cache/clients/stream-client-go");
@@ -381,6 +389,76 @@ describe("kubectl exec, attach and port-forward on a VM pod (SPDY, moby/spdystre
     );
   });
 
+  test("hostile clients (truncated frame, huge header block, zlib bomb, 1000 streams) are refused and closed, on attach, exec and port-forward", async () => {
+    const urls = async () => [
+      (await cri.runtime.Attach({ containerId, stdin: true, stdout: true })).url,
+      (await getExec(["sleep", "5"])).url,
+      (await cri.runtime.PortForward({ podSandboxId, port: [8080] })).url,
+    ];
+    const protocolOf = (u: string) =>
+      u.includes("/portforward/") ? "portforward.k8s.io" : "v4.channel.k8s.io";
+    const open = async (u: string) => {
+      const { port, pathname } = new URL(u);
+      return SpdyPeer.upgrade(Number(port), pathname, protocolOf(u));
+    };
+    const goawayProtocolError = (peer: SpdyPeer) =>
+      peer.of("goaway").some((g) => g.status === GoawayStatus.PROTOCOL_ERROR);
+    for (const u of await urls()) {
+      // A frame cut short, then the client goes: the session ends, nothing waits on it.
+      const truncated = await open(u);
+      const whole = encodeSynStream(1, 0, await deflate({ streamType: "error" }));
+      truncated.write(whole.subarray(0, whole.length - 5));
+      truncated.socket.end();
+      await truncated.untilClosed();
+    }
+    for (const u of await urls()) {
+      // A control frame past the 32 KiB cap.
+      const huge = await open(u);
+      huge.write(encodeSynStream(1, 0, crypto.randomBytes(40 * 1024)));
+      await huge.untilClosed();
+      assert.ok(goawayProtocolError(huge), `${u}: GOAWAY PROTOCOL_ERROR for a huge frame`);
+    }
+    for (const u of await urls()) {
+      // A small header block that inflates to 4 MiB (past the 16 KiB cap).
+      const bomb = await open(u);
+      await bomb.synStream(1, spdyHeaders({ streamType: "error", filler: "a".repeat(4 << 20) }));
+      await bomb.untilClosed();
+      assert.ok(goawayProtocolError(bomb), `${u}: GOAWAY PROTOCOL_ERROR for a zlib bomb`);
+    }
+    for (const u of await urls()) {
+      // A thousand streams: past 100 at once they are refused; the session itself survives
+      // until the client leaves.
+      const many = await rawUpgrade(u, protocolOf(u));
+      const deflater = new HeaderDeflater();
+      for (let i = 0; i < 1000; i++) {
+        const headers: Record<string, string> = u.includes("/portforward/")
+          ? { streamType: "data", port: "8080", requestID: String(i) }
+          : { streamType: "stdout" };
+        many.socket.write(
+          encodeSynStream(2 * i + 1, 0, await deflater.deflateBlock(spdyHeaders(headers))),
+        );
+      }
+      await until(
+        "resets for the streams over the limit",
+        async () => many.resets() >= 900,
+        20_000,
+      );
+      many.socket.destroy();
+      deflater.close();
+    }
+    // The agent's channel is not held by the abandoned exec: ExecSync answers at once.
+    const at = Date.now();
+    assert.equal(
+      (await cri.runtime.ExecSync({ containerId, cmd: ["true"], timeout: 10 })).exitCode,
+      0,
+    );
+    assert.ok(Date.now() - at < 3000, `ExecSync took ${Date.now() - at} ms`);
+    assert.equal(
+      (await cri.runtime.ContainerStatus({ containerId })).status?.state,
+      "CONTAINER_RUNNING",
+    );
+  });
+
   test("nothing is left: vmlet holds no stream's socket, and the console has no client", async () => {
     await until(
       "vmlet's sockets back to their idle count",
@@ -391,6 +469,51 @@ describe("kubectl exec, attach and port-forward on a VM pod (SPDY, moby/spdystre
     assert.match(direct, /still-free/);
   });
 });
+
+/** An upgraded connection read only at the frame level: counts the RST_STREAMs it gets. */
+function rawUpgrade(
+  u: string,
+  protocol: string,
+): Promise<{ socket: net.Socket; resets(): number }> {
+  const { port, pathname } = new URL(u);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), "127.0.0.1");
+    const decoder = new FrameDecoder({ maxControlFrameBytes: 1 << 20 });
+    let resets = 0;
+    let head = Buffer.alloc(0);
+    let upgraded = false;
+    socket.on("error", () => {});
+    socket.on("data", (d: Buffer) => {
+      let chunk = d;
+      if (!upgraded) {
+        head = Buffer.concat([head, d]);
+        const end = head.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        if (!head.subarray(0, end).toString().startsWith("HTTP/1.1 101")) {
+          reject(new Error(`upgrade refused: ${head.subarray(0, end).toString()}`));
+          return;
+        }
+        upgraded = true;
+        chunk = head.subarray(end + 4);
+        resolve({ socket, resets: () => resets });
+      }
+      for (const f of decoder.decode(chunk)) if (f.type === "rst_stream") resets++;
+    });
+    socket.write(
+      `POST ${pathname} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n` +
+        `X-Stream-Protocol-Version: ${protocol}\r\n\r\n`,
+    );
+  });
+}
+
+async function deflate(headers: Record<string, string>): Promise<Buffer> {
+  const d = new HeaderDeflater();
+  try {
+    return await d.deflateBlock(spdyHeaders(headers));
+  } finally {
+    d.close();
+  }
+}
 
 function findFiles(dir: string, name: string): string[] {
   const out: string[] = [];
