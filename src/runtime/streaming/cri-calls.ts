@@ -98,7 +98,7 @@ export class CriStreaming {
     return this.active;
   }
 
-  getExec(req: cri.ExecRequest__Output): cri.ExecResponse {
+  getExec(req: cri.ExecRequest__Output): { url: string } {
     const call = "Exec";
     const io = remoteCommandOptions(call, req);
     if (req.cmd.length === 0 || req.cmd[0] === "") throw invalidArgument(`${call}: cmd is empty`);
@@ -108,14 +108,14 @@ export class CriStreaming {
     };
   }
 
-  getAttach(req: cri.AttachRequest__Output): cri.AttachResponse {
+  getAttach(req: cri.AttachRequest__Output): { url: string } {
     const call = "Attach";
     const io = remoteCommandOptions(call, req);
     this.lookups.container(required(call, "container_id", req.containerId), call);
     return { url: this.url("attach", { kind: "attach", containerId: req.containerId, io }) };
   }
 
-  getPortForward(req: cri.PortForwardRequest__Output): cri.PortForwardResponse {
+  getPortForward(req: cri.PortForwardRequest__Output): { url: string } {
     const call = "PortForward";
     this.lookups.sandbox(required(call, "pod_sandbox_id", req.podSandboxId), call);
     for (const port of req.port) {
