@@ -79,7 +79,13 @@ func main() {
 	request := flag.String("request", "", "portforward: bytes to send on each connection")
 	connections := flag.Int("connections", 1, "portforward: connections, one after another, on one session")
 	sendBytes := flag.Int("send-bytes", 0, "portforward: also send this many zero bytes after -request")
+	addr := flag.String("addr", "", "direct: host:port to dial without vmlet (the baseline)")
 	flag.Parse()
+	if *mode == "direct" {
+		out, _ := json.Marshal(direct(*addr, *request, *connections, *sendBytes))
+		fmt.Println(string(out))
+		return
+	}
 	if *mode == "portforward" {
 		out, _ := json.Marshal(portForward(*rawURL, *method, strings.Split(*ports, ","), *request, *connections, *sendBytes))
 		fmt.Println(string(out))
@@ -90,7 +96,9 @@ func main() {
 		fmt.Println(string(out))
 		return
 	}
+	started := time.Now()
 	res := run(*rawURL, *method, strings.Split(*protocols, ","), *openStdin, *stdin, *stdinRepeat, *stdout, *stderr, *tty, *resize)
+	res.ElapsedMs = float64(time.Since(started).Microseconds()) / 1000
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))
 }
@@ -451,6 +459,56 @@ func portForward(rawURL, method string, ports []string, request string, connecti
 		case <-time.After(10 * time.Second):
 			f.Error = "(error stream not closed)"
 		}
+		total += time.Since(started)
+		res.Forwards = append(res.Forwards, f)
+	}
+	res.ElapsedMs = float64(total.Microseconds()) / 1000 / float64(connections)
+	return
+}
+
+// direct: what portForward does per connection, over plain TCP to addr: the baseline.
+func direct(addr, request string, connections, sendBytes int) (res result) {
+	var total time.Duration
+	for i := 0; i < connections; i++ {
+		started := time.Now()
+		f := forward{}
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			res.Error = err.Error()
+			return
+		}
+		go func() {
+			c.Write([]byte(request))
+			zeros := make([]byte, 64*1024)
+			for left := sendBytes; left > 0; {
+				n := len(zeros)
+				if left < n {
+					n = left
+				}
+				if _, err := c.Write(zeros[:n]); err != nil {
+					break
+				}
+				left -= n
+			}
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		buf := make([]byte, 64*1024)
+		var reply []byte
+		for {
+			n, err := c.Read(buf)
+			if n > 0 && f.FirstByteMs == 0 {
+				f.FirstByteMs = float64(time.Since(started).Microseconds()) / 1000
+			}
+			f.ReplyLen += n
+			if len(reply) < 4096 {
+				reply = append(reply, buf[:n]...)
+			}
+			if err != nil {
+				break
+			}
+		}
+		c.Close()
+		f.Reply = string(reply)
 		total += time.Since(started)
 		res.Forwards = append(res.Forwards, f)
 	}
