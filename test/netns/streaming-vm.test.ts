@@ -35,7 +35,23 @@ const skip = !fs.existsSync(GUEST_DISK)
   : !fs.existsSync(CLIENT)
     ? `no ${CLIENT}: run scripts/build-stream-client.sh`
     : false;
+const WS_CLIENT = path.resolve(__dirname, "../../../test/clients/node-ws/exec.mjs");
 const execFileAsync = promisify(execFile);
+
+interface WsResult {
+  protocol: string;
+  stdout: string;
+  stderr: string;
+  status: { status: string; reason?: string; details?: { causes: unknown[] } } | null;
+  error: string;
+}
+
+async function wsClient(url: string, ...stdin: string[]): Promise<WsResult> {
+  const { stdout } = await execFileAsync(process.execPath, [WS_CLIENT, url, ...stdin], {
+    timeout: 60_000,
+  });
+  return JSON.parse(stdout) as WsResult;
+}
 
 interface ClientResult {
   httpStatus: number;
@@ -242,6 +258,24 @@ describe("kubectl exec, attach and port-forward on a VM pod (SPDY, moby/spdystre
     assert.deepEqual((JSON.parse(r.status) as { details: { causes: unknown[] } }).details.causes, [
       { type: "ExitCode", message: "127" },
     ]);
+  });
+
+  test("exec over WebSocket with @kubernetes/client-node: stdout, stderr, exit code 3; stdin ends with v5's close", async () => {
+    const failed = await wsClient(
+      (await getExec(["sh", "-c", "echo ws-out; echo ws-err >&2; exit 3"])).url,
+    );
+    assert.equal(failed.error, "", JSON.stringify(failed));
+    assert.equal(failed.protocol, "v5.channel.k8s.io");
+    assert.equal(failed.stdout, "ws-out\n");
+    assert.equal(failed.stderr, "ws-err\n");
+    assert.equal(failed.status?.reason, "NonZeroExitCode");
+    assert.deepEqual(failed.status?.details?.causes, [{ type: "ExitCode", message: "3" }]);
+    const fed = await wsClient(
+      (await getExec(["sh", "-c", "tr a-z A-Z"], { stdin: true })).url,
+      "via websocket\n",
+    );
+    assert.equal(fed.stdout, "VIA WEBSOCKET\n", JSON.stringify(fed));
+    assert.equal(fed.status?.status, "Success");
   });
 
   test("the Get* calls check their requests as kubelet does", async () => {

@@ -16,8 +16,14 @@ import {
   type StreamTarget,
   serveRemoteCommand,
 } from "./remotecommand";
-import { StreamingServer, type StreamingServerOptions, type UpgradedStream } from "./server";
+import {
+  StreamingServer,
+  type StreamingServerOptions,
+  type UpgradedStream,
+  type WebSocketUpgrade,
+} from "./server";
 import { TokensExhaustedError } from "./tokens";
+import { serveWebSocketRemoteCommand } from "./websocket";
 
 /** containerd's and kubelet's dial timeout for a forwarded port. */
 export const PORT_FORWARD_CONNECT_TIMEOUT_MS = 5000;
@@ -81,6 +87,7 @@ export class CriStreaming {
       address: host,
       port,
       serve: (u) => this.serve(u),
+      serveWebSocket: (u) => this.serveWebSocket(u),
     });
   }
 
@@ -185,6 +192,35 @@ export class CriStreaming {
       },
       u.head,
     ).finally(done);
+  }
+
+  /** Exec or attach for a client that speaks the WebSocket channel protocols. */
+  private serveWebSocket(u: WebSocketUpgrade<StreamRequest>): void {
+    const request = u.request;
+    if (request.kind === "portforward") {
+      u.socket.destroy(); // the server refuses these before asking
+      return;
+    }
+    const log = this.log.child({
+      kind: request.kind,
+      protocol: u.protocol,
+      transport: "websocket",
+    });
+    this.active++;
+    void serveWebSocketRemoteCommand(
+      u.req,
+      u.socket,
+      u.head,
+      u.protocol,
+      request.io,
+      this.targetOf(request),
+      {
+        onError: (error) =>
+          log.info({ err: error, containerId: request.containerId }, error.message),
+      },
+    ).finally(() => {
+      this.active--;
+    });
   }
 
   /** The backend of an exec or attach, or a target that reports why there is none. */
