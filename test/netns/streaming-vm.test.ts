@@ -352,6 +352,29 @@ describe("kubectl exec, attach and port-forward on a VM pod (SPDY, moby/spdystre
     assert.match(direct, /direct/);
   });
 
+  test("attach with a terminal (kubectl attach -it): typed commands run, resizes are taken and ignored", async () => {
+    const { url } = await cri.runtime.Attach({
+      containerId,
+      stdin: true,
+      stdout: true,
+      stderr: false,
+      tty: true,
+    });
+    const r = await client(
+      url,
+      "-mode",
+      "attach",
+      "-open-stdin",
+      "-tty",
+      "-send",
+      "run 74 echo with-a-tty\n",
+      "-expect",
+      'result id="74" rc="0"',
+    );
+    assert.ok(r.matched, JSON.stringify(r));
+    assert.match(r.stdout, /with-a-tty/);
+  });
+
   test("attach: one writer at a time; a second gets a clear Failure", async () => {
     const attachUrl = async () =>
       (await cri.runtime.Attach({ containerId, stdin: true, stdout: true, tty: false })).url;
