@@ -3,8 +3,8 @@ import type { Logger } from "pino";
 import { CriServer } from "./cri/server";
 import { ImageStore } from "./images/image-store";
 import type { ImageRule } from "./images/rules";
-import { type CgroupDriver, checkStateDirDepth, VmRuntime } from "./service";
-import { openStateStore } from "./store";
+import { type CgroupDriver, VmRuntime } from "./service";
+import { checkStateDirDepth, openStateStore } from "./store";
 import { CriStreaming } from "./streaming/cri-calls";
 import type { Accel, PodNetworks, VmLauncher } from "./types";
 
@@ -61,7 +61,7 @@ export async function startVmlet(options: VmletOptions): Promise<Vmlet> {
   await runtime.recover();
   runtime.startReaper(options.reapIntervalMs);
   const streaming = new CriStreaming({
-    lookups: runtime.streamLookups(),
+    lookups: runtime.streamLookups,
     logger: log,
     ...(options.streamAddress ? { address: options.streamAddress } : {}),
   });

@@ -33,10 +33,15 @@ export class SpdyPeer {
           // Closed by us: the inflater is gone, and nobody looks at later frames.
           if (this.dropped) return;
           if ("headerBlock" in f) {
-            this.frames.push({
-              ...f,
-              headers: parseHeaderBlock(await this.inflater.inflateBlock(f.headerBlock)),
-            });
+            let headers: SpdyHeaders;
+            try {
+              headers = parseHeaderBlock(await this.inflater.inflateBlock(f.headerBlock));
+            } catch (error) {
+              // close() destroyed the inflater under this block: nothing to report.
+              if (this.dropped) return;
+              throw error;
+            }
+            this.frames.push({ ...f, headers });
           } else this.frames.push(f);
         }
         this.wake();
