@@ -150,24 +150,20 @@ export function servePortForward(
 /**
  * Copies both ways with half-close: the client's FIN ends our writes to the pod (the pod
  * may still answer), the pod's FIN ends the data stream. Resolves once both directions are
- * done, or either side failed (ECONNRESET, EPIPE, a reset stream): then both are closed.
+ * done, or the pod's socket is gone (ECONNRESET, EPIPE, closed), or the stream was reset:
+ * then the pod socket is destroyed, the stream ended, and whatever the client still sends
+ * on it is read and dropped, so it never holds the session's window or socket.
  */
 function splice(stream: SpdyStream, conn: Duplex): Promise<void> {
   return new Promise((resolve) => {
     let toPod = false;
     let toClient = false;
     let settled = false;
-    const done = () => {
-      if (settled) return;
-      if (toPod && toClient) {
-        settled = true;
-        conn.destroy();
-        resolve();
-      }
-    };
-    const abort = () => {
+    const settle = () => {
       if (settled) return;
       settled = true;
+      stream.removeListener("data", toPodData);
+      conn.removeListener("data", toClientData);
       conn.destroy();
       if (!stream.destroyed) {
         if (!stream.writableEnded) stream.end();
@@ -175,35 +171,37 @@ function splice(stream: SpdyStream, conn: Duplex): Promise<void> {
       }
       resolve();
     };
-    stream.on("data", (chunk: Buffer) => {
+    const toPodData = (chunk: Buffer) => {
       if (!conn.write(chunk)) {
         stream.pause();
-        conn.once("drain", () => stream.resume());
+        conn.once("drain", () => {
+          if (!settled) stream.resume();
+        });
       }
-    });
-    stream.on("end", () => {
-      conn.end();
-      toPod = true;
-      done();
-    });
-    conn.on("data", (chunk: Buffer) => {
+    };
+    const toClientData = (chunk: Buffer) => {
       if (!stream.write(chunk)) {
         conn.pause();
-        stream.once("drain", () => conn.resume());
+        stream.once("drain", () => {
+          if (!settled) conn.resume();
+        });
       }
+    };
+    stream.on("data", toPodData);
+    stream.on("end", () => {
+      toPod = true;
+      conn.end();
+      if (toClient) settle();
     });
+    conn.on("data", toClientData);
     conn.on("end", () => {
-      stream.end();
       toClient = true;
-      done();
+      stream.end();
+      if (toPod) settle();
     });
-    conn.on("error", abort);
-    conn.on("close", () => {
-      if (!toClient) abort();
-    });
-    stream.on("close", () => {
-      if (!(toPod && toClient)) abort();
-    });
+    conn.on("error", settle);
+    conn.on("close", settle);
+    stream.on("close", settle);
   });
 }
 
