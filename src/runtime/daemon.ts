@@ -5,6 +5,7 @@ import { ImageStore } from "./images/image-store";
 import type { ImageRule } from "./images/rules";
 import { type CgroupDriver, VmRuntime } from "./service";
 import { checkStateDirDepth, openStateStore } from "./store";
+import { CriStreaming } from "./streaming/cri-calls";
 import type { Accel, PodNetworks, VmLauncher } from "./types";
 
 export interface VmletOptions {
@@ -19,6 +20,8 @@ export interface VmletOptions {
   accel: Accel;
   logger: Logger;
   cgroupDriver?: CgroupDriver;
+  /** Where the streaming server (exec, attach, port-forward) listens; default 127.0.0.1:0. */
+  streamAddress?: string;
   /** How often a failed RunPodSandbox's teardown is retried. */
   reapIntervalMs?: number;
 }
@@ -26,6 +29,7 @@ export interface VmletOptions {
 export interface Vmlet {
   runtime: VmRuntime;
   server: CriServer;
+  streaming: CriStreaming;
   /** Stops serving; running VMs and pod networks stay up for the next start. */
   close(): Promise<void>;
 }
@@ -56,13 +60,26 @@ export async function startVmlet(options: VmletOptions): Promise<Vmlet> {
   });
   await runtime.recover();
   runtime.startReaper(options.reapIntervalMs);
-  const server = new CriServer(runtime, log);
-  await server.listen(options.socket);
+  const streaming = new CriStreaming({
+    lookups: runtime.streamLookups,
+    logger: log,
+    ...(options.streamAddress ? { address: options.streamAddress } : {}),
+  });
+  await streaming.start();
+  const server = new CriServer(runtime, log, streaming);
+  try {
+    await server.listen(options.socket);
+  } catch (error) {
+    await streaming.stop();
+    throw error;
+  }
   return {
     runtime,
     server,
+    streaming,
     async close() {
       await server.close();
+      await streaming.stop();
       await runtime.detach();
     },
   };

@@ -7,6 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { CriError, errorMessage, GRPC_CODES } from "../errors";
 import type { VmRuntime } from "../service";
+import type { CriStreaming } from "../streaming/cri-calls";
 import { AuthorityFront } from "./authority-front";
 import type { ImageServiceHandlers } from "./generated/runtime/v1/ImageService";
 import type { RuntimeServiceHandlers } from "./generated/runtime/v1/RuntimeService";
@@ -23,9 +24,6 @@ export class CriServerError extends Error {
 
 /** Calls vmlet answers UNIMPLEMENTED, each with why. */
 const UNIMPLEMENTED: Record<string, string> = {
-  Exec: "streaming exec is not supported yet: ExecSync (probes, crictl exec -s) runs through the QEMU guest agent",
-  Attach: "attach is not supported yet: read the serial console with kubectl logs",
-  PortForward: "port-forward is not supported yet: reach the pod IP directly",
   UpdateContainerResources: "resizing a running VM is not supported",
   CheckpointContainer: "checkpointing a VM is not supported",
 };
@@ -46,6 +44,8 @@ export class CriServer {
   constructor(
     private readonly runtime: VmRuntime,
     private readonly logger: Logger,
+    /** Exec, Attach and PortForward; without it they answer UNIMPLEMENTED. */
+    private readonly streaming?: CriStreaming,
   ) {}
 
   /** Listens on `socketPath` (mode 0600), creating its directory and replacing a stale socket. */
@@ -135,9 +135,7 @@ export class CriServer {
       ListPodSandboxMetrics: this.unary("ListPodSandboxMetrics", () => ({ podMetrics: [] })),
       UpdateContainerResources: this.unimplemented("UpdateContainerResources"),
       ExecSync: this.unary("ExecSync", (q, call) => exec.execSync(q, call)),
-      Exec: this.unimplemented("Exec"),
-      Attach: this.unimplemented("Attach"),
-      PortForward: this.unimplemented("PortForward"),
+      ...this.streamingHandlers(),
       CheckpointContainer: this.unimplemented("CheckpointContainer"),
       // kubelet's evented PLEG (a feature gate) falls back to relisting on UNIMPLEMENTED.
       GetContainerEvents: (call) => {
@@ -146,6 +144,22 @@ export class CriServer {
           details: "GetContainerEvents: container events are not supported; kubelet relists",
         });
       },
+    };
+  }
+
+  private streamingHandlers(): Pick<RuntimeServiceHandlers, "Exec" | "Attach" | "PortForward"> {
+    const s = this.streaming;
+    if (!s) {
+      return {
+        Exec: this.unimplemented("Exec"),
+        Attach: this.unimplemented("Attach"),
+        PortForward: this.unimplemented("PortForward"),
+      };
+    }
+    return {
+      Exec: this.unary("Exec", (q) => s.getExec(q)),
+      Attach: this.unary("Attach", (q) => s.getAttach(q)),
+      PortForward: this.unary("PortForward", (q) => s.getPortForward(q)),
     };
   }
 

@@ -32,6 +32,7 @@ describe("vmlet serve settings", () => {
       "--image-rules=/r.json",
       "--accel=tcg",
       "--log-level=debug",
+      "--stream-address=127.0.0.1:10010",
     ]);
     assert.deepEqual(o, {
       socket: "/s.sock",
@@ -45,7 +46,20 @@ describe("vmlet serve settings", () => {
       qemuConfinement: "on",
       qemuUser: "vmlet-qemu",
       imageMaxSize: "64Gi",
+      streamAddress: "127.0.0.1:10010",
     });
+  });
+
+  test("the streaming server's address: host:port, loopback and a chosen port by default", () => {
+    assert.equal(parseServeArgs([]).streamAddress, "127.0.0.1:0");
+    assert.equal(
+      parseServeArgs(["--config", configFile({ streamAddress: "[::1]:0" })]).streamAddress,
+      "[::1]:0",
+    );
+    assert.throws(
+      () => parseServeArgs(["--stream-address", "localhost"]),
+      /stream address "localhost": want host:port/,
+    );
   });
 
   test("QEMU confinement is on by default; --qemu-confinement off and --qemu-user change it", () => {
