@@ -31,7 +31,12 @@ export const SERVE_USAGE = `usage: vmlet serve [options]
                           on: QEMU runs with seccomp, as --qemu-user, without cores;
                           off (debugging only): as root, unfiltered (default on)
   --qemu-user NAME        the user QEMU drops to (default ${DEFAULT_QEMU_USER})
-  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default 64Gi)`;
+  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default 64Gi)
+  --containerd-socket PATH
+                          front the node's containerd: pods of --runtime-handler are
+                          VMs, every other pod a container of containerd (default: off)
+  --runtime-handler NAME  the RuntimeClass handler of VM pods, with --containerd-socket
+                          (default vmlet)`;
 
 export interface ServeOptions {
   socket: string;
@@ -46,6 +51,10 @@ export interface ServeOptions {
   qemuUser: string;
   /** A size such as 64Gi (binary units) or a number of bytes. */
   imageMaxSize: string;
+  /** containerd's CRI socket, fronted for every pod not of `runtimeHandler`; "" is off. */
+  containerdSocket?: string;
+  /** The RuntimeClass handler of VM pods when fronting containerd (default vmlet). */
+  runtimeHandler?: string;
 }
 
 const DEFAULTS: ServeOptions = {
@@ -60,6 +69,8 @@ const DEFAULTS: ServeOptions = {
   qemuConfinement: "on",
   qemuUser: DEFAULT_QEMU_USER,
   imageMaxSize: "64Gi",
+  containerdSocket: "",
+  runtimeHandler: "vmlet",
 };
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
@@ -86,6 +97,8 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       "qemu-confinement": { type: "string" },
       "qemu-user": { type: "string" },
       "image-max-size": { type: "string" },
+      "containerd-socket": { type: "string" },
+      "runtime-handler": { type: "string" },
     },
     strict: true,
     allowPositionals: false,
@@ -104,6 +117,8 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       : {}),
     ...(values["qemu-user"] ? { qemuUser: values["qemu-user"] } : {}),
     ...(values["image-max-size"] ? { imageMaxSize: values["image-max-size"] } : {}),
+    ...(values["containerd-socket"] ? { containerdSocket: values["containerd-socket"] } : {}),
+    ...(values["runtime-handler"] ? { runtimeHandler: values["runtime-handler"] } : {}),
   };
   return validate({ ...DEFAULTS, ...file, ...flags }, "--");
 }
@@ -178,6 +193,20 @@ function validate(o: ServeOptions, _prefix: string): ServeOptions {
     throw new ServeConfigError(`qemuUser ${JSON.stringify(o.qemuUser)}: not a user name`);
   }
   parseSize(o.imageMaxSize, "imageMaxSize");
+  if (o.containerdSocket && !path.isAbsolute(o.containerdSocket)) {
+    throw new ServeConfigError(
+      `containerdSocket ${JSON.stringify(o.containerdSocket)}: must be an absolute path`,
+    );
+  }
+  // RuntimeClass handlers are DNS labels (k8s.io/api/node/v1).
+  if (
+    o.runtimeHandler !== undefined &&
+    !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(o.runtimeHandler)
+  ) {
+    throw new ServeConfigError(
+      `runtimeHandler ${JSON.stringify(o.runtimeHandler)}: want a RuntimeClass handler name (a DNS label)`,
+    );
+  }
   return o;
 }
 
@@ -254,6 +283,14 @@ export async function startDaemon(
     accel: options.accel,
     logger,
     cgroupDriver: options.cgroupDriver,
+    ...(options.containerdSocket
+      ? {
+          containerd: {
+            socket: options.containerdSocket,
+            vmHandlers: [options.runtimeHandler ?? "vmlet"],
+          },
+        }
+      : {}),
   });
   return {
     logger,

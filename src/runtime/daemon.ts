@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import { CriServer } from "./cri/server";
 import { ImageStore } from "./images/image-store";
 import type { ImageRule } from "./images/rules";
+import { CriProxy } from "./proxy/router";
 import { type CgroupDriver, checkStateDirDepth, VmRuntime } from "./service";
 import { openStateStore } from "./store";
 import type { Accel, PodNetworks, VmLauncher } from "./types";
@@ -21,6 +22,8 @@ export interface VmletOptions {
   cgroupDriver?: CgroupDriver;
   /** How often a failed RunPodSandbox's teardown is retried. */
   reapIntervalMs?: number;
+  /** Front the node's containerd: pods of `vmHandlers` are VMs, every other pod goes to it. */
+  containerd?: { socket: string; vmHandlers: string[] };
 }
 
 export interface Vmlet {
@@ -56,13 +59,24 @@ export async function startVmlet(options: VmletOptions): Promise<Vmlet> {
   });
   await runtime.recover();
   runtime.startReaper(options.reapIntervalMs);
-  const server = new CriServer(runtime, log);
+  const proxy = options.containerd
+    ? await CriProxy.open({
+        vm: runtime,
+        containerdSocket: options.containerd.socket,
+        stateDir: options.stateDir,
+        vmHandlers: options.containerd.vmHandlers,
+        imageRules: options.imageRules,
+        logger: log,
+      })
+    : undefined;
+  const server = new CriServer(proxy ?? runtime, log);
   await server.listen(options.socket);
   return {
     runtime,
     server,
     async close() {
       await server.close();
+      proxy?.close();
       await runtime.detach();
     },
   };

@@ -45,7 +45,25 @@ describe("vmlet serve settings", () => {
       qemuConfinement: "on",
       qemuUser: "vmlet-qemu",
       imageMaxSize: "64Gi",
+      containerdSocket: "",
+      runtimeHandler: "vmlet",
     });
+  });
+
+  test("--containerd-socket and --runtime-handler (or their config keys) turn on fronting containerd", () => {
+    const o = parseServeArgs(["--containerd-socket=/run/c.sock", "--runtime-handler=kata-vm"]);
+    assert.equal(o.containerdSocket, "/run/c.sock");
+    assert.equal(o.runtimeHandler, "kata-vm");
+    const file = configFile({ containerdSocket: "/run/d.sock" });
+    assert.equal(parseServeArgs(["--config", file]).containerdSocket, "/run/d.sock");
+    assert.throws(
+      () => parseServeArgs(["--containerd-socket", "c.sock"]),
+      /containerdSocket "c.sock": must be an absolute path/,
+    );
+    assert.throws(
+      () => parseServeArgs(["--runtime-handler", "VM_pods"]),
+      /runtimeHandler "VM_pods": want a RuntimeClass handler name/,
+    );
   });
 
   test("QEMU confinement is on by default; --qemu-confinement off and --qemu-user change it", () => {

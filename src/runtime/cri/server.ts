@@ -6,8 +6,8 @@ import path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { CriError, errorMessage, GRPC_CODES } from "../errors";
-import type { VmRuntime } from "../service";
 import { AuthorityFront } from "./authority-front";
+import type { CriBackend } from "./backend";
 import type { ImageServiceHandlers } from "./generated/runtime/v1/ImageService";
 import type { RuntimeServiceHandlers } from "./generated/runtime/v1/RuntimeService";
 import { loadCri } from "./proto";
@@ -44,7 +44,7 @@ export class CriServer {
   private socketPath: string | undefined;
 
   constructor(
-    private readonly runtime: VmRuntime,
+    private readonly runtime: CriBackend,
     private readonly logger: Logger,
   ) {}
 
@@ -129,14 +129,23 @@ export class CriServer {
       PodSandboxStats: this.unary("PodSandboxStats", (q) => r.podSandboxStats(q)),
       ListPodSandboxStats: this.unary("ListPodSandboxStats", (q) => r.listPodSandboxStats(q)),
       // kubelet asks for these only with PodAndContainerStatsFromCRI; vmlet has no extra metrics.
-      ListMetricDescriptors: this.unary("ListMetricDescriptors", () => ({ descriptors: [] })),
-      ListPodSandboxMetrics: this.unary("ListPodSandboxMetrics", () => ({ podMetrics: [] })),
-      UpdateContainerResources: this.unimplemented("UpdateContainerResources"),
+      ListMetricDescriptors: this.unary(
+        "ListMetricDescriptors",
+        (q, c) => r.listMetricDescriptors?.(q, c) ?? { descriptors: [] },
+      ),
+      ListPodSandboxMetrics: this.unary(
+        "ListPodSandboxMetrics",
+        (q, c) => r.listPodSandboxMetrics?.(q, c) ?? { podMetrics: [] },
+      ),
+      UpdateContainerResources: this.optional(
+        "UpdateContainerResources",
+        r.updateContainerResources,
+      ),
       ExecSync: this.unary("ExecSync", (q, call) => r.execSync(q, call)),
-      Exec: this.unimplemented("Exec"),
-      Attach: this.unimplemented("Attach"),
-      PortForward: this.unimplemented("PortForward"),
-      CheckpointContainer: this.unimplemented("CheckpointContainer"),
+      Exec: this.optional("Exec", r.exec),
+      Attach: this.optional("Attach", r.attach),
+      PortForward: this.optional("PortForward", r.portForward),
+      CheckpointContainer: this.optional("CheckpointContainer", r.checkpointContainer),
       // kubelet's evented PLEG (a feature gate) falls back to relisting on UNIMPLEMENTED.
       GetContainerEvents: (call) => {
         call.emit("error", {
@@ -194,6 +203,16 @@ export class CriServer {
           },
         );
     };
+  }
+
+  /** A call the backend may lack (vmlet's runtime alone): UNIMPLEMENTED then. */
+  private optional<Req, Res>(
+    method: string,
+    handle: ((request: Req, call: CallContext) => Res | Promise<Res>) | undefined,
+  ): grpc.handleUnaryCall<Req, Res> {
+    return handle
+      ? this.unary(method, (q, c) => handle.call(this.runtime, q, c))
+      : this.unimplemented(method);
   }
 
   private unimplemented<Req, Res>(method: string): grpc.handleUnaryCall<Req, Res> {

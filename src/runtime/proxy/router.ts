@@ -1,0 +1,476 @@
+// vmlet in front of the node's containerd, behind the one socket kubelet knows: pods of
+// vmlet's RuntimeClass handlers are VMs (vmlet's runtime), every other pod goes to
+// containerd with its handler as sent. Each id is routed to the runtime that made it
+// (the owner map); lists are the two sides merged, and fail when containerd cannot be
+// reached, since a list without its pods would make kubelet think they are gone.
+import path from "node:path";
+import type { Logger } from "pino";
+import type { CriBackend } from "../cri/backend";
+import type * as cri from "../cri/generated";
+import type { CallContext } from "../cri/server";
+import { CriError, failedPrecondition } from "../errors";
+import { type ImageRule, resolveImage } from "../images/rules";
+import {
+  Containerd,
+  type Method as ContainerdMethod,
+  type RequestOf as ContainerdRequest,
+  codeOf,
+} from "./containerd";
+import { mergeImageFs, mergeStatus } from "./merge";
+import { type Owner, OwnerMap } from "./owners";
+
+export const DEFAULT_VM_HANDLERS = ["vmlet"];
+
+export interface CriProxyOptions {
+  /** vmlet's own runtime: the VM pods. */
+  vm: CriBackend;
+  containerdSocket: string;
+  stateDir: string;
+  /** RunPodSandbox runtime handlers that make a VM pod. */
+  vmHandlers: string[];
+  /** vmlet's image rules, read on each use: the names they match are VM images. */
+  imageRules: () => ImageRule[];
+  logger: Logger;
+}
+
+type Req<M extends keyof CriBackend> = Parameters<NonNullable<CriBackend[M]>>[0];
+
+export class CriProxy implements CriBackend {
+  private constructor(
+    private readonly vm: CriBackend,
+    private readonly containerd: Containerd,
+    private readonly owners: OwnerMap,
+    private readonly vmHandlers: string[],
+    private readonly imageRules: () => ImageRule[],
+    private readonly logger: Logger,
+  ) {}
+
+  /**
+   * Opens the owner map and records in it every pod and container vmlet already has (made
+   * before the proxy was on, or by a RunPodSandbox a crash cut short): an id the map does
+   * not know is then containerd's.
+   */
+  static async open(options: CriProxyOptions): Promise<CriProxy> {
+    const owners = await OwnerMap.open(path.join(options.stateDir, "proxy", "owners.json"));
+    const vm = options.vm;
+    const sandboxes = (await vm.listPodSandbox({ filter: null })).items ?? [];
+    for (const s of sandboxes) {
+      if (s.id && !owners.get(s.id)) await owners.set(s.id, { owner: "vmlet", kind: "sandbox" });
+    }
+    const containers = (await vm.listContainers({ filter: null })).containers ?? [];
+    for (const c of containers) {
+      if (c.id && !owners.get(c.id))
+        await owners.set(c.id, { owner: "vmlet", kind: "container", sandbox: c.podSandboxId });
+    }
+    const containerd = new Containerd(options.containerdSocket);
+    options.logger.info(
+      { containerd: options.containerdSocket, vmHandlers: options.vmHandlers },
+      "CRI proxy: VM pods by runtime handler, every other pod to containerd",
+    );
+    return new CriProxy(
+      vm,
+      containerd,
+      owners,
+      options.vmHandlers,
+      options.imageRules,
+      options.logger,
+    );
+  }
+
+  close(): void {
+    this.containerd.close();
+  }
+
+  // ---- runtime ----
+
+  version(q: Req<"version">) {
+    return this.vm.version(q);
+  }
+
+  async status(q: Req<"status">, c?: CallContext) {
+    const [vmlet, containerd] = await Promise.all([
+      Promise.resolve()
+        .then(() => this.vm.status(q, c))
+        .catch((e: unknown) => asError(e)),
+      this.containerd.call("Status", q, c).catch((e: unknown) => asError(e)),
+    ]);
+    return mergeStatus(
+      [
+        { name: "vmlet", answer: vmlet },
+        { name: "containerd", answer: containerd },
+      ],
+      this.vmHandlers,
+    );
+  }
+
+  runtimeConfig(q: Req<"runtimeConfig">) {
+    return this.vm.runtimeConfig(q);
+  }
+
+  async updateRuntimeConfig(q: Req<"updateRuntimeConfig">, c?: CallContext) {
+    await this.vm.updateRuntimeConfig(q, c);
+    await this.containerd.call("UpdateRuntimeConfig", q, c);
+    return {};
+  }
+
+  // ---- sandboxes ----
+
+  async runPodSandbox(q: Req<"runPodSandbox">, c?: CallContext) {
+    if (this.vmHandlers.includes(q.runtimeHandler)) {
+      // vmlet's runtime knows one handler, its default; the name kubelet sent is kept here.
+      const made = await this.vm.runPodSandbox({ ...q, runtimeHandler: "" }, c);
+      await this.owners.set(made.podSandboxId ?? "", {
+        owner: "vmlet",
+        kind: "sandbox",
+        handler: q.runtimeHandler,
+      });
+      return made;
+    }
+    const made = await this.containerd.call("RunPodSandbox", q, c);
+    await this.owners.set(made.podSandboxId, {
+      owner: "containerd",
+      kind: "sandbox",
+      handler: q.runtimeHandler,
+    });
+    return made;
+  }
+
+  stopPodSandbox(q: Req<"stopPodSandbox">, c?: CallContext) {
+    return this.bySandbox(q.podSandboxId, "StopPodSandbox", q, c, (v) => v.stopPodSandbox(q, c));
+  }
+
+  async removePodSandbox(q: Req<"removePodSandbox">, c?: CallContext) {
+    const done = await this.bySandbox(q.podSandboxId, "RemovePodSandbox", q, c, (v) =>
+      v.removePodSandbox(q, c),
+    );
+    await this.owners.forget(q.podSandboxId);
+    return done;
+  }
+
+  async podSandboxStatus(q: Req<"podSandboxStatus">, c?: CallContext) {
+    const answer = await this.bySandbox(q.podSandboxId, "PodSandboxStatus", q, c, (v) =>
+      v.podSandboxStatus(q, c),
+    );
+    const handler = this.vmHandler(q.podSandboxId);
+    if (handler !== undefined && answer.status) answer.status.runtimeHandler = handler;
+    return answer;
+  }
+
+  async listPodSandbox(q: Req<"listPodSandbox">, c?: CallContext) {
+    const [vmlet, containerd] = await this.both(
+      "ListPodSandbox",
+      this.ownerIfKnown(q.filter?.id),
+      () => this.vm.listPodSandbox(q, c),
+      () => this.containerd.call("ListPodSandbox", q, c),
+    );
+    const vmItems = (vmlet?.items ?? []).map((s) => {
+      const handler = this.vmHandler(s.id ?? "");
+      return handler === undefined ? s : { ...s, runtimeHandler: handler };
+    });
+    return { items: [...(containerd?.items ?? []), ...vmItems] };
+  }
+
+  async podSandboxStats(q: Req<"podSandboxStats">, c?: CallContext) {
+    return this.bySandbox(q.podSandboxId, "PodSandboxStats", q, c, (v) => v.podSandboxStats(q, c));
+  }
+
+  async listPodSandboxStats(q: Req<"listPodSandboxStats">, c?: CallContext) {
+    const [vmlet, containerd] = await this.both(
+      "ListPodSandboxStats",
+      this.ownerIfKnown(q.filter?.id),
+      () => this.vm.listPodSandboxStats(q, c),
+      () => this.containerd.call("ListPodSandboxStats", q, c),
+    );
+    return { stats: [...(containerd?.stats ?? []), ...(vmlet?.stats ?? [])] };
+  }
+
+  // ---- containers ----
+
+  async createContainer(q: Req<"createContainer">, c?: CallContext) {
+    const owner = this.ownerOf(q.podSandboxId);
+    const image = q.config?.image?.image ?? "";
+    const meta = q.sandboxConfig?.metadata;
+    const pod = meta ? `${meta.namespace}/${meta.name}` : q.podSandboxId;
+    const vmImage = await this.isVmImage(image);
+    if (owner === "containerd" && vmImage) {
+      throw failedPrecondition(
+        `CreateContainer in pod ${pod} (sandbox ${q.podSandboxId}, a container pod run by containerd): image ${image} is a VM image (vmlet's image rules name it); run the pod with runtimeClassName ${this.vmHandlers[0]}`,
+      );
+    }
+    if (owner === "vmlet" && image !== "" && !vmImage) {
+      throw failedPrecondition(
+        `CreateContainer in pod ${pod} (sandbox ${q.podSandboxId}, a VM pod of runtime handler ${this.vmHandler(q.podSandboxId) || this.vmHandlers[0]}): image ${image} is not a VM image (no vmlet image rule names it): an OCI image runs in a pod without that runtimeClassName`,
+      );
+    }
+    const made =
+      owner === "vmlet"
+        ? await this.vm.createContainer(q, c)
+        : await this.containerd.call("CreateContainer", q, c);
+    await this.owners.set(made.containerId ?? "", {
+      owner,
+      kind: "container",
+      sandbox: q.podSandboxId,
+    });
+    return made;
+  }
+
+  startContainer(q: Req<"startContainer">, c?: CallContext) {
+    return this.byContainer(q.containerId, "StartContainer", q, c, (v) => v.startContainer(q, c));
+  }
+
+  stopContainer(q: Req<"stopContainer">, c?: CallContext) {
+    return this.byContainer(q.containerId, "StopContainer", q, c, (v) => v.stopContainer(q, c));
+  }
+
+  async removeContainer(q: Req<"removeContainer">, c?: CallContext) {
+    const done = await this.byContainer(q.containerId, "RemoveContainer", q, c, (v) =>
+      v.removeContainer(q, c),
+    );
+    await this.owners.forget(q.containerId);
+    return done;
+  }
+
+  containerStatus(q: Req<"containerStatus">, c?: CallContext) {
+    return this.byContainer(q.containerId, "ContainerStatus", q, c, (v) => v.containerStatus(q, c));
+  }
+
+  reopenContainerLog(q: Req<"reopenContainerLog">, c?: CallContext) {
+    return this.byContainer(q.containerId, "ReopenContainerLog", q, c, (v) =>
+      v.reopenContainerLog(q, c),
+    );
+  }
+
+  containerStats(q: Req<"containerStats">, c?: CallContext) {
+    return this.byContainer(q.containerId, "ContainerStats", q, c, (v) => v.containerStats(q, c));
+  }
+
+  async listContainers(q: Req<"listContainers">, c?: CallContext) {
+    const [vmlet, containerd] = await this.both(
+      "ListContainers",
+      this.ownerIfKnown(q.filter?.id) ?? this.ownerIfKnown(q.filter?.podSandboxId),
+      () => this.vm.listContainers(q, c),
+      () => this.containerd.call("ListContainers", q, c),
+    );
+    return { containers: [...(containerd?.containers ?? []), ...(vmlet?.containers ?? [])] };
+  }
+
+  async listContainerStats(q: Req<"listContainerStats">, c?: CallContext) {
+    const [vmlet, containerd] = await this.both(
+      "ListContainerStats",
+      this.ownerIfKnown(q.filter?.id) ?? this.ownerIfKnown(q.filter?.podSandboxId),
+      () => this.vm.listContainerStats(q, c),
+      () => this.containerd.call("ListContainerStats", q, c),
+    );
+    return { stats: [...(containerd?.stats ?? []), ...(vmlet?.stats ?? [])] };
+  }
+
+  execSync(q: Req<"execSync">, c?: CallContext) {
+    return this.byContainer(q.containerId, "ExecSync", q, c, (v) => v.execSync(q, c));
+  }
+
+  // Streaming: containerd's URLs are absolute (its own streaming server), passed as they are.
+  exec(q: Req<"exec">, c?: CallContext) {
+    return this.byContainer(q.containerId, "Exec", q, c, (v) => optional(v.exec, "Exec", q, c));
+  }
+
+  attach(q: Req<"attach">, c?: CallContext) {
+    return this.byContainer(q.containerId, "Attach", q, c, (v) =>
+      optional(v.attach, "Attach", q, c),
+    );
+  }
+
+  portForward(q: Req<"portForward">, c?: CallContext) {
+    return this.bySandbox(q.podSandboxId, "PortForward", q, c, (v) =>
+      optional(v.portForward, "PortForward", q, c),
+    );
+  }
+
+  updateContainerResources(q: Req<"updateContainerResources">, c?: CallContext) {
+    return this.byContainer(q.containerId, "UpdateContainerResources", q, c, (v) =>
+      optional(v.updateContainerResources, "UpdateContainerResources", q, c),
+    );
+  }
+
+  checkpointContainer(q: Req<"checkpointContainer">, c?: CallContext) {
+    return this.byContainer(q.containerId, "CheckpointContainer", q, c, (v) =>
+      optional(v.checkpointContainer, "CheckpointContainer", q, c),
+    );
+  }
+
+  async listMetricDescriptors(q: Req<"listMetricDescriptors">, c?: CallContext) {
+    const [vmlet, containerd] = await Promise.all([
+      this.vm.listMetricDescriptors?.(q, c),
+      this.containerd.call("ListMetricDescriptors", q, c).catch(unimplementedAsNone),
+    ]);
+    return { descriptors: [...(containerd?.descriptors ?? []), ...(vmlet?.descriptors ?? [])] };
+  }
+
+  async listPodSandboxMetrics(q: Req<"listPodSandboxMetrics">, c?: CallContext) {
+    const [vmlet, containerd] = await Promise.all([
+      this.vm.listPodSandboxMetrics?.(q, c),
+      this.containerd.call("ListPodSandboxMetrics", q, c).catch(unimplementedAsNone),
+    ]);
+    return { podMetrics: [...(containerd?.podMetrics ?? []), ...(vmlet?.podMetrics ?? [])] };
+  }
+
+  // ---- images ----
+
+  pullImage(q: Req<"pullImage">, c?: CallContext) {
+    return this.matchesRules(q.image?.image ?? "")
+      ? this.vm.pullImage(q, c)
+      : this.containerd.call("PullImage", q, c);
+  }
+
+  async imageStatus(q: Req<"imageStatus">, c?: CallContext) {
+    const name = q.image?.image ?? "";
+    if (this.matchesRules(name)) return this.vm.imageStatus(q, c);
+    const vmlet = await this.vm.imageStatus(q, c);
+    return vmlet.image ? vmlet : this.containerd.call("ImageStatus", q, c);
+  }
+
+  async removeImage(q: Req<"removeImage">, c?: CallContext) {
+    const name = q.image?.image ?? "";
+    if (await this.isVmImage(name)) return this.vm.removeImage(q, c);
+    return this.containerd.call("RemoveImage", q, c);
+  }
+
+  async listImages(q: Req<"listImages">, c?: CallContext) {
+    const name = q.filter?.image?.image ?? "";
+    const [vmlet, containerd] = await this.both(
+      "ListImages",
+      name && this.matchesRules(name) ? "vmlet" : undefined,
+      () => this.vm.listImages(q, c),
+      () => this.containerd.call("ListImages", q, c),
+    );
+    return { images: [...(containerd?.images ?? []), ...(vmlet?.images ?? [])] };
+  }
+
+  async imageFsInfo(q: Req<"imageFsInfo">, c?: CallContext) {
+    const [containerd, vmlet] = await Promise.all([
+      this.containerd.call("ImageFsInfo", q, c),
+      this.vm.imageFsInfo(q, c),
+    ]);
+    return mergeImageFs(containerd, vmlet);
+  }
+
+  // ---- routing ----
+
+  private ownerOf(id: string): Owner {
+    return this.owners.get(id)?.owner ?? "containerd";
+  }
+
+  private ownerIfKnown(id: string | undefined): Owner | undefined {
+    return id ? this.owners.get(id)?.owner : undefined;
+  }
+
+  /** The handler name a VM pod was made with; undefined for containerd's pods. */
+  private vmHandler(sandboxId: string): string | undefined {
+    const e = this.owners.get(sandboxId);
+    return e?.owner === "vmlet" ? (e.handler ?? "") : undefined;
+  }
+
+  private bySandbox<M extends ContainerdMethod, R>(
+    id: string,
+    method: M,
+    q: ContainerdRequest<M>,
+    c: CallContext | undefined,
+    onVm: (vm: CriBackend) => R | Promise<R>,
+  ): Promise<R> {
+    return this.route(this.ownerOf(id), method, q, c, onVm);
+  }
+
+  private byContainer<M extends ContainerdMethod, R>(
+    id: string,
+    method: M,
+    q: ContainerdRequest<M>,
+    c: CallContext | undefined,
+    onVm: (vm: CriBackend) => R | Promise<R>,
+  ): Promise<R> {
+    return this.route(this.ownerOf(id), method, q, c, onVm);
+  }
+
+  private async route<M extends ContainerdMethod, R>(
+    owner: Owner,
+    method: M,
+    q: ContainerdRequest<M>,
+    c: CallContext | undefined,
+    onVm: (vm: CriBackend) => R | Promise<R>,
+  ): Promise<R> {
+    if (owner === "vmlet") return onVm(this.vm);
+    // containerd answers in the same CRI messages the server sends on.
+    return (await this.containerd.call(method, q, c)) as unknown as R;
+  }
+
+  /**
+   * Both sides, or only `only` when a filter names one side's object. A side that fails
+   * fails the call: half a list reads to kubelet as pods that are gone.
+   */
+  private async both<V, D>(
+    method: string,
+    only: Owner | undefined,
+    vm: () => V | Promise<V>,
+    containerd: () => Promise<D>,
+  ): Promise<[V | undefined, D | undefined]> {
+    const [v, d] = await Promise.all([
+      only === "containerd" ? undefined : vm(),
+      only === "vmlet"
+        ? undefined
+        : containerd().catch((error: unknown) => {
+            if (!(error instanceof CriError)) throw error;
+            throw new CriError(
+              error.code,
+              `${error.message} (${method} lists vmlet's and containerd's pods together, and fails rather than answer without containerd's)`,
+              { cause: error },
+            );
+          }),
+    ]);
+    return [v, d];
+  }
+
+  private matchesRules(name: string): boolean {
+    if (name === "") return false;
+    let rules: ImageRule[];
+    try {
+      rules = this.imageRules();
+    } catch (error) {
+      this.logger.debug({ err: error }, "CRI proxy: no vmlet image rules readable");
+      return false;
+    }
+    try {
+      return resolveImage(rules, name) !== undefined;
+    } catch {
+      // A name a rule matches but refuses (a bad digest, `..`): vmlet says why.
+      return true;
+    }
+  }
+
+  /** A VM image: a vmlet image rule names it, or vmlet has it (by name or id). */
+  private async isVmImage(name: string): Promise<boolean> {
+    if (name === "") return false;
+    if (this.matchesRules(name)) return true;
+    const known = await this.vm.imageStatus({
+      image: { image: name },
+      verbose: false,
+    } as cri.ImageStatusRequest__Output);
+    return Boolean(known.image);
+  }
+}
+
+function optional<Q, R>(
+  handle: ((q: Q, c?: CallContext) => R | Promise<R>) | undefined,
+  method: string,
+  q: Q,
+  c?: CallContext,
+): R | Promise<R> {
+  if (!handle) throw new CriError("UNIMPLEMENTED", `${method}: not supported for VM pods yet`);
+  return handle(q, c);
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+function unimplementedAsNone(error: unknown): undefined {
+  if (codeOf(error) === "UNIMPLEMENTED") return undefined;
+  throw error;
+}
