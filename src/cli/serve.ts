@@ -269,6 +269,7 @@ export async function startDaemon(
     cni,
     stateDir: path.join(options.stateDir, "pods"),
     log: logger.child({ component: "dhcp" }),
+    sharedNetworks: Boolean(options.containerdSocket),
   });
   const vmlet = await startVmlet({
     socket: options.socket,
