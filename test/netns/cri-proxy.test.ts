@@ -461,6 +461,22 @@ describe("vmlet fronting containerd: container pods and VM pods behind one socke
     assert.equal(exec.exitCode, 0);
   });
 
+  test("a pod containerd made before vmlet fronted it is listed, and stopped and removed, through vmlet", async () => {
+    const direct = connectCri(containerd.socket);
+    try {
+      const config = podConfig("before", { logDirectory: path.join(cni.root, "pods", "box") });
+      const { podSandboxId } = await direct.runtime.RunPodSandbox({ config });
+      const listed = (await client.runtime.ListPodSandbox({})).items.map((p) => p.id);
+      assert.ok(listed.includes(podSandboxId), "listed through vmlet");
+      await client.runtime.StopPodSandbox({ podSandboxId });
+      await client.runtime.RemovePodSandbox({ podSandboxId });
+      const left = (await direct.runtime.ListPodSandbox({ filter: { id: podSandboxId } })).items;
+      assert.deepEqual(left, [], "containerd removed it");
+    } finally {
+      direct.close();
+    }
+  });
+
   test("stop and remove work for each pod, and leave neither runtime nor the map holding it", async () => {
     await client.runtime.StopContainer({ containerId: vmContainer, timeout: 60 });
     assert.equal(

@@ -39,8 +39,8 @@ export class Containerd {
   }
 
   /**
-   * One CRI call to containerd, within the caller's deadline (or the default cap; none
-   * for a pull, which takes as long as the registry does).
+   * One CRI call to containerd, within the caller's deadline, or else the default cap
+   * (none for a pull, which takes as long as the registry does).
    */
   async call<M extends Method>(
     method: M,
@@ -48,8 +48,8 @@ export class Containerd {
     context?: CallContext,
   ): Promise<ResponseOf<M>> {
     const cap = method === "PullImage" ? Number.POSITIVE_INFINITY : CONTAINERD_CALL_TIMEOUT_MS;
-    const left = (context?.deadline ?? Number.POSITIVE_INFINITY) - Date.now();
-    const deadlineMs = Math.min(cap, left);
+    const deadline = context?.deadline ?? Number.POSITIVE_INFINITY;
+    const deadlineMs = Number.isFinite(deadline) ? deadline - Date.now() : cap;
     const service = (IMAGE_METHODS.has(method) ? this.client.image : this.client.runtime) as Record<
       string,
       (request: unknown, options?: { deadlineMs?: number }) => Promise<unknown>
