@@ -336,6 +336,15 @@ describe("vmlet fronting containerd: container pods and VM pods behind one socke
       ],
     );
     assert.equal((await client.runtime.Version({ version: "v1" })).runtimeName, "vmlet");
+    // Streaming for a container: containerd's own absolute URL, as it made it.
+    const { url } = await client.runtime.Exec({
+      containerId: boxContainer,
+      cmd: ["true"],
+      stdout: true,
+    });
+    assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/exec\/\S+$/);
+    const forward = await client.runtime.PortForward({ podSandboxId: boxPod, port: [80] });
+    assert.match(forward.url, /^http:\/\/127\.0\.0\.1:\d+\/portforward\/\S+$/);
   });
 
   test("a VM image in a container pod, and an OCI image in a VM pod, are FAILED_PRECONDITION naming both", async () => {
