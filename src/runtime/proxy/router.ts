@@ -136,11 +136,11 @@ export class CriProxy implements CriBackend {
   }
 
   stopPodSandbox(q: Req<"stopPodSandbox">, c?: CallContext) {
-    return this.bySandbox(q.podSandboxId, "StopPodSandbox", q, c, (v) => v.stopPodSandbox(q, c));
+    return this.byId(q.podSandboxId, "StopPodSandbox", q, c, (v) => v.stopPodSandbox(q, c));
   }
 
   async removePodSandbox(q: Req<"removePodSandbox">, c?: CallContext) {
-    const done = await this.bySandbox(q.podSandboxId, "RemovePodSandbox", q, c, (v) =>
+    const done = await this.byId(q.podSandboxId, "RemovePodSandbox", q, c, (v) =>
       v.removePodSandbox(q, c),
     );
     await this.owners.forget(q.podSandboxId);
@@ -148,7 +148,7 @@ export class CriProxy implements CriBackend {
   }
 
   async podSandboxStatus(q: Req<"podSandboxStatus">, c?: CallContext) {
-    const answer = await this.bySandbox(q.podSandboxId, "PodSandboxStatus", q, c, (v) =>
+    const answer = await this.byId(q.podSandboxId, "PodSandboxStatus", q, c, (v) =>
       v.podSandboxStatus(q, c),
     );
     const handler = this.vmHandler(q.podSandboxId);
@@ -171,7 +171,7 @@ export class CriProxy implements CriBackend {
   }
 
   async podSandboxStats(q: Req<"podSandboxStats">, c?: CallContext) {
-    return this.bySandbox(q.podSandboxId, "PodSandboxStats", q, c, (v) => v.podSandboxStats(q, c));
+    return this.byId(q.podSandboxId, "PodSandboxStats", q, c, (v) => v.podSandboxStats(q, c));
   }
 
   async listPodSandboxStats(q: Req<"listPodSandboxStats">, c?: CallContext) {
@@ -215,15 +215,15 @@ export class CriProxy implements CriBackend {
   }
 
   startContainer(q: Req<"startContainer">, c?: CallContext) {
-    return this.byContainer(q.containerId, "StartContainer", q, c, (v) => v.startContainer(q, c));
+    return this.byId(q.containerId, "StartContainer", q, c, (v) => v.startContainer(q, c));
   }
 
   stopContainer(q: Req<"stopContainer">, c?: CallContext) {
-    return this.byContainer(q.containerId, "StopContainer", q, c, (v) => v.stopContainer(q, c));
+    return this.byId(q.containerId, "StopContainer", q, c, (v) => v.stopContainer(q, c));
   }
 
   async removeContainer(q: Req<"removeContainer">, c?: CallContext) {
-    const done = await this.byContainer(q.containerId, "RemoveContainer", q, c, (v) =>
+    const done = await this.byId(q.containerId, "RemoveContainer", q, c, (v) =>
       v.removeContainer(q, c),
     );
     await this.owners.forget(q.containerId);
@@ -231,17 +231,15 @@ export class CriProxy implements CriBackend {
   }
 
   containerStatus(q: Req<"containerStatus">, c?: CallContext) {
-    return this.byContainer(q.containerId, "ContainerStatus", q, c, (v) => v.containerStatus(q, c));
+    return this.byId(q.containerId, "ContainerStatus", q, c, (v) => v.containerStatus(q, c));
   }
 
   reopenContainerLog(q: Req<"reopenContainerLog">, c?: CallContext) {
-    return this.byContainer(q.containerId, "ReopenContainerLog", q, c, (v) =>
-      v.reopenContainerLog(q, c),
-    );
+    return this.byId(q.containerId, "ReopenContainerLog", q, c, (v) => v.reopenContainerLog(q, c));
   }
 
   containerStats(q: Req<"containerStats">, c?: CallContext) {
-    return this.byContainer(q.containerId, "ContainerStats", q, c, (v) => v.containerStats(q, c));
+    return this.byId(q.containerId, "ContainerStats", q, c, (v) => v.containerStats(q, c));
   }
 
   async listContainers(q: Req<"listContainers">, c?: CallContext) {
@@ -265,34 +263,32 @@ export class CriProxy implements CriBackend {
   }
 
   execSync(q: Req<"execSync">, c?: CallContext) {
-    return this.byContainer(q.containerId, "ExecSync", q, c, (v) => v.execSync(q, c));
+    return this.byId(q.containerId, "ExecSync", q, c, (v) => v.execSync(q, c));
   }
 
   // Streaming: containerd's URLs are absolute (its own streaming server), passed as they are.
   exec(q: Req<"exec">, c?: CallContext) {
-    return this.byContainer(q.containerId, "Exec", q, c, (v) => optional(v.exec, "Exec", q, c));
+    return this.byId(q.containerId, "Exec", q, c, (v) => optional(v.exec, "Exec", q, c));
   }
 
   attach(q: Req<"attach">, c?: CallContext) {
-    return this.byContainer(q.containerId, "Attach", q, c, (v) =>
-      optional(v.attach, "Attach", q, c),
-    );
+    return this.byId(q.containerId, "Attach", q, c, (v) => optional(v.attach, "Attach", q, c));
   }
 
   portForward(q: Req<"portForward">, c?: CallContext) {
-    return this.bySandbox(q.podSandboxId, "PortForward", q, c, (v) =>
+    return this.byId(q.podSandboxId, "PortForward", q, c, (v) =>
       optional(v.portForward, "PortForward", q, c),
     );
   }
 
   updateContainerResources(q: Req<"updateContainerResources">, c?: CallContext) {
-    return this.byContainer(q.containerId, "UpdateContainerResources", q, c, (v) =>
+    return this.byId(q.containerId, "UpdateContainerResources", q, c, (v) =>
       optional(v.updateContainerResources, "UpdateContainerResources", q, c),
     );
   }
 
   checkpointContainer(q: Req<"checkpointContainer">, c?: CallContext) {
-    return this.byContainer(q.containerId, "CheckpointContainer", q, c, (v) =>
+    return this.byId(q.containerId, "CheckpointContainer", q, c, (v) =>
       optional(v.checkpointContainer, "CheckpointContainer", q, c),
     );
   }
@@ -369,34 +365,15 @@ export class CriProxy implements CriBackend {
     return e?.owner === "vmlet" ? (e.handler ?? "") : undefined;
   }
 
-  private bySandbox<M extends ContainerdMethod, R>(
+  /** The call on a sandbox or container id, to the runtime that owns the id. */
+  private async byId<M extends ContainerdMethod, R>(
     id: string,
     method: M,
     q: ContainerdRequest<M>,
     c: CallContext | undefined,
     onVm: (vm: CriBackend) => R | Promise<R>,
   ): Promise<R> {
-    return this.route(this.ownerOf(id), method, q, c, onVm);
-  }
-
-  private byContainer<M extends ContainerdMethod, R>(
-    id: string,
-    method: M,
-    q: ContainerdRequest<M>,
-    c: CallContext | undefined,
-    onVm: (vm: CriBackend) => R | Promise<R>,
-  ): Promise<R> {
-    return this.route(this.ownerOf(id), method, q, c, onVm);
-  }
-
-  private async route<M extends ContainerdMethod, R>(
-    owner: Owner,
-    method: M,
-    q: ContainerdRequest<M>,
-    c: CallContext | undefined,
-    onVm: (vm: CriBackend) => R | Promise<R>,
-  ): Promise<R> {
-    if (owner === "vmlet") return onVm(this.vm);
+    if (this.ownerOf(id) === "vmlet") return onVm(this.vm);
     // containerd answers in the same CRI messages the server sends on.
     return (await this.containerd.call(method, q, c)) as unknown as R;
   }
