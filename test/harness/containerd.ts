@@ -186,6 +186,8 @@ export interface ContainerdOptions {
 
 export interface Containerd {
   socket: string;
+  /** Its log (stdout and stderr), across restarts. */
+  logFile: string;
   pid(): number | undefined;
   /** Starts it (again) on the same root and state: its pods and images are kept. */
   start(): Promise<void>;
@@ -238,13 +240,15 @@ export function makeContainerd(options: ContainerdOptions): Containerd {
   );
   let daemon: Daemon | undefined;
   const shimsBefore = new Set(shimPids());
+  const logFile = path.join(dir, "containerd.log");
   return {
     socket,
+    logFile,
     pid: () => daemon?.child.pid,
     async start() {
       if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) return;
       fs.rmSync(socket, { force: true });
-      const d = startDaemon(CONTAINERD_BIN, ["--config", config], path.join(dir, "containerd.log"));
+      const d = startDaemon(CONTAINERD_BIN, ["--config", config], logFile);
       daemon = d;
       const client = connectCri(socket);
       try {

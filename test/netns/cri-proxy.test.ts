@@ -2,6 +2,7 @@
 // runc, busybox from a local registry), pods of the `vmlet` RuntimeClass become VMs, all
 // behind vmlet's one CRI socket, on one CNI network.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
@@ -23,6 +24,7 @@ import { requirePrivateNamespace } from "../harness/fixtures";
 import { type Served, startServe } from "../harness/vmlet-serve";
 
 const CNI_BIN = "/usr/lib/cni";
+const GO_CLIENT = path.resolve(__dirname, "../../../.cache/clients/cri-client-go");
 
 describe("containerd alone, as the test setup starts it", { skip: containerdMissing() }, () => {
   let cni: CniSandbox;
@@ -484,6 +486,38 @@ describe("vmlet fronting containerd: container pods and VM pods behind one socke
     } finally {
       direct.close();
     }
+  });
+
+  test("a grpc-go client dialing as kubelet 1.26 does runs a container pod's sandbox on containerd through vmlet", {
+    skip: fs.existsSync(GO_CLIENT) ? false : `no ${GO_CLIENT}: run scripts/build-test-clients.sh`,
+  }, async () => {
+    const name = `gopod-${suffix()}`;
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile(GO_CLIENT, [socket, name], { timeout: 60_000 }, (error, stdout, stderr) =>
+        error ? reject(new Error(`cri-client-go: ${stderr}`, { cause: error })) : resolve(stdout),
+      ),
+    );
+    const lines = out
+      .trim()
+      .split("\n")
+      .map(
+        (l) =>
+          JSON.parse(l) as {
+            call: string;
+            podSandboxId?: string;
+            items?: { id: string; state: string }[];
+          },
+      );
+    const id = lines.find((l) => l.call === "RunPodSandbox")?.podSandboxId ?? "";
+    const states = lines
+      .filter((l) => l.call === "ListPodSandbox")
+      .map((l) => l.items?.find((i) => i.id === id)?.state ?? "gone");
+    assert.deepEqual(states, ["SANDBOX_READY", "SANDBOX_NOTREADY", "gone"]);
+    assert.match(
+      fs.readFileSync(containerd.logFile, "utf8"),
+      new RegExp(`RunPodSandbox for &PodSandboxMetadata\\{Name:${name},`),
+      "containerd ran it",
+    );
   });
 
   test("stop and remove work for each pod, and leave neither runtime nor the map holding it", async () => {
