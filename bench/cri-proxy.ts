@@ -9,8 +9,8 @@ import pino from "pino";
 import { connectCri } from "../src/runtime/cri/client";
 import { CriServer } from "../src/runtime/cri/server";
 import { CriProxy } from "../src/runtime/proxy/router";
-import { podConfig } from "../src/runtime/testing/harness";
 import { containerdMissing, makeContainerd, startRegistry } from "../test/harness/containerd";
+import { podConfig } from "../test/harness/test-vmlet";
 import { inTurn, report, stepTimer, summarize } from "./lib";
 import { benchVmlet } from "./node";
 import { BIN_DIR } from "./plugin";
@@ -32,7 +32,7 @@ async function main(): Promise<void> {
   await containerd.start();
   const logger = pino({ level: "silent" });
   const proxy = await CriProxy.open({
-    vm: t.vmlet.runtime,
+    vm: t.vmlet.runtime.calls,
     containerdSocket: containerd.socket,
     stateDir: path.join(root, "proxy-state"),
     vmHandlers: ["vmlet"],

@@ -4,8 +4,8 @@ import { CriServer } from "./cri/server";
 import { ImageStore } from "./images/image-store";
 import type { ImageRule } from "./images/rules";
 import { CriProxy } from "./proxy/router";
-import { type CgroupDriver, checkStateDirDepth, VmRuntime } from "./service";
-import { openStateStore } from "./store";
+import { type CgroupDriver, VmRuntime } from "./service";
+import { checkStateDirDepth, openStateStore } from "./store";
 import type { Accel, PodNetworks, VmLauncher } from "./types";
 
 export interface VmletOptions {
@@ -61,7 +61,7 @@ export async function startVmlet(options: VmletOptions): Promise<Vmlet> {
   runtime.startReaper(options.reapIntervalMs);
   const proxy = options.containerd
     ? await CriProxy.open({
-        vm: runtime,
+        vm: runtime.calls,
         containerdSocket: options.containerd.socket,
         stateDir: options.stateDir,
         vmHandlers: options.containerd.vmHandlers,

@@ -9,7 +9,6 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { status as grpcStatus } from "@grpc/grpc-js";
 import { type CriClient, connectCri } from "../../src/runtime/cri/client";
-import { podConfig } from "../../src/runtime/testing/harness";
 import { bridgeList, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
 import {
   BUSYBOX_IMAGE,
@@ -21,6 +20,7 @@ import {
   suffix,
 } from "../harness/containerd";
 import { requirePrivateNamespace } from "../harness/fixtures";
+import { podConfig } from "../harness/test-vmlet";
 import { type Served, startServe } from "../harness/vmlet-serve";
 
 const CNI_BIN = "/usr/lib/cni";

@@ -105,47 +105,52 @@ export class CriServer {
     if (this.socketPath) fs.rmSync(this.socketPath, { force: true });
   }
 
+  // Each method goes to its call group (src/runtime/calls/): a new group is a file there,
+  // a field of VmRuntime.calls, and its methods mapped here.
   private runtimeHandlers(): RuntimeServiceHandlers {
-    const r = this.runtime;
+    const { runtimeInfo: info, sandbox, container, exec, stats } = this.runtime.calls;
     return {
-      Version: this.unary("Version", (q) => r.version(q)),
-      Status: this.unary("Status", (q) => r.status(q)),
-      RuntimeConfig: this.unary("RuntimeConfig", (q) => r.runtimeConfig(q)),
-      UpdateRuntimeConfig: this.unary("UpdateRuntimeConfig", (q) => r.updateRuntimeConfig(q)),
-      RunPodSandbox: this.unary("RunPodSandbox", (q) => r.runPodSandbox(q)),
-      StopPodSandbox: this.unary("StopPodSandbox", (q) => r.stopPodSandbox(q)),
-      RemovePodSandbox: this.unary("RemovePodSandbox", (q) => r.removePodSandbox(q)),
-      PodSandboxStatus: this.unary("PodSandboxStatus", (q) => r.podSandboxStatus(q)),
-      ListPodSandbox: this.unary("ListPodSandbox", (q) => r.listPodSandbox(q)),
-      CreateContainer: this.unary("CreateContainer", (q) => r.createContainer(q)),
-      StartContainer: this.unary("StartContainer", (q) => r.startContainer(q)),
-      StopContainer: this.unary("StopContainer", (q) => r.stopContainer(q)),
-      RemoveContainer: this.unary("RemoveContainer", (q) => r.removeContainer(q)),
-      ListContainers: this.unary("ListContainers", (q) => r.listContainers(q)),
-      ContainerStatus: this.unary("ContainerStatus", (q) => r.containerStatus(q)),
-      ReopenContainerLog: this.unary("ReopenContainerLog", (q) => r.reopenContainerLog(q)),
-      ContainerStats: this.unary("ContainerStats", (q) => r.containerStats(q)),
-      ListContainerStats: this.unary("ListContainerStats", (q) => r.listContainerStats(q)),
-      PodSandboxStats: this.unary("PodSandboxStats", (q) => r.podSandboxStats(q)),
-      ListPodSandboxStats: this.unary("ListPodSandboxStats", (q) => r.listPodSandboxStats(q)),
+      Version: this.unary("Version", (q) => info.version(q)),
+      Status: this.unary("Status", (q) => info.status(q)),
+      RuntimeConfig: this.unary("RuntimeConfig", (q) => info.runtimeConfig(q)),
+      UpdateRuntimeConfig: this.unary("UpdateRuntimeConfig", (q) => info.updateRuntimeConfig(q)),
+      RunPodSandbox: this.unary("RunPodSandbox", (q) => sandbox.runPodSandbox(q)),
+      StopPodSandbox: this.unary("StopPodSandbox", (q) => sandbox.stopPodSandbox(q)),
+      RemovePodSandbox: this.unary("RemovePodSandbox", (q) => sandbox.removePodSandbox(q)),
+      PodSandboxStatus: this.unary("PodSandboxStatus", (q) => sandbox.podSandboxStatus(q)),
+      ListPodSandbox: this.unary("ListPodSandbox", (q) => sandbox.listPodSandbox(q)),
+      CreateContainer: this.unary("CreateContainer", (q) => container.createContainer(q)),
+      StartContainer: this.unary("StartContainer", (q) => container.startContainer(q)),
+      StopContainer: this.unary("StopContainer", (q) => container.stopContainer(q)),
+      RemoveContainer: this.unary("RemoveContainer", (q) => container.removeContainer(q)),
+      ListContainers: this.unary("ListContainers", (q) => container.listContainers(q)),
+      ContainerStatus: this.unary("ContainerStatus", (q) => container.containerStatus(q)),
+      ReopenContainerLog: this.unary("ReopenContainerLog", (q) => container.reopenContainerLog(q)),
+      ContainerStats: this.unary("ContainerStats", (q) => stats.containerStats(q)),
+      ListContainerStats: this.unary("ListContainerStats", (q) => stats.listContainerStats(q)),
+      PodSandboxStats: this.unary("PodSandboxStats", (q) => stats.podSandboxStats(q)),
+      ListPodSandboxStats: this.unary("ListPodSandboxStats", (q) => stats.listPodSandboxStats(q)),
       // kubelet asks for these only with PodAndContainerStatsFromCRI; vmlet has no extra metrics.
       ListMetricDescriptors: this.unary(
         "ListMetricDescriptors",
-        (q, c) => r.listMetricDescriptors?.(q, c) ?? { descriptors: [] },
+        (q) => stats.listMetricDescriptors?.(q) ?? { descriptors: [] },
       ),
       ListPodSandboxMetrics: this.unary(
         "ListPodSandboxMetrics",
-        (q, c) => r.listPodSandboxMetrics?.(q, c) ?? { podMetrics: [] },
+        (q) => stats.listPodSandboxMetrics?.(q) ?? { podMetrics: [] },
       ),
       UpdateContainerResources: this.optional(
         "UpdateContainerResources",
-        r.updateContainerResources,
+        container.updateContainerResources?.bind(container),
       ),
-      ExecSync: this.unary("ExecSync", (q, call) => r.execSync(q, call)),
-      Exec: this.optional("Exec", r.exec),
-      Attach: this.optional("Attach", r.attach),
-      PortForward: this.optional("PortForward", r.portForward),
-      CheckpointContainer: this.optional("CheckpointContainer", r.checkpointContainer),
+      ExecSync: this.unary("ExecSync", (q, call) => exec.execSync(q, call)),
+      Exec: this.optional("Exec", exec.exec?.bind(exec)),
+      Attach: this.optional("Attach", exec.attach?.bind(exec)),
+      PortForward: this.optional("PortForward", exec.portForward?.bind(exec)),
+      CheckpointContainer: this.optional(
+        "CheckpointContainer",
+        container.checkpointContainer?.bind(container),
+      ),
       // kubelet's evented PLEG (a feature gate) falls back to relisting on UNIMPLEMENTED.
       GetContainerEvents: (call) => {
         call.emit("error", {
@@ -157,13 +162,13 @@ export class CriServer {
   }
 
   private imageHandlers(): ImageServiceHandlers {
-    const r = this.runtime;
+    const { image } = this.runtime.calls;
     return {
-      ListImages: this.unary("ListImages", (q) => r.listImages(q)),
-      ImageStatus: this.unary("ImageStatus", (q) => r.imageStatus(q)),
-      PullImage: this.unary("PullImage", (q) => r.pullImage(q)),
-      RemoveImage: this.unary("RemoveImage", (q) => r.removeImage(q)),
-      ImageFsInfo: this.unary("ImageFsInfo", (q) => r.imageFsInfo(q)),
+      ListImages: this.unary("ListImages", (q) => image.listImages(q)),
+      ImageStatus: this.unary("ImageStatus", (q) => image.imageStatus(q)),
+      PullImage: this.unary("PullImage", (q) => image.pullImage(q)),
+      RemoveImage: this.unary("RemoveImage", (q) => image.removeImage(q)),
+      ImageFsInfo: this.unary("ImageFsInfo", (q) => image.imageFsInfo(q)),
     };
   }
 
@@ -210,9 +215,7 @@ export class CriServer {
     method: string,
     handle: ((request: Req, call: CallContext) => Res | Promise<Res>) | undefined,
   ): grpc.handleUnaryCall<Req, Res> {
-    return handle
-      ? this.unary(method, (q, c) => handle.call(this.runtime, q, c))
-      : this.unimplemented(method);
+    return handle ? this.unary(method, handle) : this.unimplemented(method);
   }
 
   private unimplemented<Req, Res>(method: string): grpc.handleUnaryCall<Req, Res> {

@@ -5,7 +5,7 @@
 // reached, since a list without its pods would make kubelet think they are gone.
 import path from "node:path";
 import type { Logger } from "pino";
-import type { CriBackend } from "../cri/backend";
+import type { CriBackend, CriCalls } from "../cri/backend";
 import type * as cri from "../cri/generated";
 import type { CallContext } from "../cri/server";
 import { CriError, failedPrecondition } from "../errors";
@@ -22,8 +22,8 @@ import { type Owner, OwnerMap } from "./owners";
 export const DEFAULT_VM_HANDLERS = ["vmlet"];
 
 export interface CriProxyOptions {
-  /** vmlet's own runtime: the VM pods. */
-  vm: CriBackend;
+  /** vmlet's own runtime's calls: the VM pods. */
+  vm: CriCalls;
   containerdSocket: string;
   stateDir: string;
   /** RunPodSandbox runtime handlers that make a VM pod. */
@@ -33,17 +33,65 @@ export interface CriProxyOptions {
   logger: Logger;
 }
 
-type Req<M extends keyof CriBackend> = Parameters<NonNullable<CriBackend[M]>>[0];
-
 export class CriProxy implements CriBackend {
+  readonly calls: CriCalls;
+
   private constructor(
-    private readonly vm: CriBackend,
+    private readonly vm: CriCalls,
     private readonly containerd: Containerd,
     private readonly owners: OwnerMap,
     private readonly vmHandlers: string[],
     private readonly imageRules: () => ImageRule[],
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.calls = {
+      runtimeInfo: {
+        version: (q) => this.version(q),
+        status: (q, c) => this.status(q, c),
+        runtimeConfig: (q) => this.runtimeConfig(q),
+        updateRuntimeConfig: (q, c) => this.updateRuntimeConfig(q, c),
+      },
+      sandbox: {
+        runPodSandbox: (q, c) => this.runPodSandbox(q, c),
+        stopPodSandbox: (q, c) => this.stopPodSandbox(q, c),
+        removePodSandbox: (q, c) => this.removePodSandbox(q, c),
+        podSandboxStatus: (q, c) => this.podSandboxStatus(q, c),
+        listPodSandbox: (q, c) => this.listPodSandbox(q, c),
+      },
+      container: {
+        createContainer: (q, c) => this.createContainer(q, c),
+        startContainer: (q, c) => this.startContainer(q, c),
+        stopContainer: (q, c) => this.stopContainer(q, c),
+        removeContainer: (q, c) => this.removeContainer(q, c),
+        listContainers: (q, c) => this.listContainers(q, c),
+        containerStatus: (q, c) => this.containerStatus(q, c),
+        reopenContainerLog: (q, c) => this.reopenContainerLog(q, c),
+        updateContainerResources: (q, c) => this.updateContainerResources(q, c),
+        checkpointContainer: (q, c) => this.checkpointContainer(q, c),
+      },
+      exec: {
+        execSync: (q, c) => this.execSync(q, c),
+        exec: (q, c) => this.exec(q, c),
+        attach: (q, c) => this.attach(q, c),
+        portForward: (q, c) => this.portForward(q, c),
+      },
+      stats: {
+        containerStats: (q, c) => this.containerStats(q, c),
+        listContainerStats: (q, c) => this.listContainerStats(q, c),
+        podSandboxStats: (q, c) => this.podSandboxStats(q, c),
+        listPodSandboxStats: (q, c) => this.listPodSandboxStats(q, c),
+        listMetricDescriptors: (q, c) => this.listMetricDescriptors(q, c),
+        listPodSandboxMetrics: (q, c) => this.listPodSandboxMetrics(q, c),
+      },
+      image: {
+        listImages: (q, c) => this.listImages(q, c),
+        imageStatus: (q, c) => this.imageStatus(q, c),
+        pullImage: (q, c) => this.pullImage(q, c),
+        removeImage: (q, c) => this.removeImage(q, c),
+        imageFsInfo: (q, c) => this.imageFsInfo(q, c),
+      },
+    };
+  }
 
   /**
    * Opens the owner map and records in it every pod and container vmlet already has (made
@@ -53,11 +101,11 @@ export class CriProxy implements CriBackend {
   static async open(options: CriProxyOptions): Promise<CriProxy> {
     const owners = await OwnerMap.open(path.join(options.stateDir, "proxy", "owners.json"));
     const vm = options.vm;
-    const sandboxes = (await vm.listPodSandbox({ filter: null })).items ?? [];
+    const sandboxes = (await vm.sandbox.listPodSandbox({ filter: null })).items ?? [];
     for (const s of sandboxes) {
       if (s.id && !owners.get(s.id)) await owners.set(s.id, { owner: "vmlet", kind: "sandbox" });
     }
-    const containers = (await vm.listContainers({ filter: null })).containers ?? [];
+    const containers = (await vm.container.listContainers({ filter: null })).containers ?? [];
     for (const c of containers) {
       if (c.id && !owners.get(c.id))
         await owners.set(c.id, { owner: "vmlet", kind: "container", sandbox: c.podSandboxId });
@@ -83,14 +131,14 @@ export class CriProxy implements CriBackend {
 
   // ---- runtime ----
 
-  version(q: Req<"version">) {
-    return this.vm.version(q);
+  private version(q: cri.VersionRequest__Output) {
+    return this.vm.runtimeInfo.version(q);
   }
 
-  async status(q: Req<"status">, c?: CallContext) {
+  private async status(q: cri.StatusRequest__Output, c?: CallContext) {
     const [vmlet, containerd] = await Promise.all([
       Promise.resolve()
-        .then(() => this.vm.status(q, c))
+        .then(() => this.vm.runtimeInfo.status(q, c))
         .catch((e: unknown) => asError(e)),
       this.containerd.call("Status", q, c).catch((e: unknown) => asError(e)),
     ]);
@@ -103,22 +151,22 @@ export class CriProxy implements CriBackend {
     );
   }
 
-  runtimeConfig(q: Req<"runtimeConfig">) {
-    return this.vm.runtimeConfig(q);
+  private runtimeConfig(q: cri.RuntimeConfigRequest__Output) {
+    return this.vm.runtimeInfo.runtimeConfig(q);
   }
 
-  async updateRuntimeConfig(q: Req<"updateRuntimeConfig">, c?: CallContext) {
-    await this.vm.updateRuntimeConfig(q, c);
+  private async updateRuntimeConfig(q: cri.UpdateRuntimeConfigRequest__Output, c?: CallContext) {
+    await this.vm.runtimeInfo.updateRuntimeConfig(q, c);
     await this.containerd.call("UpdateRuntimeConfig", q, c);
     return {};
   }
 
   // ---- sandboxes ----
 
-  async runPodSandbox(q: Req<"runPodSandbox">, c?: CallContext) {
+  private async runPodSandbox(q: cri.RunPodSandboxRequest__Output, c?: CallContext) {
     if (this.vmHandlers.includes(q.runtimeHandler)) {
       // vmlet's runtime knows one handler, its default; the name kubelet sent is kept here.
-      const made = await this.vm.runPodSandbox({ ...q, runtimeHandler: "" }, c);
+      const made = await this.vm.sandbox.runPodSandbox({ ...q, runtimeHandler: "" }, c);
       await this.owners.set(made.podSandboxId ?? "", {
         owner: "vmlet",
         kind: "sandbox",
@@ -135,32 +183,32 @@ export class CriProxy implements CriBackend {
     return made;
   }
 
-  stopPodSandbox(q: Req<"stopPodSandbox">, c?: CallContext) {
-    return this.byId(q.podSandboxId, "StopPodSandbox", q, c, (v) => v.stopPodSandbox(q, c));
+  private stopPodSandbox(q: cri.StopPodSandboxRequest__Output, c?: CallContext) {
+    return this.byId(q.podSandboxId, "StopPodSandbox", q, c, (v) => v.sandbox.stopPodSandbox(q, c));
   }
 
-  async removePodSandbox(q: Req<"removePodSandbox">, c?: CallContext) {
+  private async removePodSandbox(q: cri.RemovePodSandboxRequest__Output, c?: CallContext) {
     const done = await this.byId(q.podSandboxId, "RemovePodSandbox", q, c, (v) =>
-      v.removePodSandbox(q, c),
+      v.sandbox.removePodSandbox(q, c),
     );
     await this.owners.forget(q.podSandboxId);
     return done;
   }
 
-  async podSandboxStatus(q: Req<"podSandboxStatus">, c?: CallContext) {
+  private async podSandboxStatus(q: cri.PodSandboxStatusRequest__Output, c?: CallContext) {
     const answer = await this.byId(q.podSandboxId, "PodSandboxStatus", q, c, (v) =>
-      v.podSandboxStatus(q, c),
+      v.sandbox.podSandboxStatus(q, c),
     );
     const handler = this.vmHandler(q.podSandboxId);
     if (handler !== undefined && answer.status) answer.status.runtimeHandler = handler;
     return answer;
   }
 
-  async listPodSandbox(q: Req<"listPodSandbox">, c?: CallContext) {
+  private async listPodSandbox(q: cri.ListPodSandboxRequest__Output, c?: CallContext) {
     const [vmlet, containerd] = await this.both(
       "ListPodSandbox",
       this.ownerIfKnown(q.filter?.id),
-      () => this.vm.listPodSandbox(q, c),
+      () => this.vm.sandbox.listPodSandbox(q, c),
       () => this.containerd.call("ListPodSandbox", q, c),
     );
     const vmItems = (vmlet?.items ?? []).map((s) => {
@@ -170,15 +218,15 @@ export class CriProxy implements CriBackend {
     return { items: [...(containerd?.items ?? []), ...vmItems] };
   }
 
-  async podSandboxStats(q: Req<"podSandboxStats">, c?: CallContext) {
-    return this.byId(q.podSandboxId, "PodSandboxStats", q, c, (v) => v.podSandboxStats(q, c));
+  private async podSandboxStats(q: cri.PodSandboxStatsRequest__Output, c?: CallContext) {
+    return this.byId(q.podSandboxId, "PodSandboxStats", q, c, (v) => v.stats.podSandboxStats(q, c));
   }
 
-  async listPodSandboxStats(q: Req<"listPodSandboxStats">, c?: CallContext) {
+  private async listPodSandboxStats(q: cri.ListPodSandboxStatsRequest__Output, c?: CallContext) {
     const [vmlet, containerd] = await this.both(
       "ListPodSandboxStats",
       this.ownerIfKnown(q.filter?.id),
-      () => this.vm.listPodSandboxStats(q, c),
+      () => this.vm.stats.listPodSandboxStats(q, c),
       () => this.containerd.call("ListPodSandboxStats", q, c),
     );
     return { stats: [...(containerd?.stats ?? []), ...(vmlet?.stats ?? [])] };
@@ -186,7 +234,7 @@ export class CriProxy implements CriBackend {
 
   // ---- containers ----
 
-  async createContainer(q: Req<"createContainer">, c?: CallContext) {
+  private async createContainer(q: cri.CreateContainerRequest__Output, c?: CallContext) {
     const owner = this.ownerOf(q.podSandboxId);
     const image = q.config?.image?.image ?? "";
     const meta = q.sandboxConfig?.metadata;
@@ -204,7 +252,7 @@ export class CriProxy implements CriBackend {
     }
     const made =
       owner === "vmlet"
-        ? await this.vm.createContainer(q, c)
+        ? await this.vm.container.createContainer(q, c)
         : await this.containerd.call("CreateContainer", q, c);
     await this.owners.set(made.containerId ?? "", {
       owner,
@@ -214,96 +262,120 @@ export class CriProxy implements CriBackend {
     return made;
   }
 
-  startContainer(q: Req<"startContainer">, c?: CallContext) {
-    return this.byId(q.containerId, "StartContainer", q, c, (v) => v.startContainer(q, c));
+  private startContainer(q: cri.StartContainerRequest__Output, c?: CallContext) {
+    return this.byId(q.containerId, "StartContainer", q, c, (v) =>
+      v.container.startContainer(q, c),
+    );
   }
 
-  stopContainer(q: Req<"stopContainer">, c?: CallContext) {
-    return this.byId(q.containerId, "StopContainer", q, c, (v) => v.stopContainer(q, c));
+  private stopContainer(q: cri.StopContainerRequest__Output, c?: CallContext) {
+    return this.byId(q.containerId, "StopContainer", q, c, (v) => v.container.stopContainer(q, c));
   }
 
-  async removeContainer(q: Req<"removeContainer">, c?: CallContext) {
+  private async removeContainer(q: cri.RemoveContainerRequest__Output, c?: CallContext) {
     const done = await this.byId(q.containerId, "RemoveContainer", q, c, (v) =>
-      v.removeContainer(q, c),
+      v.container.removeContainer(q, c),
     );
     await this.owners.forget(q.containerId);
     return done;
   }
 
-  containerStatus(q: Req<"containerStatus">, c?: CallContext) {
-    return this.byId(q.containerId, "ContainerStatus", q, c, (v) => v.containerStatus(q, c));
+  private containerStatus(q: cri.ContainerStatusRequest__Output, c?: CallContext) {
+    return this.byId(q.containerId, "ContainerStatus", q, c, (v) =>
+      v.container.containerStatus(q, c),
+    );
   }
 
-  reopenContainerLog(q: Req<"reopenContainerLog">, c?: CallContext) {
-    return this.byId(q.containerId, "ReopenContainerLog", q, c, (v) => v.reopenContainerLog(q, c));
+  private reopenContainerLog(q: cri.ReopenContainerLogRequest__Output, c?: CallContext) {
+    return this.byId(q.containerId, "ReopenContainerLog", q, c, (v) =>
+      v.container.reopenContainerLog(q, c),
+    );
   }
 
-  containerStats(q: Req<"containerStats">, c?: CallContext) {
-    return this.byId(q.containerId, "ContainerStats", q, c, (v) => v.containerStats(q, c));
+  private containerStats(q: cri.ContainerStatsRequest__Output, c?: CallContext) {
+    return this.byId(q.containerId, "ContainerStats", q, c, (v) => v.stats.containerStats(q, c));
   }
 
-  async listContainers(q: Req<"listContainers">, c?: CallContext) {
+  private async listContainers(q: cri.ListContainersRequest__Output, c?: CallContext) {
     const [vmlet, containerd] = await this.both(
       "ListContainers",
       this.ownerIfKnown(q.filter?.id) ?? this.ownerIfKnown(q.filter?.podSandboxId),
-      () => this.vm.listContainers(q, c),
+      () => this.vm.container.listContainers(q, c),
       () => this.containerd.call("ListContainers", q, c),
     );
     return { containers: [...(containerd?.containers ?? []), ...(vmlet?.containers ?? [])] };
   }
 
-  async listContainerStats(q: Req<"listContainerStats">, c?: CallContext) {
+  private async listContainerStats(q: cri.ListContainerStatsRequest__Output, c?: CallContext) {
     const [vmlet, containerd] = await this.both(
       "ListContainerStats",
       this.ownerIfKnown(q.filter?.id) ?? this.ownerIfKnown(q.filter?.podSandboxId),
-      () => this.vm.listContainerStats(q, c),
+      () => this.vm.stats.listContainerStats(q, c),
       () => this.containerd.call("ListContainerStats", q, c),
     );
     return { stats: [...(containerd?.stats ?? []), ...(vmlet?.stats ?? [])] };
   }
 
-  execSync(q: Req<"execSync">, c?: CallContext) {
-    return this.byId(q.containerId, "ExecSync", q, c, (v) => v.execSync(q, c));
+  private execSync(q: cri.ExecSyncRequest__Output, c?: CallContext) {
+    return this.byId(q.containerId, "ExecSync", q, c, (v) => v.exec.execSync(q, c));
   }
 
   // Streaming: containerd's URLs are absolute (its own streaming server), passed as they are.
-  exec(q: Req<"exec">, c?: CallContext) {
-    return this.byId(q.containerId, "Exec", q, c, (v) => optional(v.exec, "Exec", q, c));
+  private exec(q: cri.ExecRequest__Output, c?: CallContext) {
+    return this.byId(q.containerId, "Exec", q, c, (v) =>
+      optional(v.exec.exec?.bind(v.exec), "Exec", q, c),
+    );
   }
 
-  attach(q: Req<"attach">, c?: CallContext) {
-    return this.byId(q.containerId, "Attach", q, c, (v) => optional(v.attach, "Attach", q, c));
+  private attach(q: cri.AttachRequest__Output, c?: CallContext) {
+    return this.byId(q.containerId, "Attach", q, c, (v) =>
+      optional(v.exec.attach?.bind(v.exec), "Attach", q, c),
+    );
   }
 
-  portForward(q: Req<"portForward">, c?: CallContext) {
+  private portForward(q: cri.PortForwardRequest__Output, c?: CallContext) {
     return this.byId(q.podSandboxId, "PortForward", q, c, (v) =>
-      optional(v.portForward, "PortForward", q, c),
+      optional(v.exec.portForward?.bind(v.exec), "PortForward", q, c),
     );
   }
 
-  updateContainerResources(q: Req<"updateContainerResources">, c?: CallContext) {
+  private updateContainerResources(
+    q: cri.UpdateContainerResourcesRequest__Output,
+    c?: CallContext,
+  ) {
     return this.byId(q.containerId, "UpdateContainerResources", q, c, (v) =>
-      optional(v.updateContainerResources, "UpdateContainerResources", q, c),
+      optional(
+        v.container.updateContainerResources?.bind(v.container),
+        "UpdateContainerResources",
+        q,
+        c,
+      ),
     );
   }
 
-  checkpointContainer(q: Req<"checkpointContainer">, c?: CallContext) {
+  private checkpointContainer(q: cri.CheckpointContainerRequest__Output, c?: CallContext) {
     return this.byId(q.containerId, "CheckpointContainer", q, c, (v) =>
-      optional(v.checkpointContainer, "CheckpointContainer", q, c),
+      optional(v.container.checkpointContainer?.bind(v.container), "CheckpointContainer", q, c),
     );
   }
 
-  async listMetricDescriptors(q: Req<"listMetricDescriptors">, c?: CallContext) {
+  private async listMetricDescriptors(
+    q: cri.ListMetricDescriptorsRequest__Output,
+    c?: CallContext,
+  ) {
     const [vmlet, containerd] = await Promise.all([
-      this.vm.listMetricDescriptors?.(q, c),
+      this.vm.stats.listMetricDescriptors?.(q, c),
       this.containerd.call("ListMetricDescriptors", q, c).catch(unimplementedAsNone),
     ]);
     return { descriptors: [...(containerd?.descriptors ?? []), ...(vmlet?.descriptors ?? [])] };
   }
 
-  async listPodSandboxMetrics(q: Req<"listPodSandboxMetrics">, c?: CallContext) {
+  private async listPodSandboxMetrics(
+    q: cri.ListPodSandboxMetricsRequest__Output,
+    c?: CallContext,
+  ) {
     const [vmlet, containerd] = await Promise.all([
-      this.vm.listPodSandboxMetrics?.(q, c),
+      this.vm.stats.listPodSandboxMetrics?.(q, c),
       this.containerd.call("ListPodSandboxMetrics", q, c).catch(unimplementedAsNone),
     ]);
     return { podMetrics: [...(containerd?.podMetrics ?? []), ...(vmlet?.podMetrics ?? [])] };
@@ -311,40 +383,40 @@ export class CriProxy implements CriBackend {
 
   // ---- images ----
 
-  pullImage(q: Req<"pullImage">, c?: CallContext) {
+  private pullImage(q: cri.PullImageRequest__Output, c?: CallContext) {
     return this.matchesRules(q.image?.image ?? "")
-      ? this.vm.pullImage(q, c)
+      ? this.vm.image.pullImage(q, c)
       : this.containerd.call("PullImage", q, c);
   }
 
-  async imageStatus(q: Req<"imageStatus">, c?: CallContext) {
+  private async imageStatus(q: cri.ImageStatusRequest__Output, c?: CallContext) {
     const name = q.image?.image ?? "";
-    if (this.matchesRules(name)) return this.vm.imageStatus(q, c);
-    const vmlet = await this.vm.imageStatus(q, c);
+    if (this.matchesRules(name)) return this.vm.image.imageStatus(q, c);
+    const vmlet = await this.vm.image.imageStatus(q, c);
     return vmlet.image ? vmlet : this.containerd.call("ImageStatus", q, c);
   }
 
-  async removeImage(q: Req<"removeImage">, c?: CallContext) {
+  private async removeImage(q: cri.RemoveImageRequest__Output, c?: CallContext) {
     const name = q.image?.image ?? "";
-    if (await this.isVmImage(name)) return this.vm.removeImage(q, c);
+    if (await this.isVmImage(name)) return this.vm.image.removeImage(q, c);
     return this.containerd.call("RemoveImage", q, c);
   }
 
-  async listImages(q: Req<"listImages">, c?: CallContext) {
+  private async listImages(q: cri.ListImagesRequest__Output, c?: CallContext) {
     const name = q.filter?.image?.image ?? "";
     const [vmlet, containerd] = await this.both(
       "ListImages",
       name && this.matchesRules(name) ? "vmlet" : undefined,
-      () => this.vm.listImages(q, c),
+      () => this.vm.image.listImages(q, c),
       () => this.containerd.call("ListImages", q, c),
     );
     return { images: [...(containerd?.images ?? []), ...(vmlet?.images ?? [])] };
   }
 
-  async imageFsInfo(q: Req<"imageFsInfo">, c?: CallContext) {
+  private async imageFsInfo(q: cri.ImageFsInfoRequest__Output, c?: CallContext) {
     const [containerd, vmlet] = await Promise.all([
       this.containerd.call("ImageFsInfo", q, c),
-      this.vm.imageFsInfo(q, c),
+      this.vm.image.imageFsInfo(q, c),
     ]);
     return mergeImageFs(containerd, vmlet);
   }
@@ -371,7 +443,7 @@ export class CriProxy implements CriBackend {
     method: M,
     q: ContainerdRequest<M>,
     c: CallContext | undefined,
-    onVm: (vm: CriBackend) => R | Promise<R>,
+    onVm: (vm: CriCalls) => R | Promise<R>,
   ): Promise<R> {
     if (this.ownerOf(id) === "vmlet") return onVm(this.vm);
     // containerd answers in the same CRI messages the server sends on.
@@ -425,7 +497,7 @@ export class CriProxy implements CriBackend {
   private async isVmImage(name: string): Promise<boolean> {
     if (name === "") return false;
     if (this.matchesRules(name)) return true;
-    const known = await this.vm.imageStatus({
+    const known = await this.vm.image.imageStatus({
       image: { image: name },
       verbose: false,
     } as cri.ImageStatusRequest__Output);
