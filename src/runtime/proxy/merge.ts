@@ -1,8 +1,9 @@
 // How the answers of vmlet and containerd become one answer for kubelet: Status with
 // each condition true only when both sides say so (and the message naming the side that
 // does not), the image filesystems with containerd's first.
+
+import { errorMessage } from "../../util/errors";
 import type * as cri from "../cri/generated";
-import { errorMessage } from "../errors";
 
 /** The conditions kubelet requires; a side that does not report one is not ready. */
 const REQUIRED_CONDITIONS = ["RuntimeReady", "NetworkReady"];
