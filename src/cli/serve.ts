@@ -39,7 +39,12 @@ export const SERVE_USAGE = `usage: vmlet serve [options]
   --qemu-user NAME        the user QEMU drops to (default ${DEFAULT_QEMU_USER})
   --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default ${DEFAULT_IMAGE_MAX_SIZE})
   --stream-address H:P    exec/attach/port-forward HTTP server kubelet proxies to
-                          (default 127.0.0.1:0, a port chosen at start)`;
+                          (default 127.0.0.1:0, a port chosen at start)
+  --containerd-socket PATH
+                          front the node's containerd: pods of --runtime-handler are
+                          VMs, every other pod a container of containerd (default: off)
+  --runtime-handler NAME  the RuntimeClass handler of VM pods, with --containerd-socket
+                          (default vmlet)`;
 
 export interface ServeOptions {
   socket: string;
@@ -56,6 +61,10 @@ export interface ServeOptions {
   imageMaxSize: string;
   /** host:port of the streaming server; port 0 picks one at start. */
   streamAddress?: string;
+  /** containerd's CRI socket, fronted for every pod not of `runtimeHandler`; "" is off. */
+  containerdSocket?: string;
+  /** The RuntimeClass handler of VM pods when fronting containerd (default vmlet). */
+  runtimeHandler?: string;
 }
 
 const DEFAULTS: ServeOptions = {
@@ -71,6 +80,8 @@ const DEFAULTS: ServeOptions = {
   qemuUser: DEFAULT_QEMU_USER,
   imageMaxSize: DEFAULT_IMAGE_MAX_SIZE,
   streamAddress: "127.0.0.1:0",
+  containerdSocket: "",
+  runtimeHandler: "vmlet",
 };
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
@@ -98,6 +109,8 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       "qemu-user": { type: "string" },
       "image-max-size": { type: "string" },
       "stream-address": { type: "string" },
+      "containerd-socket": { type: "string" },
+      "runtime-handler": { type: "string" },
     },
     strict: true,
     allowPositionals: false,
@@ -117,6 +130,8 @@ export function parseServeArgs(argv: string[]): ServeOptions {
     ...(values["qemu-user"] ? { qemuUser: values["qemu-user"] } : {}),
     ...(values["image-max-size"] ? { imageMaxSize: values["image-max-size"] } : {}),
     ...(values["stream-address"] ? { streamAddress: values["stream-address"] } : {}),
+    ...(values["containerd-socket"] ? { containerdSocket: values["containerd-socket"] } : {}),
+    ...(values["runtime-handler"] ? { runtimeHandler: values["runtime-handler"] } : {}),
   };
   return validate({ ...DEFAULTS, ...file, ...flags }, "--");
 }
@@ -196,6 +211,20 @@ function validate(o: ServeOptions, _prefix: string): ServeOptions {
   } catch (error) {
     throw new ServeConfigError((error as Error).message);
   }
+  if (o.containerdSocket && !path.isAbsolute(o.containerdSocket)) {
+    throw new ServeConfigError(
+      `containerdSocket ${JSON.stringify(o.containerdSocket)}: must be an absolute path`,
+    );
+  }
+  // RuntimeClass handlers are DNS labels (k8s.io/api/node/v1).
+  if (
+    o.runtimeHandler !== undefined &&
+    !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(o.runtimeHandler)
+  ) {
+    throw new ServeConfigError(
+      `runtimeHandler ${JSON.stringify(o.runtimeHandler)}: want a RuntimeClass handler name (a DNS label)`,
+    );
+  }
   return o;
 }
 
@@ -249,6 +278,7 @@ export async function startDaemon(
     cni,
     stateDir: path.join(options.stateDir, "pods"),
     log: logger.child({ component: "dhcp" }),
+    sharedNetworks: Boolean(options.containerdSocket),
   });
   const vmlet = await startVmlet({
     socket: options.socket,
@@ -264,6 +294,14 @@ export async function startDaemon(
     logger,
     cgroupDriver: options.cgroupDriver,
     ...(options.streamAddress ? { streamAddress: options.streamAddress } : {}),
+    ...(options.containerdSocket
+      ? {
+          containerd: {
+            socket: options.containerdSocket,
+            vmHandlers: [options.runtimeHandler ?? "vmlet"],
+          },
+        }
+      : {}),
   });
   return {
     logger,

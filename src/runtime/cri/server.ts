@@ -6,9 +6,8 @@ import path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { CriError, errorMessage, GRPC_CODES } from "../errors";
-import type { VmRuntime } from "../service";
-import type { CriStreaming } from "../streaming/cri-calls";
 import { AuthorityFront } from "./authority-front";
+import type { CriBackend } from "./backend";
 import type { ImageServiceHandlers } from "./generated/runtime/v1/ImageService";
 import type { RuntimeServiceHandlers } from "./generated/runtime/v1/RuntimeService";
 import { loadCri } from "./proto";
@@ -42,10 +41,8 @@ export class CriServer {
   private socketPath: string | undefined;
 
   constructor(
-    private readonly runtime: VmRuntime,
+    private readonly runtime: CriBackend,
     private readonly logger: Logger,
-    /** Exec, Attach and PortForward; without it they answer UNIMPLEMENTED. */
-    private readonly streaming?: CriStreaming,
   ) {}
 
   /** Listens on `socketPath` (mode 0600), creating its directory and replacing a stale socket. */
@@ -131,12 +128,26 @@ export class CriServer {
       PodSandboxStats: this.unary("PodSandboxStats", (q) => stats.podSandboxStats(q)),
       ListPodSandboxStats: this.unary("ListPodSandboxStats", (q) => stats.listPodSandboxStats(q)),
       // kubelet asks for these only with PodAndContainerStatsFromCRI; vmlet has no extra metrics.
-      ListMetricDescriptors: this.unary("ListMetricDescriptors", () => ({ descriptors: [] })),
-      ListPodSandboxMetrics: this.unary("ListPodSandboxMetrics", () => ({ podMetrics: [] })),
-      UpdateContainerResources: this.unimplemented("UpdateContainerResources"),
+      ListMetricDescriptors: this.unary(
+        "ListMetricDescriptors",
+        (q) => stats.listMetricDescriptors?.(q) ?? { descriptors: [] },
+      ),
+      ListPodSandboxMetrics: this.unary(
+        "ListPodSandboxMetrics",
+        (q) => stats.listPodSandboxMetrics?.(q) ?? { podMetrics: [] },
+      ),
+      UpdateContainerResources: this.optional(
+        "UpdateContainerResources",
+        container.updateContainerResources?.bind(container),
+      ),
       ExecSync: this.unary("ExecSync", (q, call) => exec.execSync(q, call)),
-      ...this.streamingHandlers(),
-      CheckpointContainer: this.unimplemented("CheckpointContainer"),
+      Exec: this.optional("Exec", exec.exec?.bind(exec)),
+      Attach: this.optional("Attach", exec.attach?.bind(exec)),
+      PortForward: this.optional("PortForward", exec.portForward?.bind(exec)),
+      CheckpointContainer: this.optional(
+        "CheckpointContainer",
+        container.checkpointContainer?.bind(container),
+      ),
       // kubelet's evented PLEG (a feature gate) falls back to relisting on UNIMPLEMENTED.
       GetContainerEvents: (call) => {
         call.emit("error", {
@@ -144,22 +155,6 @@ export class CriServer {
           details: "GetContainerEvents: container events are not supported; kubelet relists",
         });
       },
-    };
-  }
-
-  private streamingHandlers(): Pick<RuntimeServiceHandlers, "Exec" | "Attach" | "PortForward"> {
-    const s = this.streaming;
-    if (!s) {
-      return {
-        Exec: this.unimplemented("Exec"),
-        Attach: this.unimplemented("Attach"),
-        PortForward: this.unimplemented("PortForward"),
-      };
-    }
-    return {
-      Exec: this.unary("Exec", (q) => s.getExec(q)),
-      Attach: this.unary("Attach", (q) => s.getAttach(q)),
-      PortForward: this.unary("PortForward", (q) => s.getPortForward(q)),
     };
   }
 
@@ -210,6 +205,14 @@ export class CriServer {
           },
         );
     };
+  }
+
+  /** A call the backend may lack (vmlet's runtime alone): UNIMPLEMENTED then. */
+  private optional<Req, Res>(
+    method: string,
+    handle: ((request: Req, call: CallContext) => Res | Promise<Res>) | undefined,
+  ): grpc.handleUnaryCall<Req, Res> {
+    return handle ? this.unary(method, handle) : this.unimplemented(method);
   }
 
   private unimplemented<Req, Res>(method: string): grpc.handleUnaryCall<Req, Res> {

@@ -47,6 +47,8 @@ describe("vmlet serve settings", () => {
       qemuUser: "vmlet-qemu",
       imageMaxSize: "64Gi",
       streamAddress: "127.0.0.1:10010",
+      containerdSocket: "",
+      runtimeHandler: "vmlet",
     });
   });
 
@@ -59,6 +61,22 @@ describe("vmlet serve settings", () => {
     assert.throws(
       () => parseServeArgs(["--stream-address", "localhost"]),
       /stream address "localhost": want host:port/,
+    );
+  });
+
+  test("--containerd-socket and --runtime-handler (or their config keys) turn on fronting containerd", () => {
+    const o = parseServeArgs(["--containerd-socket=/run/c.sock", "--runtime-handler=kata-vm"]);
+    assert.equal(o.containerdSocket, "/run/c.sock");
+    assert.equal(o.runtimeHandler, "kata-vm");
+    const file = configFile({ containerdSocket: "/run/d.sock" });
+    assert.equal(parseServeArgs(["--config", file]).containerdSocket, "/run/d.sock");
+    assert.throws(
+      () => parseServeArgs(["--containerd-socket", "c.sock"]),
+      /containerdSocket "c.sock": must be an absolute path/,
+    );
+    assert.throws(
+      () => parseServeArgs(["--runtime-handler", "VM_pods"]),
+      /runtimeHandler "VM_pods": want a RuntimeClass handler name/,
     );
   });
 
