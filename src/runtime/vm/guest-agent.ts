@@ -4,6 +4,8 @@
 // qga/qapi-schema.json: guest-sync-delimited answers after a 0xFF byte, which marks
 // where stale output from an earlier client ends; guest-exec starts a process and
 // returns its pid; guest-exec-status reports it, with base64 output once it exited.
+// Over 400 lines: ExecSync's and streaming exec's loops share the framing and the
+// per-VM channel lock, which must stay one module to stay one lock.
 import net from "node:net";
 import { isObject } from "../../util/is-object";
 import { KeyedLock } from "../../util/keyed-lock";
