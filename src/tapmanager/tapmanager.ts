@@ -27,6 +27,11 @@ export interface TapmanagerOptions {
   /** DHCP lease time; the addresses are static, so renewals only refresh it. */
   leaseSeconds?: number;
   log?: DhcpLog;
+  /**
+   * Another runtime attaches pods to the same CNI networks (vmlet fronting containerd):
+   * garbage collection then leaves the plugins' own GC alone, which would free its pods.
+   */
+  sharedNetworks?: boolean;
 }
 
 /** setUp or tearDown of one pod failed; the message says what was cleaned up. */
@@ -425,7 +430,7 @@ export class Tapmanager {
    * in between would have a cached attachment and no record yet.
    */
   async collectGarbage(): Promise<void> {
-    await this.options.cni.gc(this.store.list());
+    await this.options.cni.gc(this.store.list(), { pluginGc: !this.options.sharedNetworks });
   }
 
   /** Stops every DHCP server; the networks stay for the next start to recover. */
