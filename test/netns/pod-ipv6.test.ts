@@ -5,7 +5,7 @@
 // fe80::1) networks; it reaches a second dual-stack pod both ways. An IPv4-only pod
 // sends no router advertisements.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -175,6 +175,27 @@ describe("dual-stack pods: the guest takes its IPv6 by RA and DHCPv6", () => {
           await waitFor("the guest's link-local", 5000, () =>
             linkLocalOf(guest.netns, guest.ifname),
           );
+          // A DHCPv6 server's ears in the second pod: the guest's DHCPv6 must stay in its pod.
+          const listener = spawn(
+            "ip",
+            [
+              "netns",
+              "exec",
+              node.other.ns.name,
+              "socat",
+              "-u",
+              "UDP6-RECV:547,ipv6-join-group=[ff02::1:2]:eth0",
+              "-",
+            ],
+            { stdio: ["ignore", "pipe", "ignore"] },
+          );
+          let overheard = 0;
+          listener.stdout.on("data", (d: Buffer) => {
+            overheard += d.length;
+          });
+          cleanup.push(async () => {
+            listener.kill();
+          });
           const client = startIpv6Client(kind, guest.netns, guest.ifname, dir);
           cleanup = [async () => client.stop(), ...cleanup];
           try {
@@ -204,6 +225,22 @@ describe("dual-stack pods: the guest takes its IPv6 by RA and DHCPv6", () => {
             );
             assert.ok(guest6(guest.netns, guest.ifname).addresses.includes(want));
             assert.deepEqual(node.tapmanager.ipv6Stats(pod.sandboxId)[0]!.dhcp6.dropped, {});
+            assert.equal(overheard, 0, "no DHCPv6 from the guest reached the second pod");
+            // The listener was live: a datagram the second pod sends to the group itself is heard.
+            execFileSync(
+              "ip",
+              [
+                "netns",
+                "exec",
+                node.other.ns.name,
+                "socat",
+                "-u",
+                "-",
+                "UDP6-SENDTO:[ff02::1:2%eth0]:547",
+              ],
+              { input: "probe" },
+            );
+            await waitFor("the listener's own probe", 5000, () => overheard > 0);
 
             // IPv4 beside it: the DHCPv4 lease, and the second pod over IPv4.
             const v4 = await startDhcpClient("udhcpc", {
