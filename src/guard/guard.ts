@@ -5,6 +5,7 @@ import * as bpf from "../sys/bpf";
 import * as libc from "../sys/libc";
 import { Rtnl } from "../sys/rtnl";
 import { ETH_P_ALL_BE, type TcFilterSpec, type TcHook, type TcLink, TcSession } from "../sys/tc";
+import { type StepHook, timeStep } from "../util/steps";
 import {
   DROP_REASONS,
   type DropReason,
@@ -54,6 +55,7 @@ export class InterfaceGuard {
     nsPath: string,
     links: GuardLinks,
     policy: TapPolicy,
+    steps?: StepHook,
   ): Promise<InterfaceGuard> {
     const where = `guard ${links.tap}/${links.veth} in ${nsPath}`;
     const mapFd = bpf.createCounterMap("vmlet_guard", DROP_REASONS.length);
@@ -70,10 +72,14 @@ export class InterfaceGuard {
         [veth, "egress", "vmlet_to_node", vethEgressProgram(policy.guestMac, mapFd)],
       ];
       for (const [link, hook, name, insns] of programs) {
-        const fd = bpf.loadProgram(name, bpf.BPF_PROG_TYPE_SCHED_CLS, insns);
+        const fd = await timeStep(steps, "guard: BPF load", () =>
+          bpf.loadProgram(name, bpf.BPF_PROG_TYPE_SCHED_CLS, insns),
+        );
         progFds.push(fd);
-        await tc.ensureClsact(link);
-        await tc.attachBpf(spec(link, hook), fd, name, true);
+        await timeStep(steps, "guard: tc attach", async () => {
+          await tc.ensureClsact(link);
+          await tc.attachBpf(spec(link, hook), fd, name, true);
+        });
       }
       const specs = programs.map(([link, hook]) => spec(link, hook));
       return new InterfaceGuard(mapFd, where, nsPath, specs);

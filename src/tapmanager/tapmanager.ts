@@ -12,6 +12,7 @@ import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { KeyedLock } from "../util/keyed-lock";
+import { type StepHook, timeStep } from "../util/steps";
 import { readGuestView, withoutDefaultRoute } from "./guest-network";
 import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
 import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "./types";
@@ -23,6 +24,8 @@ export interface TapmanagerOptions {
   /** DHCP lease time; the addresses are static, so renewals only refresh it. */
   leaseSeconds?: number;
   log?: DhcpLog;
+  /** Told each setUp and tearDown step's wall time (the benchmarks' breakdown). */
+  steps?: StepHook;
 }
 
 /** setUp or tearDown of one pod failed; the message says what was cleaned up. */
@@ -107,21 +110,23 @@ export class Tapmanager {
       phase: "creating",
       interfaces: [],
     };
-    await this.store.write(record);
-    createNetns(netnsName);
+    await this.timed("record creating", () => this.store.write(record));
+    await this.timed("netns create", () => createNetns(netnsName));
     await this.step("loopback up", () => this.withRtnl(record, (r) => r.setUp("lo")));
-    const attachments = await this.options.cni.addPod(request.pod, record.netnsPath, {
-      ...(request.networks ? { networks: request.networks } : {}),
-      ...(request.capabilities ? { capabilities: request.capabilities } : {}),
-    });
+    const attachments = await this.timed("CNI ADD", () =>
+      this.options.cni.addPod(request.pod, record.netnsPath, {
+        ...(request.networks ? { networks: request.networks } : {}),
+        ...(request.capabilities ? { capabilities: request.capabilities } : {}),
+      }),
+    );
     record.interfaces = await this.step("read the netns", () =>
       this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
     );
     record.phase = "wiring";
-    await this.store.write(record);
+    await this.timed("record wiring", () => this.store.write(record));
     await this.configure(record);
     record.phase = "ready";
-    await this.store.write(record);
+    await this.timed("record ready", () => this.store.write(record));
     return record;
   }
 
@@ -196,13 +201,22 @@ export class Tapmanager {
     await this.withRtnl(record, async (rtnl) => {
       for (const iface of record.interfaces) {
         const names = { ifname: iface.ifname, bridge: iface.bridge, tap: iface.tap };
-        await this.step(`rewire ${iface.ifname}`, () =>
-          rewireInterface(rtnl, record.netnsPath, names, {
-            addresses: iface.addresses,
-            routes: iface.routes,
-            mtu: iface.mtu,
-            mac: iface.guestMac,
-          }),
+        await this.step(
+          `rewire ${iface.ifname}`,
+          () =>
+            rewireInterface(
+              rtnl,
+              record.netnsPath,
+              names,
+              {
+                addresses: iface.addresses,
+                routes: iface.routes,
+                mtu: iface.mtu,
+                mac: iface.guestMac,
+              },
+              this.options.steps,
+            ),
+          "rewire",
         );
       }
     });
@@ -211,28 +225,36 @@ export class Tapmanager {
     const guards: { ifname: string; guard: InterfaceGuard }[] = [];
     this.guards.set(id, guards);
     for (const iface of record.interfaces) {
-      const guard = await this.step(`guard ${iface.tap}`, () =>
-        InterfaceGuard.attach(
-          record.netnsPath,
-          { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge },
-          { guestMac: iface.guestMac, prefixes: sourcePrefixes(record, iface) },
-        ),
+      const guard = await this.step(
+        `guard ${iface.tap}`,
+        () =>
+          InterfaceGuard.attach(
+            record.netnsPath,
+            { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge },
+            { guestMac: iface.guestMac, prefixes: sourcePrefixes(record, iface) },
+            this.options.steps,
+          ),
+        "guard (BPF load + attach)",
       );
       guards.push({ ifname: iface.ifname, guard });
     }
     for (const iface of record.interfaces) {
       const lease = iface.lease;
       if (!lease) continue;
-      const server = await this.step(`serve DHCP on ${iface.bridge}`, () =>
-        DhcpServer.start({
-          nsPath: record.netnsPath,
-          device: iface.bridge,
-          serverId: iface.serverId,
-          leases: [lease],
-          log: this.log,
-          // The guard on the tap steers the guest's DHCP to the server itself.
-          intercept: false,
-        }),
+      const server = await this.step(
+        `serve DHCP on ${iface.bridge}`,
+        () =>
+          DhcpServer.start({
+            nsPath: record.netnsPath,
+            device: iface.bridge,
+            serverId: iface.serverId,
+            leases: [lease],
+            log: this.log,
+            // The guard on the tap steers the guest's DHCP to the server itself.
+            intercept: false,
+            ...(this.options.steps ? { steps: this.options.steps } : {}),
+          }),
+        "DHCP ready",
       );
       servers.push(server);
     }
@@ -256,7 +278,7 @@ export class Tapmanager {
   private async tearDownRecord(record: PodRecord): Promise<void> {
     const id = record.request.pod.sandboxId;
     const label = podLabel(record.request);
-    await this.stopServing(id);
+    await this.timed("DHCP stop", () => this.stopServing(id));
     const drops = this.dropCounts(id);
     if (drops) this.log.info({ pod: label, sandboxId: id, drops }, "guest isolation drops");
     this.closeGuards(id);
@@ -266,14 +288,16 @@ export class Tapmanager {
     // CNI DEL removes its veth by name, as it does in a container's netns.
     const present = isNetns(record.netnsPath);
     try {
-      await this.options.cni.delPod(record.request.pod, present ? record.netnsPath : undefined);
+      await this.timed("CNI DEL", () =>
+        this.options.cni.delPod(record.request.pod, present ? record.netnsPath : undefined),
+      );
     } catch (error) {
       throw new PodNetworkError(`tearDown ${label}: CNI DEL: ${(error as Error).message}`, {
         cause: error,
       });
     }
-    deleteNetns(record.netnsName);
-    await this.store.remove(id);
+    await this.timed("netns delete", () => deleteNetns(record.netnsName));
+    await this.timed("record remove", () => this.store.remove(id));
   }
 
   /** After a failed setUp: everything the record says may exist is removed. */
@@ -441,9 +465,14 @@ export class Tapmanager {
     }
   }
 
-  private async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
+  private timed<T>(step: string, work: () => Promise<T> | T): Promise<T> {
+    return timeStep(this.options.steps, step, work);
+  }
+
+  /** A step whose failure names it; `timedAs` groups per-NIC steps in the breakdown. */
+  private async step<T>(name: string, fn: () => Promise<T>, timedAs = name): Promise<T> {
     try {
-      return await fn();
+      return await this.timed(timedAs, fn);
     } catch (error) {
       throw new Error(`${name}: ${(error as Error).message}`, { cause: error });
     }
