@@ -203,7 +203,6 @@ export class DhcpServer {
         where,
       );
       const bridge = await rtnl.link(device);
-      const ports = (await rtnl.links()).filter((l) => l.master === bridge.index);
       // The bridge holds the server id (the guest's gateway address) so that steered
       // renewals are local; it must never answer ARP for it, or it would take the
       // guest's traffic to the real gateway.
@@ -235,7 +234,9 @@ export class DhcpServer {
               nsPath,
               ipToUint32(serverId),
               bridge.index,
-              ports.map((p) => ({ name: p.name, index: p.index })),
+              (await rtnl.links())
+                .filter((l) => l.master === bridge.index)
+                .map((p) => ({ name: p.name, index: p.index })),
             );
       options.log?.info({ where, serverId, leases: leases.length }, "DHCP server listening");
       return new DhcpServer(options, handler, socket, intercept);
