@@ -123,7 +123,7 @@ export class Tapmanager {
       this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
     );
     record.phase = "wiring";
-    await this.timed("record wiring", () => this.store.write(record));
+    await this.timed("record wiring", () => this.store.writeStep(record));
     await this.configure(record);
     record.phase = "ready";
     await this.timed("record ready", () => this.store.write(record));
