@@ -5,7 +5,7 @@
 //  2. A small and a large node (50 and 500 pods) set up concurrently, then torn down
 //     concurrently, alternated over rounds: time per pod at each size (linear cost), the
 //     daemon's RSS per pod at the large size, and what is left afterwards.
-// Usage: node dist/bench/tapmanager.js [N=50] [large=500] [small=50] [rounds=2]
+// Usage: node dist/bench/tapmanager.js [N=50] [large=500] [small=50] [rounds=2] [maxConcurrent]
 import fs from "node:fs";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -74,8 +74,14 @@ async function main(): Promise<void> {
   const large = Number(process.argv[3] ?? 500);
   const small = Number(process.argv[4] ?? 50);
   const rounds = Number(process.argv[5] ?? 2);
+  const maxConcurrent = process.argv[6] ? Number(process.argv[6]) : undefined;
   const breakdown = stepBreakdown();
-  const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods"), steps: breakdown.hook });
+  const tm = new Tapmanager({
+    cni,
+    stateDir: path.join(root, "pods"),
+    steps: breakdown.hook,
+    ...(maxConcurrent ? { maxConcurrent } : {}),
+  });
 
   // 1. One pod at a time, alternating with raw CNI.
   const { samples, time: timed } = stepTimer([

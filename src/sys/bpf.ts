@@ -249,14 +249,31 @@ export function loadProgram(
   const errno = libc.errno();
   const log = Buffer.alloc(65536);
   const again = tryLoad(name, progType, insns, log);
-  if (again >= 0) return again; // refused once, then not: a transient error (EAGAIN, ENOMEM)
+  if (again >= 0) return again; // refused once, then not: a transient error (ENOMEM)
   const text = log.toString("latin1", 0, Math.max(0, log.indexOf(0))).trim();
   // The verifier's verdict is at the end of its log.
   const tail = text.split("\n").slice(-12).join("\n");
   throw new libc.SysCallError(`${what}${tail ? ` (${tail})` : ""}`, errno);
 }
 
+// asm-generic/errno-base.h
+const EAGAIN = 11;
+/** libbpf's count too: the verifier gives up with EAGAIN when a signal is pending. */
+const LOAD_ATTEMPTS = 5;
+
+/**
+ * One BPF_PROG_LOAD, again while the verifier was interrupted: a daemon that runs CNI
+ * plugins gets a SIGCHLD for each, and with hundreds of pods at once one lands mid-verify.
+ */
 function tryLoad(name: string, progType: number, insns: Buffer, log?: Buffer): number {
+  let fd = loadOnce(name, progType, insns, log);
+  for (let i = 1; i < LOAD_ATTEMPTS && fd < 0 && libc.errno() === EAGAIN; i++) {
+    fd = loadOnce(name, progType, insns, log);
+  }
+  return fd;
+}
+
+function loadOnce(name: string, progType: number, insns: Buffer, log?: Buffer): number {
   const attr = Buffer.alloc(koffi.sizeof(ProgLoadAttr));
   koffi.encode(attr, ProgLoadAttr, {
     prog_type: progType,

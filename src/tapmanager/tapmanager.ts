@@ -12,6 +12,7 @@ import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { KeyedLock } from "../util/keyed-lock";
+import { Limiter } from "../util/limiter";
 import { type StepHook, timeStep } from "../util/steps";
 import { readGuestView, withoutDefaultRoute } from "./guest-network";
 import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
@@ -24,6 +25,13 @@ export interface TapmanagerOptions {
   /** DHCP lease time; the addresses are static, so renewals only refresh it. */
   leaseSeconds?: number;
   log?: DhcpLog;
+  /**
+   * Pods whose network is built or torn down at once; the others wait their turn. Much of
+   * the work is synchronous on the one thread (netns switches, eBPF verification, plugin
+   * spawns): with hundreds at once, replies to one pod's netlink requests would wait
+   * behind every other pod's work until its deadline passed. Default 8.
+   */
+  maxConcurrent?: number;
   /** Told each setUp and tearDown step's wall time (the benchmarks' breakdown). */
   steps?: StepHook;
 }
@@ -37,6 +45,7 @@ export class PodNetworkError extends Error {
 }
 
 const DEFAULT_LEASE_SECONDS = 86_400;
+const DEFAULT_MAX_CONCURRENT = 8;
 /** The server id of a NIC whose network has no IPv4 gateway at all. */
 const LINK_LOCAL_SERVER_ID = "169.254.255.254";
 const silentLog: DhcpLog = { info() {}, warn() {}, debug() {} };
@@ -59,6 +68,7 @@ function netnsNameFor(sandboxId: string): string {
 export class Tapmanager {
   private readonly store: PodStateStore;
   private readonly lock = new KeyedLock();
+  private readonly limiter: Limiter;
   private readonly servers = new Map<string, DhcpServer[]>();
   /** Each pod's guarded NICs, by sandbox id: where its drop counters are read. */
   private readonly guards = new Map<string, { ifname: string; guard: InterfaceGuard }[]>();
@@ -66,6 +76,7 @@ export class Tapmanager {
 
   constructor(private readonly options: TapmanagerOptions) {
     this.log = options.log ?? silentLog;
+    this.limiter = new Limiter(options.maxConcurrent ?? DEFAULT_MAX_CONCURRENT);
     this.store = new PodStateStore(options.stateDir, (u) =>
       this.log.warn(
         { sandboxId: u.sandboxId, file: u.file, setAsideAs: u.setAsideAs, err: u.error },
@@ -84,16 +95,18 @@ export class Tapmanager {
     return this.lock.run(id, async () => {
       const existing = this.store.read(id);
       if (existing?.phase === "ready" && this.servers.has(id)) return this.describe(existing);
-      if (existing) await this.tearDownRecord(existing);
-      try {
-        return this.describe(await this.build(request));
-      } catch (error) {
-        const cleanup = await this.cleanUpAfter(id);
-        throw new PodNetworkError(
-          `setUp ${podLabel(request)}: ${(error as Error).message}; ${cleanup}`,
-          { cause: error },
-        );
-      }
+      return this.limiter.run(async () => {
+        if (existing) await this.tearDownRecord(existing);
+        try {
+          return this.describe(await this.build(request));
+        } catch (error) {
+          const cleanup = await this.cleanUpAfter(id);
+          throw new PodNetworkError(
+            `setUp ${podLabel(request)}: ${(error as Error).message}; ${cleanup}`,
+            { cause: error },
+          );
+        }
+      });
     });
   }
 
@@ -265,7 +278,7 @@ export class Tapmanager {
     return this.lock.run(sandboxId, async () => {
       const record = this.store.read(sandboxId);
       if (record) {
-        await this.tearDownRecord(record);
+        await this.limiter.run(() => this.tearDownRecord(record));
         return;
       }
       // No record (never made, or set aside as unreadable): its netns may still be there,
