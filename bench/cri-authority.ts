@@ -7,7 +7,7 @@ import path from "node:path";
 import pino from "pino";
 import { connectCri } from "../src/runtime/cri/client";
 import { CriServer } from "../src/runtime/cri/server";
-import { podConfig } from "../src/runtime/testing/harness";
+import { podConfig } from "../test/harness/test-vmlet";
 import { inTurn, report, stepTimer } from "./lib";
 import { benchVmlet } from "./node";
 

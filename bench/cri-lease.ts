@@ -7,8 +7,8 @@ import http from "node:http";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import pino from "pino";
-import { createVmLauncher } from "../src/runtime/launcher";
-import { podConfig } from "../src/runtime/testing/harness";
+import { createVmLauncher } from "../src/runtime/vm/qemu-launcher";
+import { podConfig } from "../test/harness/test-vmlet";
 import { report } from "./lib";
 import { benchVmlet } from "./node";
 

@@ -3,7 +3,7 @@
 // bridge + host-local plugins; the tapmanager's own setUp and tearDown, alternated in
 // the same run, are the baseline. Usage: node dist/bench/cri.js [N]
 import crypto from "node:crypto";
-import { podConfig } from "../src/runtime/testing/harness";
+import { podConfig } from "../test/harness/test-vmlet";
 import { inTurn, report, stepTimer } from "./lib";
 import { benchVmlet } from "./node";
 

@@ -4,11 +4,11 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { CniClient } from "../src/cni-bridge/cni";
-import { startTestVmlet, type TestVmlet } from "../src/runtime/testing/harness";
 import type { VmLauncher } from "../src/runtime/types";
 import { enterPrivateNamespace } from "../src/sys/private-namespace";
 import { Rtnl } from "../src/sys/rtnl";
 import { Tapmanager } from "../src/tapmanager";
+import { startTestVmlet, type TestVmlet } from "../test/harness/test-vmlet";
 import { BIN_DIR } from "./plugin";
 
 export interface BenchNode {

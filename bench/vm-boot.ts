@@ -10,7 +10,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { VmLauncher } from "../src/runtime/vm/launcher";
+import { QemuLauncher } from "../src/runtime/vm/qemu-launcher";
 import { createNetns, deleteNetns } from "../src/sys/netns";
 import { enterPrivateNamespace } from "../src/sys/private-namespace";
 import { openTap } from "../src/sys/tap";
@@ -58,7 +58,7 @@ async function main(): Promise<void> {
       const logPath = path.join(root, "logs", `c${i}.log`);
       discoverAt = 0;
       const t0 = performance.now();
-      const vm = await new VmLauncher().start({
+      const vm = await new QemuLauncher().start({
         id: `c${i}`,
         dir,
         baseImage: { path: GUEST, format: "qcow2" },
@@ -80,7 +80,7 @@ async function main(): Promise<void> {
 
       await vm.detach();
       const a0 = performance.now();
-      const adopted = (await new VmLauncher().adopt(vm.record))!;
+      const adopted = (await new QemuLauncher().adopt(vm.record))!;
       adoptMs.push(performance.now() - a0);
 
       if (i % 2 === 0) {

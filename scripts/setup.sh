@@ -23,7 +23,7 @@ APT_PACKAGES=(
   golang-1.19-go golang-google-grpc-dev golang-goprotobuf-dev protobuf-compiler python3-grpcio python3-protobuf
   # iperf3: the bandwidth test measures a pod's rate limits with it
   iperf3
-  strace # test/unit/state-files: sees the state writers fsync their directories
+  strace # test/unit/tapmanager/state-files: sees the state writers fsync their directories
   # moby/spdystream: the CRI streaming test client (scripts/build-stream-client.sh)
   golang-github-docker-spdystream-dev
 )

@@ -1,5 +1,6 @@
 // The test runner: re-enters itself in a private namespace, then runs every test file
-// with Node's test runner. Arguments narrow the run to matching files.
+// (unit/, netns/, guest/) with Node's test runner. Arguments narrow the run to files whose
+// path contains one of them. `npm run test:unit` runs unit/ alone, without root.
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";

@@ -10,9 +10,9 @@ import { CniClient } from "../cni-bridge/cni";
 import { DEFAULT_SOCKET } from "../runtime/cri/server";
 import { startVmlet } from "../runtime/daemon";
 import { type ImageRule, loadImageRules } from "../runtime/images/rules";
-import { createVmLauncher } from "../runtime/launcher";
 import type { Accel } from "../runtime/types";
 import { DEFAULT_QEMU_USER, QEMU_USER_NAME } from "../runtime/vm";
+import { createVmLauncher } from "../runtime/vm/qemu-launcher";
 import { Tapmanager } from "../tapmanager";
 
 export const SERVE_USAGE = `usage: vmlet serve [options]

@@ -3,8 +3,8 @@ import type { Logger } from "pino";
 import { CriServer } from "./cri/server";
 import { ImageStore } from "./images/image-store";
 import type { ImageRule } from "./images/rules";
-import { type CgroupDriver, checkStateDirDepth, VmRuntime } from "./service";
-import { openStateStore } from "./store";
+import { type CgroupDriver, VmRuntime } from "./service";
+import { checkStateDirDepth, openStateStore } from "./store";
 import type { Accel, PodNetworks, VmLauncher } from "./types";
 
 export interface VmletOptions {

@@ -19,7 +19,6 @@ export {
   parseImageRules,
   resolveImage,
 } from "./images/rules";
-export { createVmLauncher, killQemuOfDir } from "./launcher";
 export { type CgroupDriver, VmRuntime, type VmRuntimeOptions } from "./service";
 export { openStateStore, type StateStore } from "./store";
 export type {
@@ -32,4 +31,7 @@ export type {
   VmLauncher,
   VmSpec,
   VmStats,
+  VmTap,
 } from "./types";
+export { createVmLauncher, QemuLauncher } from "./vm/qemu-launcher";
+export { killQemuOfDir } from "./vm/vm-files";

@@ -1,8 +1,8 @@
 // What the runtime uses from its two collaborators, as structural interfaces: the
 // tapmanager (src/tapmanager) builds each pod's network, the VM launcher
-// (src/runtime/vm) runs QEMU. Either plugs in as it is; tests plug in stand-ins.
+// (src/runtime/vm, whose types are re-exported here) runs QEMU. Either plugs in as it
+// is; tests plug in stand-ins.
 import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "../tapmanager/types";
-import type { VmSpec } from "./vm/types";
 
 export type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest };
 
@@ -29,56 +29,14 @@ export interface PodNetworks {
   dropCounts?(sandboxId: string): PodDrops | undefined;
 }
 
-// The VM's request is the launcher's own type; the handle below is what the runtime uses.
-export type { Accel, CloudInitFile, VmSpec } from "./vm/types";
-
-export interface VmExit {
-  exitCode: number;
-  reason: string;
-  message?: string;
-  finishedAt: Date | number;
-}
-
-export interface VmStats {
-  cpuNanos: bigint;
-  memoryBytes: number;
-  /** The VM's writable layer on disk; absent when the launcher cannot tell. */
-  diskBytes?: number;
-}
-
-export interface VmHandle {
-  pid: number;
-  /** JSON the runtime persists and gives back to `adopt` after a restart. */
-  record: unknown;
-  exited: Promise<VmExit>;
-  /** ACPI power-down, then kill when `timeoutMs` has passed. */
-  stop(timeoutMs: number): Promise<void>;
-  kill(): Promise<void>;
-  stats(): Promise<VmStats>;
-  /** Reopen the log file after kubelet rotated it; absent when the launcher cannot. */
-  reopenLog?(): Promise<void>;
-  /** Stop watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
-  detach?(): Promise<void>;
-  /** Runs a command in the guest (ExecSync); absent when the launcher cannot. */
-  exec?(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<ExecResult>;
-}
-
-export interface ExecResult {
-  exitCode: number;
-  stdout: Buffer;
-  stderr: Buffer;
-}
-
-/** The VM launcher, as the runtime sees it. */
-export interface VmLauncher {
-  start(spec: VmSpec): Promise<VmHandle>;
-  /** The handle of a VM still running from before a restart; undefined when it is gone. */
-  adopt(record: unknown): Promise<VmHandle | undefined>;
-  /** Kills whatever VM a start into `dir` that never returned left running. */
-  discard?(dir: string): Promise<unknown>;
-  /**
-   * Kills the VM of a record that `adopt` could not take (its QMP does not answer), by
-   * its pid, only while that pid is still the recorded process; true if it was running.
-   */
-  killRecorded?(record: unknown): Promise<boolean>;
-}
+// The VM types have one declaration, the launcher's (vm/types.ts).
+export type {
+  Accel,
+  CloudInitFile,
+  VmExit,
+  VmHandle,
+  VmLauncher,
+  VmSpec,
+  VmStats,
+  VmTap,
+} from "./vm/types";

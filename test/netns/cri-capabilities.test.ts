@@ -8,8 +8,6 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
-import type { ProcessLauncher } from "../../src/runtime/testing/process-launcher";
 import { Tapmanager } from "../../src/tapmanager";
 import { allocations, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
 import {
@@ -21,8 +19,10 @@ import {
   type TestNetns,
 } from "../harness/fixtures";
 import { type DhcpClient, startDhcpClient } from "../harness/guest-clients";
+import type { ProcessLauncher } from "../harness/process-launcher";
 import { type RelayGuest, startRelay } from "../harness/relay";
 import { stockCalico } from "../harness/stock-cni";
+import { podConfig, startTestVmlet, type TestVmlet } from "../harness/test-vmlet";
 
 requirePrivateNamespace();
 

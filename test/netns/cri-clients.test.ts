@@ -10,9 +10,9 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import type * as grpc from "@grpc/grpc-js";
 import { type CriClient, connectCri } from "../../src/runtime/cri/client";
-import { podConfig } from "../../src/runtime/testing/harness";
 import { allocations, bridgeList, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
 import { requirePrivateNamespace, uniqueName } from "../harness/fixtures";
+import { podConfig } from "../harness/test-vmlet";
 import { type Served, serveArgs, startServe } from "../harness/vmlet-serve";
 
 const CLIENTS = path.resolve(__dirname, "../../../.cache/clients");

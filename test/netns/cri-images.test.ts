@@ -7,9 +7,10 @@ import http from "node:http";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
+import { rejectsWith } from "../harness/cri-suite";
 import { requirePrivateNamespace } from "../harness/fixtures";
 import { fakeQcow2 } from "../harness/qcow2";
+import { podConfig, startTestVmlet, type TestVmlet } from "../harness/test-vmlet";
 
 /** A self-contained version 3 qcow2, 1 MiB, its bytes after the header by seed. */
 const qcow2 = (seed: string) => fakeQcow2({ seed, size: 1024 * 1024 });
@@ -21,18 +22,6 @@ function rawDisk(): Buffer {
 }
 
 const sha = (b: Buffer) => crypto.createHash("sha256").update(b).digest("hex");
-
-async function rejectsWith(
-  promise: Promise<unknown>,
-  code: status,
-  message: RegExp,
-): Promise<void> {
-  await assert.rejects(promise, (error: { code?: number; details?: string }) => {
-    assert.equal(status[error.code ?? -1], status[code], `code for: ${error.details}`);
-    assert.match(error.details ?? "", message);
-    return true;
-  });
-}
 
 describe("CRI image service", () => {
   let t: TestVmlet;

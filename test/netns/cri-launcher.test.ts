@@ -6,8 +6,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
-import { killQemuOfDir } from "../../src/runtime/launcher";
 import { vmPaths } from "../../src/runtime/vm";
+import { killQemuOfDir } from "../../src/runtime/vm/vm-files";
 import { requirePrivateNamespace } from "../harness/fixtures";
 
 function alive(pid: number): boolean {

@@ -6,12 +6,12 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
-import type { ProcessLauncher } from "../../src/runtime/testing/process-launcher";
 import { Tapmanager } from "../../src/tapmanager";
 import { allocations, bridgeList, type CniSandbox, makeCniSandbox } from "../harness/cni-fixtures";
 import { ip, linksIn, requirePrivateNamespace } from "../harness/fixtures";
+import type { ProcessLauncher } from "../harness/process-launcher";
 import { fakeQcow2 } from "../harness/qcow2";
+import { podConfig, startTestVmlet, type TestVmlet } from "../harness/test-vmlet";
 
 function netnsNames(): string[] {
   return ip("netns", "list")

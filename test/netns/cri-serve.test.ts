@@ -6,7 +6,6 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { CniClient } from "../../src/cni-bridge/cni";
 import { type CriClient, connectCri } from "../../src/runtime/cri/client";
-import { podConfig } from "../../src/runtime/testing/harness";
 import { createNetns, deleteNetns } from "../../src/sys/netns";
 import {
   allocations,
@@ -17,6 +16,7 @@ import {
 } from "../harness/cni-fixtures";
 import { wedgedContainer } from "../harness/fake-qemu";
 import { requirePrivateNamespace, uniqueName } from "../harness/fixtures";
+import { podConfig } from "../harness/test-vmlet";
 import { type Served, serveArgs, startServe } from "../harness/vmlet-serve";
 
 function isDead(pid: number): boolean {

@@ -7,8 +7,6 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { podConfig, startTestVmlet, type TestVmlet } from "../../src/runtime/testing/harness";
-import type { ProcessLauncher } from "../../src/runtime/testing/process-launcher";
 import { Tapmanager } from "../../src/tapmanager";
 import {
   allocations,
@@ -19,6 +17,8 @@ import {
   makeCniSandbox,
 } from "../harness/cni-fixtures";
 import { ip, requirePrivateNamespace } from "../harness/fixtures";
+import type { ProcessLauncher } from "../harness/process-launcher";
+import { podConfig, startTestVmlet, type TestVmlet } from "../harness/test-vmlet";
 
 requirePrivateNamespace();
 

@@ -10,7 +10,6 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { status } from "@grpc/grpc-js";
-import { podConfig, startTestVmlet } from "../../src/runtime/testing/harness";
 import {
   GuestAgentCommandError,
   GuestAgentProtocolError,
@@ -21,6 +20,7 @@ import {
 } from "../../src/runtime/vm/guest-agent";
 import { requirePrivateNamespace } from "../harness/fixtures";
 import { fakeQcow2 } from "../harness/qcow2";
+import { podConfig, startTestVmlet } from "../harness/test-vmlet";
 
 requirePrivateNamespace();
 

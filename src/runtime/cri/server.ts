@@ -105,34 +105,36 @@ export class CriServer {
     if (this.socketPath) fs.rmSync(this.socketPath, { force: true });
   }
 
+  // Each method goes to its call group (src/runtime/calls/): a new group is a file there,
+  // a field of VmRuntime.calls, and its methods mapped here.
   private runtimeHandlers(): RuntimeServiceHandlers {
-    const r = this.runtime;
+    const { runtimeInfo: info, sandbox, container, exec, stats } = this.runtime.calls;
     return {
-      Version: this.unary("Version", (q) => r.version(q)),
-      Status: this.unary("Status", (q) => r.status(q)),
-      RuntimeConfig: this.unary("RuntimeConfig", (q) => r.runtimeConfig(q)),
-      UpdateRuntimeConfig: this.unary("UpdateRuntimeConfig", (q) => r.updateRuntimeConfig(q)),
-      RunPodSandbox: this.unary("RunPodSandbox", (q) => r.runPodSandbox(q)),
-      StopPodSandbox: this.unary("StopPodSandbox", (q) => r.stopPodSandbox(q)),
-      RemovePodSandbox: this.unary("RemovePodSandbox", (q) => r.removePodSandbox(q)),
-      PodSandboxStatus: this.unary("PodSandboxStatus", (q) => r.podSandboxStatus(q)),
-      ListPodSandbox: this.unary("ListPodSandbox", (q) => r.listPodSandbox(q)),
-      CreateContainer: this.unary("CreateContainer", (q) => r.createContainer(q)),
-      StartContainer: this.unary("StartContainer", (q) => r.startContainer(q)),
-      StopContainer: this.unary("StopContainer", (q) => r.stopContainer(q)),
-      RemoveContainer: this.unary("RemoveContainer", (q) => r.removeContainer(q)),
-      ListContainers: this.unary("ListContainers", (q) => r.listContainers(q)),
-      ContainerStatus: this.unary("ContainerStatus", (q) => r.containerStatus(q)),
-      ReopenContainerLog: this.unary("ReopenContainerLog", (q) => r.reopenContainerLog(q)),
-      ContainerStats: this.unary("ContainerStats", (q) => r.containerStats(q)),
-      ListContainerStats: this.unary("ListContainerStats", (q) => r.listContainerStats(q)),
-      PodSandboxStats: this.unary("PodSandboxStats", (q) => r.podSandboxStats(q)),
-      ListPodSandboxStats: this.unary("ListPodSandboxStats", (q) => r.listPodSandboxStats(q)),
+      Version: this.unary("Version", (q) => info.version(q)),
+      Status: this.unary("Status", (q) => info.status(q)),
+      RuntimeConfig: this.unary("RuntimeConfig", (q) => info.runtimeConfig(q)),
+      UpdateRuntimeConfig: this.unary("UpdateRuntimeConfig", (q) => info.updateRuntimeConfig(q)),
+      RunPodSandbox: this.unary("RunPodSandbox", (q) => sandbox.runPodSandbox(q)),
+      StopPodSandbox: this.unary("StopPodSandbox", (q) => sandbox.stopPodSandbox(q)),
+      RemovePodSandbox: this.unary("RemovePodSandbox", (q) => sandbox.removePodSandbox(q)),
+      PodSandboxStatus: this.unary("PodSandboxStatus", (q) => sandbox.podSandboxStatus(q)),
+      ListPodSandbox: this.unary("ListPodSandbox", (q) => sandbox.listPodSandbox(q)),
+      CreateContainer: this.unary("CreateContainer", (q) => container.createContainer(q)),
+      StartContainer: this.unary("StartContainer", (q) => container.startContainer(q)),
+      StopContainer: this.unary("StopContainer", (q) => container.stopContainer(q)),
+      RemoveContainer: this.unary("RemoveContainer", (q) => container.removeContainer(q)),
+      ListContainers: this.unary("ListContainers", (q) => container.listContainers(q)),
+      ContainerStatus: this.unary("ContainerStatus", (q) => container.containerStatus(q)),
+      ReopenContainerLog: this.unary("ReopenContainerLog", (q) => container.reopenContainerLog(q)),
+      ContainerStats: this.unary("ContainerStats", (q) => stats.containerStats(q)),
+      ListContainerStats: this.unary("ListContainerStats", (q) => stats.listContainerStats(q)),
+      PodSandboxStats: this.unary("PodSandboxStats", (q) => stats.podSandboxStats(q)),
+      ListPodSandboxStats: this.unary("ListPodSandboxStats", (q) => stats.listPodSandboxStats(q)),
       // kubelet asks for these only with PodAndContainerStatsFromCRI; vmlet has no extra metrics.
       ListMetricDescriptors: this.unary("ListMetricDescriptors", () => ({ descriptors: [] })),
       ListPodSandboxMetrics: this.unary("ListPodSandboxMetrics", () => ({ podMetrics: [] })),
       UpdateContainerResources: this.unimplemented("UpdateContainerResources"),
-      ExecSync: this.unary("ExecSync", (q, call) => r.execSync(q, call)),
+      ExecSync: this.unary("ExecSync", (q, call) => exec.execSync(q, call)),
       Exec: this.unimplemented("Exec"),
       Attach: this.unimplemented("Attach"),
       PortForward: this.unimplemented("PortForward"),
@@ -148,13 +150,13 @@ export class CriServer {
   }
 
   private imageHandlers(): ImageServiceHandlers {
-    const r = this.runtime;
+    const { image } = this.runtime.calls;
     return {
-      ListImages: this.unary("ListImages", (q) => r.listImages(q)),
-      ImageStatus: this.unary("ImageStatus", (q) => r.imageStatus(q)),
-      PullImage: this.unary("PullImage", (q) => r.pullImage(q)),
-      RemoveImage: this.unary("RemoveImage", (q) => r.removeImage(q)),
-      ImageFsInfo: this.unary("ImageFsInfo", (q) => r.imageFsInfo(q)),
+      ListImages: this.unary("ListImages", (q) => image.listImages(q)),
+      ImageStatus: this.unary("ImageStatus", (q) => image.imageStatus(q)),
+      PullImage: this.unary("PullImage", (q) => image.pullImage(q)),
+      RemoveImage: this.unary("RemoveImage", (q) => image.removeImage(q)),
+      ImageFsInfo: this.unary("ImageFsInfo", (q) => image.imageFsInfo(q)),
     };
   }
 

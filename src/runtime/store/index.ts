@@ -14,6 +14,7 @@ export type {
   SandboxPhase,
   SandboxRecord,
 } from "./records";
+export { checkStateDirDepth, vmDirFor } from "./vm-dir";
 
 export interface StateStore {
   dir: string;

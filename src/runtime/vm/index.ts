@@ -30,13 +30,11 @@ export {
   guestExec,
 } from "./guest-agent";
 export {
+  createVmLauncher,
   DEFAULT_QEMU_USER,
-  killStrayQemu,
-  removeVmFiles,
-  removeVmState,
-  VmLauncher,
-  type VmLauncherOptions,
-} from "./launcher";
+  QemuLauncher,
+  type QemuLauncherOptions,
+} from "./qemu-launcher";
 export { QmpClient, type QmpEvent } from "./qmp";
 export { buildSeedFiles, type SeedFiles, writeSeedIso } from "./seed";
 export type {
@@ -44,11 +42,14 @@ export type {
   CloudInit,
   CloudInitFile,
   QemuConfinement,
+  QemuVm,
   VmExit,
   VmHandle,
+  VmLauncher,
   VmLog,
   VmRecord,
   VmSpec,
   VmStats,
   VmTap,
 } from "./types";
+export { killQemuOfDir, killStrayQemu, removeVmFiles, removeVmState } from "./vm-files";

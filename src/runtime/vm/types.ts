@@ -1,6 +1,9 @@
-// The VM launcher's public types: what the CRI server asks for (VmSpec), what it
-// persists to find the VM again after a restart (VmRecord), and what it holds (VmHandle).
+// The VM types, declared once: what the runtime asks a launcher for (VmSpec), what it
+// holds (VmHandle) and persists to find the VM again after a restart (the handle's
+// record; QEMU's is VmRecord), and the launcher itself (VmLauncher). QemuLauncher is the
+// real one; tests plug in stand-ins that implement only the required members.
 
+import type { OpenedTap } from "../../tapmanager/types";
 import type { GuestExecResult } from "./guest-agent";
 
 export type Accel = "kvm" | "tcg" | "auto";
@@ -14,19 +17,13 @@ export interface QemuConfinement {
   user: string;
 }
 
-/** One pod NIC: a tap fd from the tapmanager, given to the guest as a virtio-net device. */
-export interface VmTap {
-  /** The CNI interface name (eth0, net1, ...): names the NIC in network-config. */
-  ifname: string;
-  /** The tap device's name in the pod netns (for messages only). */
-  tap: string;
-  /** Open tap fd; the launcher passes it to QEMU and never closes it. */
-  fd: number;
-  /** The MAC CNI gave the pod; the guest takes it. */
-  guestMac: string;
-  /** The pod MTU, given to the guest as virtio-net host_mtu. */
-  mtu: number;
-}
+/**
+ * One pod NIC, as the tapmanager opens it: `fd` goes to QEMU as a virtio-net device with
+ * the guest MAC CNI gave the pod and the pod MTU as `host_mtu`; `ifname` names the NIC in
+ * network-config, `tap` (the device in the pod netns) is for messages. The launcher never
+ * closes the fd; the runtime does once QEMU has it.
+ */
+export type VmTap = OpenedTap;
 
 export interface CloudInitFile {
   /** Absolute path in the guest. */
@@ -88,42 +85,68 @@ export interface VmRecord {
 
 export interface VmExit {
   exitCode: number;
-  /** "Completed" (the guest shut down), "Killed", or "Error". */
+  /** "Completed" (the guest shut down), "Killed", or "Error"; empty: told by the code. */
   reason: string;
-  message: string;
+  /** What ended it, when the launcher can tell. */
+  message?: string;
   finishedAt: Date;
 }
 
 export interface VmStats {
-  /** User + system CPU time of every QEMU thread. */
+  /** User + system CPU time of every thread of the VM's process. */
   cpuNanos: bigint;
-  /** Resident set size of the QEMU process. */
+  /** Resident set size of the VM's process. */
   memoryBytes: number;
-  /** Disk space the root overlay takes: what the guest has written (its writable layer). */
-  diskBytes: number;
+  /** Disk space the root overlay takes (the guest's writable layer); absent when unknown. */
+  diskBytes?: number;
 }
 
-export interface VmHandle {
+/** A VM being watched; R is the launcher's record of it. */
+export interface VmHandle<R = unknown> {
   readonly pid: number;
-  readonly record: VmRecord;
-  /** Resolves once QEMU has ended and the console has been drained into the CRI log. */
+  /** JSON the runtime persists and gives back to `adopt` after a restart. */
+  readonly record: R;
+  /** Resolves once the VM has ended (for QEMU: and its console is drained into the CRI log). */
   readonly exited: Promise<VmExit>;
-  /** ACPI power button over QMP, then SIGKILL once timeoutMs has passed. */
+  /** ACPI power-down, then kill once `timeoutMs` has passed. */
   stop(timeoutMs: number): Promise<void>;
   /** SIGKILL, then waits for the exit. */
   kill(): Promise<void>;
   stats(): Promise<VmStats>;
-  /** Reopens the CRI log at its path (after kubelet rotated it). */
-  reopenLog(): Promise<void>;
+  /** Reopens the CRI log at its path (after kubelet rotated it); absent when the launcher cannot. */
+  reopenLog?(): Promise<void>;
   /**
-   * Runs a command in the guest through the QEMU guest agent; timeoutMs 0 = no limit
-   * of its own, so that `signal` (the CRI call's cancellation) ends it.
+   * Runs a command in the guest (ExecSync); timeoutMs 0 = no limit of its own, so that
+   * `signal` (the CRI call's cancellation) ends it. Absent when the launcher cannot.
    */
+  exec?(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<GuestExecResult>;
+  /** Stops watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
+  detach?(): Promise<void>;
+}
+
+/** A QEMU VM: every optional member of VmHandle, always an exit message and the overlay's size, and cleanup. */
+export interface QemuVm extends VmHandle<VmRecord> {
+  readonly exited: Promise<Required<VmExit>>;
+  stats(): Promise<Required<VmStats>>;
+  reopenLog(): Promise<void>;
   exec(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<GuestExecResult>;
-  /** Stops watching without touching the VM (what a vmlet shutdown does); adopt() resumes. */
   detach(): Promise<void>;
   /** Kills QEMU if it still runs, then removes overlay, seed, sockets and console files. */
   cleanup(): Promise<void>;
+}
+
+/** What the runtime needs of a VM launcher; R is the record it persists per VM. */
+export interface VmLauncher<R = unknown> {
+  start(spec: VmSpec): Promise<VmHandle<R>>;
+  /** The handle of a VM still running from before a restart; undefined when it is gone. */
+  adopt(record: R): Promise<VmHandle<R> | undefined>;
+  /** Kills whatever VM a start into `dir` that never returned left running. */
+  discard?(dir: string): Promise<unknown>;
+  /**
+   * Kills the VM of a record that `adopt` could not take (its QMP does not answer), by
+   * its pid, only while that pid is still the recorded process; true if it was running.
+   */
+  killRecorded?(record: R): Promise<boolean>;
 }
 
 /** The structured logger the launcher writes to (pino's shape). */

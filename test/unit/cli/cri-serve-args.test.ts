@@ -1,0 +1,114 @@
+// `vmlet serve` settings: flags, a config file, and which wins.
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { describe, test } from "node:test";
+import { parseServeArgs, parseSize, startDaemon } from "../../../src/cli/serve";
+
+function configFile(content: unknown): string {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-serve-")), "vmlet.json");
+  fs.writeFileSync(file, typeof content === "string" ? content : JSON.stringify(content));
+  return file;
+}
+
+describe("vmlet serve settings", () => {
+  test("defaults are the node paths kubelet and the CNI plugins use", () => {
+    const o = parseServeArgs([]);
+    assert.equal(o.socket, "/run/vmlet/vmlet.sock");
+    assert.equal(o.stateDir, "/var/lib/vmlet");
+    assert.equal(o.cniConfDir, "/etc/cni/net.d");
+    assert.deepEqual(o.cniBinDirs, ["/opt/cni/bin", "/usr/lib/cni"]);
+    assert.equal(o.accel, "auto");
+    assert.equal(o.logLevel, "info");
+  });
+
+  test("flags set everything; --cni-bin-dir takes DIR:DIR", () => {
+    const o = parseServeArgs([
+      "--socket=/s.sock",
+      "--state-dir=/st",
+      "--cni-conf-dir=/c",
+      "--cni-bin-dir=/a:/b",
+      "--image-rules=/r.json",
+      "--accel=tcg",
+      "--log-level=debug",
+    ]);
+    assert.deepEqual(o, {
+      socket: "/s.sock",
+      stateDir: "/st",
+      cniConfDir: "/c",
+      cniBinDirs: ["/a", "/b"],
+      imageRules: "/r.json",
+      accel: "tcg",
+      logLevel: "debug",
+      cgroupDriver: "systemd",
+      qemuConfinement: "on",
+      qemuUser: "vmlet-qemu",
+      imageMaxSize: "64Gi",
+    });
+  });
+
+  test("QEMU confinement is on by default; --qemu-confinement off and --qemu-user change it", () => {
+    const o = parseServeArgs(["--qemu-confinement=off", "--qemu-user=qemu"]);
+    assert.equal(o.qemuConfinement, "off");
+    assert.equal(o.qemuUser, "qemu");
+    const file = configFile({ qemuConfinement: "off", imageMaxSize: "500Mi" });
+    assert.equal(parseServeArgs(["--config", file]).qemuConfinement, "off");
+    assert.throws(
+      () => parseServeArgs(["--qemu-confinement", "maybe"]),
+      /qemuConfinement "maybe": want on or off/,
+    );
+    assert.throws(() => parseServeArgs(["--qemu-user", "a b"]), /qemuUser "a b": not a user name/);
+  });
+
+  test("serve refuses to start when the QEMU user does not exist, saying how to make it", async () => {
+    await assert.rejects(
+      startDaemon({ ...parseServeArgs([]), qemuUser: "vmlet-no-such-user" }),
+      /qemuUser "vmlet-no-such-user": no such user \(QEMU drops to it\); scripts\/setup\.sh makes vmlet-qemu/,
+    );
+  });
+
+  test("the image download cap takes binary units or bytes", () => {
+    assert.equal(parseSize(parseServeArgs([]).imageMaxSize, "imageMaxSize"), 64 * 2 ** 30);
+    assert.equal(parseSize("500Mi", "x"), 500 * 2 ** 20);
+    assert.equal(parseSize("4096", "x"), 4096);
+    assert.throws(
+      () => parseServeArgs(["--image-max-size", "lots"]),
+      /imageMaxSize "lots": want a size such as 64Gi or 500Mi/,
+    );
+    assert.throws(() => parseServeArgs(["--image-max-size", "0"]), /imageMaxSize "0"/);
+  });
+
+  test("a config file sets the same, and flags win over it", () => {
+    const file = configFile({
+      socket: "/f.sock",
+      accel: "kvm",
+      cniBinDir: ["/x"],
+      cgroupDriver: "cgroupfs",
+    });
+    const o = parseServeArgs(["--config", file, "--accel", "tcg"]);
+    assert.equal(o.socket, "/f.sock");
+    assert.equal(o.accel, "tcg");
+    assert.deepEqual(o.cniBinDirs, ["/x"]);
+    assert.equal(o.cgroupDriver, "cgroupfs");
+  });
+
+  test("bad settings are refused, naming the setting", () => {
+    assert.throws(() => parseServeArgs(["--accel", "xen"]), /accel "xen": want kvm, tcg or auto/);
+    assert.throws(() => parseServeArgs(["--log-level", "loud"]), /log level "loud"/);
+    assert.throws(
+      () => parseServeArgs(["--socket", "rel.sock"]),
+      /socket "rel\.sock": must be an absolute path/,
+    );
+    assert.throws(() => parseServeArgs(["--bogus"]), /Unknown option '--bogus'/);
+    assert.throws(() => parseServeArgs(["--config", configFile("{")]), /--config .*vmlet\.json: /);
+    assert.throws(
+      () => parseServeArgs(["--config", configFile({ sokcet: "/x" })]),
+      /unknown setting "sokcet"/,
+    );
+    assert.throws(
+      () => parseServeArgs(["--config", configFile({ accel: 1 })]),
+      /accel must be a string/,
+    );
+  });
+});

@@ -1,0 +1,137 @@
+// The state files of the pod networks and of the CNI cache are written the way the
+// runtime's records are: temp file, fsync, rename, fsync of the directory; temp files a
+// crash left are removed when the store is opened.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { describe, it } from "node:test";
+import { ResultCache } from "../../../src/cni-bridge/cni/cache";
+import { PodStateStore } from "../../../src/tapmanager/state";
+
+const DIST = path.resolve(__dirname, "../../..");
+
+function withDir(fn: (dir: string) => Promise<void>) {
+  return async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "state-files-"));
+    try {
+      await fn(dir);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  };
+}
+
+/** Runs `script` under strace; the file-system calls it made on paths under `dir`. */
+function traced(dir: string, script: string): string[] {
+  const out = path.join(dir, "strace.out");
+  execFileSync("strace", [
+    "-f",
+    "-qq",
+    "-e",
+    "trace=openat,fsync,fdatasync,rename,renameat,renameat2,close",
+    "-o",
+    out,
+    process.execPath,
+    "-e",
+    script,
+  ]);
+  return fs.readFileSync(out, "utf8").split("\n");
+}
+
+/** Whether `dir` itself was opened and fsynced (fds are the process's, whichever thread). */
+function dirFsynced(lines: string[], dir: string): boolean {
+  const fds = new Set<string>();
+  for (const line of lines) {
+    const open = new RegExp(`openat\\(AT_FDCWD, "${dir}", [^)]*\\) = (\\d+)`).exec(line);
+    if (open) fds.add(open[1]!);
+    const close = /close\((\d+)\)/.exec(line);
+    if (close) fds.delete(close[1]!);
+    const sync = /fsync\((\d+)\)\s+= 0/.exec(line);
+    if (sync && fds.has(sync[1]!)) return true;
+  }
+  return false;
+}
+
+const pod = (sandboxId: string) => ({
+  version: 1,
+  request: { pod: { namespace: "default", name: "p", uid: "u", sandboxId } },
+  netnsName: `vmlet-${sandboxId}`,
+  netnsPath: `/run/netns/vmlet-${sandboxId}`,
+  hostname: "p",
+  phase: "ready",
+  interfaces: [],
+});
+
+describe("durable state files", () => {
+  it(
+    "a pod network record is fsynced, renamed into place, and its directory fsynced",
+    withDir(async (dir) => {
+      const pods = path.join(dir, "pods");
+      const lines = traced(
+        dir,
+        `const { PodStateStore } = require(${JSON.stringify(`${DIST}/src/tapmanager/state.js`)});
+         new PodStateStore(${JSON.stringify(pods)}).write(${JSON.stringify(pod("s1"))});`,
+      );
+      assert.ok(
+        lines.some((l) => /rename.*\.tmp", .*pods\/s1\.json"/.test(l)),
+        "renamed from a temp file",
+      );
+      assert.ok(dirFsynced(lines, pods), `no fsync of ${pods}:\n${lines.join("\n")}`);
+      assert.deepEqual(fs.readdirSync(pods), ["s1.json"], "no temp file left");
+    }),
+  );
+
+  it(
+    "a CNI cache entry is fsynced, renamed into place, and its directory fsynced",
+    withDir(async (dir) => {
+      const cache = path.join(dir, "cni");
+      const entry = {
+        network: "net",
+        containerId: "c1",
+        ifname: "eth0",
+        cniArgs: "",
+        capabilities: {},
+        config: {},
+      };
+      const lines = traced(
+        dir,
+        `const { ResultCache } = require(${JSON.stringify(`${DIST}/src/cni-bridge/cni/cache.js`)});
+         new ResultCache(${JSON.stringify(cache)}).put(${JSON.stringify(entry)});`,
+      );
+      const containerDir = path.join(cache, "c1");
+      assert.ok(dirFsynced(lines, containerDir), `no fsync of ${containerDir}`);
+      assert.ok(dirFsynced(lines, cache), `no fsync of ${cache} after making c1/`);
+      assert.deepEqual(fs.readdirSync(containerDir), ["net:eth0.json"]);
+    }),
+  );
+
+  it(
+    "temp files a crash left are removed when each store is opened",
+    withDir(async (dir) => {
+      const pods = path.join(dir, "pods");
+      fs.mkdirSync(pods);
+      fs.writeFileSync(path.join(pods, "s1.json"), JSON.stringify(pod("s1")));
+      fs.writeFileSync(path.join(pods, ".s1.json.0badf00d.tmp"), "{");
+      const store = new PodStateStore(pods);
+      await store.open();
+      assert.deepEqual(fs.readdirSync(pods), ["s1.json"]);
+      assert.equal(store.read("s1")?.phase, "ready");
+
+      const cache = path.join(dir, "cni");
+      const c1 = path.join(cache, "c1");
+      fs.mkdirSync(c1, { recursive: true });
+      const entry = { kind: "vmletCniCacheV1", network: "net", containerId: "c1", ifname: "eth0" };
+      fs.writeFileSync(path.join(c1, "net:eth0.json"), JSON.stringify(entry));
+      fs.writeFileSync(path.join(c1, ".net:eth1.json.0badf00d.tmp"), "{");
+      fs.writeFileSync(path.join(c1, "net:eth1.json.tmp-1234-0badf00d"), "{"); // older vmlet's
+      const entries = await new ResultCache(cache).list("c1");
+      assert.deepEqual(
+        entries.map((e) => e.ifname),
+        ["eth0"],
+      );
+      assert.deepEqual(fs.readdirSync(c1), ["net:eth0.json"]);
+    }),
+  );
+});
