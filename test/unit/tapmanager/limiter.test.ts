@@ -2,7 +2,7 @@
 // the rest start in the order they came, and a failing one frees its slot.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Limiter } from "../../src/util/limiter";
+import { Limiter } from "../../../src/util/limiter";
 
 describe("limiter", () => {
   it("runs at most `limit` tasks at once, the others in arrival order, failures included", async () => {
