@@ -71,13 +71,16 @@ export class InterfaceGuard {
         [veth, "ingress", "vmlet_from_node", vethIngressProgram(mapFd)],
         [veth, "egress", "vmlet_to_node", vethEgressProgram(policy.guestMac, mapFd)],
       ];
+      const withClsact = new Set<number>();
       for (const [link, hook, name, insns] of programs) {
         const fd = await timeStep(steps, "guard: BPF load", () =>
           bpf.loadProgram(name, bpf.BPF_PROG_TYPE_SCHED_CLS, insns),
         );
         progFds.push(fd);
         await timeStep(steps, "guard: tc attach", async () => {
-          await tc.ensureClsact(link);
+          // The veth carries two of the filters: one qdisc request for both.
+          if (!withClsact.has(link.index)) await tc.ensureClsact(link);
+          withClsact.add(link.index);
           await tc.attachBpf(spec(link, hook), fd, name, true);
         });
       }
