@@ -13,7 +13,7 @@ import { DEFAULT_QEMU_USER } from "../runtime/vm";
 import { listNetns } from "../sys/netns";
 import { enterPrivateNamespace, privateNamespaceHolderCommand } from "../sys/private-namespace";
 import { Rtnl } from "../sys/rtnl";
-import { startDaemon } from "./serve";
+import { DEFAULT_IMAGE_MAX_SIZE, startDaemon } from "./serve";
 
 const ROOT = "/run/vmlet-demo";
 const SOCKET = "/run/vmlet/vmlet.sock";
@@ -110,7 +110,7 @@ export async function runDemo(args: string[]): Promise<number> {
       cgroupDriver: "systemd",
       qemuConfinement: "on",
       qemuUser: DEFAULT_QEMU_USER,
-      imageMaxSize: "64Gi",
+      imageMaxSize: DEFAULT_IMAGE_MAX_SIZE,
     },
     pino.destination({ dest: logFile, sync: true }),
   );

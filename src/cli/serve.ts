@@ -9,11 +9,16 @@ import pino from "pino";
 import { CniClient } from "../cni-bridge/cni";
 import { DEFAULT_SOCKET } from "../runtime/cri/server";
 import { startVmlet } from "../runtime/daemon";
+import { DEFAULT_MAX_IMAGE_BYTES } from "../runtime/images/image-store";
 import { type ImageRule, loadImageRules } from "../runtime/images/rules";
 import type { Accel } from "../runtime/types";
 import { DEFAULT_QEMU_USER, QEMU_USER_NAME } from "../runtime/vm";
 import { createVmLauncher } from "../runtime/vm/qemu-launcher";
 import { Tapmanager } from "../tapmanager";
+import { parseQuantity } from "../util/quantity";
+
+/** The image store's own limit, as the setting writes it. */
+export const DEFAULT_IMAGE_MAX_SIZE = `${DEFAULT_MAX_IMAGE_BYTES / 2 ** 30}Gi`;
 
 export const SERVE_USAGE = `usage: vmlet serve [options]
 
@@ -31,7 +36,7 @@ export const SERVE_USAGE = `usage: vmlet serve [options]
                           on: QEMU runs with seccomp, as --qemu-user, without cores;
                           off (debugging only): as root, unfiltered (default on)
   --qemu-user NAME        the user QEMU drops to (default ${DEFAULT_QEMU_USER})
-  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default 64Gi)`;
+  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default ${DEFAULT_IMAGE_MAX_SIZE})`;
 
 export interface ServeOptions {
   socket: string;
@@ -59,7 +64,7 @@ const DEFAULTS: ServeOptions = {
   cgroupDriver: "systemd",
   qemuConfinement: "on",
   qemuUser: DEFAULT_QEMU_USER,
-  imageMaxSize: "64Gi",
+  imageMaxSize: DEFAULT_IMAGE_MAX_SIZE,
 };
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
@@ -181,18 +186,9 @@ function validate(o: ServeOptions, _prefix: string): ServeOptions {
   return o;
 }
 
-const SIZE_UNITS: Record<string, number> = {
-  "": 1,
-  Ki: 2 ** 10,
-  Mi: 2 ** 20,
-  Gi: 2 ** 30,
-  Ti: 2 ** 40,
-};
-
-/** `64Gi`, `500Mi`, `1048576`: bytes. */
+/** `64Gi`, `500Mi`, `1048576`: bytes, as a Kubernetes quantity. */
 export function parseSize(text: string, setting: string): number {
-  const match = /^(\d+)(Ki|Mi|Gi|Ti)?$/.exec(text.trim());
-  const bytes = match ? Number(match[1]) * SIZE_UNITS[match[2] ?? ""] : Number.NaN;
+  const bytes = parseQuantity(text) ?? Number.NaN;
   if (!Number.isSafeInteger(bytes) || bytes < 1) {
     throw new ServeConfigError(
       `${setting} ${JSON.stringify(text)}: want a size such as 64Gi or 500Mi (or bytes)`,

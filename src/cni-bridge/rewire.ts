@@ -5,6 +5,8 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import { type Rtnl, RtnlError } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
+import { type Ipv4Route, ON_LINK } from "../util/ip";
+import { macToString } from "../util/mac";
 import { type StepHook, timeStep } from "../util/steps";
 
 export interface RewireNames {
@@ -17,8 +19,8 @@ export interface RewireNames {
 /** What moves from the veth to the guest: the pod's addresses, routes, MTU and MAC. */
 export interface PodIdentity {
   addresses: { address: string; prefixLength: number }[];
-  /** Routes through the veth; gateway "0.0.0.0" for an on-link route. */
-  routes: { dst: string; prefixLength: number; gateway: string }[];
+  /** Routes through the veth. */
+  routes: Ipv4Route[];
   mtu: number;
   /** The veth's MAC as CNI made it, which the guest takes. */
   mac: string;
@@ -37,7 +39,7 @@ export function rewireNames(ifname: string): RewireNames {
 export function randomLocalMac(): string {
   const bytes = crypto.randomBytes(6);
   bytes[0] = (bytes[0] & 0xfc) | 0x02;
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
+  return macToString(bytes);
 }
 
 /**
@@ -61,7 +63,7 @@ export async function rewireInterface(
         dst: route.dst,
         dstLength: route.prefixLength,
         device: ifname,
-        ...(route.gateway === "0.0.0.0" ? {} : { gateway: route.gateway }),
+        ...(route.gateway === ON_LINK ? {} : { gateway: route.gateway }),
       }),
     );
   }

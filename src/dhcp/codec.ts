@@ -9,6 +9,8 @@
 // 121. A guest's bytes need a parser that says *why* it refused, and the two options
 // that carry a pod's routing and search list must be right, so the codec is our own.
 
+import { bytesToIp, hostBitsClear, type Ipv4Route, ipToBytes, ipv4ToUint32 } from "../util/ip";
+import { macToString } from "../util/mac";
 /** Why a datagram was refused; the server counts drops by these. */
 export type DhcpParseReason =
   | "truncated"
@@ -89,13 +91,6 @@ export const DEFAULT_MAX_MESSAGE = 576 - 28;
 /** Replies are padded to the BOOTP size some clients insist on. */
 const MIN_REPLY = 300;
 
-export interface ClasslessRoute {
-  dst: string;
-  prefixLength: number;
-  /** "0.0.0.0" for a route on the link. */
-  gateway: string;
-}
-
 /** The options this codec understands, decoded; every option also stays raw. */
 export interface DhcpOptions {
   messageType?: number;
@@ -116,7 +111,7 @@ export interface DhcpOptions {
   rebindingSeconds?: number;
   clientId?: Buffer;
   searchList?: string[];
-  classlessRoutes?: ClasslessRoute[];
+  classlessRoutes?: Ipv4Route[];
 }
 
 export interface DhcpMessage {
@@ -144,42 +139,14 @@ export interface DhcpMessage {
 
 // ---------------------------------------------------------------- addresses
 
-export function ipToUint32(ip: string): number {
-  const parts = ip.split(".");
-  if (parts.length !== 4) throw new Error(`IPv4 ${JSON.stringify(ip)}: expected 4 octets`);
-  let value = 0;
-  for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) {
-      throw new Error(`IPv4 ${JSON.stringify(ip)}: bad octet ${JSON.stringify(p)}`);
-    }
-    value = value * 256 + Number(p);
-  }
-  return value;
-}
-
-export function uint32ToIp(value: number): string {
-  return [value >>> 24, (value >>> 16) & 255, (value >>> 8) & 255, value & 255].join(".");
-}
-
 function readIp(buf: Buffer, offset: number): string {
-  return `${buf[offset]}.${buf[offset + 1]}.${buf[offset + 2]}.${buf[offset + 3]}`;
+  return bytesToIp(buf.subarray(offset, offset + 4));
 }
 
+/** Four bytes; an IPv6 address (which ipToBytes would take) is refused here. */
 function ipBytes(ip: string): Buffer {
-  const out = Buffer.alloc(4);
-  out.writeUInt32BE(ipToUint32(ip));
-  return out;
-}
-
-export function prefixToMask(prefixLength: number): string {
-  if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) {
-    throw new Error(`prefix length ${prefixLength}: expected 0..32`);
-  }
-  return uint32ToIp(prefixLength === 0 ? 0 : (0xffffffff << (32 - prefixLength)) >>> 0);
-}
-
-export function macString(bytes: Buffer): string {
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join(":");
+  ipv4ToUint32(ip);
+  return ipToBytes(ip);
 }
 
 // ---------------------------------------------------------------- parse
@@ -231,7 +198,7 @@ export function parseMessage(buf: Buffer): DhcpMessage {
     siaddr: readIp(buf, 20),
     giaddr: readIp(buf, 24),
     chaddr,
-    mac: macString(chaddr.subarray(0, hlen)),
+    mac: macToString(chaddr.subarray(0, hlen)),
     sname,
     file,
     options: decodeOptions(rawOptions),
@@ -415,8 +382,8 @@ function readName(v: Buffer, start: number): { name: string; next: number } {
 }
 
 /** RFC 3442: width, the significant octets of the destination, then the router. */
-export function decodeClasslessRoutes(v: Buffer): ClasslessRoute[] {
-  const routes: ClasslessRoute[] = [];
+export function decodeClasslessRoutes(v: Buffer): Ipv4Route[] {
+  const routes: Ipv4Route[] = [];
   let i = 0;
   while (i < v.length) {
     const width = v[i]!;
@@ -460,16 +427,16 @@ export function encodeSearchList(names: string[]): Buffer {
   return Buffer.concat(parts);
 }
 
-export function encodeClasslessRoutes(routes: ClasslessRoute[]): Buffer {
+export function encodeClasslessRoutes(routes: Ipv4Route[]): Buffer {
   const parts: Buffer[] = [];
   for (const r of routes) {
     const significant = Math.ceil(r.prefixLength / 8);
     const dst = ipBytes(r.dst);
-    const mask = ipBytes(prefixToMask(r.prefixLength));
-    for (let i = 0; i < 4; i++) {
-      if ((dst[i]! & ~mask[i]!) !== 0) {
-        throw new Error(`route ${r.dst}/${r.prefixLength}: host bits set`);
-      }
+    if (!Number.isInteger(r.prefixLength) || r.prefixLength < 0 || r.prefixLength > 32) {
+      throw new Error(`route ${r.dst}/${r.prefixLength}: prefix length not in 0..32`);
+    }
+    if (!hostBitsClear(r.dst, r.prefixLength)) {
+      throw new Error(`route ${r.dst}/${r.prefixLength}: host bits set`);
     }
     parts.push(Buffer.from([r.prefixLength]), dst.subarray(0, significant), ipBytes(r.gateway));
   }
@@ -578,10 +545,10 @@ function writeHeader(head: Buffer, header: ReplyHeader): void {
   head[2] = header.hlen ?? 6;
   head.writeUInt32BE(header.xid >>> 0, 4);
   head.writeUInt16BE(header.flags & 0xffff, 10);
-  head.writeUInt32BE(ipToUint32(header.ciaddr ?? "0.0.0.0"), 12);
-  head.writeUInt32BE(ipToUint32(header.yiaddr ?? "0.0.0.0"), 16);
-  head.writeUInt32BE(ipToUint32(header.siaddr ?? "0.0.0.0"), 20);
-  head.writeUInt32BE(ipToUint32(header.giaddr ?? "0.0.0.0"), 24);
+  head.writeUInt32BE(ipv4ToUint32(header.ciaddr ?? "0.0.0.0"), 12);
+  head.writeUInt32BE(ipv4ToUint32(header.yiaddr ?? "0.0.0.0"), 16);
+  head.writeUInt32BE(ipv4ToUint32(header.siaddr ?? "0.0.0.0"), 20);
+  head.writeUInt32BE(ipv4ToUint32(header.giaddr ?? "0.0.0.0"), 24);
   header.chaddr.copy(head, 28, 0, Math.min(16, header.chaddr.length));
   head.writeUInt32BE(MAGIC_COOKIE, HEADER_LENGTH);
 }

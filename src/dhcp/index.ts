@@ -5,7 +5,6 @@ export type {
   DhcpDropReason,
   DhcpLease,
   DhcpLog,
-  DhcpRoute,
   DhcpServerOptions,
   DhcpStats,
 } from "./server";

@@ -21,10 +21,10 @@
 // Verified with udhcpc (stock script), dhclient and dhcpcd on Flannel- and Calico-style
 // networks (test/netns/dhcp-clients.test.ts). The tapmanager's pods do without it: their
 // guard (src/guard/) steers every DHCP client message from the tap the same way.
+import fs from "node:fs";
 import * as bpf from "../sys/bpf";
-import * as libc from "../sys/libc";
-import { withNetns } from "../sys/netns";
-import { ETH_P_IP_BE, TC_ACT_UNSPEC, TcSession } from "../sys/tc";
+import { TcSession } from "../sys/tc";
+import { ETH_P_IP_BE, TC_ACT_UNSPEC } from "../sys/uapi";
 
 /** Our filter's priority on each port, so close() removes exactly it. */
 const FILTER_PRIO = 0x4dc;
@@ -96,7 +96,7 @@ export class DhcpIntercept {
     const intercept = new DhcpIntercept(TcSession.open(nsPath), []);
     let fd = -1;
     try {
-      fd = withNetns(nsPath, () => loadInterceptProgram(serverId, bridgeIndex));
+      fd = loadInterceptProgram(serverId, bridgeIndex); // a program belongs to no netns
       for (const port of ports) {
         await intercept.tc.ensureClsact(port);
         await intercept.tc.deleteFilter(spec(port));
@@ -109,7 +109,7 @@ export class DhcpIntercept {
       throw new Error(`DHCP intercept: ${(error as Error).message}`, { cause: error });
     } finally {
       // The attached filters hold the program; our fd is no longer needed.
-      if (fd >= 0) libc.close(fd);
+      if (fd >= 0) fs.closeSync(fd);
     }
   }
 

@@ -1,9 +1,12 @@
 // The server's decisions, without sockets: one datagram in, a reply (bytes and where to
 // send them), a note, or a counted drop out. RFC 2131 sections 4.3 and 4.1.
+
+import { errorMessage } from "../util/errors";
+import { type Ipv4Route, inIpv4Prefix, ipv4ToUint32, maskOf, prefixToMask } from "../util/ip";
+import { normalMac } from "../util/mac";
 import {
   BOOTREQUEST,
   CLIENT_PORT,
-  type ClasslessRoute,
   DEFAULT_MAX_MESSAGE,
   type DhcpMessage,
   DhcpParseError,
@@ -15,24 +18,15 @@ import {
   formatWithOptionsArea,
   HTYPE_ETHERNET,
   ips,
-  ipToUint32,
   MAX_DATAGRAM,
   MessageType,
   Option,
   optionsArea,
   parseMessage,
-  prefixToMask,
   u8,
   u16,
   u32,
 } from "./codec";
-
-export interface DhcpRoute {
-  dst: string;
-  prefixLength: number;
-  /** "0.0.0.0" = on the link. */
-  gateway: string;
-}
 
 /** What one guest NIC (by MAC) is given. */
 export interface DhcpLease {
@@ -40,7 +34,8 @@ export interface DhcpLease {
   ip: string;
   prefixLength: number;
   router?: string;
-  routes: DhcpRoute[];
+  /** The routes the netns had, in any order: option 121 orders them. */
+  routes: Ipv4Route[];
   mtu?: number;
   dns: string[];
   search: string[];
@@ -90,29 +85,23 @@ const ALWAYS = [
   // Debian's udhcpc script does not ask for the MTU, and a Flannel VXLAN 1450 must arrive.
   Option.MTU,
 ];
-const LEASE_ONLY = new Set<number>([Option.LEASE_TIME, Option.RENEWAL_TIME, Option.REBINDING_TIME]);
-
-function normalMac(mac: string): string {
-  const parts = mac.toLowerCase().split(/[:-]/);
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-f]{2}$/.test(p))) {
-    throw new Error(`lease MAC ${JSON.stringify(mac)}: expected six hex octets`);
+function normalLeaseMac(mac: string): string {
+  try {
+    return normalMac(mac);
+  } catch (error) {
+    throw new Error(`lease ${errorMessage(error)}`, { cause: error });
   }
-  return parts.join(":");
 }
 
-function inSubnet(ip: string, net: string, prefixLength: number): boolean {
-  if (prefixLength === 0) return true;
-  const shift = 32 - prefixLength;
-  return ipToUint32(ip) >>> shift === ipToUint32(net) >>> shift;
-}
+const LEASE_ONLY = new Set<number>([Option.LEASE_TIME, Option.RENEWAL_TIME, Option.REBINDING_TIME]);
 
 /**
  * Option 121 for a lease. A client that takes 121 ignores option 3 (RFC 3442), so the
  * default route goes in too; a gateway outside the subnet (Calico's 169.254.1.1) first
  * gets an on-link /32, or the client could not install the routes through it.
  */
-export function classlessRoutesFor(lease: DhcpLease): ClasslessRoute[] {
-  const routes: ClasslessRoute[] = lease.routes.map((r) => ({ ...r }));
+export function classlessRoutesFor(lease: DhcpLease): Ipv4Route[] {
+  const routes: Ipv4Route[] = lease.routes.map((r) => ({ ...r }));
   const gateways = new Set<string>(routes.map((r) => r.gateway).filter((g) => g !== ZERO));
   if (lease.router) {
     gateways.add(lease.router);
@@ -122,15 +111,16 @@ export function classlessRoutesFor(lease: DhcpLease): ClasslessRoute[] {
   }
   for (const gw of gateways) {
     const reachable =
-      inSubnet(gw, lease.ip, lease.prefixLength) ||
-      routes.some((r) => r.gateway === ZERO && inSubnet(gw, r.dst, r.prefixLength));
+      inIpv4Prefix(gw, lease.ip, lease.prefixLength) ||
+      routes.some((r) => r.gateway === ZERO && inIpv4Prefix(gw, r.dst, r.prefixLength));
     if (!reachable) routes.push({ dst: gw, prefixLength: 32, gateway: ZERO });
   }
-  // On-link routes first: clients install 121 in order and a gateway must be reachable.
-  const onLink = routes.filter((r) => r.gateway === ZERO);
-  const via = routes.filter((r) => r.gateway !== ZERO && r.prefixLength !== 0);
-  const defaults = routes.filter((r) => r.gateway !== ZERO && r.prefixLength === 0);
-  return [...onLink, ...via, ...defaults];
+  // Clients install 121 in order: on-link routes first, so the gateways of the later
+  // ones are reachable when they come; most specific first within each (default last).
+  return routes.sort(
+    (a, b) =>
+      Number(a.gateway !== ZERO) - Number(b.gateway !== ZERO) || b.prefixLength - a.prefixLength,
+  );
 }
 
 interface PreparedLease {
@@ -148,21 +138,20 @@ interface PreparedLease {
 const MAX_CACHED_AREAS = 8;
 
 function prepare(lease: DhcpLease, serverId: string): PreparedLease {
-  ipToUint32(lease.ip);
+  ipv4ToUint32(lease.ip);
   const options = new Map<number, Buffer>();
   options.set(Option.SERVER_ID, ips([serverId]));
   options.set(Option.LEASE_TIME, u32(lease.leaseSeconds));
   options.set(Option.RENEWAL_TIME, u32(Math.floor(lease.leaseSeconds / 2)));
   options.set(Option.REBINDING_TIME, u32(Math.floor((lease.leaseSeconds * 7) / 8)));
-  const mask = prefixToMask(lease.prefixLength);
-  options.set(Option.SUBNET_MASK, ips([mask]));
+  options.set(Option.SUBNET_MASK, ips([prefixToMask(lease.prefixLength)]));
   if (lease.router) options.set(Option.ROUTER, ips([lease.router]));
   if (lease.mtu !== undefined) options.set(Option.MTU, u16(lease.mtu));
   if (lease.dns.length > 0) options.set(Option.DNS, ips(lease.dns));
   if (lease.hostname) options.set(Option.HOSTNAME, Buffer.from(lease.hostname, "latin1"));
   if (lease.domain) options.set(Option.DOMAIN, Buffer.from(lease.domain, "latin1"));
   if (lease.prefixLength < 31) {
-    const bcast = (ipToUint32(lease.ip) | (~ipToUint32(mask) >>> 0)) >>> 0;
+    const bcast = (ipv4ToUint32(lease.ip) | ~maskOf(lease.prefixLength)) >>> 0;
     options.set(Option.BROADCAST, u32(bcast));
   }
   if (lease.search.length > 0) options.set(Option.SEARCH_LIST, encodeSearchList(lease.search));
@@ -179,9 +168,9 @@ export class DhcpResponder {
     readonly serverId: string,
     leases: DhcpLease[],
   ) {
-    ipToUint32(serverId);
+    ipv4ToUint32(serverId);
     for (const lease of leases) {
-      const mac = normalMac(lease.mac);
+      const mac = normalLeaseMac(lease.mac);
       if (this.byMac.has(mac)) throw new Error(`two leases for MAC ${mac}`);
       this.byMac.set(mac, prepare({ ...lease, mac }, serverId));
     }

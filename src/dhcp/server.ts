@@ -1,16 +1,17 @@
 // The per-pod static DHCP server: a socket on the pod's bridge inside the pod's netns,
 // answering only the MACs it was given. All pods' servers live in the one daemon.
 import type dgram from "node:dgram";
-import fs from "node:fs";
-import { withNetns } from "../sys/netns";
-import { Rtnl, RtnlError } from "../sys/rtnl";
+import { Rtnl } from "../sys/rtnl";
+import { addServedAddress, removeServedAddress, type ServedAddress } from "../sys/served-address";
 import { openBoundUdpSocket } from "../sys/udp";
+import { ipv4ToUint32 } from "../util/ip";
+import { silentLog } from "../util/silent-log";
 import { type StepHook, timeStep } from "../util/steps";
-import { ipToUint32, SERVER_PORT } from "./codec";
+import { SERVER_PORT } from "./codec";
 import { DhcpIntercept } from "./intercept";
 import { type DhcpDropReason, type DhcpLease, type DhcpOutcome, DhcpResponder } from "./responder";
 
-export type { DhcpDropReason, DhcpLease, DhcpRoute } from "./responder";
+export type { DhcpDropReason, DhcpLease } from "./responder";
 
 /** The subset of a pino logger the server uses. */
 export interface DhcpLog {
@@ -56,8 +57,6 @@ export class DhcpServerError extends Error {
     this.name = "DhcpServerError";
   }
 }
-
-const silentLog: DhcpLog = { info() {}, warn() {}, debug() {} };
 
 /** What the server does with each datagram, apart from the socket; never throws. */
 export class DhcpHandler {
@@ -156,10 +155,9 @@ export class DhcpHandler {
   }
 }
 
-function tolerate(codes: string[]): (error: unknown) => void {
-  return (error) => {
-    if (!(error instanceof RtnlError && codes.includes(error.code))) throw error;
-  };
+/** The server id on the bridge, reachable by unicast from each lease without ARP. */
+function servedAddress(device: string, serverId: string, leases: DhcpLease[]): ServedAddress {
+  return { device, address: serverId, clients: leases.map((l) => ({ ip: l.ip, mac: l.mac })) };
 }
 
 /**
@@ -205,20 +203,10 @@ export class DhcpServer {
       const bridge = await rtnl.link(device);
       // The bridge holds the server id (the guest's gateway address) so that steered
       // renewals are local; it must never answer ARP for it, or it would take the
-      // guest's traffic to the real gateway.
-      withNetns(nsPath, () =>
-        fs.writeFileSync(`/proc/sys/net/ipv4/conf/${device}/arp_ignore`, "8"),
-      );
-      await rtnl.addAddress(device, `${serverId}/32`).catch(tolerate(["EEXIST"]));
-      // Unicast replies need a route and a neighbour entry for each lease; a permanent
-      // entry means the netns never sends an ARP request (which would teach the guest
-      // that the gateway address lives at the bridge's MAC).
-      for (const lease of handler.responder.leases()) {
-        await rtnl
-          .addRoute({ dst: lease.ip, dstLength: 32, device, scope: "link" })
-          .catch(tolerate(["EEXIST"]));
-        await rtnl.setNeighbour(device, lease.ip, lease.mac);
-      }
+      // guest's traffic to the real gateway. Unicast replies need a route and a
+      // permanent neighbour entry per lease: the netns never sends an ARP request (which
+      // would teach the guest that the gateway address lives at the bridge's MAC).
+      await addServedAddress(rtnl, servedAddress(device, serverId, handler.responder.leases()));
       socket = await timeStep(options.steps, "DHCP: socket open", () =>
         openBoundUdpSocket(nsPath, { device, port: SERVER_PORT }),
       );
@@ -232,7 +220,7 @@ export class DhcpServer {
           ? undefined
           : await DhcpIntercept.attach(
               nsPath,
-              ipToUint32(serverId),
+              ipv4ToUint32(serverId),
               bridge.index,
               (await rtnl.links())
                 .filter((l) => l.master === bridge.index)
@@ -244,7 +232,8 @@ export class DhcpServer {
       socket?.close();
       let cleaned = "nothing to clean up";
       if (handler) {
-        cleaned = await removeNetnsState(rtnl, device, serverId, handler.responder.leases()).then(
+        const served = servedAddress(device, serverId, handler.responder.leases());
+        cleaned = await removeServedAddress(rtnl, served).then(
           () => "removed its address and routes",
           (e: unknown) => `could not remove its address and routes: ${e}`,
         );
@@ -275,23 +264,12 @@ export class DhcpServer {
       return; // the netns is gone, and all of it with it
     }
     try {
-      await removeNetnsState(rtnl, device, serverId, this.handler.responder.leases());
+      await removeServedAddress(
+        rtnl,
+        servedAddress(device, serverId, this.handler.responder.leases()),
+      );
     } finally {
       rtnl.close();
     }
   }
-}
-
-/** Undoes start()'s routes and address; what is already gone is fine. */
-async function removeNetnsState(
-  rtnl: Rtnl,
-  device: string,
-  serverId: string,
-  leases: DhcpLease[],
-): Promise<void> {
-  const gone = tolerate(["ENODEV", "ESRCH", "EADDRNOTAVAIL", "ENOENT"]);
-  for (const lease of leases) {
-    await rtnl.deleteRoute({ dst: lease.ip, dstLength: 32, device, scope: "link" }).catch(gone);
-  }
-  await rtnl.deleteAddress(device, `${serverId}/32`).catch(gone);
 }

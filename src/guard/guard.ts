@@ -1,10 +1,12 @@
 // One pod NIC's isolation: the three classifiers of policy.ts on its tap and veth, and
 // the counter map they share. The filters stay when vmlet stops (the guest keeps
 // running and stays guarded); attaching again swaps each filter in one step.
+
+import fs from "node:fs";
 import * as bpf from "../sys/bpf";
-import * as libc from "../sys/libc";
 import { Rtnl } from "../sys/rtnl";
-import { ETH_P_ALL_BE, type TcFilterSpec, type TcHook, type TcLink, TcSession } from "../sys/tc";
+import { type TcFilterSpec, type TcHook, type TcLink, TcSession } from "../sys/tc";
+import { ETH_P_ALL_BE } from "../sys/uapi";
 import { type StepHook, timeStep } from "../util/steps";
 import {
   DROP_REASONS,
@@ -60,8 +62,9 @@ export class InterfaceGuard {
     const where = `guard ${links.tap}/${links.veth} in ${nsPath}`;
     const mapFd = bpf.createCounterMap("vmlet_guard", DROP_REASONS.length);
     const progFds: number[] = [];
+    // One netlink socket for the link lookups and the tc requests.
     const rtnl = Rtnl.open(nsPath);
-    const tc = TcSession.open(nsPath);
+    const tc = TcSession.on(rtnl);
     try {
       const tap = await rtnl.link(links.tap);
       const veth = await rtnl.link(links.veth);
@@ -87,12 +90,11 @@ export class InterfaceGuard {
       const specs = programs.map(([link, hook]) => spec(link, hook));
       return new InterfaceGuard(mapFd, where, nsPath, specs);
     } catch (error) {
-      libc.close(mapFd);
+      fs.closeSync(mapFd);
       throw new GuardError(`${where}: ${(error as Error).message}`, { cause: error });
     } finally {
       // The attached filters hold their programs, and the programs the map.
-      for (const fd of progFds) libc.close(fd);
-      tc.close();
+      for (const fd of progFds) fs.closeSync(fd);
       rtnl.close();
     }
   }
@@ -123,7 +125,7 @@ export class InterfaceGuard {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    libc.close(this.mapFd);
+    fs.closeSync(this.mapFd);
   }
 }
 

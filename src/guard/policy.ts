@@ -17,7 +17,8 @@ import {
   FP,
   type Reg,
 } from "../sys/bpf";
-import { TC_ACT_SHOT, TC_ACT_UNSPEC } from "../sys/tc";
+import { TC_ACT_SHOT, TC_ACT_UNSPEC } from "../sys/uapi";
+import { ipv4ToUint32, ipv6Words, maskOf } from "../util/ip";
 
 /** Why a frame was dropped; the index is the map slot. */
 export const DROP_REASONS = [
@@ -89,43 +90,6 @@ function macWords(mac: string): { hi: number; lo: number } {
   return { hi: b.readUInt32BE(0), lo: b.readUInt16BE(4) };
 }
 
-function ipv4Word(address: string): number {
-  const o = address.split(".").map(Number);
-  if (o.length !== 4 || o.some((x) => !Number.isInteger(x) || x < 0 || x > 255)) {
-    throw new Error(`guard: ${JSON.stringify(address)} is not an IPv4 address`);
-  }
-  return ((o[0] << 24) | (o[1] << 16) | (o[2] << 8) | o[3]) >>> 0;
-}
-
-/** The four big-endian words of an IPv6 address (with :: and an embedded IPv4 tail). */
-export function ipv6Words(address: string): number[] {
-  let text = address;
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const w = ipv4Word(v4[1]);
-    text = `${text.slice(0, -v4[1].length)}${(w >>> 16).toString(16)}:${(w & 0xffff).toString(16)}`;
-  }
-  const halves = text.split("::");
-  if (halves.length > 2) throw new Error(`guard: ${JSON.stringify(address)}: two "::"`);
-  const part = (s: string) => (s === "" ? [] : s.split(":"));
-  const head = part(halves[0]);
-  const tail = halves.length === 2 ? part(halves[1]) : [];
-  const fill = 8 - head.length - tail.length;
-  if ((halves.length === 2 && fill < 1) || (halves.length === 1 && fill !== 0)) {
-    throw new Error(`guard: ${JSON.stringify(address)} is not an IPv6 address`);
-  }
-  const groups = [...head, ...new Array<string>(halves.length === 2 ? fill : 0).fill("0"), ...tail];
-  if (groups.some((g) => !/^[0-9a-fA-F]{1,4}$/.test(g))) {
-    throw new Error(`guard: ${JSON.stringify(address)} is not an IPv6 address`);
-  }
-  const n = groups.map((g) => Number.parseInt(g, 16));
-  return [0, 1, 2, 3].map((i) => ((n[2 * i] << 16) | n[2 * i + 1]) >>> 0);
-}
-
-function maskOf(bits: number): number {
-  return bits <= 0 ? 0 : bits >= 32 ? 0xffffffff : (0xffffffff << (32 - bits)) >>> 0;
-}
-
 class PolicyAssembler {
   readonly a = new BpfAssembler();
   private next = 0;
@@ -161,7 +125,7 @@ class PolicyAssembler {
     const mask = maskOf(prefixLength);
     this.a.movReg(1, 0);
     if (mask !== 0xffffffff) this.a.alu32("and", 1, mask);
-    this.a.jmp("jeq", 1, (ipv4Word(address) & mask) >>> 0, to);
+    this.a.jmp("jeq", 1, (ipv4ToUint32(address) & mask) >>> 0, to);
   }
 
   /**

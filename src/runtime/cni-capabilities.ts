@@ -2,6 +2,7 @@
 // ports (portMappings), DNS, and the bandwidth annotations (bandwidth), converted the way
 // containerd's CRI plugin does, so a cluster's conflist sees the same runtimeConfig.
 import type { RuntimeConfig } from "../cni-bridge/cni/runtime-config";
+import { parseQuantity } from "../util/quantity";
 import type * as cri from "./cri/generated";
 import { invalidArgument } from "./errors";
 
@@ -13,37 +14,6 @@ const BANDWIDTH_BURST_BITS = 0xffffffff;
 /** The bounds kubelet holds bandwidth annotations to (pkg/util/bandwidth): 1k to 1P bit/s. */
 const MIN_BANDWIDTH = 1e3;
 const MAX_BANDWIDTH = 1e15;
-
-const QUANTITY_RE = /^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$/;
-const SUFFIX: Record<string, number> = {
-  n: 1e-9,
-  u: 1e-6,
-  m: 1e-3,
-  k: 1e3,
-  M: 1e6,
-  G: 1e9,
-  T: 1e12,
-  P: 1e15,
-  E: 1e18,
-  Ki: 2 ** 10,
-  Mi: 2 ** 20,
-  Gi: 2 ** 30,
-  Ti: 2 ** 40,
-  Pi: 2 ** 50,
-  Ei: 2 ** 60,
-};
-
-/**
- * A Kubernetes resource quantity ("10M", "1.5Gi", "1e6") as an integer, rounded up as
- * Quantity.Value() does; undefined when it is not one.
- */
-export function parseQuantity(text: string): number | undefined {
-  const m = QUANTITY_RE.exec(text.trim());
-  if (!m) return undefined;
-  const [, number, suffix = ""] = m;
-  const scale = /^[eE]/.test(suffix) ? 10 ** Number(suffix.slice(1)) : (SUFFIX[suffix] ?? 1);
-  return Math.ceil(Number(number) * scale);
-}
 
 function bandwidthAnnotation(
   annotations: Record<string, string>,

@@ -49,6 +49,5 @@ export function failedPrecondition(message: string): CriError {
   return new CriError("FAILED_PRECONDITION", message);
 }
 
-export function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
+// The one errorMessage, for the runtime's callers that import it with CriError.
+export { errorMessage } from "../util/errors";

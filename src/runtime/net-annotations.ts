@@ -1,7 +1,7 @@
 // Pod annotations that shape the pod's network, validated before anything is built.
 import net from "node:net";
-import { ipv6Words } from "../guard/policy";
 import type { IpAddress } from "../tapmanager/types";
+import { hostBitsClear } from "../util/ip";
 import { invalidArgument } from "./errors";
 
 /**
@@ -12,14 +12,6 @@ import { invalidArgument } from "./errors";
 export const ANNOTATION_ALLOWED_SOURCE_PREFIXES = "vmlet.io/allowed-source-prefixes";
 /** Each prefix is a few instructions in the classifier; far more than any NFV pod needs. */
 const MAX_PREFIXES = 64;
-
-function hostBitsClear(words: number[], prefixLength: number): boolean {
-  return words.every((w, i) => {
-    const keep = Math.max(0, Math.min(32, prefixLength - 32 * i));
-    const mask = keep === 0 ? 0 : keep === 32 ? 0xffffffff : (0xffffffff << (32 - keep)) >>> 0;
-    return (w & ~mask) >>> 0 === 0;
-  });
-}
 
 /** The annotation's prefixes; an INVALID_ARGUMENT naming the annotation when it is bad. */
 export function allowedSourcePrefixes(annotations: Record<string, string>): IpAddress[] {
@@ -43,11 +35,7 @@ export function allowedSourcePrefixes(annotations: Record<string, string>): IpAd
     const prefixLength = Number(m[2]);
     const max = family === 4 ? 32 : 128;
     if (prefixLength > max) throw bad(`${item}: the prefix length is more than ${max}`);
-    const words =
-      family === 4
-        ? [m[1].split(".").reduce((a, o) => ((a << 8) | Number(o)) >>> 0, 0)]
-        : ipv6Words(m[1]);
-    if (!hostBitsClear(words, prefixLength)) throw bad(`${item}: host bits are set`);
+    if (!hostBitsClear(m[1], prefixLength)) throw bad(`${item}: host bits are set`);
     return { family, address: m[1], prefixLength };
   });
 }

@@ -1,8 +1,11 @@
 // Named network namespaces in the form `ip netns add` makes them (a bind mount of the
 // namespace at /run/netns/NAME), and running code on the main thread inside one.
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import * as libc from "./libc";
+
+const { EINVAL, ENOENT } = os.constants.errno;
 
 /** Where named namespaces live; tests and demos may point it elsewhere. */
 export function netnsRunDir(): string {
@@ -35,20 +38,36 @@ export const restoreFailure = {
  * returns to the original netns. `fn` must not be async: no await may run while switched.
  */
 export function withNetns<T>(nsPath: string, fn: () => T): T {
-  const original = fs.openSync(threadNetnsPath(), "r");
-  try {
-    const target = openNetns(nsPath);
-    try {
-      libc.check(libc.setns(target, libc.CLONE_NEWNET), `setns ${nsPath}`);
-    } finally {
-      fs.closeSync(target);
-    }
-    try {
+  return switchedAndBack(
+    nsPath,
+    () => {
+      const target = openNetns(nsPath);
+      try {
+        libc.check(libc.setns(target, libc.CLONE_NEWNET), `setns ${nsPath}`);
+      } finally {
+        fs.closeSync(target);
+      }
+    },
+    () => {
       const result = fn();
       if (result instanceof Promise) {
         throw new Error(`withNetns ${nsPath}: fn returned a Promise; it must be synchronous`);
       }
       return result;
+    },
+  );
+}
+
+/**
+ * Runs `enter` (which moves the main thread to another netns) and then `fn` there; the
+ * thread is back in its own netns afterwards, whatever `fn` did.
+ */
+function switchedAndBack<T>(nsPath: string, enter: () => void, fn: () => T): T {
+  const original = fs.openSync(threadNetnsPath(), "r");
+  try {
+    enter();
+    try {
+      return fn();
     } finally {
       restore(original, nsPath);
     }
@@ -80,7 +99,7 @@ function prepareRunDir(dir: string): void {
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   const flags = libc.MS_SHARED | libc.MS_REC;
   if (libc.mount("none", dir, null, flags, null) === 0) return;
-  if (libc.errno() !== 22 /* EINVAL: not yet a mount point */) {
+  if (libc.errno() !== EINVAL /* not yet a mount point */) {
     throw new libc.SysCallError(`mount --make-rshared ${dir}`, libc.errno());
   }
   libc.check(libc.mount(dir, dir, "none", libc.MS_BIND | libc.MS_REC, null), `bind ${dir}`);
@@ -115,20 +134,15 @@ export function createNetns(name: string): string {
 
 /** unshare() gives the main thread a fresh netns; we pin it with a bind mount and go back. */
 function bindNewNetns(nsPath: string): void {
-  const original = fs.openSync(threadNetnsPath(), "r");
-  try {
-    libc.check(libc.unshare(libc.CLONE_NEWNET), "unshare(CLONE_NEWNET)");
-    try {
+  switchedAndBack(
+    nsPath,
+    () => libc.check(libc.unshare(libc.CLONE_NEWNET), "unshare(CLONE_NEWNET)"),
+    () =>
       libc.check(
         libc.mount(threadNetnsPath(), nsPath, "none", libc.MS_BIND, null),
         `bind mount ${nsPath}`,
-      );
-    } finally {
-      restore(original, nsPath);
-    }
-  } finally {
-    fs.closeSync(original);
-  }
+      ),
+  );
 }
 
 function removeNetnsFile(nsPath: string): void {
@@ -145,7 +159,7 @@ export function deleteNetns(name: string): void {
   if (libc.umount2(nsPath, libc.MNT_DETACH) === -1) {
     const code = libc.errno();
     // EINVAL: not mounted (half-made), ENOENT: already gone.
-    if (code !== 22 && code !== 2) throw new libc.SysCallError(`umount ${nsPath}`, code);
+    if (code !== EINVAL && code !== ENOENT) throw new libc.SysCallError(`umount ${nsPath}`, code);
   }
   removeNetnsFile(nsPath);
 }

@@ -3,38 +3,40 @@
 import { createRtNetlink, type RtNetlinkSocket, rt } from "netlink";
 import { formatInfo, parseInfo } from "netlink/dist/rt/ifla";
 import { AttrStream } from "netlink/dist/structs";
+import { errnoCode } from "../util/errors";
+import { bytesToIp, ipToBytes } from "../util/ip";
+import { macToBuffer, macToString } from "../util/mac";
 import { withNetns } from "./netns";
 
-// linux/socket.h
-const AF_UNSPEC = 0;
-const AF_INET = 2;
-const AF_BRIDGE = 7;
-const AF_INET6 = 10;
-// linux/rtnetlink.h
-const RTNH_F_ONLINK = 4;
-const RT_TABLE_MAIN = 254;
-const RTPROT_BOOT = 3;
-const RT_SCOPE_UNIVERSE = 0;
-const RT_SCOPE_LINK = 253;
-const RT_SCOPE_HOST = 254;
-// linux/veth.h
-const VETH_INFO_PEER = 1;
-// linux/if_link.h
-const IFLA_IFNAME = 3;
-const IFLA_NET_NS_FD = 28;
-const IFLA_PROTINFO = 12;
-// linux/if_link.h, enum IFLA_BRPORT_*: attributes nested in IFLA_PROTINFO for AF_BRIDGE
-const IFLA_BRPORT_LEARNING = 8;
-// linux/netlink.h
-const NLA_F_NESTED = 0x8000;
-export const NLM_F_REPLACE = 0x100;
-export const NLM_F_EXCL = 0x200;
-export const NLM_F_CREATE = 0x400;
-// linux/neighbour.h
-const NDA_LLADDR = 2;
-const NDA_MASTER = 9;
-const NTF_MASTER = 0x04;
-const NUD_NOARP = 0x40; // a bridge FDB entry with it is "static": forwarded, never aged or local
+import {
+  AF_BRIDGE,
+  AF_INET,
+  AF_INET6,
+  AF_UNSPEC,
+  IFLA_BRPORT_LEARNING,
+  IFLA_IFNAME,
+  IFLA_LINKINFO,
+  IFLA_NET_NS_FD,
+  IFLA_PROTINFO,
+  NDA_LLADDR,
+  NDA_MASTER,
+  NLA_F_NESTED,
+  NLM_F_CREATE,
+  NLM_F_EXCL,
+  NLM_F_REPLACE,
+  NTF_MASTER,
+  NUD_NOARP,
+  RT_SCOPE_HOST,
+  RT_SCOPE_LINK,
+  RT_SCOPE_NOWHERE,
+  RT_SCOPE_UNIVERSE,
+  RT_TABLE_MAIN,
+  RTN_UNICAST,
+  RTNH_F_ONLINK,
+  RTPROT_BOOT,
+  VETH_INFO_PEER,
+} from "./uapi";
+
 // netlink requests to the kernel answer at once; a silent socket means something broke.
 const REQUEST_TIMEOUT_MS = 5000;
 
@@ -101,67 +103,6 @@ export class RtnlError extends Error {
   }
 }
 
-export function macToString(mac: Buffer | undefined): string {
-  if (!mac) return "";
-  return [...mac].map((b) => b.toString(16).padStart(2, "0")).join(":");
-}
-
-export function macToBuffer(mac: string): Buffer {
-  const parts = mac.split(":");
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
-    throw new Error(`MAC ${JSON.stringify(mac)}: expected six hex octets separated by ':'`);
-  }
-  return Buffer.from(parts.map((p) => Number.parseInt(p, 16)));
-}
-
-export function ipToBuffer(ip: string): Buffer {
-  if (ip.includes(":")) return ipv6ToBuffer(ip);
-  const octets = ip.split(".").map(Number);
-  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255)) {
-    throw new Error(`IP ${JSON.stringify(ip)}: not an IPv4 or IPv6 address`);
-  }
-  return Buffer.from(octets);
-}
-
-function ipv6ToBuffer(ip: string): Buffer {
-  const [head, tail = ""] = ip.split("::");
-  const words = (s: string) => (s ? s.split(":") : []);
-  const left = words(head);
-  const right = words(tail);
-  const missing = 8 - left.length - right.length;
-  if (missing < 0 || (!ip.includes("::") && missing !== 0)) {
-    throw new Error(`IP ${JSON.stringify(ip)}: not an IPv6 address`);
-  }
-  const all = [...left, ...Array<string>(missing).fill("0"), ...right];
-  const buf = Buffer.alloc(16);
-  all.forEach((w, i) => {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(w))
-      throw new Error(`IP ${JSON.stringify(ip)}: not an IPv6 address`);
-    buf.writeUInt16BE(Number.parseInt(w, 16), i * 2);
-  });
-  return buf;
-}
-
-export function bufferToIp(buf: Buffer): string {
-  if (buf.length === 4) return [...buf].join(".");
-  const words: string[] = [];
-  for (let i = 0; i < 16; i += 2) words.push(buf.readUInt16BE(i).toString(16));
-  // Compress the longest run of zero words, as RFC 5952 asks.
-  let best = { start: -1, len: 0 };
-  for (let i = 0; i < 8; ) {
-    if (words[i] !== "0") {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === "0") j++;
-    if (j - i > best.len && j - i > 1) best = { start: i, len: j - i };
-    i = j;
-  }
-  if (best.start < 0) return words.join(":");
-  return `${words.slice(0, best.start).join(":")}::${words.slice(best.start + best.len).join(":")}`;
-}
-
 function familyOf(ip: string): IpFamily {
   return ip.includes(":") ? 6 : 4;
 }
@@ -184,12 +125,6 @@ export function attr(type: number, payload: Buffer): Buffer {
   out.writeUInt16LE(type, 2);
   payload.copy(out, 4);
   return out;
-}
-
-/** The errno name the netlink package puts in a rejected request's message (EEXIST, ...). */
-export function errnoCode(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  return /Request rejected: (\S+)/.exec(message)?.[1] ?? message;
 }
 
 /** An rtnetlink connection to one netns. Close it when done. */
@@ -222,6 +157,27 @@ export class Rtnl {
     const result = this.queue.then(run, run);
     this.queue = result.catch(() => undefined);
     return result;
+  }
+
+  /**
+   * A request the netlink package has no call for (tc's qdiscs and filters), on this
+   * socket's queue; an errno in `tolerated` counts as done.
+   */
+  async request(
+    operation: string,
+    type: number,
+    body: Buffer,
+    flags: number,
+    tolerated: readonly string[] = [],
+  ): Promise<void> {
+    try {
+      await this.call(operation, () =>
+        this.socket.request(type, body, { flags, timeout: REQUEST_TIMEOUT_MS }),
+      );
+    } catch (error) {
+      if (error instanceof RtnlError && tolerated.includes(error.code)) return;
+      throw error;
+    }
   }
 
   async links(): Promise<LinkInfo[]> {
@@ -264,7 +220,7 @@ export class Rtnl {
       .map((m) => ({
         index: m.data.index ?? 0,
         family: m.data.family === AF_INET ? 4 : 6,
-        address: bufferToIp((m.attrs.local ?? m.attrs.address) as Buffer),
+        address: bytesToIp((m.attrs.local ?? m.attrs.address) as Buffer),
         prefixLength: m.data.prefixlen ?? 0,
         scope: m.data.scope ?? 0,
       }));
@@ -281,14 +237,14 @@ export class Rtnl {
         const table = m.attrs.table ?? m.data.table ?? 0;
         const route: RouteInfo = {
           family,
-          dst: m.attrs.dst ? bufferToIp(m.attrs.dst) : zero,
+          dst: m.attrs.dst ? bytesToIp(m.attrs.dst) : zero,
           dstLength: m.data.dstLen ?? 0,
           scope: enumValue(rt.RouteScope, m.data.scope),
           table,
           onlink: ((rtFlagsRaw(m.data.flags) ?? 0) & RTNH_F_ONLINK) !== 0,
           type: enumValue(rt.RouteType, m.data.type),
         };
-        if (m.attrs.gateway) route.gateway = bufferToIp(m.attrs.gateway);
+        if (m.attrs.gateway) route.gateway = bytesToIp(m.attrs.gateway);
         if (m.attrs.oif) route.oif = m.attrs.oif;
         if (m.attrs.priority !== undefined) route.priority = m.attrs.priority;
         return route;
@@ -319,9 +275,7 @@ export class Rtnl {
 
   async createBridge(name: string): Promise<void> {
     const linkinfo = encode(formatInfo({ kind: "bridge" }));
-    await this.newLink(`RTM_NEWLINK bridge ${name}`, name, [
-      attr(18 /* IFLA_LINKINFO */, linkinfo),
-    ]);
+    await this.newLink(`RTM_NEWLINK bridge ${name}`, name, [attr(IFLA_LINKINFO, linkinfo)]);
   }
 
   /**
@@ -340,7 +294,9 @@ export class Rtnl {
       Buffer.concat([rt.formatLink({ family: AF_UNSPEC }), ...peerAttrs]),
     );
     const linkinfo = encode(formatInfo({ kind: "veth", data: peer }));
-    await this.newLink(`RTM_NEWLINK veth ${name} peer ${peerName}`, name, [attr(18, linkinfo)]);
+    await this.newLink(`RTM_NEWLINK veth ${name} peer ${peerName}`, name, [
+      attr(IFLA_LINKINFO, linkinfo),
+    ]);
   }
 
   /** RTM_SETLINK addressed by IFLA_IFNAME (index 0): the kernel finds the link, no lookup first. */
@@ -391,7 +347,7 @@ export class Rtnl {
     const [ip, len] = cidr.split("/");
     const family = familyOf(ip);
     const prefixlen = Number(len ?? (family === 4 ? 32 : 128));
-    const bytes = ipToBuffer(ip);
+    const bytes = ipToBytes(ip);
     return {
       data: { family: afOf(family), prefixlen, index },
       attrs: { local: bytes, address: bytes },
@@ -420,8 +376,8 @@ export class Rtnl {
   private async routeMessage(spec: RouteSpec) {
     const family = familyOf(spec.dst);
     const attrs: rt.RouteAttrs = { table: RT_TABLE_MAIN };
-    if (spec.dstLength > 0) attrs.dst = ipToBuffer(spec.dst);
-    if (spec.gateway) attrs.gateway = ipToBuffer(spec.gateway);
+    if (spec.dstLength > 0) attrs.dst = ipToBytes(spec.dst);
+    if (spec.gateway) attrs.gateway = ipToBytes(spec.gateway);
     if (spec.device) attrs.oif = (await this.link(spec.device)).index;
     if (spec.priority !== undefined) attrs.priority = spec.priority;
     const scope =
@@ -436,7 +392,7 @@ export class Rtnl {
       table: RT_TABLE_MAIN,
       protocol: RTPROT_BOOT,
       scope,
-      type: 1, // RTN_UNICAST
+      type: RTN_UNICAST,
       flags: spec.onlink ? { __unknown: RTNH_F_ONLINK } : {},
     };
     return { data, attrs };
@@ -467,7 +423,7 @@ export class Rtnl {
   async deleteRoute(spec: RouteSpec): Promise<void> {
     const { data, attrs } = await this.routeMessage(spec);
     // The kernel matches on what is given; leave scope and protocol open.
-    data.scope = 255; // RT_SCOPE_NOWHERE: any
+    data.scope = RT_SCOPE_NOWHERE;
     delete data.protocol;
     await this.call(`RTM_DELROUTE ${Rtnl.describeRoute(spec)}`, () =>
       this.socket.delRoute(data, attrs, { timeout: REQUEST_TIMEOUT_MS }),
@@ -526,7 +482,7 @@ export class Rtnl {
     await this.call(`RTM_NEWNEIGH ${ip} lladdr ${mac} dev ${name}`, () =>
       this.socket.newNeighbor(
         { family: afOf(familyOf(ip)), ifindex: link.index, state: { permanent: true } },
-        { dst: ipToBuffer(ip), lladdr: macToBuffer(mac) },
+        { dst: ipToBytes(ip), lladdr: macToBuffer(mac) },
         { flags: NLM_F_CREATE | NLM_F_REPLACE, timeout: REQUEST_TIMEOUT_MS },
       ),
     );
@@ -538,7 +494,7 @@ function linkInfo(m: rt.LinkMessage): LinkInfo {
   const link: LinkInfo = {
     index: m.data.index ?? 0,
     name: m.attrs.ifname ?? "",
-    mac: macToString(m.attrs.address),
+    mac: m.attrs.address ? macToString(m.attrs.address) : "",
     mtu: m.attrs.mtu ?? 0,
     up: Boolean(m.data.flags?.up),
   };

@@ -1,30 +1,28 @@
 // tc over rtnetlink, only as much as vmlet needs: a clsact qdisc on a link, and
-// direct-action eBPF filters on its ingress or egress hook.
-import { createRtNetlink, type RtNetlinkSocket } from "netlink";
-import { withNetns } from "./netns";
-import { attr, errnoCode, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE } from "./rtnl";
+// direct-action eBPF filters on its ingress or egress hook. Requests go on an Rtnl's
+// socket and queue, and fail as RtnlError, like every other netlink request.
+import { attr, Rtnl } from "./rtnl";
+import {
+  NLM_F_CREATE,
+  NLM_F_EXCL,
+  NLM_F_REPLACE,
+  RTM_DELTFILTER,
+  RTM_NEWQDISC,
+  RTM_NEWTFILTER,
+  TC_H_CLSACT,
+  TC_H_MAJ_MASK,
+  TC_H_MIN_EGRESS,
+  TC_H_MIN_INGRESS,
+  TCA_BPF_FD,
+  TCA_BPF_FLAG_ACT_DIRECT,
+  TCA_BPF_FLAGS,
+  TCA_BPF_NAME,
+  TCA_KIND,
+  TCA_OPTIONS,
+} from "./uapi";
 
-// linux/pkt_cls.h
-export const TC_ACT_UNSPEC = -1;
-export const TC_ACT_SHOT = 2;
-const TCA_BPF_FD = 6;
-const TCA_BPF_NAME = 7;
-const TCA_BPF_FLAGS = 8;
-const TCA_BPF_FLAG_ACT_DIRECT = 1;
-// linux/rtnetlink.h, linux/pkt_sched.h
-const RTM_NEWQDISC = 36;
-const RTM_NEWTFILTER = 44;
-const RTM_DELTFILTER = 45;
-const TCA_KIND = 1;
-const TCA_OPTIONS = 2;
-const TC_H_CLSACT = 0xfffffff1;
-const TC_H_MIN_INGRESS = 0xfff2;
-const TC_H_MIN_EGRESS = 0xfff3;
-const CLSACT_HANDLE = 0xffff0000;
-// linux/if_ether.h, in network order as tcm_info wants it
-export const ETH_P_ALL_BE = 0x0300;
-export const ETH_P_IP_BE = 0x0008;
-const REQUEST_TIMEOUT_MS = 5000;
+/** The clsact qdisc's handle: its major number, minor 0. */
+const CLSACT_HANDLE = TC_H_CLSACT & TC_H_MAJ_MASK;
 
 export type TcHook = "ingress" | "egress";
 
@@ -41,17 +39,6 @@ export interface TcFilterSpec {
   prio: number;
   /** tcm_info's protocol half, network order (ETH_P_ALL_BE, ETH_P_IP_BE). */
   protocol: number;
-}
-
-export class TcError extends Error {
-  constructor(
-    message: string,
-    readonly code: string,
-    options?: ErrorOptions,
-  ) {
-    super(message, options);
-    this.name = "TcError";
-  }
 }
 
 function tcmsg(ifindex: number, handle: number, parent: number, info: number): Buffer {
@@ -71,41 +58,52 @@ function u32le(v: number): Buffer {
 
 function filterHeader(spec: TcFilterSpec, handle: number): Buffer {
   const minor = spec.hook === "ingress" ? TC_H_MIN_INGRESS : TC_H_MIN_EGRESS;
-  return tcmsg(
-    spec.link.index,
-    handle,
-    (TC_H_CLSACT & 0xffff0000) | minor,
-    (spec.prio << 16) | spec.protocol,
-  );
+  return tcmsg(spec.link.index, handle, CLSACT_HANDLE | minor, (spec.prio << 16) | spec.protocol);
 }
 
-/** A netlink socket in one netns for tc requests; close() it when done. */
+/**
+ * tc requests in one netns. on(rtnl) shares a connection the caller already has (and
+ * closes); open(nsPath) makes its own, which close() ends.
+ */
 export class TcSession {
+  /** Links given a clsact qdisc by this session: asking twice costs a round trip. */
+  private readonly withClsact = new Set<number>();
+
   private constructor(
-    private readonly socket: RtNetlinkSocket,
-    readonly nsPath: string,
+    private readonly rtnl: Rtnl,
+    private readonly owned: boolean,
   ) {}
 
+  static on(rtnl: Rtnl): TcSession {
+    return new TcSession(rtnl, false);
+  }
+
   static open(nsPath: string): TcSession {
-    return new TcSession(
-      withNetns(nsPath, () => createRtNetlink()),
-      nsPath,
-    );
+    return new TcSession(Rtnl.open(nsPath), true);
+  }
+
+  get nsPath(): string {
+    return this.rtnl.nsPath;
   }
 
   close(): void {
-    this.socket.socket.socket.close();
+    if (this.owned) this.rtnl.close();
   }
 
   /** A clsact qdisc on the link; one that exists already is fine. */
   async ensureClsact(link: TcLink): Promise<void> {
-    await this.request(
-      `add clsact qdisc on ${link.name}`,
+    if (this.withClsact.has(link.index)) return;
+    await this.rtnl.request(
+      `tc: add clsact qdisc on ${link.name}`,
       RTM_NEWQDISC,
+      Buffer.concat([
+        tcmsg(link.index, CLSACT_HANDLE, TC_H_CLSACT, 0),
+        attr(TCA_KIND, Buffer.from("clsact\0")),
+      ]),
       NLM_F_CREATE | NLM_F_EXCL,
-      [tcmsg(link.index, CLSACT_HANDLE, TC_H_CLSACT, 0), attr(TCA_KIND, Buffer.from("clsact\0"))],
       ["EEXIST"],
     );
+    this.withClsact.add(link.index);
   }
 
   /**
@@ -125,38 +123,26 @@ export class TcSession {
       attr(TCA_BPF_FLAGS, u32le(TCA_BPF_FLAG_ACT_DIRECT)),
     ]);
     // A fixed handle makes the filter addressable for NLM_F_REPLACE.
-    await this.request(
-      `add bpf filter ${name} on ${spec.link.name} ${spec.hook}`,
+    await this.rtnl.request(
+      `tc: add bpf filter ${name} on ${spec.link.name} ${spec.hook}`,
       RTM_NEWTFILTER,
+      Buffer.concat([
+        filterHeader(spec, 1),
+        attr(TCA_KIND, Buffer.from("bpf\0")),
+        attr(TCA_OPTIONS, options),
+      ]),
       NLM_F_CREATE | (replace ? NLM_F_REPLACE : NLM_F_EXCL),
-      [filterHeader(spec, 1), attr(TCA_KIND, Buffer.from("bpf\0")), attr(TCA_OPTIONS, options)],
     );
   }
 
   /** Removes the filter; one that (or whose link) is gone already is fine. */
   async deleteFilter(spec: TcFilterSpec): Promise<void> {
-    await this.request(
-      `delete bpf filter on ${spec.link.name} ${spec.hook}`,
+    await this.rtnl.request(
+      `tc: delete bpf filter on ${spec.link.name} ${spec.hook}`,
       RTM_DELTFILTER,
+      filterHeader(spec, 0),
       0,
-      [filterHeader(spec, 0)],
       ["ENOENT", "EINVAL", "ENODEV"],
     );
-  }
-
-  private async request(
-    operation: string,
-    type: number,
-    flags: number,
-    body: Buffer[],
-    tolerated: string[] = [],
-  ): Promise<void> {
-    try {
-      await this.socket.request(type, Buffer.concat(body), { flags, timeout: REQUEST_TIMEOUT_MS });
-    } catch (error) {
-      const code = errnoCode(error);
-      if (tolerated.includes(code)) return;
-      throw new TcError(`tc: ${operation} in ${this.nsPath}: ${code}`, code, { cause: error });
-    }
   }
 }

@@ -1,9 +1,14 @@
-// What the guest must be told so that it has the reachability the pod's netns had: the
-// address with the mask the netns really routes on-link, and every other route as a
-// classless static route. guestViewOf is pure: it reads a snapshot, so each network style
-// is testable; readGuestView takes that snapshot off the netns.
+// The one owner of what the guest is told about its network. guestViewOf turns a netns
+// snapshot into the guest's view (the address with the mask the netns really routes
+// on-link, the gateway, every other route, the MTU); the view is what the tapmanager
+// persists, and leaseOf derives the DHCP lease from it. Both are pure, so each network
+// style is testable; readGuestView takes the snapshot off the netns. How the routes are
+// ordered and encoded for option 121 is dhcp/'s business (RFC 3442).
+import type { DhcpLease } from "../dhcp/server";
 import type { AddressInfo, LinkInfo, RouteInfo, Rtnl } from "../sys/rtnl";
-import type { GuestRoute, IpAddress } from "./types";
+import { RT_SCOPE_UNIVERSE, RTN_UNICAST } from "../sys/uapi";
+import { type Ipv4Route, inIpv4Prefix, ON_LINK } from "../util/ip";
+import type { IpAddress, PodInterface } from "./types";
 
 export interface NetnsSnapshot {
   link: LinkInfo;
@@ -18,24 +23,8 @@ export interface GuestView {
   /** The IPv4 address served by DHCP, with the mask the netns routes on-link. */
   ipv4?: IpAddress;
   gateway?: string;
-  routes: GuestRoute[];
+  routes: Ipv4Route[];
   mtu: number;
-}
-
-const RT_SCOPE_UNIVERSE = 0;
-const RTN_UNICAST = 1;
-
-function ipv4ToInt(ip: string): number {
-  return ip.split(".").reduce((n, o) => (n << 8) + Number(o), 0) >>> 0;
-}
-
-function maskOf(prefixLength: number): number {
-  return prefixLength === 0 ? 0 : (~0 << (32 - prefixLength)) >>> 0;
-}
-
-function contains(network: string, prefixLength: number, ip: string): boolean {
-  const mask = maskOf(prefixLength);
-  return (ipv4ToInt(network) & mask) >>> 0 === (ipv4ToInt(ip) & mask) >>> 0;
 }
 
 /**
@@ -59,30 +48,19 @@ export function guestViewOf(snapshot: NetnsSnapshot): GuestView {
       !r.gateway &&
       r.dstLength === v4.prefixLength &&
       r.dstLength < 32 &&
-      contains(r.dst, r.dstLength, v4.address),
+      inIpv4Prefix(v4.address, r.dst, r.dstLength),
   );
-  const prefixLength = connected ? connected.dstLength : 32;
-  const guestRoutes: GuestRoute[] = [];
-  for (const r of routes) {
-    if (r === connected) continue;
-    guestRoutes.push({ dst: r.dst, prefixLength: r.dstLength, gateway: r.gateway ?? "0.0.0.0" });
-  }
-  // RFC 3442 clients apply routes in order: on-link routes first, so the gateways that
-  // later routes use are reachable when they are added; most specific first within each.
-  guestRoutes.sort(
-    (a, b) =>
-      Number(a.gateway !== "0.0.0.0") - Number(b.gateway !== "0.0.0.0") ||
-      b.prefixLength - a.prefixLength,
-  );
-  const defaultRoute = guestRoutes.find((r) => r.prefixLength === 0);
-  const view: GuestView = {
+  const guestRoutes = routes
+    .filter((r) => r !== connected)
+    .map((r) => ({ dst: r.dst, prefixLength: r.dstLength, gateway: r.gateway ?? ON_LINK }));
+  const gateway = guestRoutes.find((r) => r.prefixLength === 0 && r.gateway !== ON_LINK)?.gateway;
+  return {
     addresses,
-    ipv4: { family: 4, address: v4.address, prefixLength },
+    ipv4: { family: 4, address: v4.address, prefixLength: connected ? connected.dstLength : 32 },
     routes: guestRoutes,
     mtu: link.mtu,
+    ...(gateway ? { gateway } : {}),
   };
-  if (defaultRoute && defaultRoute.gateway !== "0.0.0.0") view.gateway = defaultRoute.gateway;
-  return view;
 }
 
 /** The view for a second NIC: no default route, so the first NIC keeps it. */
@@ -100,4 +78,31 @@ export async function readGuestView(
   // guestViewOf uses IPv4 routes only: IPv6 ones are not dumped.
   const [addresses, routes] = await Promise.all([rtnl.addresses(), rtnl.routes(4)]);
   return { ...guestViewOf({ link, addresses, routes }), mac: link.mac };
+}
+
+/** A NIC's view as persisted: what leaseOf needs. */
+export type GuestNic = Pick<PodInterface, "guestMac" | "mtu" | "routes" | "dns" | "gateway"> & {
+  ipv4?: IpAddress;
+};
+
+/** The DHCP lease a NIC's guest gets, derived from its view; none without IPv4. */
+export function leaseOf(
+  nic: GuestNic,
+  hostname: string,
+  leaseSeconds: number,
+): DhcpLease | undefined {
+  if (!nic.ipv4) return undefined;
+  return {
+    mac: nic.guestMac,
+    ip: nic.ipv4.address,
+    prefixLength: nic.ipv4.prefixLength,
+    routes: nic.routes.map((r) => ({ ...r })),
+    mtu: nic.mtu,
+    dns: nic.dns.nameservers,
+    search: nic.dns.search,
+    hostname,
+    leaseSeconds,
+    ...(nic.gateway ? { router: nic.gateway } : {}),
+    ...(nic.dns.domain ? { domain: nic.dns.domain } : {}),
+  };
 }

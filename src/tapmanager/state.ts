@@ -1,10 +1,10 @@
 // The persisted "container side network" of each pod: written before anything is
-// created, completed as setUp goes, and read back by tearDown and recover().
+// created, completed as setUp goes, and read back by tearDown and recover(). Each NIC is
+// kept as the guest's view (guest-network.ts); its DHCP lease is derived from it.
 import fs from "node:fs";
 import path from "node:path";
-import type { DhcpLease } from "../dhcp/server";
 import { removeStaleTemps, writeFileAtomic, writeFileOrdered } from "../util/atomic-file";
-import type { PodInterface, PodNetworkRequest } from "./types";
+import type { IpAddress, PodInterface, PodNetworkRequest } from "./types";
 
 export type PodPhase =
   /** The netns may exist and CNI ADD may have run; nothing was read yet. */
@@ -17,12 +17,15 @@ export type PodPhase =
 export interface PersistedInterface extends PodInterface {
   /** DHCP option 54, and the address renewals are unicast to. */
   serverId: string;
-  /** Absent for a NIC without IPv4: nothing to serve. */
-  lease?: DhcpLease;
+  /** The IPv4 address DHCP serves, with the mask the netns routes on-link; absent: none. */
+  ipv4?: IpAddress;
 }
 
+/** Records before the view was persisted (version 1) kept the lease instead. */
+export const RECORD_VERSION = 2;
+
 export interface PodRecord {
-  version: 1;
+  version: typeof RECORD_VERSION;
   request: PodNetworkRequest;
   netnsName: string;
   netnsPath: string;
@@ -136,14 +139,33 @@ export class PodStateStore {
   }
 }
 
-/** Enough of the shape for the code that reads it not to throw. */
+/** A NIC as version 1 wrote it: the served address only in its lease. */
+interface PersistedInterfaceV1 extends Omit<PersistedInterface, "ipv4"> {
+  lease?: { ip: string; prefixLength: number };
+}
+
+/** A version 1 record in today's shape: the served address moves from the lease to the view. */
+function upgradeV1(record: Omit<PodRecord, "version"> & { version: number }): PodRecord {
+  const interfaces = (record.interfaces as PersistedInterfaceV1[]).map(({ lease, ...nic }) => ({
+    ...nic,
+    ...(lease
+      ? { ipv4: { family: 4 as const, address: lease.ip, prefixLength: lease.prefixLength } }
+      : {}),
+  }));
+  return { ...record, version: RECORD_VERSION, interfaces };
+}
+
+/** Enough of the shape for the code that reads it not to throw; older versions upgraded. */
 function checkRecord(value: unknown, sandboxId: string): PodRecord {
-  const record = value as Partial<PodRecord> | null;
+  const record = value as (Omit<Partial<PodRecord>, "version"> & { version?: number }) | null;
   if (typeof record !== "object" || record === null) throw new Error("not a JSON object");
-  if (record.version !== 1) throw new Error(`version ${String(record.version)}, not 1`);
+  if (record.version !== 1 && record.version !== RECORD_VERSION) {
+    throw new Error(`version ${String(record.version)}, not 1 or ${RECORD_VERSION}`);
+  }
   if (record.request?.pod?.sandboxId !== sandboxId) throw new Error("sandbox id does not match");
   if (typeof record.netnsName !== "string" || typeof record.netnsPath !== "string")
     throw new Error("no netns");
   if (!Array.isArray(record.interfaces)) throw new Error("no interfaces");
-  return record as PodRecord;
+  const whole = record as Omit<PodRecord, "version"> & { version: number };
+  return whole.version === 1 ? upgradeV1(whole) : (whole as PodRecord);
 }

@@ -13,9 +13,10 @@ import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { KeyedLock } from "../util/keyed-lock";
 import { Limiter } from "../util/limiter";
+import { silentLog } from "../util/silent-log";
 import { type StepHook, timeStep } from "../util/steps";
-import { readGuestView, withoutDefaultRoute } from "./guest-network";
-import { type PersistedInterface, type PodRecord, PodStateStore } from "./state";
+import { leaseOf, readGuestView, withoutDefaultRoute } from "./guest-network";
+import { type PersistedInterface, type PodRecord, PodStateStore, RECORD_VERSION } from "./state";
 import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "./types";
 
 export interface TapmanagerOptions {
@@ -48,7 +49,6 @@ const DEFAULT_LEASE_SECONDS = 86_400;
 const DEFAULT_MAX_CONCURRENT = 8;
 /** The server id of a NIC whose network has no IPv4 gateway at all. */
 const LINK_LOCAL_SERVER_ID = "169.254.255.254";
-const silentLog: DhcpLog = { info() {}, warn() {}, debug() {} };
 
 export interface RecoverOutcome {
   recovered: string[];
@@ -115,7 +115,7 @@ export class Tapmanager {
     const netnsName = netnsNameFor(id);
     // Recorded before anything exists, so a crash at any point can be cleaned up.
     const record: PodRecord = {
-      version: 1,
+      version: RECORD_VERSION,
       request,
       netnsName,
       netnsPath: netnsPath(netnsName),
@@ -156,7 +156,7 @@ export class Tapmanager {
       const names = rewireNames(attachment.ifname);
       const dns = this.dnsFor(record.request, attachment.result);
       const serverId = view.gateway ?? cniGateway(attachment.result) ?? LINK_LOCAL_SERVER_ID;
-      const iface = {
+      out.push({
         ifname: attachment.ifname,
         network: attachment.network,
         bridge: names.bridge,
@@ -166,22 +166,10 @@ export class Tapmanager {
         addresses: view.addresses,
         routes: view.routes,
         dns,
+        serverId,
         ...(view.gateway ? { gateway: view.gateway } : {}),
-      };
-      const lease: DhcpLease | undefined = view.ipv4 && {
-        mac: read.mac,
-        ip: view.ipv4.address,
-        prefixLength: view.ipv4.prefixLength,
-        routes: view.routes.map((r) => ({ ...r })),
-        mtu: view.mtu,
-        dns: dns.nameservers,
-        search: dns.search,
-        hostname: record.hostname,
-        leaseSeconds: this.options.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
-        ...(view.gateway ? { router: view.gateway } : {}),
-        ...(dns.domain ? { domain: dns.domain } : {}),
-      };
-      out.push({ ...iface, serverId, ...(lease ? { lease } : {}) });
+        ...(view.ipv4 ? { ipv4: view.ipv4 } : {}),
+      });
     }
     return out;
   }
@@ -252,7 +240,7 @@ export class Tapmanager {
       guards.push({ ifname: iface.ifname, guard });
     }
     for (const iface of record.interfaces) {
-      const lease = iface.lease;
+      const lease = this.leaseFor(record, iface);
       if (!lease) continue;
       const server = await this.step(
         `serve DHCP on ${iface.bridge}`,
@@ -465,8 +453,20 @@ export class Tapmanager {
       pod: record.request.pod,
       netnsPath: record.netnsPath,
       hostname: record.hostname,
-      interfaces: record.interfaces.map(({ serverId: _s, lease: _l, ...iface }) => iface),
+      interfaces: record.interfaces.map(({ serverId: _s, ipv4: _i, ...iface }) => iface),
     };
+  }
+
+  private leaseFor(record: PodRecord, iface: PersistedInterface): DhcpLease | undefined {
+    const seconds = this.options.leaseSeconds ?? DEFAULT_LEASE_SECONDS;
+    return leaseOf(iface, record.hostname, seconds);
+  }
+
+  /** What each NIC's guest is served by DHCP (the NICs without IPv4 left out). */
+  leases(sandboxId: string): DhcpLease[] {
+    const record = this.store.read(sandboxId);
+    if (!record) return [];
+    return record.interfaces.flatMap((iface) => this.leaseFor(record, iface) ?? []);
   }
 
   private async withRtnl<T>(record: PodRecord, fn: (rtnl: Rtnl) => Promise<T>): Promise<T> {
@@ -499,7 +499,7 @@ function sourcePrefixes(record: PodRecord, iface: PersistedInterface): Prefix[] 
     address: a.address,
     prefixLength: a.family === 4 ? 32 : 128,
   }));
-  if (iface.lease) own.push({ family: 4, address: iface.lease.ip, prefixLength: 32 });
+  if (iface.ipv4) own.push({ family: 4, address: iface.ipv4.address, prefixLength: 32 });
   return [...own, ...(record.request.allowedSourcePrefixes ?? [])];
 }
 

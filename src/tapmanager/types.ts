@@ -3,6 +3,7 @@
 import type { PodRef } from "../cni-bridge/cni";
 import type { RuntimeConfig } from "../cni-bridge/cni/runtime-config";
 import type { DropCounts } from "../guard/guard";
+import type { Ipv4Route } from "../util/ip";
 
 export type { PodRef };
 
@@ -29,14 +30,6 @@ export interface IpAddress {
   prefixLength: number;
 }
 
-export interface GuestRoute {
-  /** Destination network, "0.0.0.0" with prefixLength 0 for the default route. */
-  dst: string;
-  prefixLength: number;
-  /** "0.0.0.0" for an on-link route. */
-  gateway: string;
-}
-
 /** One NIC of the VM: a tap on a bridge with the veth that CNI made. */
 export interface PodInterface {
   /** The CNI interface name (eth0, net1, ...). */
@@ -52,7 +45,7 @@ export interface PodInterface {
   /** The IPv4 router the guest gets (option 3). */
   gateway?: string;
   /** The IPv4 routes the guest gets (option 121), default route included. */
-  routes: GuestRoute[];
+  routes: Ipv4Route[];
   dns: { nameservers: string[]; search: string[]; domain?: string };
 }
 

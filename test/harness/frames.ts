@@ -1,24 +1,12 @@
 // Hand-made Ethernet frames, as a hostile guest would write them to its tap, and a
 // capture of what reaches an interface (tcpdump writing pcap to a pipe, parsed here).
 import { type ChildProcess, spawn } from "node:child_process";
-import { ipv6Words } from "../../src/guard/policy";
+import { ipToBytes } from "../../src/util/ip";
 
 export const BROADCAST_MAC = "ff:ff:ff:ff:ff:ff";
 
 function macBytes(mac: string): Buffer {
   return Buffer.from(mac.replaceAll(":", ""), "hex");
-}
-
-function ipv4Bytes(address: string): Buffer {
-  return Buffer.from(address.split(".").map(Number));
-}
-
-function ipv6Bytes(address: string): Buffer {
-  const b = Buffer.alloc(16);
-  ipv6Words(address).forEach((w, i) => {
-    b.writeUInt32BE(w, 4 * i);
-  });
-  return b;
 }
 
 function checksum(b: Buffer): number {
@@ -41,8 +29,8 @@ export function ipv4(src: string, dst: string, protocol: number, payload: Buffer
   h.writeUInt16BE(20 + payload.length, 2);
   h.writeUInt8(64, 8);
   h.writeUInt8(protocol, 9);
-  ipv4Bytes(src).copy(h, 12);
-  ipv4Bytes(dst).copy(h, 16);
+  ipToBytes(src).copy(h, 12);
+  ipToBytes(dst).copy(h, 16);
   h.writeUInt16BE(checksum(h), 10);
   return Buffer.concat([h, payload]);
 }
@@ -63,8 +51,8 @@ export function ipv6(src: string, dst: string, nextHeader: number, payload: Buff
   h.writeUInt16BE(payload.length, 4);
   h.writeUInt8(nextHeader, 6);
   h.writeUInt8(255, 7);
-  ipv6Bytes(src).copy(h, 8);
-  ipv6Bytes(dst).copy(h, 24);
+  ipToBytes(src).copy(h, 8);
+  ipToBytes(dst).copy(h, 24);
   return Buffer.concat([h, payload]);
 }
 
@@ -94,9 +82,9 @@ export function arp(
   return Buffer.concat([
     h,
     macBytes(senderMac),
-    ipv4Bytes(senderIp),
+    ipToBytes(senderIp),
     macBytes(targetMac),
-    ipv4Bytes(targetIp),
+    ipToBytes(targetIp),
   ]);
 }
 

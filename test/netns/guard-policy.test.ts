@@ -4,7 +4,6 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
   DROP_REASONS,
-  ipv6Words,
   type Prefix,
   tapIngressProgram,
   vethEgressProgram,
@@ -54,15 +53,6 @@ describe("guard programs", () => {
     } finally {
       libc.close(map);
     }
-  });
-
-  it("read IPv6 addresses as four words, with :: and an IPv4 tail", () => {
-    assert.deepEqual(ipv6Words("fe80::1"), [0xfe800000, 0, 0, 1]);
-    assert.deepEqual(ipv6Words("::"), [0, 0, 0, 0]);
-    assert.deepEqual(ipv6Words("::ffff:10.1.2.3"), [0, 0, 0xffff, 0x0a010203]);
-    assert.deepEqual(ipv6Words("2001:db8:1:2:3:4:5:6"), [0x20010db8, 0x10002, 0x30004, 0x50006]);
-    assert.throws(() => ipv6Words("1::2::3"), /two "::"/);
-    assert.throws(() => ipv6Words("fe80:1"), /not an IPv6 address/);
   });
 });
 

@@ -5,6 +5,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
   BOOTREQUEST,
+  type DhcpMessage,
   FLAG_BROADCAST,
   formatMessage,
   MessageType,
@@ -156,18 +157,11 @@ describe("tapmanager on a ptp network", () => {
       const network = await tm.setUp({ pod });
       const eth0 = network.interfaces[0];
       assert.equal(eth0.addresses[0].prefixLength, 16, "the address as CNI gave it");
-      const lease = JSON.parse(
-        fs.readFileSync(path.join(cni.root, "pods", `${pod.sandboxId}.json`), "utf8"),
-      ).interfaces[0].lease;
-      assert.equal(lease.prefixLength, 32);
-      assert.equal(lease.router, "10.71.0.1");
-      assert.deepEqual(
-        lease.routes.map(
-          (r: { dst: string; prefixLength: number; gateway: string }) =>
-            `${r.dst}/${r.prefixLength} via ${r.gateway}`,
-        ),
-        ["10.71.0.1/32 via 0.0.0.0", "10.71.0.0/16 via 10.71.0.1", "0.0.0.0/0 via 10.71.0.1"],
-      );
+      const offer = await offerOnTap(tm, pod.sandboxId);
+      assert.equal(offer.yiaddr, eth0.addresses[0].address);
+      assert.equal(offer.options.subnetMask, "255.255.255.255");
+      assert.deepEqual(offer.options.routers, ["10.71.0.1"]);
+      assert.deepEqual(routesText(offer), PTP_OPTION_121);
       await tm.tearDown(pod.sandboxId);
     } finally {
       await tm.close();
@@ -202,19 +196,14 @@ describe("tapmanager on a Calico-style network", () => {
       const eth0 = network.interfaces[0];
       assert.equal(eth0.mtu, 1440);
       assert.equal(eth0.gateway, "169.254.1.1");
-      const record = JSON.parse(
-        fs.readFileSync(path.join(cni.root, "pods", `${pod.sandboxId}.json`), "utf8"),
-      );
-      const lease = record.interfaces[0].lease;
-      assert.equal(lease.prefixLength, 32);
-      assert.equal(lease.mac, eth0.guestMac);
-      assert.deepEqual(
-        lease.routes.map(
-          (r: { dst: string; prefixLength: number; gateway: string }) =>
-            `${r.dst}/${r.prefixLength} via ${r.gateway}`,
-        ),
-        ["169.254.1.1/32 via 0.0.0.0", "0.0.0.0/0 via 169.254.1.1"],
-      );
+      const offer = await offerOnTap(tm, pod.sandboxId);
+      assert.equal(offer.yiaddr, eth0.addresses[0].address);
+      assert.equal(offer.options.subnetMask, "255.255.255.255");
+      assert.equal(offer.options.mtu, 1440);
+      assert.deepEqual(routesText(offer), [
+        "169.254.1.1/32 via 0.0.0.0",
+        "0.0.0.0/0 via 169.254.1.1",
+      ]);
       await tm.tearDown(pod.sandboxId);
       assert.deepEqual(allocations(cni.dataDir, "k8s-pod-network"), []);
       assert.doesNotMatch(ip("-o", "link"), /cali[0-9a-f]{11}/);
@@ -318,6 +307,67 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
       }
       await second.tearDown(pod.sandboxId);
       assert.deepEqual(allocations(cni.dataDir, "rec"), []);
+    } finally {
+      await second.close();
+      cni.remove();
+    }
+  });
+
+  it("recover() serves a pod whose record an earlier vmlet wrote (version 1, the lease kept instead of the view)", async () => {
+    const cni = makeCniSandbox();
+    cni.writeConf("10-ptp.conflist", ptpList("old", "1.0.0", cni.dataDir, "10.72.0.0/16"));
+    const stateDir = path.join(cni.root, "pods");
+    const first = new Tapmanager({ cni: cni.client(), stateDir });
+    const pod = makePod();
+    const network = await first.setUp({ pod });
+    await first.close();
+    // Rewrite the record as version 1 wrote it: the served /32 only in a persisted lease.
+    const file = path.join(stateDir, `${pod.sandboxId}.json`);
+    const record = JSON.parse(fs.readFileSync(file, "utf8"));
+    const nic = record.interfaces[0];
+    const lease = {
+      mac: nic.guestMac,
+      ip: nic.ipv4.address,
+      prefixLength: nic.ipv4.prefixLength,
+      routes: nic.routes,
+      mtu: nic.mtu,
+      dns: nic.dns.nameservers,
+      search: nic.dns.search,
+      hostname: record.hostname,
+      leaseSeconds: 86_400,
+      router: nic.gateway,
+    };
+    delete nic.ipv4;
+    fs.writeFileSync(
+      file,
+      JSON.stringify({ ...record, version: 1, interfaces: [{ ...nic, lease }] }),
+    );
+    const second = new Tapmanager({ cni: cni.client(), stateDir });
+    try {
+      assert.deepEqual(await second.recover(), {
+        recovered: [pod.sandboxId],
+        removed: [],
+        failed: [],
+      });
+      assert.deepEqual(second.get(pod.sandboxId), network);
+      console.error(
+        "DEBUG",
+        JSON.stringify(second.leases(pod.sandboxId)),
+        second.dhcpStats(pod.sandboxId),
+      );
+      const offer = await offerOnTap(second, pod.sandboxId);
+      assert.equal(offer.yiaddr, network.interfaces[0].addresses[0].address);
+      assert.equal(offer.options.subnetMask, "255.255.255.255", "the /32, not CNI's /16");
+      assert.deepEqual(routesText(offer), [
+        "10.72.0.1/32 via 0.0.0.0",
+        "10.72.0.0/16 via 10.72.0.1",
+        "0.0.0.0/0 via 10.72.0.1",
+      ]);
+      const rewritten = JSON.parse(fs.readFileSync(file, "utf8"));
+      assert.equal(rewritten.version, 2, "recovery writes the record back in today's shape");
+      assert.equal(rewritten.interfaces[0].lease, undefined);
+      await second.tearDown(pod.sandboxId);
+      assert.deepEqual(allocations(cni.dataDir, "old"), []);
     } finally {
       await second.close();
       cni.remove();
@@ -493,6 +543,55 @@ exec ${process.execPath} -e 'let s="";process.stdin.on("data",(d)=>(s+=d)).on("e
     });
   }
 });
+
+const PTP_OPTION_121 = [
+  "10.71.0.1/32 via 0.0.0.0",
+  "10.71.0.0/16 via 10.71.0.1",
+  "0.0.0.0/0 via 10.71.0.1",
+];
+
+/** Option 121 of a reply, in order, as "dst/len via gateway". */
+function routesText(reply: DhcpMessage): string[] {
+  return (reply.options.classlessRoutes ?? []).map(
+    (r) => `${r.dst}/${r.prefixLength} via ${r.gateway}`,
+  );
+}
+
+/**
+ * The OFFER a guest on the pod's first tap gets for a DISCOVER, as it would see it. The
+ * DISCOVER is sent again every 2 s until the OFFER comes, as a client retransmits.
+ */
+async function offerOnTap(tm: Tapmanager, sandboxId: string): Promise<DhcpMessage> {
+  const [tap, ...others] = tm.openTaps(sandboxId);
+  for (const t of others) fs.closeSync(t.fd);
+  let resend: NodeJS.Timeout | undefined;
+  try {
+    const discover = formatMessage(
+      {
+        op: BOOTREQUEST,
+        xid: 0x0ff3,
+        flags: FLAG_BROADCAST,
+        chaddr: Buffer.from(tap!.guestMac.replaceAll(":", ""), "hex"),
+      },
+      [[Option.MESSAGE_TYPE, u8(MessageType.DISCOVER)]],
+    ).datagram;
+    const frame = dhcpFrame(tap!.guestMac, discover);
+    const reply = readDhcpReply(tap!.fd);
+    fs.writeSync(tap!.fd, frame);
+    resend = setInterval(() => fs.writeSync(tap!.fd, frame), 2000);
+    const offer = parseMessage(
+      await reply.catch((e: Error) => {
+        const stats = JSON.stringify(tm.dhcpStats(sandboxId));
+        throw new Error(`${e.message}; DHCP ${stats}`);
+      }),
+    );
+    assert.equal(offer.options.messageType, MessageType.OFFER);
+    return offer;
+  } finally {
+    clearInterval(resend);
+    fs.closeSync(tap!.fd);
+  }
+}
 
 /** An Ethernet frame with a broadcast DHCP message from `mac`, behind a zero vnet header. */
 function dhcpFrame(mac: string, dhcp: Buffer): Buffer {

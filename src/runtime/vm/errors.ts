@@ -24,7 +24,3 @@ export class QmpError extends Error {
     this.errorClass = errorClass;
   }
 }
-
-export function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}

@@ -69,3 +69,32 @@ export async function isSameLiveProcess(pid: number, startTime: string): Promise
   const tasks = await fs.promises.readdir(`/proc/${pid}/task`).catch(() => []);
   return tasks.length > 1;
 }
+
+/** How often killAndWait looks whether the process is gone. */
+const KILL_POLL_MS = 20;
+
+export type KillOutcome = "gone" | "no-such-process" | "still-alive";
+
+/**
+ * SIGKILLs `pid`, then polls `alive` until it says no or `timeoutMs` passes. SIGKILL cannot
+ * be refused, but a process in uninterruptible sleep dies late. Errors other than ESRCH
+ * (EPERM) are thrown.
+ */
+export async function killAndWait(
+  pid: number,
+  alive: () => Promise<boolean>,
+  timeoutMs: number,
+): Promise<KillOutcome> {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ESRCH") return "no-such-process";
+    throw error;
+  }
+  const deadline = Date.now() + timeoutMs;
+  while (await alive()) {
+    if (Date.now() > deadline) return "still-alive";
+    await new Promise((resolve) => setTimeout(resolve, KILL_POLL_MS));
+  }
+  return "gone";
+}

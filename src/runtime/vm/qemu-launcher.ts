@@ -7,10 +7,12 @@ import fs from "node:fs";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
+import { errorMessage } from "../../util/errors";
+import { silentLog } from "../../util/silent-log";
 import { resolveAccel } from "./accel";
 import { buildQemuArgv, vmPaths } from "./argv";
-import { errorMessage, VmError } from "./errors";
-import { isSameLiveProcess, readProcStat } from "./proc";
+import { VmError } from "./errors";
+import { isSameLiveProcess, killAndWait, readProcStat } from "./proc";
 import { QmpClient } from "./qmp";
 import { type ChildExit, qemuLogTail, RunningVm, type WatchOptions } from "./running-vm";
 import { buildSeedFiles, writeSeedIso } from "./seed";
@@ -50,8 +52,6 @@ const KILL_WAIT_MS = 10_000;
 export const DEFAULT_QEMU_USER = "vmlet-qemu";
 /** util-linux prlimit: sets QEMU's core limit to 0, then execs it (the same pid). */
 const PRLIMIT = "prlimit";
-
-const silentLog: VmLog = { info() {}, warn() {}, error() {} };
 
 /** The VM launcher `vmlet serve` runs: one QEMU per container. */
 export class QemuLauncher implements VmLauncher<VmRecord> {
@@ -227,23 +227,16 @@ export class QemuLauncher implements VmLauncher<VmRecord> {
    */
   async killRecorded(record: VmRecord): Promise<boolean> {
     if (!(await this.isOurQemu(record))) return false;
-    try {
-      process.kill(record.pid, "SIGKILL");
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ESRCH") return false;
-      throw error;
-    }
     // SIGKILL cannot be refused, but a process in uninterruptible sleep dies late.
-    const deadline = Date.now() + KILL_WAIT_MS;
-    while (await isSameLiveProcess(record.pid, record.pidStartTime)) {
-      if (Date.now() > deadline) {
-        throw new VmError(
-          record.id,
-          "kill",
-          `QEMU (pid ${record.pid}) still alive ${KILL_WAIT_MS} ms after SIGKILL`,
-        );
-      }
-      await sleep(20);
+    const alive = () => isSameLiveProcess(record.pid, record.pidStartTime);
+    const outcome = await killAndWait(record.pid, alive, KILL_WAIT_MS);
+    if (outcome === "no-such-process") return false;
+    if (outcome === "still-alive") {
+      throw new VmError(
+        record.id,
+        "kill",
+        `QEMU (pid ${record.pid}) still alive ${KILL_WAIT_MS} ms after SIGKILL`,
+      );
     }
     this.log.info({ vm: record.id, pid: record.pid }, "vm killed by its pid (not adopted)");
     return true;

@@ -5,11 +5,12 @@ import type { ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
+import { errorMessage } from "../../util/errors";
 import { ConsoleTailer } from "./console-tail";
 import { CriLogWriter } from "./cri-log";
-import { errorMessage, VmError } from "./errors";
+import { VmError } from "./errors";
 import { GuestAgentUnavailableError, type GuestExecResult, guestExec } from "./guest-agent";
-import { isSameLiveProcess, readProcStat, readRssBytes } from "./proc";
+import { isSameLiveProcess, killAndWait, readProcStat, readRssBytes } from "./proc";
 import type { QmpClient, QmpEvent } from "./qmp";
 import type { QemuVm, VmExit, VmLog, VmRecord, VmStats } from "./types";
 import { removeVmState } from "./vm-files";
@@ -130,20 +131,15 @@ export class RunningVm implements QemuVm {
   async kill(): Promise<void> {
     this.assertAttached("kill");
     if (this.done) return;
-    if (await isSameLiveProcess(this.record.pid, this.record.pidStartTime)) {
+    const { pid, pidStartTime } = this.record;
+    const alive = async () => !this.done && (await isSameLiveProcess(pid, pidStartTime));
+    if (await alive()) {
       this.killedByUs = true;
-      try {
-        process.kill(this.record.pid, "SIGKILL");
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
-      }
+      // A child's exit event says when it is gone; an adopted QEMU is watched by its pid.
+      const watch = this.origin.kind === "adopted" ? alive : async () => false;
+      await killAndWait(pid, watch, Number.POSITIVE_INFINITY);
     }
-    if (this.origin.kind === "adopted") {
-      while (!this.done && (await isSameLiveProcess(this.record.pid, this.record.pidStartTime))) {
-        await sleep(20);
-      }
-      await this.checkAlive();
-    }
+    if (this.origin.kind === "adopted") await this.checkAlive();
     await this.exited;
   }
 

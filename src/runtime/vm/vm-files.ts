@@ -1,9 +1,8 @@
 // A VM's files in its state dir, and a QEMU a start that never returned left there:
 // what the launcher removes after a failed start, and cleanup() after an exit.
 import fs from "node:fs";
-import { setTimeout as sleep } from "node:timers/promises";
 import { type VmPaths, vmPaths } from "./argv";
-import { readProcStat } from "./proc";
+import { killAndWait, readProcStat } from "./proc";
 import type { VmRecord } from "./types";
 
 /** Kills a QEMU left in a VM dir by a start that never returned; true if there was one. */
@@ -43,6 +42,9 @@ export async function removeVmState(record: VmRecord): Promise<void> {
   });
 }
 
+/** How long killStrayQemu waits for a stray QEMU to be gone. */
+const STRAY_KILL_WAIT_MS = 5_000;
+
 /**
  * Kills the QEMU that an earlier start in `paths`' dir left (found by its pidfile, and
  * only if its command line names this dir's QMP socket: the pid may have been reused).
@@ -53,15 +55,11 @@ export async function killStrayQemu(paths: VmPaths): Promise<boolean> {
   if (!Number.isSafeInteger(pid) || pid <= 1) return false;
   const cmdline = await fs.promises.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
   if (!cmdline.split("\0").some((arg) => arg.includes(paths.qmpSocket))) return false;
-  try {
-    process.kill(pid, "SIGKILL");
-  } catch {
-    return false;
-  }
-  for (let i = 0; i < 250; i++) {
+  const alive = async () => {
     const stat = await readProcStat(pid);
-    if (!stat || stat.state === "Z") return true;
-    await sleep(20);
-  }
-  return true;
+    return stat !== undefined && stat.state !== "Z";
+  };
+  // A stray that outlives the wait is reported by the next start's QMP connect failing.
+  const outcome = await killAndWait(pid, alive, STRAY_KILL_WAIT_MS).catch(() => undefined);
+  return outcome !== undefined && outcome !== "no-such-process";
 }

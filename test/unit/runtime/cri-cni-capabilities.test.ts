@@ -3,8 +3,9 @@
 // to 1P, and a clear INVALID_ARGUMENT naming the annotation otherwise.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { bandwidthFromAnnotations, parseQuantity } from "../../../src/runtime/cni-capabilities";
+import { bandwidthFromAnnotations } from "../../../src/runtime/cni-capabilities";
 import { CriError } from "../../../src/runtime/errors";
+import { parseQuantity } from "../../../src/util/quantity";
 
 describe("bandwidth annotations", () => {
   test("quantities: decimal and binary suffixes, exponents, fractions rounded up", () => {

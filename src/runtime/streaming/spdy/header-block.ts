@@ -155,7 +155,9 @@ export class HeaderInflater {
     });
   }
 
+  /** Ends the context; a block still being inflated rejects rather than reading back empty. */
   close(): void {
+    this.fail(new HeaderCompressionError("header context closed"));
     this.inflate.destroy();
   }
 }
@@ -180,6 +182,9 @@ export class HeaderDeflater {
     return new Promise((resolve, reject) => {
       this.deflate.write(serializeHeaderBlock(headers));
       this.deflate.flush(zlib.constants.Z_SYNC_FLUSH, () => {
+        // A context destroyed mid-flush has cut the block short.
+        if (this.deflate.destroyed)
+          this.failure ??= new HeaderCompressionError("header context closed");
         if (this.failure) reject(this.failure);
         else resolve(Buffer.concat(this.out));
       });
@@ -187,6 +192,7 @@ export class HeaderDeflater {
   }
 
   close(): void {
+    this.failure ??= new HeaderCompressionError("header context closed");
     this.deflate.destroy();
   }
 }
