@@ -26,6 +26,9 @@ APT_PACKAGES=(
   strace # test/unit/tapmanager/state-files: sees the state writers fsync their directories
   # moby/spdystream: the CRI streaming test client (scripts/build-stream-client.sh)
   golang-github-docker-spdystream-dev
+  # the CRI proxy tests: a real containerd behind vmlet, images from a local registry,
+  # built from busybox-static (scripts/build-test-oci.sh)
+  containerd runc docker-registry busybox-static
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -67,6 +70,9 @@ npx --no-install tsc -p .
 
 if [ "${1:-}" = "--test-guests" ] && [ -x scripts/build-test-guests.sh ]; then
   scripts/build-test-guests.sh
+fi
+if [ "${1:-}" = "--test-guests" ]; then
+  scripts/build-test-oci.sh # the OCI images containerd runs in the CRI proxy tests
 fi
 
 # The non-JS clients the tests drive vmlet with: CRI over gRPC (grpc-go, python3-grpcio)

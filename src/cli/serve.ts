@@ -11,6 +11,7 @@ import { DEFAULT_SOCKET } from "../runtime/cri/server";
 import { startVmlet } from "../runtime/daemon";
 import { DEFAULT_MAX_IMAGE_BYTES } from "../runtime/images/image-store";
 import { type ImageRule, loadImageRules } from "../runtime/images/rules";
+import { parseAddress } from "../runtime/streaming/cri-calls";
 import type { Accel } from "../runtime/types";
 import { DEFAULT_QEMU_USER, QEMU_USER_NAME } from "../runtime/vm";
 import { createVmLauncher } from "../runtime/vm/qemu-launcher";
@@ -24,7 +25,7 @@ export const SERVE_USAGE = `usage: vmlet serve [options]
 
   --config FILE           JSON with any of: socket, stateDir, cniConfDir, cniBinDir,
                           imageRules, accel, logLevel, cgroupDriver, qemuConfinement,
-                          qemuUser, imageMaxSize (flags win)
+                          qemuUser, imageMaxSize, streamAddress (flags win)
   --socket PATH           CRI socket (default ${DEFAULT_SOCKET})
   --state-dir DIR         sandboxes, containers, images, VMs (default /var/lib/vmlet)
   --cni-conf-dir DIR      CNI network configs (default /etc/cni/net.d)
@@ -36,7 +37,14 @@ export const SERVE_USAGE = `usage: vmlet serve [options]
                           on: QEMU runs with seccomp, as --qemu-user, without cores;
                           off (debugging only): as root, unfiltered (default on)
   --qemu-user NAME        the user QEMU drops to (default ${DEFAULT_QEMU_USER})
-  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default ${DEFAULT_IMAGE_MAX_SIZE})`;
+  --image-max-size SIZE   largest image download, e.g. 64Gi, 500Mi (default ${DEFAULT_IMAGE_MAX_SIZE})
+  --stream-address H:P    exec/attach/port-forward HTTP server kubelet proxies to
+                          (default 127.0.0.1:0, a port chosen at start)
+  --containerd-socket PATH
+                          front the node's containerd: pods of --runtime-handler are
+                          VMs, every other pod a container of containerd (default: off)
+  --runtime-handler NAME  the RuntimeClass handler of VM pods, with --containerd-socket
+                          (default vmlet)`;
 
 export interface ServeOptions {
   socket: string;
@@ -51,6 +59,12 @@ export interface ServeOptions {
   qemuUser: string;
   /** A size such as 64Gi (binary units) or a number of bytes. */
   imageMaxSize: string;
+  /** host:port of the streaming server; port 0 picks one at start. */
+  streamAddress?: string;
+  /** containerd's CRI socket, fronted for every pod not of `runtimeHandler`; "" is off. */
+  containerdSocket?: string;
+  /** The RuntimeClass handler of VM pods when fronting containerd (default vmlet). */
+  runtimeHandler?: string;
 }
 
 const DEFAULTS: ServeOptions = {
@@ -65,6 +79,9 @@ const DEFAULTS: ServeOptions = {
   qemuConfinement: "on",
   qemuUser: DEFAULT_QEMU_USER,
   imageMaxSize: DEFAULT_IMAGE_MAX_SIZE,
+  streamAddress: "127.0.0.1:0",
+  containerdSocket: "",
+  runtimeHandler: "vmlet",
 };
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
@@ -91,6 +108,9 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       "qemu-confinement": { type: "string" },
       "qemu-user": { type: "string" },
       "image-max-size": { type: "string" },
+      "stream-address": { type: "string" },
+      "containerd-socket": { type: "string" },
+      "runtime-handler": { type: "string" },
     },
     strict: true,
     allowPositionals: false,
@@ -109,6 +129,9 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       : {}),
     ...(values["qemu-user"] ? { qemuUser: values["qemu-user"] } : {}),
     ...(values["image-max-size"] ? { imageMaxSize: values["image-max-size"] } : {}),
+    ...(values["stream-address"] ? { streamAddress: values["stream-address"] } : {}),
+    ...(values["containerd-socket"] ? { containerdSocket: values["containerd-socket"] } : {}),
+    ...(values["runtime-handler"] ? { runtimeHandler: values["runtime-handler"] } : {}),
   };
   return validate({ ...DEFAULTS, ...file, ...flags }, "--");
 }
@@ -183,6 +206,25 @@ function validate(o: ServeOptions, _prefix: string): ServeOptions {
     throw new ServeConfigError(`qemuUser ${JSON.stringify(o.qemuUser)}: not a user name`);
   }
   parseSize(o.imageMaxSize, "imageMaxSize");
+  try {
+    if (o.streamAddress !== undefined) parseAddress(o.streamAddress);
+  } catch (error) {
+    throw new ServeConfigError((error as Error).message);
+  }
+  if (o.containerdSocket && !path.isAbsolute(o.containerdSocket)) {
+    throw new ServeConfigError(
+      `containerdSocket ${JSON.stringify(o.containerdSocket)}: must be an absolute path`,
+    );
+  }
+  // RuntimeClass handlers are DNS labels (k8s.io/api/node/v1).
+  if (
+    o.runtimeHandler !== undefined &&
+    !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(o.runtimeHandler)
+  ) {
+    throw new ServeConfigError(
+      `runtimeHandler ${JSON.stringify(o.runtimeHandler)}: want a RuntimeClass handler name (a DNS label)`,
+    );
+  }
   return o;
 }
 
@@ -236,6 +278,7 @@ export async function startDaemon(
     cni,
     stateDir: path.join(options.stateDir, "pods"),
     log: logger.child({ component: "dhcp" }),
+    sharedNetworks: Boolean(options.containerdSocket),
   });
   const vmlet = await startVmlet({
     socket: options.socket,
@@ -250,6 +293,15 @@ export async function startDaemon(
     accel: options.accel,
     logger,
     cgroupDriver: options.cgroupDriver,
+    ...(options.streamAddress ? { streamAddress: options.streamAddress } : {}),
+    ...(options.containerdSocket
+      ? {
+          containerd: {
+            socket: options.containerdSocket,
+            vmHandlers: [options.runtimeHandler ?? "vmlet"],
+          },
+        }
+      : {}),
   });
   return {
     logger,

@@ -11,6 +11,7 @@ export type CriCode =
   | "UNAVAILABLE"
   | "DEADLINE_EXCEEDED"
   | "CANCELLED"
+  | "RESOURCE_EXHAUSTED"
   | "UNKNOWN"
   | "INTERNAL";
 
@@ -23,6 +24,7 @@ export const GRPC_CODES: Record<CriCode, status> = {
   UNAVAILABLE: status.UNAVAILABLE,
   DEADLINE_EXCEEDED: status.DEADLINE_EXCEEDED,
   CANCELLED: status.CANCELLED,
+  RESOURCE_EXHAUSTED: status.RESOURCE_EXHAUSTED,
   UNKNOWN: status.UNKNOWN,
   INTERNAL: status.INTERNAL,
 };

@@ -9,9 +9,11 @@ import { ImageCalls } from "./calls/image";
 import { RuntimeInfoCalls } from "./calls/runtime-info";
 import { SandboxCalls } from "./calls/sandbox";
 import { StatsCalls } from "./calls/stats";
+import { streamLookups } from "./calls/streaming";
 import { createContext, type VmRuntimeOptions } from "./context";
 import type * as cri from "./cri/generated";
 import { Recovery } from "./recover";
+import type { StreamLookups } from "./streaming/cri-calls";
 import { VmMonitor } from "./vm-monitor";
 
 export type { CgroupDriver, VmRuntimeOptions } from "./context";
@@ -28,6 +30,8 @@ export interface RuntimeCalls {
 
 export class VmRuntime {
   readonly calls: RuntimeCalls;
+  /** For CRI streaming (streaming/cri-calls.ts): running VMs' sockets, ready pods' IPs. */
+  readonly streamLookups: StreamLookups;
   private readonly monitor: VmMonitor;
   private readonly recovery: Recovery;
 
@@ -38,6 +42,7 @@ export class VmRuntime {
     const container = new ContainerCalls(ctx, monitor, stats);
     const sandbox = new SandboxCalls(ctx, container);
     this.monitor = monitor;
+    this.streamLookups = streamLookups(ctx);
     this.recovery = new Recovery(ctx, sandbox, monitor);
     this.calls = {
       runtimeInfo: new RuntimeInfoCalls(ctx),

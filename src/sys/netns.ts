@@ -102,8 +102,27 @@ function prepareRunDir(dir: string): void {
   if (libc.errno() !== EINVAL /* not yet a mount point */) {
     throw new libc.SysCallError(`mount --make-rshared ${dir}`, libc.errno());
   }
+  // Another runtime's netns files already there (containerd's, which leaves the dir as it
+  // is): a bind of the dir onto itself would copy each below it, and its owner could then
+  // never unlink it (EBUSY). vmlet's own netns work in the dir as it is.
+  if (hasMountsBelow(dir)) return;
   libc.check(libc.mount(dir, dir, "none", libc.MS_BIND | libc.MS_REC, null), `bind ${dir}`);
   libc.check(libc.mount("none", dir, null, flags, null), `mount --make-rshared ${dir}`);
+}
+
+/** A mount point strictly below `dir` in this mount namespace (proc(5): mountinfo field 5). */
+function hasMountsBelow(dir: string): boolean {
+  const prefix = `${path.resolve(dir)}/`;
+  return fs
+    .readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .some((line) => {
+      const mountPoint = line.split(" ")[4] ?? "";
+      const decoded = mountPoint.replace(/\\([0-7]{3})/g, (_m, o: string) =>
+        String.fromCharCode(Number.parseInt(o, 8)),
+      );
+      return decoded.startsWith(prefix);
+    });
 }
 
 /** Creates a persistent named netns; fails with EEXIST if the name is taken. */

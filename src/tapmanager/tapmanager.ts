@@ -35,6 +35,11 @@ export interface TapmanagerOptions {
   maxConcurrent?: number;
   /** Told each setUp and tearDown step's wall time (the benchmarks' breakdown). */
   steps?: StepHook;
+  /**
+   * Another runtime attaches pods to the same CNI networks (vmlet fronting containerd):
+   * garbage collection then leaves the plugins' own GC alone, which would free its pods.
+   */
+  sharedNetworks?: boolean;
 }
 
 /** setUp or tearDown of one pod failed; the message says what was cleaned up. */
@@ -432,7 +437,7 @@ export class Tapmanager {
    * in between would have a cached attachment and no record yet.
    */
   async collectGarbage(): Promise<void> {
-    await this.options.cni.gc(this.store.list());
+    await this.options.cni.gc(this.store.list(), { pluginGc: !this.options.sharedNetworks });
   }
 
   /** Stops every DHCP server; the networks stay for the next start to recover. */

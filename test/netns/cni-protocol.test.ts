@@ -208,6 +208,21 @@ describe("the CNI protocol", () => {
     assert.equal(cacheFiles(sandbox.cacheDir).length, 1);
   });
 
+  it("at 1.1.0 GC without the plugins' GC (networks shared with containerd) deletes only stale cached attachments", async () => {
+    const client = await clientWith("1.1.0");
+    const stale = makePod();
+    await client.addPod(pod, ns.path);
+    await client.addPod(stale, ns.path);
+    await client.gc([pod.sandboxId], { pluginGc: false });
+    const dels = calls().filter((c) => c.command === "DEL");
+    assert.deepEqual([...new Set(dels.map((c) => c.containerId))], [stale.sandboxId]);
+    assert.deepEqual(
+      calls().filter((c) => c.command === "GC"),
+      [],
+      "no plugin is told that only vmlet's attachments are valid",
+    );
+  });
+
   it("at 1.1.0 a plugin whose STATUS fails makes the network not ready, with its error, until it answers again", async () => {
     const down = path.join(sandbox.root, "plugin-down");
     writePlugin(

@@ -60,7 +60,7 @@ describe("CRI runtime info and the socket", () => {
     assert.deepEqual(md.descriptors, []);
   });
 
-  test("streaming exec, attach, port-forward and friends are UNIMPLEMENTED with a reason", async () => {
+  test("Exec, Attach and PortForward check their target; resizing and checkpoints are UNIMPLEMENTED with a reason", async () => {
     const r = suite.t.client.runtime;
     await rejectsWith(
       r.ExecSync({ containerId: "x", cmd: ["true"] }),
@@ -68,15 +68,19 @@ describe("CRI runtime info and the socket", () => {
       /ExecSync: .*x/,
     );
     await rejectsWith(
-      r.Exec({ containerId: "x", cmd: ["sh"] }),
-      status.UNIMPLEMENTED,
-      /Exec: streaming exec is not supported yet: ExecSync .* guest agent/,
+      r.Exec({ containerId: "x", cmd: ["sh"], stdout: true }),
+      status.NOT_FOUND,
+      /Exec: container x not found/,
     );
-    await rejectsWith(r.Attach({ containerId: "x" }), status.UNIMPLEMENTED, /Attach: /);
+    await rejectsWith(
+      r.Attach({ containerId: "x", stdout: true }),
+      status.NOT_FOUND,
+      /Attach: container x/,
+    );
     await rejectsWith(
       r.PortForward({ podSandboxId: "x", port: [80] }),
-      status.UNIMPLEMENTED,
-      /PortForward: /,
+      status.NOT_FOUND,
+      /PortForward: pod sandbox x/,
     );
     await rejectsWith(
       r.UpdateContainerResources({ containerId: "x" }),

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import { describe, it } from "node:test";
 import { createNetns, deleteNetns, isNetns, listNetns, withNetns } from "../../src/sys/netns";
@@ -33,6 +33,31 @@ describe("named netns", () => {
     }
     assert.ok(!fs.existsSync(nsPath));
     assert.doesNotMatch(ip("netns", "list"), new RegExp(name));
+  });
+
+  it("a netns made beside another runtime's (containerd's bind mounts) leaves that runtime able to remove its own", () => {
+    const dir = fs.mkdtempSync("/run/netns-beside-");
+    const other = `${dir}/cni-other`;
+    const saved = process.env.VMLET_NETNS_DIR;
+    process.env.VMLET_NETNS_DIR = dir;
+    try {
+      // What containerd does: a plain dir, a bind mount of the pod's netns in it.
+      fs.writeFileSync(other, "");
+      execFileSync("mount", ["--bind", "/proc/self/ns/net", other]);
+      const name = uniqueName("ns");
+      const nsPath = createNetns(name);
+      assert.ok(isNetns(nsPath));
+      // containerd's StopPodSandbox: unmount, then unlink (EBUSY if a copy stayed below).
+      execFileSync("umount", [other]);
+      fs.unlinkSync(other);
+      deleteNetns(name);
+      assert.deepEqual(fs.readdirSync(dir), []);
+    } finally {
+      if (saved === undefined) delete process.env.VMLET_NETNS_DIR;
+      else process.env.VMLET_NETNS_DIR = saved;
+      spawnSync("umount", ["-R", dir], { stdio: "ignore" });
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("deleting a netns twice succeeds", () => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -350,11 +350,6 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
         failed: [],
       });
       assert.deepEqual(second.get(pod.sandboxId), network);
-      console.error(
-        "DEBUG",
-        JSON.stringify(second.leases(pod.sandboxId)),
-        second.dhcpStats(pod.sandboxId),
-      );
       const offer = await offerOnTap(second, pod.sandboxId);
       assert.equal(offer.yiaddr, network.interfaces[0].addresses[0].address);
       assert.equal(offer.options.subnetMask, "255.255.255.255", "the /32, not CNI's /16");
@@ -564,6 +559,7 @@ function routesText(reply: DhcpMessage): string[] {
 async function offerOnTap(tm: Tapmanager, sandboxId: string): Promise<DhcpMessage> {
   const [tap, ...others] = tm.openTaps(sandboxId);
   for (const t of others) fs.closeSync(t.fd);
+  untilTapForwardingSync(tm.get(sandboxId)!.netnsPath, tap!.tap);
   let resend: NodeJS.Timeout | undefined;
   try {
     const discover = formatMessage(
@@ -619,6 +615,26 @@ function dhcpFrame(mac: string, dhcp: Buffer): Buffer {
 }
 
 /** Reads frames off a tap fd in a child process until a DHCP reply; resolves with it. */
+/**
+ * Waits until the pod bridge forwards to the tap. Its port starts forwarding when the
+ * kernel's link watcher sees the carrier that opening the tap fd raised, a moment after
+ * the open: a reply sent before that is dropped by the bridge, not by vmlet. The wait
+ * blocks this process, so vmlet gets no event-loop turn in it.
+ */
+function untilTapForwardingSync(netnsPath: string, tap: string): void {
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; i < 500; i++) {
+    const link = execFileSync(
+      "nsenter",
+      [`--net=${netnsPath}`, "ip", "-d", "-o", "link", "show", "dev", tap],
+      { encoding: "utf8" },
+    );
+    if (/bridge_slave state forwarding/.test(link)) return;
+    Atomics.wait(nap, 0, 0, 10);
+  }
+  throw new Error(`the pod bridge never forwarded to ${tap}`);
+}
+
 function readDhcpReply(tapFd: number): Promise<Buffer> {
   const script = `
     const fs = require("fs");
@@ -663,6 +679,7 @@ describe("tapmanager DHCP from the first packet", () => {
     try {
       const network = await tm.setUp({ pod });
       const [tap] = tm.openTaps(pod.sandboxId);
+      untilTapForwardingSync(network.netnsPath, tap!.tap);
       const discover = formatMessage(
         {
           op: BOOTREQUEST,

@@ -302,8 +302,10 @@ export class CniClient {
   /**
    * Garbage collection: attachments recorded for sandboxes not in `validSandboxIds` are
    * deleted, then each 1.1.0 network's plugins get GC with the attachments still valid.
+   * `pluginGc: false` when another runtime attaches pods to the same networks (vmlet
+   * fronting containerd): a plugin's GC would free every attachment vmlet did not list.
    */
-  async gc(validSandboxIds: string[]): Promise<void> {
+  async gc(validSandboxIds: string[], options: { pluginGc?: boolean } = {}): Promise<void> {
     const valid = new Set(validSandboxIds);
     const kept: CacheEntry[] = [];
     let first: unknown;
@@ -327,7 +329,7 @@ export class CniClient {
         }
       }
     }
-    for (const list of this.state.networks) {
+    for (const list of options.pluginGc === false ? [] : this.state.networks) {
       const attachments = kept
         .filter((e) => e.network === list.name)
         .map((e) => ({ containerId: e.containerId, ifname: e.ifname }));

@@ -6,8 +6,8 @@ import path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { CriError, errorMessage, GRPC_CODES } from "../errors";
-import type { VmRuntime } from "../service";
 import { AuthorityFront } from "./authority-front";
+import type { CriBackend } from "./backend";
 import type { ImageServiceHandlers } from "./generated/runtime/v1/ImageService";
 import type { RuntimeServiceHandlers } from "./generated/runtime/v1/RuntimeService";
 import { loadCri } from "./proto";
@@ -23,9 +23,6 @@ export class CriServerError extends Error {
 
 /** Calls vmlet answers UNIMPLEMENTED, each with why. */
 const UNIMPLEMENTED: Record<string, string> = {
-  Exec: "streaming exec is not supported yet: ExecSync (probes, crictl exec -s) runs through the QEMU guest agent",
-  Attach: "attach is not supported yet: read the serial console with kubectl logs",
-  PortForward: "port-forward is not supported yet: reach the pod IP directly",
   UpdateContainerResources: "resizing a running VM is not supported",
   CheckpointContainer: "checkpointing a VM is not supported",
 };
@@ -44,7 +41,7 @@ export class CriServer {
   private socketPath: string | undefined;
 
   constructor(
-    private readonly runtime: VmRuntime,
+    private readonly runtime: CriBackend,
     private readonly logger: Logger,
   ) {}
 
@@ -131,14 +128,26 @@ export class CriServer {
       PodSandboxStats: this.unary("PodSandboxStats", (q) => stats.podSandboxStats(q)),
       ListPodSandboxStats: this.unary("ListPodSandboxStats", (q) => stats.listPodSandboxStats(q)),
       // kubelet asks for these only with PodAndContainerStatsFromCRI; vmlet has no extra metrics.
-      ListMetricDescriptors: this.unary("ListMetricDescriptors", () => ({ descriptors: [] })),
-      ListPodSandboxMetrics: this.unary("ListPodSandboxMetrics", () => ({ podMetrics: [] })),
-      UpdateContainerResources: this.unimplemented("UpdateContainerResources"),
+      ListMetricDescriptors: this.unary(
+        "ListMetricDescriptors",
+        (q) => stats.listMetricDescriptors?.(q) ?? { descriptors: [] },
+      ),
+      ListPodSandboxMetrics: this.unary(
+        "ListPodSandboxMetrics",
+        (q) => stats.listPodSandboxMetrics?.(q) ?? { podMetrics: [] },
+      ),
+      UpdateContainerResources: this.optional(
+        "UpdateContainerResources",
+        container.updateContainerResources?.bind(container),
+      ),
       ExecSync: this.unary("ExecSync", (q, call) => exec.execSync(q, call)),
-      Exec: this.unimplemented("Exec"),
-      Attach: this.unimplemented("Attach"),
-      PortForward: this.unimplemented("PortForward"),
-      CheckpointContainer: this.unimplemented("CheckpointContainer"),
+      Exec: this.optional("Exec", exec.exec?.bind(exec)),
+      Attach: this.optional("Attach", exec.attach?.bind(exec)),
+      PortForward: this.optional("PortForward", exec.portForward?.bind(exec)),
+      CheckpointContainer: this.optional(
+        "CheckpointContainer",
+        container.checkpointContainer?.bind(container),
+      ),
       // kubelet's evented PLEG (a feature gate) falls back to relisting on UNIMPLEMENTED.
       GetContainerEvents: (call) => {
         call.emit("error", {
@@ -196,6 +205,14 @@ export class CriServer {
           },
         );
     };
+  }
+
+  /** A call the backend may lack (vmlet's runtime alone): UNIMPLEMENTED then. */
+  private optional<Req, Res>(
+    method: string,
+    handle: ((request: Req, call: CallContext) => Res | Promise<Res>) | undefined,
+  ): grpc.handleUnaryCall<Req, Res> {
+    return handle ? this.unary(method, handle) : this.unimplemented(method);
   }
 
   private unimplemented<Req, Res>(method: string): grpc.handleUnaryCall<Req, Res> {

@@ -2,6 +2,8 @@
 // digest when known), then moved into blobs/<sha256> and recorded. A pull that fails at
 // any point leaves neither a blob nor a record; a crash mid-pull leaves a temp file
 // that the next open removes.
+// Just over 400 lines: the pull is one transaction (temp file, checks, rename, record)
+// whose cleanup paths must be read together.
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";

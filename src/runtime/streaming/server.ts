@@ -8,6 +8,7 @@ import type { Duplex } from "node:stream";
 import { REMOTECOMMAND_PROTOCOLS } from "./remotecommand";
 import { SpdySession, type SpdySessionOptions } from "./spdy/session";
 import { TokenCache, type TokenCacheOptions } from "./tokens";
+import { chooseWebSocketProtocol, WEBSOCKET_PROTOCOLS } from "./websocket";
 
 export type StreamKind = "exec" | "attach" | "portforward";
 
@@ -41,6 +42,18 @@ export interface StreamingServerOptions<R> {
   session?: Partial<SpdySessionOptions>;
   /** Runs one upgraded stream; must not throw (errors go to its client). */
   serve(upgraded: UpgradedStream<R>): void;
+  /** Runs one WebSocket upgrade (not yet answered); without it WebSocket gets 400. */
+  serveWebSocket?(upgrade: WebSocketUpgrade<R>): void;
+}
+
+export interface WebSocketUpgrade<R> {
+  kind: StreamKind;
+  request: R;
+  /** The Sec-WebSocket-Protocol chosen (one of WEBSOCKET_PROTOCOLS). */
+  protocol: string;
+  req: http.IncomingMessage;
+  socket: Duplex;
+  head: Buffer;
 }
 
 interface Pending<R> {
@@ -113,6 +126,10 @@ export class StreamingServer<R> {
 
   private onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on("error", () => socket.destroy());
+    if (String(req.headers.upgrade ?? "").toLowerCase() === "websocket") {
+      this.onWebSocket(req, socket, head);
+      return;
+    }
     const checked = this.check(req);
     if (!checked.ok) {
       writeRaw(socket, checked.code, checked.text, checked.headers);
@@ -144,10 +161,41 @@ export class StreamingServer<R> {
     });
   }
 
-  private check(
+  /** The same path, method and token checks; the protocol comes from Sec-WebSocket-Protocol. */
+  private onWebSocket(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    const target = this.checkTarget(req);
+    if (!target.ok) {
+      writeRaw(socket, target.code, target.text, target.headers);
+      return;
+    }
+    const { kind, request } = target.pending;
+    if (kind === "portforward" || !this.opts.serveWebSocket) {
+      writeRaw(
+        socket,
+        400,
+        `unable to upgrade: ${kind} over WebSocket is not supported; use SPDY/3.1`,
+        {},
+      );
+      return;
+    }
+    const protocol = chooseWebSocketProtocol(req.headers["sec-websocket-protocol"]);
+    if (!protocol) {
+      writeRaw(
+        socket,
+        403,
+        `unable to upgrade: no supported Sec-WebSocket-Protocol in ${JSON.stringify(req.headers["sec-websocket-protocol"] ?? "")}`,
+        { [HEADER_ACCEPTED_PROTOCOL_VERSIONS]: [...WEBSOCKET_PROTOCOLS] },
+      );
+      return;
+    }
+    (socket as net.Socket).setNoDelay?.(true);
+    this.opts.serveWebSocket({ kind, request, protocol, req, socket, head });
+  }
+
+  private checkTarget(
     req: http.IncomingMessage,
   ):
-    | { ok: true; pending: Pending<R>; protocol: string }
+    | { ok: true; pending: Pending<R> }
     | { ok: false; code: number; text: string; headers: Record<string, string[]> } {
     const fail = (code: number, text: string, headers: Record<string, string[]> = {}) =>
       ({ ok: false, code, text, headers }) as const;
@@ -160,6 +208,20 @@ export class StreamingServer<R> {
     const pending = this.tokens.consume(m[2]);
     if (!pending) return fail(404, "token not found (unknown, used or expired)");
     if (pending.kind !== kind) return fail(400, `token is for ${pending.kind}, not ${kind}`);
+    return { ok: true, pending };
+  }
+
+  private check(
+    req: http.IncomingMessage,
+  ):
+    | { ok: true; pending: Pending<R>; protocol: string }
+    | { ok: false; code: number; text: string; headers: Record<string, string[]> } {
+    const fail = (code: number, text: string, headers: Record<string, string[]> = {}) =>
+      ({ ok: false, code, text, headers }) as const;
+    const target = this.checkTarget(req);
+    if (!target.ok) return target;
+    const { pending } = target;
+    const kind = pending.kind;
     const offered = protocolHeaders(req);
     if (offered.length === 0)
       return fail(400, `unable to upgrade: ${HEADER_PROTOCOL_VERSION} is required`);

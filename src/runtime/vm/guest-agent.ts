@@ -4,6 +4,8 @@
 // qga/qapi-schema.json: guest-sync-delimited answers after a 0xFF byte, which marks
 // where stale output from an earlier client ends; guest-exec starts a process and
 // returns its pid; guest-exec-status reports it, with base64 output once it exited.
+// Over 400 lines: ExecSync's and streaming exec's loops share the framing and the
+// per-VM channel lock, which must stay one module to stay one lock.
 import net from "node:net";
 import { isObject } from "../../util/is-object";
 import { KeyedLock } from "../../util/keyed-lock";
@@ -123,6 +125,67 @@ export function guestExec(
       agent.close();
     }
   });
+}
+
+export interface GuestExecStreamOptions {
+  /** Bytes for the command's stdin (guest-exec input-data); none: stdin is empty. */
+  input?: Buffer;
+  /** Aborting it stops waiting (the command may go on in the guest). */
+  signal?: AbortSignal;
+  agentTimeoutMs?: number;
+  /** First interval between guest-exec-status polls; it doubles up to `maxPollMs`. */
+  pollMs?: number;
+  maxPollMs?: number;
+}
+
+/**
+ * guestExec for a streaming exec, which may run for hours: the agent's channel is taken
+ * for each agent command (start, then every status poll) and given back in between, so
+ * exec probes and other execs of the VM go on meanwhile. No time limit of its own.
+ */
+export async function guestExecStream(
+  socketPath: string,
+  argv: string[],
+  options: GuestExecStreamOptions = {},
+): Promise<GuestExecResult> {
+  if (argv.length === 0 || argv[0] === "") throw new Error("guest exec: an empty command");
+  const signal = options.signal;
+  const agentTimeoutMs = options.agentTimeoutMs ?? 5000;
+  const cancelled = () => new GuestExecCancelledError(abortReason(signal));
+  const once = (command: string, args: object) =>
+    sockets.run(socketPath, async () => {
+      if (signal?.aborted) throw cancelled();
+      const agent = await AgentConnection.open(socketPath, agentTimeoutMs);
+      const onAbort = () => agent.abort(cancelled());
+      signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        return await agent.execute(command, args, agentTimeoutMs);
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+        agent.close();
+      }
+    });
+  const started = await once("guest-exec", {
+    path: argv[0],
+    arg: argv.slice(1),
+    "capture-output": true,
+    ...(options.input ? { "input-data": options.input.toString("base64") } : {}),
+  });
+  const pid = isObject(started) ? started.pid : undefined;
+  if (typeof pid !== "number" || !Number.isInteger(pid)) {
+    throw new GuestAgentProtocolError(`guest-exec gave pid ${JSON.stringify(pid)}`);
+  }
+  let pollMs = options.pollMs ?? 20;
+  for (;;) {
+    const status = (await once("guest-exec-status", { pid })) as ExecStatus;
+    if (!isObject(status) || typeof status.exited !== "boolean") {
+      throw new GuestAgentProtocolError("guest-exec-status without 'exited'");
+    }
+    if (status.exited) return resultOf(status);
+    await new Promise((r) => setTimeout(r, pollMs));
+    pollMs = Math.min(pollMs * 2, options.maxPollMs ?? 250);
+    if (signal?.aborted) throw cancelled();
+  }
 }
 
 /** As the guest sent it: a guest is untrusted, so every field is checked before use. */

@@ -163,6 +163,13 @@ export class RunningVm implements QemuVm {
     await this.writer.reopen();
   }
 
+  get channels(): { consoleSocket: string; guestAgentSocket?: string } {
+    return {
+      consoleSocket: this.record.consoleSocket,
+      ...(this.record.guestAgentSocket ? { guestAgentSocket: this.record.guestAgentSocket } : {}),
+    };
+  }
+
   async exec(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<GuestExecResult> {
     this.assertAttached("exec");
     if (this.done) throw new GuestAgentUnavailableError("the VM has exited");

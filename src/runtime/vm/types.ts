@@ -120,6 +120,8 @@ export interface VmHandle<R = unknown> {
    * `signal` (the CRI call's cancellation) ends it. Absent when the launcher cannot.
    */
   exec?(argv: string[], timeoutMs: number, signal?: AbortSignal): Promise<GuestExecResult>;
+  /** The VM's console and guest agent sockets (kubectl attach and exec); absent when none. */
+  readonly channels?: { consoleSocket: string; guestAgentSocket?: string };
   /** Stops watching, leaving the VM running (vmlet shutting down); `adopt` resumes. */
   detach?(): Promise<void>;
 }

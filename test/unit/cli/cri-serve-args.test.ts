@@ -32,6 +32,7 @@ describe("vmlet serve settings", () => {
       "--image-rules=/r.json",
       "--accel=tcg",
       "--log-level=debug",
+      "--stream-address=127.0.0.1:10010",
     ]);
     assert.deepEqual(o, {
       socket: "/s.sock",
@@ -45,7 +46,38 @@ describe("vmlet serve settings", () => {
       qemuConfinement: "on",
       qemuUser: "vmlet-qemu",
       imageMaxSize: "64Gi",
+      streamAddress: "127.0.0.1:10010",
+      containerdSocket: "",
+      runtimeHandler: "vmlet",
     });
+  });
+
+  test("the streaming server's address: host:port, loopback and a chosen port by default", () => {
+    assert.equal(parseServeArgs([]).streamAddress, "127.0.0.1:0");
+    assert.equal(
+      parseServeArgs(["--config", configFile({ streamAddress: "[::1]:0" })]).streamAddress,
+      "[::1]:0",
+    );
+    assert.throws(
+      () => parseServeArgs(["--stream-address", "localhost"]),
+      /stream address "localhost": want host:port/,
+    );
+  });
+
+  test("--containerd-socket and --runtime-handler (or their config keys) turn on fronting containerd", () => {
+    const o = parseServeArgs(["--containerd-socket=/run/c.sock", "--runtime-handler=kata-vm"]);
+    assert.equal(o.containerdSocket, "/run/c.sock");
+    assert.equal(o.runtimeHandler, "kata-vm");
+    const file = configFile({ containerdSocket: "/run/d.sock" });
+    assert.equal(parseServeArgs(["--config", file]).containerdSocket, "/run/d.sock");
+    assert.throws(
+      () => parseServeArgs(["--containerd-socket", "c.sock"]),
+      /containerdSocket "c.sock": must be an absolute path/,
+    );
+    assert.throws(
+      () => parseServeArgs(["--runtime-handler", "VM_pods"]),
+      /runtimeHandler "VM_pods": want a RuntimeClass handler name/,
+    );
   });
 
   test("QEMU confinement is on by default; --qemu-confinement off and --qemu-user change it", () => {

@@ -24,6 +24,21 @@ describe("deploy/", () => {
     }
   });
 
+  it("runtimeclass.yaml is a RuntimeClass whose handler is vmlet's default runtime handler", () => {
+    const script =
+      "import sys, yaml, json; print(json.dumps(list(yaml.safe_load_all(sys.stdin.read()))))";
+    const parsed = spawnSync("/usr/bin/python3", ["-c", script], {
+      input: fs.readFileSync(path.join(DEPLOY, "runtimeclass.yaml"), "utf8"),
+      encoding: "utf8",
+    });
+    assert.equal(parsed.status, 0, parsed.stderr);
+    const [rc, ...rest] = JSON.parse(parsed.stdout) as Record<string, unknown>[];
+    assert.deepEqual(rest, []);
+    assert.equal(rc?.apiVersion, "node.k8s.io/v1");
+    assert.equal(rc?.kind, "RuntimeClass");
+    assert.equal(rc?.handler, parseServeArgs([]).runtimeHandler);
+  });
+
   it("vmlet.service: systemd parses it without a warning; a restart leaves the VMs alone", () => {
     const unit = path.join(DEPLOY, "vmlet.service");
     const verify = spawnSync("systemd-analyze", ["verify", unit], { encoding: "utf8" });

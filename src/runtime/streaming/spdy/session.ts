@@ -2,6 +2,8 @@
 // to them, keeps the per-stream and session flow-control windows, answers PING, and closes
 // with GOAWAY. Malformed input ends this connection (GOAWAY PROTOCOL_ERROR) and nothing else;
 // no handler here throws.
+// Over 400 lines on purpose: the session's state (streams, both windows, the write queue)
+// is one state machine, and cutting it would spread each rule across files.
 import type { Duplex } from "node:stream";
 import {
   encodeData,
