@@ -64,6 +64,44 @@ export function stepTimer(names: string[]): {
   };
 }
 
+/**
+ * Collects a hook's per-step times (a tapmanager's `steps` option) while `recording` is
+ * set, and prints them as a breakdown: p50 and mean per step, in the order first seen.
+ */
+export function stepBreakdown(): {
+  recording: boolean;
+  hook(step: string, ms: number): void;
+  summaries(): Record<string, Summary>;
+  print(title: string): void;
+} {
+  const samples = new Map<string, number[]>();
+  const breakdown = {
+    recording: false,
+    hook(step: string, ms: number) {
+      if (!breakdown.recording) return;
+      const list = samples.get(step) ?? [];
+      if (list.length === 0) samples.set(step, list);
+      list.push(ms);
+    },
+    summaries() {
+      return Object.fromEntries([...samples].map(([step, s]) => [step, summarize(s)]));
+    },
+    print(title: string) {
+      const width = Math.max(28, ...[...samples.keys()].map((n) => n.length + 2));
+      console.log(title);
+      console.log(
+        `${"(ms)".padEnd(width)}${["p50", "p90", "mean"].map((c) => c.padStart(10)).join("")}`,
+      );
+      for (const [step, s] of Object.entries(breakdown.summaries())) {
+        console.log(
+          `${step.padEnd(width)}${[s.p50, s.p90, s.mean].map((v) => v.toFixed(3).padStart(10)).join("")}`,
+        );
+      }
+    },
+  };
+  return breakdown;
+}
+
 /** Runs both cases, `a` first in even rounds: neither always runs on a warmer cache. */
 export async function inTurn(
   round: number,

@@ -1,9 +1,11 @@
 // The tapmanager against raw CNI, and at node scale.
 //  1. setUp and tearDown of one pod against what any runtime does without vmlet (a netns
-//     and the bridge plugin's ADD; its DEL and the netns removed), alternating, N pods.
-//  2. 110 pods (kubelet's default maxPods) set up concurrently, then torn down
-//     concurrently: total times, the daemon's RSS per pod, and what is left afterwards.
-// Usage: node dist/bench/tapmanager.js [N=50] [concurrent=110]
+//     and the bridge plugin's ADD; its DEL and the netns removed), alternating, N pods,
+//     with the breakdown of setUp and tearDown by step.
+//  2. A small and a large node (50 and 500 pods) set up concurrently, then torn down
+//     concurrently, alternated over rounds: time per pod at each size (linear cost), the
+//     daemon's RSS per pod at the large size, and what is left afterwards.
+// Usage: node dist/bench/tapmanager.js [N=50] [large=500] [small=50] [rounds=2] [maxConcurrent]
 import fs from "node:fs";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -13,11 +15,15 @@ import type { PodRef } from "../src/cni-bridge/cni";
 import { createNetns, deleteNetns, listNetns } from "../src/sys/netns";
 import { Rtnl } from "../src/sys/rtnl";
 import { Tapmanager } from "../src/tapmanager";
-import { inTurn, report, stepTimer, summarize } from "./lib";
+import { inTurn, report, stepBreakdown, stepTimer, summarize } from "./lib";
 import { benchNode } from "./node";
 import { pluginEnv, runPlugin } from "./plugin";
 
 const MiB = 1024 * 1024;
+// Issue 16's targets, printed beside the figures.
+const TARGET_OVERHEAD_MS = 3;
+const TARGET_LINEARITY = 1.2;
+const TARGET_RSS_PER_POD_KIB = 256;
 
 v8.setFlagsFromString("--expose-gc");
 const collectGarbage = vm.runInNewContext("gc") as () => void;
@@ -65,8 +71,17 @@ function pod(name: string): PodRef {
 async function main(): Promise<void> {
   const { root, plugin, list, cni } = await benchNode("bench", "tmbench0", "10.97.0.0/16");
   const pods = Number(process.argv[2] ?? 50);
-  const concurrent = Number(process.argv[3] ?? 110);
-  const tm = new Tapmanager({ cni, stateDir: path.join(root, "pods") });
+  const large = Number(process.argv[3] ?? 500);
+  const small = Number(process.argv[4] ?? 50);
+  const rounds = Number(process.argv[5] ?? 2);
+  const maxConcurrent = process.argv[6] ? Number(process.argv[6]) : undefined;
+  const breakdown = stepBreakdown();
+  const tm = new Tapmanager({
+    cni,
+    stateDir: path.join(root, "pods"),
+    steps: breakdown.hook,
+    ...(maxConcurrent ? { maxConcurrent } : {}),
+  });
 
   // 1. One pod at a time, alternating with raw CNI.
   const { samples, time: timed } = stepTimer([
@@ -81,8 +96,10 @@ async function main(): Promise<void> {
     const record = i >= 0;
     const viaTapmanager = async () => {
       const p = pod(`tm${i + warmup}`);
+      breakdown.recording = record;
       await timed("tapmanager.setUp", record, () => tm.setUp({ pod: p }));
       await timed("tapmanager.tearDown", record, () => tm.tearDown(p.sandboxId));
+      breakdown.recording = false;
     };
     const raw = async () => {
       const p = pod(`raw${i + warmup}`);
@@ -105,33 +122,57 @@ async function main(): Promise<void> {
     tearDownMs: p50("tapmanager.tearDown") - p50("raw DEL (bridge plugin + netns)"),
   };
 
-  // 2. A full node: all pods at once, then all torn down at once.
+  // 2. Whole nodes: all pods at once, then all torn down at once; the sizes alternate.
   const before = await census(root);
-  const rssBefore = rssAfterGc();
-  const names = Array.from({ length: concurrent }, (_, i) => pod(`node${i}`));
-  let t0 = performance.now();
-  const networks = await Promise.all(names.map((p) => tm.setUp({ pod: p })));
-  const setUpAllMs = performance.now() - t0;
-  const rssUp = rssAfterGc();
-  const addresses = new Set(networks.map((n) => n.interfaces[0].addresses[0].address));
-  t0 = performance.now();
-  await Promise.all(names.map((p) => tm.tearDown(p.sandboxId)));
-  const tearDownAllMs = performance.now() - t0;
-  const after = await census(root);
-  const leaks = Object.fromEntries(
-    Object.keys(before).map((k) => [k, after[k] - before[k]]),
-  ) as Record<string, number>;
-  const scale = {
-    pods: concurrent,
-    distinctAddresses: addresses.size,
-    setUpAllMs,
-    tearDownAllMs,
-    rssBeforeMiB: rssBefore / MiB,
-    rssWithPodsMiB: rssUp / MiB,
-    rssPerPodKiB: (rssUp - rssBefore) / concurrent / 1024,
-    leaks,
-    leakTotal: Object.values(leaks).reduce((a, b) => a + Math.max(0, b), 0),
+  let serial = 0;
+  const node = async (count: number) => {
+    const rssBefore = rssAfterGc();
+    const round = serial++;
+    const names = Array.from({ length: count }, (_, i) => pod(`node${round}-${i}`));
+    let t0 = performance.now();
+    const networks = await Promise.all(names.map((p) => tm.setUp({ pod: p })));
+    const setUpMs = performance.now() - t0;
+    const rssUp = rssAfterGc();
+    const addresses = new Set(networks.map((n) => n.interfaces[0].addresses[0].address));
+    t0 = performance.now();
+    await Promise.all(names.map((p) => tm.tearDown(p.sandboxId)));
+    const tearDownMs = performance.now() - t0;
+    const after = await census(root);
+    const leaks = Object.fromEntries(
+      Object.keys(before).map((k) => [k, after[k] - before[k]]),
+    ) as Record<string, number>;
+    return {
+      pods: count,
+      distinctAddresses: addresses.size,
+      setUpMs,
+      tearDownMs,
+      setUpPerPodMs: setUpMs / count,
+      tearDownPerPodMs: tearDownMs / count,
+      rssPerPodKiB: (rssUp - rssBefore) / count / 1024,
+      rssWithPodsMiB: rssUp / MiB,
+      leaks,
+      leakTotal: Object.values(leaks).reduce((a, b) => a + Math.max(0, b), 0),
+    };
   };
+  const nodes: Awaited<ReturnType<typeof node>>[] = [];
+  for (let r = 0; r < rounds; r++) {
+    await inTurn(
+      r,
+      async () => void nodes.push(await node(small)),
+      async () => void nodes.push(await node(large)),
+    );
+  }
+  const median = (xs: number[]) => summarize(xs).p50;
+  const at = (count: number) => nodes.filter((n) => n.pods === count);
+  const perPod = (count: number, key: "setUpPerPodMs" | "tearDownPerPodMs") =>
+    median(at(count).map((n) => n[key]));
+  const linearity = {
+    setUp: perPod(large, "setUpPerPodMs") / perPod(small, "setUpPerPodMs"),
+    tearDown: perPod(large, "tearDownPerPodMs") / perPod(small, "tearDownPerPodMs"),
+  };
+  const rssPerPodKiB = median(at(large).map((n) => n.rssPerPodKiB));
+  const leakTotal = nodes.reduce((sum, n) => sum + n.leakTotal, 0);
+  const allDistinct = nodes.every((n) => n.distinctAddresses === n.pods);
 
   report(
     "tapmanager",
@@ -145,23 +186,51 @@ async function main(): Promise<void> {
         to: "raw DEL (bridge plugin + netns)",
       },
     ],
-    { overheadP50Ms: overhead, concurrent: scale },
+    {
+      overheadP50Ms: overhead,
+      steps: breakdown.summaries(),
+      nodes,
+      linearity,
+      rssPerPodKiB,
+      leakTotal,
+      targets: {
+        overheadMs: TARGET_OVERHEAD_MS,
+        linearity: TARGET_LINEARITY,
+        rssPerPodKiB: TARGET_RSS_PER_POD_KIB,
+      },
+    },
+  );
+  breakdown.print("\nsetUp and tearDown by step, one pod at a time");
+  const mark = (ok: boolean) => (ok ? "met" : "MISSED");
+  console.log(
+    `\noverhead (p50): setUp +${overhead.setUpMs.toFixed(1)} ms, tearDown ` +
+      `+${overhead.tearDownMs.toFixed(1)} ms (target <= +${TARGET_OVERHEAD_MS}: ` +
+      `${mark(overhead.setUpMs <= TARGET_OVERHEAD_MS)}, ${mark(overhead.tearDownMs <= TARGET_OVERHEAD_MS)})`,
+  );
+  for (const n of nodes) {
+    console.log(
+      `${String(n.pods).padStart(4)} pods at once: setUp ${(n.setUpMs / 1000).toFixed(2)} s ` +
+        `(${n.setUpPerPodMs.toFixed(2)} ms/pod), tearDown ${(n.tearDownMs / 1000).toFixed(2)} s ` +
+        `(${n.tearDownPerPodMs.toFixed(2)} ms/pod), RSS ${n.rssPerPodKiB.toFixed(0)} KiB/pod, ` +
+        `left behind ${n.leakTotal}`,
+    );
+  }
+  console.log(
+    `per pod at ${large} / at ${small}: setUp ${linearity.setUp.toFixed(2)}, tearDown ` +
+      `${linearity.tearDown.toFixed(2)} (target <= ${TARGET_LINEARITY}: ` +
+      `${mark(linearity.setUp <= TARGET_LINEARITY)}, ${mark(linearity.tearDown <= TARGET_LINEARITY)})`,
   );
   console.log(
-    `overhead (p50): setUp +${overhead.setUpMs.toFixed(1)} ms (target <= 15), ` +
-      `tearDown +${overhead.tearDownMs.toFixed(1)} ms`,
+    `RSS per pod at ${large}: ${rssPerPodKiB.toFixed(0)} KiB (target < ${TARGET_RSS_PER_POD_KIB}: ` +
+      `${mark(rssPerPodKiB < TARGET_RSS_PER_POD_KIB)})`,
   );
   console.log(
-    `${concurrent} pods at once: setUp ${(setUpAllMs / 1000).toFixed(2)} s, ` +
-      `tearDown ${(tearDownAllMs / 1000).toFixed(2)} s, ${addresses.size} distinct addresses; ` +
-      `RSS ${scale.rssBeforeMiB.toFixed(1)} -> ${scale.rssWithPodsMiB.toFixed(1)} MiB, ` +
-      `${scale.rssPerPodKiB.toFixed(0)} KiB per pod (target < 1024)`,
+    `left behind after teardown (target 0): ${leakTotal}; last round ${JSON.stringify(nodes.at(-1)?.leaks)}`,
   );
-  console.log(`left behind after teardown (target all 0): ${JSON.stringify(leaks)}`);
   await tm.close();
   cni.close();
   fs.rmSync(root, { recursive: true, force: true });
-  if (scale.leakTotal > 0 || addresses.size !== concurrent) process.exitCode = 1;
+  if (leakTotal > 0 || !allDistinct) process.exitCode = 1;
 }
 
 main().catch((error: unknown) => {

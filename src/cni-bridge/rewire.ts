@@ -7,6 +7,7 @@ import { type Rtnl, RtnlError } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { type Ipv4Route, ON_LINK } from "../util/ip";
 import { macToString } from "../util/mac";
+import { type StepHook, timeStep } from "../util/steps";
 
 export interface RewireNames {
   /** The CNI interface (the veth's pod end), e.g. eth0. */
@@ -51,6 +52,7 @@ export async function rewireInterface(
   nsPath: string,
   names: RewireNames,
   view: PodIdentity,
+  steps?: StepHook,
 ): Promise<RewiredInterface> {
   const { ifname, bridge, tap } = names;
   const veth = await rtnl.link(ifname);
@@ -80,7 +82,9 @@ export async function rewireInterface(
   await rtnl.setMtu(bridge, view.mtu);
   if (!(await rtnl.findLink(tap))) {
     // Persistent, so it outlives this fd and can be reopened for QEMU, also after a restart.
-    fs.closeSync(openTap(nsPath, { name: tap, persist: true }).fd);
+    await timeStep(steps, "rewire: tap open", () =>
+      fs.closeSync(openTap(nsPath, { name: tap, persist: true }).fd),
+    );
   }
   await rtnl.setMtu(tap, view.mtu);
   await rtnl.setMaster(ifname, bridge);

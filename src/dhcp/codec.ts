@@ -498,17 +498,7 @@ export function formatMessage(
   maxLength = MAX_DATAGRAM,
 ): { datagram: Buffer; omitted: number[] } {
   const head = Buffer.alloc(OPTIONS_OFFSET);
-  head[0] = header.op ?? BOOTREPLY;
-  head[1] = header.htype ?? HTYPE_ETHERNET;
-  head[2] = header.hlen ?? 6;
-  head.writeUInt32BE(header.xid >>> 0, 4);
-  head.writeUInt16BE(header.flags & 0xffff, 10);
-  ipBytes(header.ciaddr ?? "0.0.0.0").copy(head, 12);
-  ipBytes(header.yiaddr ?? "0.0.0.0").copy(head, 16);
-  ipBytes(header.siaddr ?? "0.0.0.0").copy(head, 20);
-  ipBytes(header.giaddr ?? "0.0.0.0").copy(head, 24);
-  header.chaddr.copy(head, 28, 0, Math.min(16, header.chaddr.length));
-  head.writeUInt32BE(MAGIC_COOKIE, HEADER_LENGTH);
+  writeHeader(head, header);
 
   const body: Buffer[] = [];
   const omitted: number[] = [];
@@ -531,4 +521,34 @@ export function formatMessage(
       : datagram,
     omitted,
   };
+}
+
+/** The options area of a datagram formatMessage made (END and padding included). */
+export function optionsArea(datagram: Buffer): Buffer {
+  return datagram.subarray(OPTIONS_OFFSET);
+}
+
+/**
+ * A message from a header and an options area made before (optionsArea): one buffer,
+ * the same bytes formatMessage would give for those options.
+ */
+export function formatWithOptionsArea(header: ReplyHeader, area: Buffer): Buffer {
+  const datagram = Buffer.alloc(OPTIONS_OFFSET + area.length);
+  writeHeader(datagram, header);
+  area.copy(datagram, OPTIONS_OFFSET);
+  return datagram;
+}
+
+function writeHeader(head: Buffer, header: ReplyHeader): void {
+  head[0] = header.op ?? BOOTREPLY;
+  head[1] = header.htype ?? HTYPE_ETHERNET;
+  head[2] = header.hlen ?? 6;
+  head.writeUInt32BE(header.xid >>> 0, 4);
+  head.writeUInt16BE(header.flags & 0xffff, 10);
+  head.writeUInt32BE(ipv4ToUint32(header.ciaddr ?? "0.0.0.0"), 12);
+  head.writeUInt32BE(ipv4ToUint32(header.yiaddr ?? "0.0.0.0"), 16);
+  head.writeUInt32BE(ipv4ToUint32(header.siaddr ?? "0.0.0.0"), 20);
+  head.writeUInt32BE(ipv4ToUint32(header.giaddr ?? "0.0.0.0"), 24);
+  header.chaddr.copy(head, 28, 0, Math.min(16, header.chaddr.length));
+  head.writeUInt32BE(MAGIC_COOKIE, HEADER_LENGTH);
 }

@@ -15,11 +15,13 @@ import {
   encodeSearchList,
   FLAG_BROADCAST,
   formatMessage,
+  formatWithOptionsArea,
   HTYPE_ETHERNET,
   ips,
   MAX_DATAGRAM,
   MessageType,
   Option,
+  optionsArea,
   parseMessage,
   u8,
   u16,
@@ -125,7 +127,15 @@ interface PreparedLease {
   lease: DhcpLease;
   /** Encoded configuration options, by code. */
   options: Map<number, Buffer>;
+  /**
+   * Reply option areas already made, by type, parameter request list and size limit: a
+   * client asks the same way every time, so a reply is one buffer and a header.
+   */
+  areas: Map<string, Buffer>;
 }
+
+/** Option areas kept per lease; a client varying its requests gets them made afresh. */
+const MAX_CACHED_AREAS = 8;
 
 function prepare(lease: DhcpLease, serverId: string): PreparedLease {
   ipv4ToUint32(lease.ip);
@@ -147,7 +157,7 @@ function prepare(lease: DhcpLease, serverId: string): PreparedLease {
   if (lease.search.length > 0) options.set(Option.SEARCH_LIST, encodeSearchList(lease.search));
   const routes = classlessRoutesFor(lease);
   if (routes.length > 0) options.set(Option.CLASSLESS_ROUTES, encodeClasslessRoutes(routes));
-  return { lease, options };
+  return { lease, options, areas: new Map() };
 }
 
 /** Decides the answer to each datagram for one pod's leases. Never throws from handle(). */
@@ -254,20 +264,27 @@ export class DhcpResponder {
     how: { inform?: boolean } = {},
   ): DhcpOutcome {
     const inform = how.inform === true;
-    const order = this.optionOrder(m.options.parameterRequestList ?? []);
-    const options: [number, Buffer][] = [
-      [Option.MESSAGE_TYPE, u8(type === "OFFER" ? MessageType.OFFER : MessageType.ACK)],
-    ];
-    for (const code of order) {
-      if (inform && LEASE_ONLY.has(code)) continue;
-      const value = p.options.get(code);
-      if (value) options.push([code, value]);
-    }
+    const requested = m.options.parameterRequestList ?? [];
     const limit = Math.min(
       MAX_DATAGRAM,
       Math.max(DEFAULT_MAX_MESSAGE, (m.options.maxMessageSize ?? 0) - 28),
     );
-    const { datagram } = formatMessage(
+    const key = `${type}${inform ? "i" : ""}/${limit}/${requested.join(",")}`;
+    let area = p.areas.get(key);
+    if (!area) {
+      const options: [number, Buffer][] = [
+        [Option.MESSAGE_TYPE, u8(type === "OFFER" ? MessageType.OFFER : MessageType.ACK)],
+      ];
+      for (const code of this.optionOrder(requested)) {
+        if (inform && LEASE_ONLY.has(code)) continue;
+        const value = p.options.get(code);
+        if (value) options.push([code, value]);
+      }
+      const header = { xid: 0, flags: 0, chaddr: Buffer.alloc(0) };
+      area = Buffer.from(optionsArea(formatMessage(header, options, limit).datagram));
+      if (p.areas.size < MAX_CACHED_AREAS) p.areas.set(key, area);
+    }
+    const datagram = formatWithOptionsArea(
       {
         xid: m.xid,
         flags: m.flags,
@@ -275,8 +292,7 @@ export class DhcpResponder {
         yiaddr: inform ? ZERO : p.lease.ip,
         chaddr: m.chaddr,
       },
-      options,
-      limit,
+      area,
     );
     return {
       kind: "reply",

@@ -7,6 +7,7 @@ import * as bpf from "../sys/bpf";
 import { Rtnl } from "../sys/rtnl";
 import { type TcFilterSpec, type TcHook, type TcLink, TcSession } from "../sys/tc";
 import { ETH_P_ALL_BE } from "../sys/uapi";
+import { type StepHook, timeStep } from "../util/steps";
 import {
   DROP_REASONS,
   type DropReason,
@@ -56,6 +57,7 @@ export class InterfaceGuard {
     nsPath: string,
     links: GuardLinks,
     policy: TapPolicy,
+    steps?: StepHook,
   ): Promise<InterfaceGuard> {
     const where = `guard ${links.tap}/${links.veth} in ${nsPath}`;
     const mapFd = bpf.createCounterMap("vmlet_guard", DROP_REASONS.length);
@@ -77,11 +79,18 @@ export class InterfaceGuard {
           vethEgressProgram(policy.guestMac, mapFd, policy.routesIpv6 ? bridge.mac : undefined),
         ],
       ];
+      const withClsact = new Set<number>();
       for (const [link, hook, name, insns] of programs) {
-        const fd = bpf.loadProgram(name, bpf.BPF_PROG_TYPE_SCHED_CLS, insns);
+        const fd = await timeStep(steps, "guard: BPF load", () =>
+          bpf.loadProgram(name, bpf.BPF_PROG_TYPE_SCHED_CLS, insns),
+        );
         progFds.push(fd);
-        await tc.ensureClsact(link);
-        await tc.attachBpf(spec(link, hook), fd, name, true);
+        await timeStep(steps, "guard: tc attach", async () => {
+          // The veth carries two of the filters: one qdisc request for both.
+          if (!withClsact.has(link.index)) await tc.ensureClsact(link);
+          withClsact.add(link.index);
+          await tc.attachBpf(spec(link, hook), fd, name, true);
+        });
       }
       const specs = programs.map(([link, hook]) => spec(link, hook));
       return new InterfaceGuard(mapFd, where, nsPath, specs);

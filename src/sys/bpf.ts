@@ -233,37 +233,62 @@ function bpf(cmd: number, attr: Buffer): number {
   return Number(libc.syscallBpf(SYS_BPF, cmd, attr, attr.length));
 }
 
-/** Loads a program; returns its fd (close it once attached). The verifier's log goes into the error. */
+/**
+ * Loads a program; returns its fd (close it once attached). The verifier runs without a log
+ * (writing one costs it as much again as verifying); only a refused program is loaded a
+ * second time with the log on, so that the verifier's words go into the error.
+ */
 export function loadProgram(
   name: string,
   progType: number,
   insns: Buffer,
   what = `BPF_PROG_LOAD ${name}`,
 ): number {
+  const fd = tryLoad(name, progType, insns);
+  if (fd >= 0) return fd;
+  const errno = libc.errno();
   const log = Buffer.alloc(65536);
+  const again = tryLoad(name, progType, insns, log);
+  if (again >= 0) return again; // refused once, then not: a transient error (ENOMEM)
+  const text = log.toString("latin1", 0, Math.max(0, log.indexOf(0))).trim();
+  // The verifier's verdict is at the end of its log.
+  const tail = text.split("\n").slice(-12).join("\n");
+  throw new libc.SysCallError(`${what}${tail ? ` (${tail})` : ""}`, errno);
+}
+
+// asm-generic/errno-base.h
+const EAGAIN = 11;
+/** libbpf's count too: the verifier gives up with EAGAIN when a signal is pending. */
+const LOAD_ATTEMPTS = 5;
+
+/**
+ * One BPF_PROG_LOAD, again while the verifier was interrupted: a daemon that runs CNI
+ * plugins gets a SIGCHLD for each, and with hundreds of pods at once one lands mid-verify.
+ */
+function tryLoad(name: string, progType: number, insns: Buffer, log?: Buffer): number {
+  let fd = loadOnce(name, progType, insns, log);
+  for (let i = 1; i < LOAD_ATTEMPTS && fd < 0 && libc.errno() === EAGAIN; i++) {
+    fd = loadOnce(name, progType, insns, log);
+  }
+  return fd;
+}
+
+function loadOnce(name: string, progType: number, insns: Buffer, log?: Buffer): number {
   const attr = Buffer.alloc(koffi.sizeof(ProgLoadAttr));
   koffi.encode(attr, ProgLoadAttr, {
     prog_type: progType,
     insn_cnt: insns.length / 8,
     insns,
     license: "GPL",
-    log_level: 1,
-    log_size: log.length,
-    log_buf: log,
+    log_level: log ? 1 : 0,
+    log_size: log ? log.length : 0,
+    log_buf: log ?? null,
     kern_version: 0,
     prog_flags: 0,
     prog_name: name.slice(0, 15),
     pad: new Array<number>(64).fill(0),
   });
-  const fd = bpf(BPF_PROG_LOAD, attr);
-  if (fd < 0) {
-    const errno = libc.errno();
-    const text = log.toString("latin1", 0, Math.max(0, log.indexOf(0))).trim();
-    // The verifier's verdict is at the end of its log.
-    const tail = text.split("\n").slice(-12).join("\n");
-    throw new libc.SysCallError(`${what}${tail ? ` (${tail})` : ""}`, errno);
-  }
-  return fd;
+  return bpf(BPF_PROG_LOAD, attr);
 }
 
 /** An array map of `entries` u64 counters; the caller owns the fd. */

@@ -184,25 +184,23 @@ export class Rtnl {
     const messages = await this.call("RTM_GETLINK dump", () =>
       this.socket.getLinks(undefined, undefined, { timeout: REQUEST_TIMEOUT_MS }),
     );
-    return messages.map((m) => {
-      const kind = m.attrs.linkinfo ? parseInfo(m.attrs.linkinfo).kind : undefined;
-      const link: LinkInfo = {
-        index: m.data.index ?? 0,
-        name: m.attrs.ifname ?? "",
-        mac: m.attrs.address ? macToString(m.attrs.address) : "",
-        mtu: m.attrs.mtu ?? 0,
-        up: Boolean(m.data.flags?.up),
-      };
-      if (m.attrs.master) link.master = m.attrs.master;
-      if (kind) link.kind = kind;
-      if (m.attrs.link) link.peerIndex = m.attrs.link.readUInt32LE(0);
-      return link;
-    });
+    return messages.map(linkInfo);
   }
 
-  /** The link called `name`, or undefined. */
+  /**
+   * The link called `name`, or undefined. One RTM_GETLINK by IFLA_IFNAME: the kernel looks
+   * the name up, so no dump of every link crosses the socket and gets parsed.
+   */
   async findLink(name: string): Promise<LinkInfo | undefined> {
-    return (await this.links()).find((l) => l.name === name);
+    try {
+      const [message] = await this.call(`find link ${name}`, () =>
+        this.socket.getLink({}, { ifname: name }, { timeout: REQUEST_TIMEOUT_MS }),
+      );
+      return message && linkInfo(message);
+    } catch (error) {
+      if (error instanceof RtnlError && error.code === "ENODEV") return undefined;
+      throw error;
+    }
   }
 
   async link(name: string): Promise<LinkInfo> {
@@ -301,18 +299,17 @@ export class Rtnl {
     ]);
   }
 
+  /** RTM_SETLINK addressed by IFLA_IFNAME (index 0): the kernel finds the link, no lookup first. */
   private async setLink(operation: string, name: string, change: { up?: boolean }, attrs: object) {
-    const link = await this.link(name);
     await this.call(operation, () =>
       this.socket.setLink(
         {
-          index: link.index,
           // DeviceFlags only models set bits: an empty `flags` with `change.up` clears it.
           ...(change.up === undefined
             ? {}
             : { change: { up: true as const }, flags: change.up ? { up: true as const } : {} }),
         },
-        attrs,
+        { ...attrs, ifname: name },
         { timeout: REQUEST_TIMEOUT_MS },
       ),
     );
@@ -490,6 +487,21 @@ export class Rtnl {
       ),
     );
   }
+}
+
+function linkInfo(m: rt.LinkMessage): LinkInfo {
+  const kind = m.attrs.linkinfo ? parseInfo(m.attrs.linkinfo).kind : undefined;
+  const link: LinkInfo = {
+    index: m.data.index ?? 0,
+    name: m.attrs.ifname ?? "",
+    mac: m.attrs.address ? macToString(m.attrs.address) : "",
+    mtu: m.attrs.mtu ?? 0,
+    up: Boolean(m.data.flags?.up),
+  };
+  if (m.attrs.master) link.master = m.attrs.master;
+  if (kind) link.kind = kind;
+  if (m.attrs.link) link.peerIndex = m.attrs.link.readUInt32LE(0);
+  return link;
 }
 
 /** The netlink package gives known enum values as names and unknown ones as numbers. */

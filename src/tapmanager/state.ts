@@ -3,7 +3,7 @@
 // kept as the guest's view (guest-network.ts); its DHCP lease is derived from it.
 import fs from "node:fs";
 import path from "node:path";
-import { removeStaleTemps, syncDir, writeFileAtomic } from "../util/atomic-file";
+import { removeStaleTemps, writeFileAtomic, writeFileOrdered } from "../util/atomic-file";
 import type { IpAddress, PodInterface, PodNetworkRequest } from "./types";
 
 export type PodPhase =
@@ -73,6 +73,17 @@ export class PodStateStore {
     );
   }
 
+  /**
+   * Records a step between two durable writes (setUp's "wiring"), atomically but without
+   * fsync. A crash of vmlet keeps it (the page cache outlives the process), so recovery is
+   * as with write(). A power cut may lose it, leaving the durable "creating" before it:
+   * recover() then tears the pod down, as it does for any record whose netns is gone,
+   * and after a reboot every netns is gone (they live on /run).
+   */
+  writeStep(record: PodRecord): void {
+    writeFileOrdered(this.file(record.request.pod.sandboxId), `${JSON.stringify(record)}\n`);
+  }
+
   read(sandboxId: string): PodRecord | undefined {
     const file = this.file(sandboxId);
     let text: string;
@@ -92,11 +103,13 @@ export class PodStateStore {
     }
   }
 
+  /**
+   * Removes the record, without syncing the directory: a record a power cut brings back
+   * names a netns that the reboot took, so recover() tears it down again (CNI DEL is
+   * idempotent) and removes it.
+   */
   async remove(sandboxId: string): Promise<void> {
-    await fs.promises.rm(this.file(sandboxId), { force: true });
-    await syncDir(this.dir).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== "ENOENT") throw error;
-    });
+    fs.rmSync(this.file(sandboxId), { force: true });
   }
 
   list(): string[] {

@@ -13,7 +13,9 @@ import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { KeyedLock } from "../util/keyed-lock";
+import { Limiter } from "../util/limiter";
 import { silentLog } from "../util/silent-log";
+import { type StepHook, timeStep } from "../util/steps";
 import { readGuestIpv6, withoutDefaultRoute6 } from "./guest-ipv6";
 import { leaseOf, readGuestView, withoutDefaultRoute } from "./guest-network";
 import { routeNicIpv6, serveNicIpv6 } from "./ipv6-service";
@@ -27,6 +29,15 @@ export interface TapmanagerOptions {
   /** DHCP lease time; the addresses are static, so renewals only refresh it. */
   leaseSeconds?: number;
   log?: DhcpLog;
+  /**
+   * Pods whose network is built or torn down at once; the others wait their turn. Much of
+   * the work is synchronous on the one thread (netns switches, eBPF verification, plugin
+   * spawns): with hundreds at once, replies to one pod's netlink requests would wait
+   * behind every other pod's work until its deadline passed. Default 8.
+   */
+  maxConcurrent?: number;
+  /** Told each setUp and tearDown step's wall time (the benchmarks' breakdown). */
+  steps?: StepHook;
   /**
    * Another runtime attaches pods to the same CNI networks (vmlet fronting containerd):
    * garbage collection then leaves the plugins' own GC alone, which would free its pods.
@@ -43,6 +54,7 @@ export class PodNetworkError extends Error {
 }
 
 const DEFAULT_LEASE_SECONDS = 86_400;
+const DEFAULT_MAX_CONCURRENT = 8;
 /** The server id of a NIC whose network has no IPv4 gateway at all. */
 const LINK_LOCAL_SERVER_ID = "169.254.255.254";
 
@@ -64,6 +76,7 @@ function netnsNameFor(sandboxId: string): string {
 export class Tapmanager {
   private readonly store: PodStateStore;
   private readonly lock = new KeyedLock();
+  private readonly limiter: Limiter;
   private readonly servers = new Map<string, DhcpServer[]>();
   /** Each pod's RA + DHCPv6 services, by sandbox id (only NICs with IPv6 have one). */
   private readonly ipv6Servers = new Map<string, Ipv6Server[]>();
@@ -73,6 +86,7 @@ export class Tapmanager {
 
   constructor(private readonly options: TapmanagerOptions) {
     this.log = options.log ?? silentLog;
+    this.limiter = new Limiter(options.maxConcurrent ?? DEFAULT_MAX_CONCURRENT);
     this.store = new PodStateStore(options.stateDir, (u) =>
       this.log.warn(
         { sandboxId: u.sandboxId, file: u.file, setAsideAs: u.setAsideAs, err: u.error },
@@ -91,16 +105,18 @@ export class Tapmanager {
     return this.lock.run(id, async () => {
       const existing = this.store.read(id);
       if (existing?.phase === "ready" && this.servers.has(id)) return this.describe(existing);
-      if (existing) await this.tearDownRecord(existing);
-      try {
-        return this.describe(await this.build(request));
-      } catch (error) {
-        const cleanup = await this.cleanUpAfter(id);
-        throw new PodNetworkError(
-          `setUp ${podLabel(request)}: ${(error as Error).message}; ${cleanup}`,
-          { cause: error },
-        );
-      }
+      return this.limiter.run(async () => {
+        if (existing) await this.tearDownRecord(existing);
+        try {
+          return this.describe(await this.build(request));
+        } catch (error) {
+          const cleanup = await this.cleanUpAfter(id);
+          throw new PodNetworkError(
+            `setUp ${podLabel(request)}: ${(error as Error).message}; ${cleanup}`,
+            { cause: error },
+          );
+        }
+      });
     });
   }
 
@@ -117,21 +133,23 @@ export class Tapmanager {
       phase: "creating",
       interfaces: [],
     };
-    await this.store.write(record);
-    createNetns(netnsName);
+    await this.timed("record creating", () => this.store.write(record));
+    await this.timed("netns create", () => createNetns(netnsName));
     await this.step("loopback up", () => this.withRtnl(record, (r) => r.setUp("lo")));
-    const attachments = await this.options.cni.addPod(request.pod, record.netnsPath, {
-      ...(request.networks ? { networks: request.networks } : {}),
-      ...(request.capabilities ? { capabilities: request.capabilities } : {}),
-    });
+    const attachments = await this.timed("CNI ADD", () =>
+      this.options.cni.addPod(request.pod, record.netnsPath, {
+        ...(request.networks ? { networks: request.networks } : {}),
+        ...(request.capabilities ? { capabilities: request.capabilities } : {}),
+      }),
+    );
     record.interfaces = await this.step("read the netns", () =>
       this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
     );
     record.phase = "wiring";
-    await this.store.write(record);
+    await this.timed("record wiring", () => this.store.writeStep(record));
     await this.configure(record);
     record.phase = "ready";
-    await this.store.write(record);
+    await this.timed("record ready", () => this.store.write(record));
     return record;
   }
 
@@ -199,13 +217,22 @@ export class Tapmanager {
     await this.withRtnl(record, async (rtnl) => {
       for (const iface of record.interfaces) {
         const names = { ifname: iface.ifname, bridge: iface.bridge, tap: iface.tap };
-        await this.step(`rewire ${iface.ifname}`, () =>
-          rewireInterface(rtnl, record.netnsPath, names, {
-            addresses: iface.addresses,
-            routes: iface.routes,
-            mtu: iface.mtu,
-            mac: iface.guestMac,
-          }),
+        await this.step(
+          `rewire ${iface.ifname}`,
+          () =>
+            rewireInterface(
+              rtnl,
+              record.netnsPath,
+              names,
+              {
+                addresses: iface.addresses,
+                routes: iface.routes,
+                mtu: iface.mtu,
+                mac: iface.guestMac,
+              },
+              this.options.steps,
+            ),
+          "rewire",
         );
         await this.step(`route IPv6 of ${iface.ifname}`, () =>
           routeNicIpv6(rtnl, record.netnsPath, iface),
@@ -217,32 +244,40 @@ export class Tapmanager {
     const guards: { ifname: string; guard: InterfaceGuard }[] = [];
     this.guards.set(id, guards);
     for (const iface of record.interfaces) {
-      const guard = await this.step(`guard ${iface.tap}`, () =>
-        InterfaceGuard.attach(
-          record.netnsPath,
-          { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge },
-          {
-            guestMac: iface.guestMac,
-            prefixes: sourcePrefixes(record, iface),
-            routesIpv6: iface.ipv6 !== undefined,
-          },
-        ),
+      const guard = await this.step(
+        `guard ${iface.tap}`,
+        () =>
+          InterfaceGuard.attach(
+            record.netnsPath,
+            { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge },
+            {
+              guestMac: iface.guestMac,
+              prefixes: sourcePrefixes(record, iface),
+              routesIpv6: iface.ipv6 !== undefined,
+            },
+            this.options.steps,
+          ),
+        "guard (BPF load + attach)",
       );
       guards.push({ ifname: iface.ifname, guard });
     }
     for (const iface of record.interfaces) {
       const lease = this.leaseFor(record, iface);
       if (!lease) continue;
-      const server = await this.step(`serve DHCP on ${iface.bridge}`, () =>
-        DhcpServer.start({
-          nsPath: record.netnsPath,
-          device: iface.bridge,
-          serverId: iface.serverId,
-          leases: [lease],
-          log: this.log,
-          // The guard on the tap steers the guest's DHCP to the server itself.
-          intercept: false,
-        }),
+      const server = await this.step(
+        `serve DHCP on ${iface.bridge}`,
+        () =>
+          DhcpServer.start({
+            nsPath: record.netnsPath,
+            device: iface.bridge,
+            serverId: iface.serverId,
+            leases: [lease],
+            log: this.log,
+            // The guard on the tap steers the guest's DHCP to the server itself.
+            intercept: false,
+            ...(this.options.steps ? { steps: this.options.steps } : {}),
+          }),
+        "DHCP ready",
       );
       servers.push(server);
     }
@@ -266,7 +301,7 @@ export class Tapmanager {
     return this.lock.run(sandboxId, async () => {
       const record = this.store.read(sandboxId);
       if (record) {
-        await this.tearDownRecord(record);
+        await this.limiter.run(() => this.tearDownRecord(record));
         return;
       }
       // No record (never made, or set aside as unreadable): its netns may still be there,
@@ -279,7 +314,7 @@ export class Tapmanager {
   private async tearDownRecord(record: PodRecord): Promise<void> {
     const id = record.request.pod.sandboxId;
     const label = podLabel(record.request);
-    await this.stopServing(id);
+    await this.timed("DHCP stop", () => this.stopServing(id));
     const drops = this.dropCounts(id);
     if (drops) this.log.info({ pod: label, sandboxId: id, drops }, "guest isolation drops");
     this.closeGuards(id);
@@ -289,14 +324,16 @@ export class Tapmanager {
     // CNI DEL removes its veth by name, as it does in a container's netns.
     const present = isNetns(record.netnsPath);
     try {
-      await this.options.cni.delPod(record.request.pod, present ? record.netnsPath : undefined);
+      await this.timed("CNI DEL", () =>
+        this.options.cni.delPod(record.request.pod, present ? record.netnsPath : undefined),
+      );
     } catch (error) {
       throw new PodNetworkError(`tearDown ${label}: CNI DEL: ${(error as Error).message}`, {
         cause: error,
       });
     }
-    deleteNetns(record.netnsName);
-    await this.store.remove(id);
+    await this.timed("netns delete", () => deleteNetns(record.netnsName));
+    await this.timed("record remove", () => this.store.remove(id));
   }
 
   /** After a failed setUp: everything the record says may exist is removed. */
@@ -486,9 +523,14 @@ export class Tapmanager {
     }
   }
 
-  private async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
+  private timed<T>(step: string, work: () => Promise<T> | T): Promise<T> {
+    return timeStep(this.options.steps, step, work);
+  }
+
+  /** A step whose failure names it; `timedAs` groups per-NIC steps in the breakdown. */
+  private async step<T>(name: string, fn: () => Promise<T>, timedAs = name): Promise<T> {
     try {
-      return await fn();
+      return await this.timed(timedAs, fn);
     } catch (error) {
       throw new Error(`${name}: ${(error as Error).message}`, { cause: error });
     }

@@ -33,6 +33,27 @@ export async function writeFileAtomic(file: string, data: string | Buffer): Prom
   await syncDir(dir);
 }
 
+/**
+ * Replaces `file` atomically but without fsyncs, synchronously (a few µs on the page
+ * cache, none of the eight thread-pool round trips of the durable write). A reader, or
+ * vmlet after its own crash, sees the old content or the new: the page cache outlives the
+ * process. Only for a step whose loss in a power cut is harmless because a durable write
+ * of the same file follows it or the state it describes does not survive a reboot either.
+ */
+export function writeFileOrdered(file: string, data: string | Buffer): void {
+  const temp = path.join(
+    path.dirname(file),
+    `.${path.basename(file)}.${crypto.randomBytes(4).toString("hex")}${TEMP_SUFFIX}`,
+  );
+  try {
+    fs.writeFileSync(temp, data, { mode: 0o600, flag: "wx" });
+    fs.renameSync(temp, file);
+  } catch (error) {
+    fs.rmSync(temp, { force: true });
+    throw error;
+  }
+}
+
 /** Makes a rename or unlink in `dir` durable. */
 export async function syncDir(dir: string): Promise<void> {
   const handle = await fs.promises.open(dir, "r");

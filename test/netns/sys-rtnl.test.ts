@@ -170,7 +170,7 @@ describe("rtnetlink inside a netns", () => {
         e.message === `RTM_NEWLINK bridge br0 in ${pod.path}: EEXIST` &&
         (e as { code?: string }).code === "EEXIST",
     );
-    await assert.rejects(rtnl.setUp("nope0"), new RegExp(`find link nope0 in ${pod.path}: ENODEV`));
+    await assert.rejects(rtnl.setUp("nope0"), new RegExp(`nope0 up in ${pod.path}: ENODEV`));
     await assert.rejects(
       rtnl.addRoute({ dst: "10.9.0.0", dstLength: 16, gateway: "192.0.2.1" }),
       /RTM_NEWROUTE 10\.9\.0\.0\/16 via 192\.0\.2\.1 in .*: ENETUNREACH/,
