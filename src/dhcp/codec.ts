@@ -8,6 +8,8 @@
 // raw string with the length bytes in it, and its format() throws on options 119 and
 // 121. A guest's bytes need a parser that says *why* it refused, and the two options
 // that carry a pod's routing and search list must be right, so the codec is our own.
+// Over 400 lines: the parser and the formatter of each option sit together, so a field's
+// two directions are checked side by side.
 
 import { bytesToIp, hostBitsClear, type Ipv4Route, ipToBytes, ipv4ToUint32 } from "../util/ip";
 import { macToString } from "../util/mac";

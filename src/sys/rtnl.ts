@@ -1,5 +1,7 @@
 // rtnetlink inside one netns: links, addresses, routes, neighbours. The socket is made
 // while the main thread is inside the netns, so every request manages that netns.
+// Over 400 lines: one request and its reply parser per object kind, over one socket and
+// queue; the kinds share the framing and the error type.
 import { createRtNetlink, type RtNetlinkSocket, rt } from "netlink";
 import { formatInfo, parseInfo } from "netlink/dist/rt/ifla";
 import { AttrStream } from "netlink/dist/structs";

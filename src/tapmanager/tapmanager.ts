@@ -1,6 +1,8 @@
 // Each pod's network for the pod's whole life: netns, CNI ADD, read the netns, rewire,
 // serve DHCP, persist; and back again. recover() after a restart is setUp's second half
 // run from the persisted state.
+// Over 400 lines: setUp, tearDown and recover() are one pod lifecycle under one lock per
+// pod; the guest's view, IPv6, rewiring and the guard are modules of their own.
 
 import fs from "node:fs";
 import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-bridge/cni";

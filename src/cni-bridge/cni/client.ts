@@ -1,5 +1,7 @@
 // The CNI client: a pod's networks added, checked and deleted as one, with the node's
 // network configs read from a watched conf dir and every attachment recorded on disk.
+// Over 400 lines: ADD, CHECK, DEL and GC share the attachment bookkeeping, and each one's
+// undo path must be read against the others.
 import fs from "node:fs";
 import { type CacheEntry, ResultCache } from "./cache";
 import { type ConfDirState, loadConfDir, type NetworkConfigList, networkFromList } from "./config";
