@@ -6,7 +6,7 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import type * as cri from "../cri/generated";
-import { CriError, invalidArgument } from "../errors";
+import { CriError, errorMessage, invalidArgument } from "../errors";
 import { ConsoleAttacher } from "./console-attach";
 import { guestExecTarget } from "./guest-exec-target";
 import { servePortForward } from "./portforward";
@@ -21,9 +21,11 @@ import {
   type StreamingServerOptions,
   type UpgradedStream,
   type WebSocketUpgrade,
+  writeRaw,
 } from "./server";
 import { TokensExhaustedError } from "./tokens";
 import { serveWebSocketRemoteCommand } from "./websocket";
+import { portForwardPorts, serveWebSocketPortForward } from "./websocket-portforward";
 
 /** containerd's and kubelet's dial timeout for a forwarded port. */
 export const PORT_FORWARD_CONNECT_TIMEOUT_MS = 5000;
@@ -32,7 +34,7 @@ export const PORT_FORWARD_CONNECT_TIMEOUT_MS = 5000;
 export type StreamRequest =
   | { kind: "exec"; containerId: string; cmd: string[]; io: RemoteCommandOptions }
   | { kind: "attach"; containerId: string; io: RemoteCommandOptions }
-  | { kind: "portforward"; podSandboxId: string };
+  | { kind: "portforward"; podSandboxId: string; ports: number[] };
 
 /** A running container's VM, as streaming needs it. */
 export interface StreamContainer {
@@ -130,7 +132,11 @@ export class CriStreaming {
         throw invalidArgument(`${call}: port ${port}: must be 1-65535`);
     }
     return {
-      url: this.url("portforward", { kind: "portforward", podSandboxId: req.podSandboxId }),
+      url: this.url("portforward", {
+        kind: "portforward",
+        podSandboxId: req.podSandboxId,
+        ports: [...req.port],
+      }),
     };
   }
 
@@ -198,7 +204,7 @@ export class CriStreaming {
   private serveWebSocket(u: WebSocketUpgrade<StreamRequest>): void {
     const request = u.request;
     if (request.kind === "portforward") {
-      u.socket.destroy(); // the server refuses these before asking
+      this.serveWebSocketPortForward(u, request);
       return;
     }
     const log = this.log.child({
@@ -220,6 +226,42 @@ export class CriStreaming {
       },
     ).finally(() => {
       this.active--;
+    });
+  }
+
+  /** kubelet's WebSocket port-forward: the ports from the query, else the request's. */
+  private serveWebSocketPortForward(
+    u: WebSocketUpgrade<StreamRequest>,
+    request: Extract<StreamRequest, { kind: "portforward" }>,
+  ): void {
+    const log = this.log.child({
+      kind: "portforward",
+      protocol: u.protocol,
+      transport: "websocket",
+    });
+    let ports: number[];
+    let sandbox: StreamSandbox;
+    try {
+      ports = portForwardPorts(u.req.url, request.ports);
+    } catch (error) {
+      writeRaw(u.socket, 400, `unable to upgrade: ${errorMessage(error)}`, {});
+      return;
+    }
+    try {
+      sandbox = this.lookups.sandbox(request.podSandboxId, "PortForward");
+    } catch (error) {
+      log.warn({ err: error, podSandboxId: request.podSandboxId }, "port-forward refused");
+      writeRaw(u.socket, 404, `unable to upgrade: ${errorMessage(error)}`, {});
+      return;
+    }
+    this.active++;
+    serveWebSocketPortForward(u.req, u.socket, u.head, u.protocol, ports, {
+      podName: sandbox.name,
+      dial: (port) => this.dial(sandbox, port),
+      onError: (error) => log.info({ err: error }, "port-forward connection failed"),
+      onClose: () => {
+        this.active--;
+      },
     });
   }
 

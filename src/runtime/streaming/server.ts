@@ -9,6 +9,7 @@ import { REMOTECOMMAND_PROTOCOLS } from "./remotecommand";
 import { SpdySession, type SpdySessionOptions } from "./spdy/session";
 import { TokenCache, type TokenCacheOptions } from "./tokens";
 import { chooseWebSocketProtocol, WEBSOCKET_PROTOCOLS } from "./websocket";
+import { PORTFORWARD_WEBSOCKET_PROTOCOLS } from "./websocket-portforward";
 
 export type StreamKind = "exec" | "attach" | "portforward";
 
@@ -49,7 +50,7 @@ export interface StreamingServerOptions<R> {
 export interface WebSocketUpgrade<R> {
   kind: StreamKind;
   request: R;
-  /** The Sec-WebSocket-Protocol chosen (one of WEBSOCKET_PROTOCOLS). */
+  /** The Sec-WebSocket-Protocol chosen (WEBSOCKET_PROTOCOLS, or PORTFORWARD_WEBSOCKET_PROTOCOLS). */
   protocol: string;
   req: http.IncomingMessage;
   socket: Duplex;
@@ -169,7 +170,7 @@ export class StreamingServer<R> {
       return;
     }
     const { kind, request } = target.pending;
-    if (kind === "portforward" || !this.opts.serveWebSocket) {
+    if (!this.opts.serveWebSocket) {
       writeRaw(
         socket,
         400,
@@ -178,13 +179,15 @@ export class StreamingServer<R> {
       );
       return;
     }
-    const protocol = chooseWebSocketProtocol(req.headers["sec-websocket-protocol"]);
-    if (!protocol) {
+    const accepted: readonly string[] =
+      kind === "portforward" ? PORTFORWARD_WEBSOCKET_PROTOCOLS : WEBSOCKET_PROTOCOLS;
+    const protocol = chooseWebSocketProtocol(req.headers["sec-websocket-protocol"], accepted);
+    if (protocol === undefined) {
       writeRaw(
         socket,
         403,
         `unable to upgrade: no supported Sec-WebSocket-Protocol in ${JSON.stringify(req.headers["sec-websocket-protocol"] ?? "")}`,
-        { [HEADER_ACCEPTED_PROTOCOL_VERSIONS]: [...WEBSOCKET_PROTOCOLS] },
+        { [HEADER_ACCEPTED_PROTOCOL_VERSIONS]: accepted.filter(Boolean) },
       );
       return;
     }
@@ -250,7 +253,8 @@ function protocolHeaders(req: http.IncomingMessage): string[] {
   return out;
 }
 
-function writeRaw(
+/** An HTTP answer on a socket that asked to upgrade (the upgrade refused). */
+export function writeRaw(
   socket: Duplex,
   code: number,
   text: string,

@@ -26,7 +26,7 @@ const ERROR = 3;
 const RESIZE = 4;
 const CLOSE = 255;
 /** No client message needs more: stdin arrives in pieces, resizes are tiny. */
-const MAX_MESSAGE_BYTES = 1024 * 1024;
+export const MAX_MESSAGE_BYTES = 1024 * 1024;
 
 const server = new WebSocketServer({
   noServer: true,
@@ -36,13 +36,33 @@ const server = new WebSocketServer({
   handleProtocols: (offered) => offered.values().next().value ?? false,
 });
 
-/** The first of the client's Sec-WebSocket-Protocol values that we speak. */
-export function chooseWebSocketProtocol(header: string | undefined): string | undefined {
+/**
+ * The first of the client's Sec-WebSocket-Protocol values in `accepted`; a client that
+ * offers none gets "" when `accepted` lists it (port-forward's unnamed binary protocol).
+ */
+export function chooseWebSocketProtocol(
+  header: string | undefined,
+  accepted: readonly string[] = WEBSOCKET_PROTOCOLS,
+): string | undefined {
   const offered = (header ?? "")
     .split(",")
     .map((p) => p.trim())
     .filter(Boolean);
-  return offered.find((p) => (WEBSOCKET_PROTOCOLS as readonly string[]).includes(p));
+  if (offered.length === 0) return accepted.includes("") ? "" : undefined;
+  return offered.find((p) => accepted.includes(p));
+}
+
+/** Answers the upgrade with 101; ws is handed only `protocol`, so only that one is echoed. */
+export function acceptWebSocket(
+  req: http.IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  protocol: string,
+  onOpen: (ws: WebSocket) => void,
+): void {
+  if (protocol === "") delete req.headers["sec-websocket-protocol"];
+  else req.headers["sec-websocket-protocol"] = protocol;
+  server.handleUpgrade(req, socket, head, onOpen);
 }
 
 export interface WebSocketServeOptions {
@@ -62,10 +82,8 @@ export function serveWebSocketRemoteCommand(
   target: StreamTarget,
   serveOptions: WebSocketServeOptions = {},
 ): Promise<void> {
-  // Only the chosen protocol may be echoed: hand ws a request that offers just that one.
-  req.headers["sec-websocket-protocol"] = protocol;
   return new Promise((resolve) => {
-    server.handleUpgrade(req, socket, head, (ws) => {
+    acceptWebSocket(req, socket, head, protocol, (ws) => {
       void run(ws, protocol, opts, target, serveOptions).finally(resolve);
     });
   });
