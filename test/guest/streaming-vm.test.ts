@@ -36,6 +36,7 @@ const skip = !fs.existsSync(GUEST_DISK)
     ? `no ${CLIENT}: run scripts/build-stream-client.sh`
     : false;
 const WS_CLIENT = path.resolve(__dirname, "../../../test/clients/node-ws/exec.mjs");
+const WS_PORTFORWARD = path.resolve(__dirname, "../../../test/clients/node-ws/portforward.mjs");
 const execFileAsync = promisify(execFile);
 
 interface WsResult {
@@ -51,6 +52,22 @@ async function wsClient(url: string, ...stdin: string[]): Promise<WsResult> {
     timeout: 60_000,
   });
   return JSON.parse(stdout) as WsResult;
+}
+
+interface WsForwardResult {
+  protocol: string;
+  output: string;
+  errors: string;
+  error: string;
+}
+
+async function wsPortForward(url: string, port: number, request: string): Promise<WsForwardResult> {
+  const { stdout } = await execFileAsync(
+    process.execPath,
+    [WS_PORTFORWARD, url, String(port), request],
+    { timeout: 60_000 },
+  );
+  return JSON.parse(stdout) as WsForwardResult;
 }
 
 interface ClientResult {
@@ -444,6 +461,24 @@ describe("kubectl exec, attach and port-forward on a VM pod (SPDY, moby/spdystre
       /hello-from-the-guest/,
       "the session outlives a refused connection",
     );
+  });
+
+  // After the SPDY port-forward test: the same httpd in the guest, on 8080.
+  test("port-forward over WebSocket with @kubernetes/client-node: HTTP GET through v4.channel.k8s.io; a bad port is refused with 400", async () => {
+    const { url } = await cri.runtime.PortForward({ podSandboxId, port: [8080] });
+    const r = await wsPortForward(url, 8080, "GET /index.html HTTP/1.0\r\n\r\n");
+    assert.equal(r.error, "", JSON.stringify(r));
+    assert.equal(r.protocol, "v4.channel.k8s.io");
+    assert.match(r.output, /^HTTP\/1\.[01] 200/, JSON.stringify(r));
+    assert.match(r.output, /hello-from-the-guest/);
+    assert.equal(r.errors, "");
+    const refused = await wsPortForward(
+      (await cri.runtime.PortForward({ podSandboxId, port: [8080] })).url,
+      0,
+      "GET / HTTP/1.0\r\n\r\n",
+    );
+    assert.match(refused.error, /400/, JSON.stringify(refused));
+    assert.equal(refused.output, "");
   });
 
   test("hostile clients (truncated frame, huge header block, zlib bomb, 1000 streams) are refused and closed, on attach, exec and port-forward", async () => {
