@@ -2,7 +2,8 @@
 // names a link-local sender by an interface of vmlet's own netns): each is watched by a
 // uv_poll handle on Node's own event loop, called through koffi from the libuv that Node
 // exports. The handler runs on the main thread as libuv finds the fd readable, as a
-// dgram socket's would: no thread hand-off.
+// dgram socket's would: no thread hand-off. It needs a node binary that exports libuv's
+// symbols (Debian's and nodejs.org's do); one that hides them fails here at load, loudly.
 import koffi from "koffi";
 
 export type ReadableHandler = () => void;
