@@ -3,7 +3,9 @@
 //     to Status) vs ExecSync (grpc-js);
 //   port-forward connect latency: one small HTTP GET per connection through vmlet's
 //     port-forward vs the same GET over TCP straight to the pod IP;
-//   port-forward throughput: a 16 MiB download from busybox httpd in the guest, both ways.
+//   port-forward throughput: a 16 MiB download from busybox httpd in the guest, both ways,
+//     and over WebSocket (v4.channel.k8s.io, an in-process `ws` client timed from the dial
+//     to the server's close).
 // Usage: node dist/bench/streaming.js [N] (N rounds, 10 by default)
 import { execFile } from "node:child_process";
 import fs from "node:fs";
@@ -12,6 +14,7 @@ import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { promisify } from "node:util";
 import pino from "pino";
+import WebSocket from "ws";
 import { createVmLauncher } from "../src/runtime/vm/qemu-launcher";
 import { podConfig } from "../test/harness/test-vmlet";
 import { report } from "./lib";
@@ -39,6 +42,25 @@ async function client(...args: string[]): Promise<ClientResult> {
   const r = JSON.parse(stdout) as ClientResult;
   if (r.error) throw new Error(`stream client: ${r.error}`);
   return r;
+}
+
+/** One GET through WebSocket port-forward; the bytes on channel 0 after the port prefix. */
+function wsPortForward(
+  url: string,
+  request: string,
+): Promise<{ bytes: number; elapsedMs: number }> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const ws = new WebSocket(`${url.replace(/^http/, "ws")}?ports=8080`, ["v4.channel.k8s.io"]);
+    let bytes = -2; // the port prefix
+    ws.on("open", () => ws.send(Buffer.concat([Buffer.from([0]), Buffer.from(request)])));
+    ws.on("message", (data: Buffer) => {
+      if (data[0] === 0) bytes += data.length - 1;
+      else if (data[0] === 1 && data.length > 3) reject(new Error(`ws: ${data.subarray(1)}`));
+    });
+    ws.on("close", () => resolve({ bytes, elapsedMs: performance.now() - t0 }));
+    ws.on("error", reject);
+  });
 }
 
 async function until(what: string, check: () => Promise<boolean>, ms: number): Promise<void> {
@@ -129,6 +151,7 @@ async function main(): Promise<void> {
       "connect+GET: port-forward": [],
       [`${BIG_MIB} MiB: direct TCP`]: [],
       [`${BIG_MIB} MiB: port-forward`]: [],
+      [`${BIG_MIB} MiB: port-forward, WebSocket`]: [],
     };
     const cases: Array<() => Promise<void>> = [
       async () => {
@@ -163,6 +186,12 @@ async function main(): Promise<void> {
         checkBig(res);
         samples[`${BIG_MIB} MiB: port-forward`].push(res.elapsedMs);
       },
+      async () => {
+        const { url } = await r.PortForward({ podSandboxId, port: [8080] });
+        const res = await wsPortForward(url ?? "", get("big"));
+        if (res.bytes < BIG_MIB << 20) throw new Error(`ws download short: ${res.bytes} bytes`);
+        samples[`${BIG_MIB} MiB: port-forward, WebSocket`].push(res.elapsedMs);
+      },
     ];
     // Warm-up, then rounds in a rotating order so no case always runs first.
     for (const c of cases) await c();
@@ -192,16 +221,22 @@ async function main(): Promise<void> {
           of: `${BIG_MIB} MiB: port-forward`,
           to: `${BIG_MIB} MiB: direct TCP`,
         },
+        {
+          name: `${BIG_MIB} MiB: WebSocket / SPDY port-forward`,
+          of: `${BIG_MIB} MiB: port-forward, WebSocket`,
+          to: `${BIG_MIB} MiB: port-forward`,
+        },
       ],
       {
         throughputMiBps: {
           direct: mibps(`${BIG_MIB} MiB: direct TCP`),
           portForward: mibps(`${BIG_MIB} MiB: port-forward`),
+          portForwardWebSocket: mibps(`${BIG_MIB} MiB: port-forward, WebSocket`),
         },
       },
     );
     console.log(
-      `throughput: direct ${mibps(`${BIG_MIB} MiB: direct TCP`).toFixed(1)} MiB/s, port-forward ${mibps(`${BIG_MIB} MiB: port-forward`).toFixed(1)} MiB/s`,
+      `throughput: direct ${mibps(`${BIG_MIB} MiB: direct TCP`).toFixed(1)} MiB/s, port-forward ${mibps(`${BIG_MIB} MiB: port-forward`).toFixed(1)} MiB/s, over WebSocket ${mibps(`${BIG_MIB} MiB: port-forward, WebSocket`).toFixed(1)} MiB/s`,
     );
     await r.StopPodSandbox({ podSandboxId });
     await r.RemovePodSandbox({ podSandboxId });
