@@ -4,6 +4,7 @@
 // close, the Status on channel 3, refusals, and a message over the cap. Then port-forward
 // over WebSocket against real TCP listeners: the 2-byte port prefixes, channels 2i and 2i+1.
 import assert from "node:assert/strict";
+import crypto from "node:crypto";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import { after, before, describe, test } from "node:test";
@@ -280,6 +281,42 @@ describe("port-forward over WebSocket (kubelet's channel layout)", () => {
     assert.equal(Buffer.concat(on(2).slice(1)).toString(), "one:hi\n");
     assert.deepEqual(on(3), [le(one)]);
     assert.equal(errors.length, 1);
+  });
+
+  test("a reset ends its own port with ECONNRESET on its error channel; 4 MiB from another arrive whole, in messages of 1 MiB at most", async () => {
+    const big = crypto.randomBytes(4 << 20);
+    const servers = [
+      net.createServer((c) => c.once("data", () => c.resetAndDestroy())),
+      net.createServer((c) => c.once("data", () => c.end(big))),
+    ];
+    await Promise.all(
+      servers.map((sv) => new Promise<void>((res) => sv.listen(0, "127.0.0.1", () => res()))),
+    );
+    try {
+      const [reset, bulk] = servers.map(portOf);
+      const r = await forwardTalk(
+        `${server.urlFor("portforward", { ports: [] })}?ports=${reset}&ports=${bulk}`,
+        ["portforward.k8s.io"],
+        [
+          [0, "go\n"],
+          [2, "go\n"],
+        ],
+      );
+      assert.equal(r.protocol, "portforward.k8s.io");
+      const on = (channel: number) => r.messages.filter(([c]) => c === channel).map(([, b]) => b);
+      assert.match(
+        Buffer.concat(on(1).slice(1)).toString(),
+        new RegExp(`error forwarding port ${reset} to pod default/web: ECONNRESET`),
+      );
+      const got = Buffer.concat(on(2).slice(1));
+      assert.equal(got.length, big.length);
+      assert.ok(got.equals(big), "the bytes arrive unchanged");
+      assert.ok(on(2).every((b) => b.length <= 1 << 20));
+      assert.deepEqual(on(3), [le(bulk)], "no error for the port that worked");
+      assert.equal(r.closeCode, 1000);
+    } finally {
+      for (const sv of servers) sv.close();
+    }
   });
 
   test("no protocol header gets the unnamed binary one; the request's ports when the query has none", async () => {
