@@ -1,5 +1,6 @@
 // Port-forward over WebSocket, as kubelet serves it (portforward/websocket.go): the ports
-// come from the URL's query, and port i gets channel 2i for data and 2i+1 for errors. The
+// come from the URL's query (kubelet's CRI server takes the PortForward request's; that is
+// the fallback), and port i gets channel 2i for data and 2i+1 for errors. The
 // first message on each of the two carries the port (2 bytes, little-endian), then data
 // flows. One TCP connection per port; when every port is done the WebSocket closes.
 import type http from "node:http";
@@ -9,7 +10,10 @@ import { errorMessage } from "../errors";
 import { type PortDialer, PortForwardError } from "./portforward";
 import { acceptWebSocket, MAX_MESSAGE_BYTES } from "./websocket";
 
-/** kubelet's names (the unnamed one is binary); the client's order wins, as for exec. */
+/**
+ * kubelet's are v4, v4.base64 and none (binary); portforward.k8s.io (binary) is taken too,
+ * for clients that name the SPDY protocol. The client's order wins, as for exec.
+ */
 export const PORTFORWARD_WEBSOCKET_PROTOCOLS = [
   "portforward.k8s.io",
   "v4.channel.k8s.io",
