@@ -90,7 +90,14 @@ export function serveWebSocketPortForward(
   ports: readonly number[],
   options: WebSocketPortForwardOptions,
 ): void {
-  acceptWebSocket(req, socket, head, protocol, (ws) => run(ws, protocol, ports, options));
+  acceptWebSocket(
+    req,
+    socket,
+    head,
+    protocol,
+    (ws) => run(ws, protocol, ports, options),
+    () => options.onClose?.(),
+  );
 }
 
 function run(

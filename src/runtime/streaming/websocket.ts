@@ -59,10 +59,18 @@ export function acceptWebSocket(
   head: Buffer,
   protocol: string,
   onOpen: (ws: WebSocket) => void,
+  onRefused: () => void,
 ): void {
   if (protocol === "") delete req.headers["sec-websocket-protocol"];
   else req.headers["sec-websocket-protocol"] = protocol;
-  server.handleUpgrade(req, socket, head, onOpen);
+  // ws answers a bad handshake (say, a malformed Sec-WebSocket-Key) itself and closes the
+  // socket without calling onOpen: the caller still has to give back what it holds.
+  const refused = (): void => onRefused();
+  socket.once("close", refused);
+  server.handleUpgrade(req, socket, head, (ws) => {
+    socket.off("close", refused);
+    onOpen(ws);
+  });
 }
 
 export interface WebSocketServeOptions {
@@ -83,9 +91,16 @@ export function serveWebSocketRemoteCommand(
   serveOptions: WebSocketServeOptions = {},
 ): Promise<void> {
   return new Promise((resolve) => {
-    acceptWebSocket(req, socket, head, protocol, (ws) => {
-      void run(ws, protocol, opts, target, serveOptions).finally(resolve);
-    });
+    acceptWebSocket(
+      req,
+      socket,
+      head,
+      protocol,
+      (ws) => {
+        void run(ws, protocol, opts, target, serveOptions).finally(resolve);
+      },
+      resolve,
+    );
   });
 }
 

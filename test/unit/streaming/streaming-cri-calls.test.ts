@@ -116,6 +116,42 @@ describe("CRI streaming calls", () => {
     assert.equal(await upgradeStatus(fresh), 404);
   });
 
+  test("a WebSocket handshake ws refuses (bad Sec-WebSocket-Key) gives its slot back", async () => {
+    const urls = [
+      streaming.getExec({ containerId: "c1", cmd: ["true"], ...io }).url,
+      streaming.getPortForward({ podSandboxId: "p1", port: [80] }).url,
+    ];
+    for (const url of urls) {
+      const status = await new Promise<number>((resolve, reject) => {
+        const req = http.request(url, {
+          method: "GET",
+          headers: {
+            Connection: "Upgrade",
+            Upgrade: "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "not base64 of 16 bytes",
+            "Sec-WebSocket-Protocol": "v4.channel.k8s.io",
+          },
+        });
+        req.on("upgrade", (res, socket) => {
+          socket.destroy();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on("response", (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on("error", reject);
+        req.end();
+      });
+      assert.equal(status, 400, url);
+    }
+    for (let i = 0; i < 100 && streaming.activeStreams > 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(streaming.activeStreams, 0, "no connection is counted as served");
+  });
+
   test("too many URLs waiting: RESOURCE_EXHAUSTED until they are used or expire", async () => {
     now.t += 61_000;
     const urls = Array.from(
