@@ -4,9 +4,11 @@ import type dgram from "node:dgram";
 import { Rtnl } from "../sys/rtnl";
 import { addServedAddress, removeServedAddress, type ServedAddress } from "../sys/served-address";
 import { openBoundUdpSocket } from "../sys/udp";
+import { countDrop } from "../util/drop-log";
 import { ipv4ToUint32 } from "../util/ip";
 import { silentLog } from "../util/silent-log";
 import { type StepHook, timeStep } from "../util/steps";
+import { TokenBucket } from "../util/token-bucket";
 import { SERVER_PORT } from "./codec";
 import { DhcpIntercept } from "./intercept";
 import { type DhcpDropReason, type DhcpLease, type DhcpOutcome, DhcpResponder } from "./responder";
@@ -68,19 +70,18 @@ export class DhcpHandler {
     declined: 0,
     dropped: {},
   };
-  private tokens: number;
-  private refilledAt = Date.now();
+  private readonly replies: TokenBucket;
 
   constructor(
     serverId: string,
     leases: DhcpLease[],
     private readonly send: (datagram: Buffer, port: number, address: string) => Promise<void>,
     private readonly log: DhcpLog = silentLog,
-    private readonly maxPerSecond = 200,
+    maxPerSecond = 200,
     private readonly where = "",
   ) {
     this.responder = new DhcpResponder(serverId, leases);
-    this.tokens = maxPerSecond;
+    this.replies = new TokenBucket(maxPerSecond);
   }
 
   stats(): DhcpStats {
@@ -117,7 +118,7 @@ export class DhcpHandler {
       );
       return;
     }
-    if (!this.takeToken()) {
+    if (!this.replies.take()) {
       this.count("rate-limited", `${outcome.request.mac} ${outcome.reply.type}`);
       return;
     }
@@ -134,24 +135,8 @@ export class DhcpHandler {
     );
   }
 
-  private takeToken(): boolean {
-    const now = Date.now();
-    this.tokens = Math.min(
-      this.maxPerSecond,
-      this.tokens + ((now - this.refilledAt) * this.maxPerSecond) / 1000,
-    );
-    this.refilledAt = now;
-    if (this.tokens < 1) return false;
-    this.tokens--;
-    return true;
-  }
-
   private count(reason: DhcpDropReason, detail: string): void {
-    const dropped = this.counters.dropped;
-    dropped[reason] = (dropped[reason] ?? 0) + 1;
-    // A flood must not become a log flood: the first of each reason is a warning.
-    if (dropped[reason] === 1) this.log.warn({ where: this.where, reason, detail }, "DHCP drop");
-    else this.log.debug({ where: this.where, reason, detail }, "DHCP drop");
+    countDrop(this.counters.dropped, reason, this.log, { where: this.where, detail }, "DHCP drop");
   }
 }
 

@@ -1,6 +1,9 @@
 // What the DHCPv6 server does with each datagram, apart from the socket: decide, rate
 // limit, send, count and log. Never throws.
+
+import { countDrop } from "../util/drop-log";
 import { silentLog } from "../util/silent-log";
+import { TokenBucket } from "../util/token-bucket";
 import {
   type Dhcp6DropReason,
   type Dhcp6Lease,
@@ -34,19 +37,18 @@ export class Dhcp6Handler {
     declined: 0,
     dropped: {},
   };
-  private tokens: number;
-  private refilledAt = Date.now();
+  private readonly replies: TokenBucket;
 
   constructor(
     serverMac: string,
     leases: Dhcp6Lease[],
     private readonly send: Dhcp6Send,
     private readonly log: Ipv6Log = silentLog,
-    private readonly maxPerSecond = 200,
+    maxPerSecond = 200,
     private readonly where = "",
   ) {
     this.responder = new Dhcp6Responder(serverMac, leases);
-    this.tokens = maxPerSecond;
+    this.replies = new TokenBucket(maxPerSecond);
   }
 
   stats(): Dhcp6Stats {
@@ -80,7 +82,7 @@ export class Dhcp6Handler {
     if (note) {
       this.log.info({ where: this.where, mac: reply.mac, from: reply.address }, `DHCPv6 ${note}`);
     }
-    if (!this.takeToken()) {
+    if (!this.replies.take()) {
       this.count("rate-limited", `${reply.mac} ${reply.type} to ${reply.answers}`);
       return;
     }
@@ -103,23 +105,13 @@ export class Dhcp6Handler {
     );
   }
 
-  private takeToken(): boolean {
-    const now = Date.now();
-    this.tokens = Math.min(
-      this.maxPerSecond,
-      this.tokens + ((now - this.refilledAt) * this.maxPerSecond) / 1000,
-    );
-    this.refilledAt = now;
-    if (this.tokens < 1) return false;
-    this.tokens--;
-    return true;
-  }
-
   private count(reason: Dhcp6DropReason, detail: string): void {
-    const dropped = this.counters.dropped;
-    dropped[reason] = (dropped[reason] ?? 0) + 1;
-    // A flood must not become a log flood: the first of each reason is a warning.
-    if (dropped[reason] === 1) this.log.warn({ where: this.where, reason, detail }, "DHCPv6 drop");
-    else this.log.debug({ where: this.where, reason, detail }, "DHCPv6 drop");
+    countDrop(
+      this.counters.dropped,
+      reason,
+      this.log,
+      { where: this.where, detail },
+      "DHCPv6 drop",
+    );
   }
 }

@@ -2,6 +2,8 @@
 // and in answer to each router solicitation, from the bridge's link-local address (which
 // the guest then routes through). RFC 4861 sections 6.2.4 and 6.2.6.
 import type { Socket6 } from "../sys/socket6";
+import { countDrop } from "../util/drop-log";
+import { TokenBucket } from "../util/token-bucket";
 import type { Ipv6Log } from "./handler";
 import {
   ALL_NODES,
@@ -26,8 +28,7 @@ export class RouterAdvertiser {
   private readonly counters: RouterStats = { solicitations: 0, advertisements: 0, dropped: {} };
   private timer?: NodeJS.Timeout;
   private sentPeriodic = 0;
-  private tokens: number;
-  private refilledAt = Date.now();
+  private readonly replies: TokenBucket;
 
   constructor(
     private readonly socket: Socket6,
@@ -35,10 +36,10 @@ export class RouterAdvertiser {
     private readonly intervalMs: number,
     private readonly log: Ipv6Log,
     private readonly where: string,
-    private readonly maxPerSecond = 50,
+    maxPerSecond = 50,
   ) {
     this.advertisement = buildRouterAdvertisement(ra);
-    this.tokens = maxPerSecond;
+    this.replies = new TokenBucket(maxPerSecond);
   }
 
   start(): void {
@@ -73,7 +74,7 @@ export class RouterAdvertiser {
       this.count("malformed", `${error.message} from ${source}`);
       return;
     }
-    if (!this.takeToken()) {
+    if (!this.replies.take()) {
       this.count("rate-limited", `RS from ${source}`);
       return;
     }
@@ -90,22 +91,13 @@ export class RouterAdvertiser {
     }
   }
 
-  private takeToken(): boolean {
-    const now = Date.now();
-    this.tokens = Math.min(
-      this.maxPerSecond,
-      this.tokens + ((now - this.refilledAt) * this.maxPerSecond) / 1000,
-    );
-    this.refilledAt = now;
-    if (this.tokens < 1) return false;
-    this.tokens--;
-    return true;
-  }
-
   private count(reason: keyof RouterStats["dropped"], detail: string): void {
-    const dropped = this.counters.dropped;
-    dropped[reason] = (dropped[reason] ?? 0) + 1;
-    if (dropped[reason] === 1) this.log.warn({ where: this.where, reason, detail }, "IPv6 RA drop");
-    else this.log.debug({ where: this.where, reason, detail }, "IPv6 RA drop");
+    countDrop(
+      this.counters.dropped,
+      reason,
+      this.log,
+      { where: this.where, detail },
+      "IPv6 RA drop",
+    );
   }
 }
