@@ -3,7 +3,7 @@
 // veth keeps only its link to the node.
 import crypto from "node:crypto";
 import fs from "node:fs";
-import { type Rtnl, RtnlError } from "../sys/rtnl";
+import { ignoringRtnlErrors, type Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
 import { type Ipv4Route, ON_LINK } from "../util/ip";
 import { macToString } from "../util/mac";
@@ -58,7 +58,7 @@ export async function rewireInterface(
   const veth = await rtnl.link(ifname);
   // Routes through the veth go with its addresses; delete the rest explicitly first.
   for (const route of view.routes) {
-    await ignoring(["ESRCH", "ENOENT"], () =>
+    await ignoringRtnlErrors(["ESRCH", "ENOENT"], () =>
       rtnl.deleteRoute({
         dst: route.dst,
         dstLength: route.prefixLength,
@@ -68,7 +68,7 @@ export async function rewireInterface(
     );
   }
   for (const a of view.addresses) {
-    await ignoring(["EADDRNOTAVAIL"], () =>
+    await ignoringRtnlErrors(["EADDRNOTAVAIL"], () =>
       rtnl.deleteAddress(ifname, `${a.address}/${a.prefixLength}`),
     );
   }
@@ -108,13 +108,4 @@ export async function rewireInterface(
 async function pinGuestToTap(rtnl: Rtnl, names: RewireNames, guestMac: string): Promise<void> {
   await rtnl.setBridgePortLearning(names.ifname, false);
   await rtnl.setStaticFdb(names.tap, guestMac);
-}
-
-async function ignoring(codes: string[], step: () => Promise<void>): Promise<void> {
-  try {
-    await step();
-  } catch (error) {
-    if (error instanceof RtnlError && codes.includes(error.code)) return;
-    throw error;
-  }
 }

@@ -520,3 +520,16 @@ function enumValue(
 function rtFlagsRaw(flags: rt.RouteFlags | undefined): number | undefined {
   return flags ? rt.formatRouteFlags(flags) : undefined;
 }
+
+/** Runs `step`, treating an RtnlError with one of `codes` (say EEXIST on a re-run) as done. */
+export async function ignoringRtnlErrors(
+  codes: string[],
+  step: () => Promise<void>,
+): Promise<void> {
+  try {
+    await step();
+  } catch (error) {
+    if (error instanceof RtnlError && codes.includes(error.code)) return;
+    throw error;
+  }
+}

@@ -4,7 +4,13 @@
 // RA's source): a Calico-style /128 has no on-link neighbours, and a Flannel-style gateway
 // is a global address that no RA may come from.
 
-import { type AddressInfo, type LinkInfo, type RouteInfo, type Rtnl, RtnlError } from "../sys/rtnl";
+import {
+  type AddressInfo,
+  ignoringRtnlErrors,
+  type LinkInfo,
+  type RouteInfo,
+  type Rtnl,
+} from "../sys/rtnl";
 import { writeSysctl } from "../sys/sysctl";
 import { isLinkLocal } from "../util/ipv6";
 import type { PodIpv6 } from "./types";
@@ -64,15 +70,6 @@ export async function readGuestIpv6(rtnl: Rtnl, ifname: string): Promise<GuestIp
   return guestIpv6Of(link, addresses, await rtnl.routes(6));
 }
 
-async function ignoring(codes: string[], step: () => Promise<void>): Promise<void> {
-  try {
-    await step();
-  } catch (error) {
-    if (error instanceof RtnlError && codes.includes(error.code)) return;
-    throw error;
-  }
-}
-
 /**
  * Makes the pod netns the guest's IPv6 router: forwarding on, the netns's routes moved
  * from the veth (a bridge port, deaf to replies) to the bridge. The guest's own address
@@ -94,8 +91,10 @@ export async function routeGuestIpv6(
       dstLength: route.prefixLength,
       ...(route.gateway === ZERO6 ? {} : { gateway: route.gateway }),
     };
-    await ignoring(["ESRCH", "ENOENT"], () => rtnl.deleteRoute({ ...spec, device: names.ifname }));
-    await ignoring(["EEXIST"], () => rtnl.addRoute({ ...spec, device: names.bridge }));
+    await ignoringRtnlErrors(["ESRCH", "ENOENT"], () =>
+      rtnl.deleteRoute({ ...spec, device: names.ifname }),
+    );
+    await ignoringRtnlErrors(["EEXIST"], () => rtnl.addRoute({ ...spec, device: names.bridge }));
   }
 }
 

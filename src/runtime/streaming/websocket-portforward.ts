@@ -8,7 +8,7 @@ import type { Duplex } from "node:stream";
 import type { WebSocket } from "ws";
 import { errorMessage } from "../errors";
 import { type PortDialer, PortForwardError } from "./portforward";
-import { acceptWebSocket, MAX_MESSAGE_BYTES } from "./websocket";
+import { acceptWebSocket, decodeChannelMessage, MAX_MESSAGE_BYTES } from "./websocket";
 
 /**
  * kubelet's are v4, v4.base64 and none (binary); portforward.k8s.io (binary) is taken too,
@@ -194,16 +194,7 @@ function run(
   };
 
   ws.on("message", (raw: Buffer, isBinary: boolean) => {
-    let channel: number;
-    let data: Buffer;
-    if (base64 && !isBinary) {
-      const text = raw.toString("latin1");
-      channel = text.charCodeAt(0) - 0x30;
-      data = Buffer.from(text.slice(1), "base64");
-    } else {
-      channel = raw[0] ?? -1;
-      data = raw.subarray(1);
-    }
+    const { channel, data } = decodeChannelMessage(raw, isBinary, base64);
     // Odd channels are ours to write (kubelet ignores the client there), as are unknown ones.
     const f = channel % 2 === 0 ? forwards[channel / 2] : undefined;
     if (!f || f.done || data.length === 0) return;

@@ -53,6 +53,22 @@ export function chooseWebSocketProtocol(
 }
 
 /** Answers the upgrade with 101; ws is handed only `protocol`, so only that one is echoed. */
+/**
+ * One channel message: the channel number first (a byte, or an ASCII digit under the
+ * base64 protocols), then its data.
+ */
+export function decodeChannelMessage(
+  raw: Buffer,
+  isBinary: boolean,
+  base64: boolean,
+): { channel: number; data: Buffer } {
+  if (base64 && !isBinary) {
+    const text = raw.toString("latin1");
+    return { channel: text.charCodeAt(0) - 0x30, data: Buffer.from(text.slice(1), "base64") };
+  }
+  return { channel: raw[0] ?? -1, data: raw.subarray(1) };
+}
+
 export function acceptWebSocket(
   req: http.IncomingMessage,
   socket: Duplex,
@@ -135,16 +151,7 @@ async function run(
   const resize = opts.tty ? new ResizeQueue() : undefined;
   const decoder = new ResizeDecoder();
   ws.on("message", (raw: Buffer, isBinary: boolean) => {
-    let channel: number;
-    let data: Buffer;
-    if (base64 && !isBinary) {
-      const text = raw.toString("latin1");
-      channel = text.charCodeAt(0) - 0x30;
-      data = Buffer.from(text.slice(1), "base64");
-    } else {
-      channel = raw[0] ?? -1;
-      data = raw.subarray(1);
-    }
+    const { channel, data } = decodeChannelMessage(raw, isBinary, base64);
     if (channel === STDIN) stdin?.write(data);
     else if (channel === RESIZE && resize) {
       try {
