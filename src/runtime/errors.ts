@@ -50,6 +50,3 @@ export function notFound(message: string): CriError {
 export function failedPrecondition(message: string): CriError {
   return new CriError("FAILED_PRECONDITION", message);
 }
-
-// The one errorMessage, for the runtime's callers that import it with CriError.
-export { errorMessage } from "../util/errors";

@@ -1,8 +1,9 @@
 // Watching the VMs: a started or adopted VM's exit is recorded once, under its pod's
 // lock; a VM on record after a restart is adopted again, or recorded exited if gone.
+
+import { errorMessage } from "../util/errors";
 import { containerLog, type Running, type RuntimeContext, UNKNOWN_EXIT } from "./context";
 import { nowNs, toNs } from "./convert";
-import { errorMessage } from "./errors";
 import type { ContainerRecord } from "./store/records";
 import type { VmExit, VmHandle } from "./types";
 

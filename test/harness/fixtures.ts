@@ -97,3 +97,58 @@ export function nodeEndOf(netns: string, ifname = "eth0"): string {
   if (!link) throw new Error(`no node end of ${ifname} in ${netns}`);
   return link.ifname;
 }
+
+export interface BridgedGuest {
+  host: TestNetns;
+  pod: TestNetns;
+  guest: TestNetns;
+  /** The host's end of the uplink veth, up and without addresses. */
+  hostVeth: string;
+}
+
+/**
+ * host <-veth "uplink"-> pod bridge <-veth `guestPort`-> guest "eth0" (MAC `guestMac`,
+ * MTU 1500, left down): the shape of a rewired pod, with a veth standing in for the tap.
+ */
+export function bridgedGuest(
+  tags: { host: string; pod: string; guest: string },
+  names: { bridge: string; guestPort: string; guestMac: string },
+): BridgedGuest {
+  const host = makeNetns(tags.host);
+  const pod = makeNetns(tags.pod);
+  const guest = makeNetns(tags.guest);
+  const hostVeth = uniqueName("hv");
+  ipIn(
+    host.name,
+    "link",
+    "add",
+    hostVeth,
+    "type",
+    "veth",
+    "peer",
+    "name",
+    "uplink",
+    "netns",
+    pod.name,
+  );
+  ipIn(
+    guest.name,
+    "link",
+    "add",
+    "eth0",
+    "type",
+    "veth",
+    "peer",
+    "name",
+    names.guestPort,
+    "netns",
+    pod.name,
+  );
+  ipIn(guest.name, "link", "set", "eth0", "address", names.guestMac, "mtu", "1500");
+  ipIn(pod.name, "link", "add", names.bridge, "type", "bridge");
+  for (const port of ["uplink", names.guestPort])
+    ipIn(pod.name, "link", "set", port, "master", names.bridge, "up");
+  ipIn(pod.name, "link", "set", names.bridge, "up");
+  ipIn(host.name, "link", "set", hostVeth, "up");
+  return { host, pod, guest, hostVeth };
+}

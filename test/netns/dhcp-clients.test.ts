@@ -2,19 +2,19 @@
 // guest netns whose NIC is bridged, through a veth standing in for the tap, with the
 // pod's uplink veth on the pod bridge the server listens on.
 import assert from "node:assert/strict";
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type DhcpLease, DhcpServer } from "../../src/dhcp/server";
+import { ClientProcess, waitFor } from "../harness/client-process";
 import {
+  bridgedGuest,
   ipIn,
-  makeNetns,
   requirePrivateNamespace,
   sendUdp,
   type TestNetns,
-  uniqueName,
 } from "../harness/fixtures";
 
 requirePrivateNamespace();
@@ -60,43 +60,11 @@ function leaseFor(kind: NetworkKind, leaseSeconds: number): DhcpLease {
 
 /** host <-veth-> pod bridge <-veth "tap"-> guest, wired as the CNI network would be. */
 function makeTopology(kind: NetworkKind, leaseSeconds: number): Topology {
-  const host = makeNetns("h");
-  const pod = makeNetns("p");
-  const guest = makeNetns("g");
+  const { host, pod, guest, hostVeth } = bridgedGuest(
+    { host: "h", pod: "p", guest: "g" },
+    { bridge: BRIDGE, guestPort: GUEST_PORT, guestMac: GUEST_MAC },
+  );
   const lease = leaseFor(kind, leaseSeconds);
-  const hostVeth = uniqueName("hv");
-  ipIn(
-    host.name,
-    "link",
-    "add",
-    hostVeth,
-    "type",
-    "veth",
-    "peer",
-    "name",
-    "uplink",
-    "netns",
-    pod.name,
-  );
-  ipIn(
-    guest.name,
-    "link",
-    "add",
-    "eth0",
-    "type",
-    "veth",
-    "peer",
-    "name",
-    GUEST_PORT,
-    "netns",
-    pod.name,
-  );
-  ipIn(guest.name, "link", "set", "eth0", "address", GUEST_MAC, "mtu", "1500");
-  ipIn(pod.name, "link", "add", BRIDGE, "type", "bridge");
-  for (const port of ["uplink", GUEST_PORT])
-    ipIn(pod.name, "link", "set", port, "master", BRIDGE, "up");
-  ipIn(pod.name, "link", "set", BRIDGE, "up");
-  ipIn(host.name, "link", "set", hostVeth, "up");
   let hostAddress: string;
   if (kind === "flannel") {
     ipIn(host.name, "addr", "add", "10.244.1.1/24", "dev", hostVeth);
@@ -136,54 +104,6 @@ function makeTopology(kind: NetworkKind, leaseSeconds: number): Topology {
       host.remove();
     },
   };
-}
-
-/** A client process we started, with its output kept. */
-class Client {
-  output = "";
-  private readonly started = Date.now();
-  private readonly child: ChildProcess;
-  constructor(netns: string, argv: string[]) {
-    // unshare --uts: a client's hostname hook must not rename this machine.
-    this.child = spawn("ip", ["netns", "exec", netns, "unshare", "--uts", ...argv], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const keep = (d: Buffer) => {
-      const at = ((Date.now() - this.started) / 1000).toFixed(1);
-      this.output += d.toString().replace(/^(?=.)/gm, `[${at}] `);
-    };
-    this.child.stdout?.on("data", keep);
-    this.child.stderr?.on("data", keep);
-  }
-  count(re: RegExp): number {
-    return this.output.match(new RegExp(re.source, "g"))?.length ?? 0;
-  }
-  signal(sig: NodeJS.Signals): void {
-    if (this.child.pid !== undefined && this.child.exitCode === null)
-      process.kill(this.child.pid, sig);
-  }
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null || this.child.pid === undefined) return;
-    const exited = new Promise((r) => this.child.once("exit", r));
-    process.kill(this.child.pid, "SIGTERM");
-    const timer = setTimeout(() => this.signal("SIGKILL"), 3000);
-    await exited;
-    clearTimeout(timer);
-  }
-}
-
-async function waitFor<T>(
-  what: string,
-  ms: number,
-  probe: () => T | undefined | false,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 interface GuestState {
@@ -247,11 +167,11 @@ function cutUnicastPath(t: Topology): void {
 interface ClientSpec {
   name: string;
   leaseSeconds: number;
-  start(t: Topology, dir: string): Client;
+  start(t: Topology, dir: string): ClientProcess;
   /** Whether the client installs option 121 routes. */
   classless: boolean;
   /** Makes the client renew now (by unicast), or undefined to wait for T1. */
-  renew?: (c: Client, t: Topology) => void;
+  renew?: (c: ClientProcess, t: Topology) => void;
   acks: RegExp;
   /** What the client logs when it broadcasts a REQUEST in the rebinding state. */
   rebind: RegExp;
@@ -268,7 +188,7 @@ const clients: ClientSpec[] = [
     leaseSeconds: 10,
     classless: false,
     start: (t, dir) =>
-      new Client(t.guest.name, [
+      new ClientProcess(t.guest.name, [
         "udhcpc",
         "-f",
         "-i",
@@ -298,7 +218,7 @@ const clients: ClientSpec[] = [
       const conf = path.join(dir, "dhclient.conf");
       const stock = fs.readFileSync("/etc/dhcp/dhclient.conf", "utf8");
       fs.writeFileSync(conf, `${stock}\ninitial-interval 1;\nbackoff-cutoff 1;\n`);
-      return new Client(t.guest.name, [
+      return new ClientProcess(t.guest.name, [
         "dhclient",
         "-4",
         "-d",
@@ -342,7 +262,7 @@ const clients: ClientSpec[] = [
           "",
         ].join("\n"),
       );
-      return new Client(t.guest.name, ["dhcpcd", "-4", "-B", "-d", "-f", conf, "eth0"]);
+      return new ClientProcess(t.guest.name, ["dhcpcd", "-4", "-B", "-d", "-f", conf, "eth0"]);
     },
     acks: /acknowledged \S+ from/,
     rebind: /failed to renew DHCP, rebinding/,

@@ -11,13 +11,7 @@ import { Ipv6Server } from "../../src/dhcp6/server";
 import { Rtnl } from "../../src/sys/rtnl";
 import { type GuestIpv6, routeGuestIpv6 } from "../../src/tapmanager/guest-ipv6";
 import { waitFor } from "../harness/client-process";
-import {
-  ipIn,
-  makeNetns,
-  requirePrivateNamespace,
-  type TestNetns,
-  uniqueName,
-} from "../harness/fixtures";
+import { bridgedGuest, ipIn, requirePrivateNamespace, type TestNetns } from "../harness/fixtures";
 import {
   execFileAsync,
   guest6,
@@ -56,42 +50,10 @@ function sysctl(netns: string, ...settings: string[]): void {
 
 /** host <-veth-> pod bridge <-veth "tap"-> guest, with the pod's routes as CNI left them, moved as vmlet moves them. */
 async function makeTopology(kind: Kind): Promise<Topology> {
-  const host = makeNetns("h6");
-  const pod = makeNetns("p6");
-  const guest = makeNetns("g6");
-  const hostVeth = uniqueName("hv");
-  ipIn(
-    host.name,
-    "link",
-    "add",
-    hostVeth,
-    "type",
-    "veth",
-    "peer",
-    "name",
-    "uplink",
-    "netns",
-    pod.name,
+  const { host, pod, guest, hostVeth } = bridgedGuest(
+    { host: "h6", pod: "p6", guest: "g6" },
+    { bridge: BRIDGE, guestPort: GUEST_PORT, guestMac: GUEST_MAC },
   );
-  ipIn(
-    guest.name,
-    "link",
-    "add",
-    "eth0",
-    "type",
-    "veth",
-    "peer",
-    "name",
-    GUEST_PORT,
-    "netns",
-    pod.name,
-  );
-  ipIn(guest.name, "link", "set", "eth0", "address", GUEST_MAC, "mtu", "1500");
-  ipIn(pod.name, "link", "add", BRIDGE, "type", "bridge");
-  for (const port of ["uplink", GUEST_PORT])
-    ipIn(pod.name, "link", "set", port, "master", BRIDGE, "up");
-  ipIn(pod.name, "link", "set", BRIDGE, "up");
-  ipIn(host.name, "link", "set", hostVeth, "up");
   let ipv6: GuestIpv6;
   let hostAddress: string;
   let address: string;

@@ -3,6 +3,7 @@
 // container is its VM; every change runs under the pod's lock.
 import fs from "node:fs";
 import path from "node:path";
+import { errorMessage } from "../../util/errors";
 import {
   containerLog,
   containersOf,
@@ -23,7 +24,7 @@ import {
   nowNs,
 } from "../convert";
 import type * as cri from "../cri/generated";
-import { CriError, errorMessage, failedPrecondition, invalidArgument, notFound } from "../errors";
+import { CriError, failedPrecondition, invalidArgument, notFound } from "../errors";
 import { imageId, repoDigests } from "../images/image-store";
 import { containerLogPath, makeLogDirs } from "../log-path";
 import type { ContainerRecord } from "../store/records";

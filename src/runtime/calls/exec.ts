@@ -1,7 +1,9 @@
 // ExecSync: a command in the VM through the QEMU guest agent (exec probes, crictl exec -s).
+
+import { errorMessage } from "../../util/errors";
 import { mustContainer, type RuntimeContext } from "../context";
 import type * as cri from "../cri/generated";
-import { CriError, errorMessage, failedPrecondition, invalidArgument } from "../errors";
+import { CriError, failedPrecondition, invalidArgument } from "../errors";
 import {
   GuestAgentCommandError,
   GuestAgentUnavailableError,

@@ -3,6 +3,7 @@
 // it is recorded `creating` before anything is built, so a crash leaves nothing unknown.
 import fs from "node:fs";
 import type { Logger } from "pino";
+import { errorMessage } from "../../util/errors";
 import { KeyedLock } from "../../util/keyed-lock";
 import { cniCapabilities } from "../cni-capabilities";
 import {
@@ -24,7 +25,7 @@ import {
   sandboxStatusMessage,
 } from "../convert";
 import type * as cri from "../cri/generated";
-import { CriError, errorMessage, invalidArgument } from "../errors";
+import { CriError, invalidArgument } from "../errors";
 import { allowedSourcePrefixes } from "../net-annotations";
 import type { SandboxRecord } from "../store/records";
 import type { ContainerCalls } from "./container";

@@ -5,8 +5,9 @@
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
+import { errorMessage } from "../../util/errors";
 import type * as cri from "../cri/generated";
-import { CriError, errorMessage, invalidArgument } from "../errors";
+import { CriError, invalidArgument } from "../errors";
 import { ConsoleAttacher } from "./console-attach";
 import { guestExecTarget } from "./guest-exec-target";
 import { servePortForward } from "./portforward";

@@ -4,7 +4,7 @@
 // pod. A pair that fails (refused, reset, broken pipe) ends alone: the session, and the
 // other pairs, go on until the client closes.
 import type { Duplex } from "node:stream";
-import { errorMessage } from "../errors";
+import { errorMessage } from "../../util/errors";
 import { STREAM_CREATION_TIMEOUT_MS } from "./remotecommand";
 import type { SpdySession } from "./spdy/session";
 import type { SpdyStream } from "./spdy/stream";

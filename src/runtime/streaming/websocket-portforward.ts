@@ -6,7 +6,7 @@
 import type http from "node:http";
 import type { Duplex } from "node:stream";
 import type { WebSocket } from "ws";
-import { errorMessage } from "../errors";
+import { errorMessage } from "../../util/errors";
 import { type PortDialer, PortForwardError } from "./portforward";
 import { acceptWebSocket, decodeChannelMessage, MAX_MESSAGE_BYTES } from "./websocket";
 

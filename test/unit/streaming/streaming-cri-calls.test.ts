@@ -8,16 +8,19 @@ import pino from "pino";
 import { CriError, failedPrecondition, notFound } from "../../../src/runtime/errors";
 import { CriStreaming, parseAddress } from "../../../src/runtime/streaming/cri-calls";
 
-function upgradeStatus(url: string, protocol = "v4.channel.k8s.io"): Promise<number> {
+const spdyUpgrade = (protocol: string) => ({
+  Connection: "Upgrade",
+  Upgrade: "SPDY/3.1",
+  "X-Stream-Protocol-Version": protocol,
+});
+
+function upgradeStatus(
+  url: string,
+  headers: http.OutgoingHttpHeaders = spdyUpgrade("v4.channel.k8s.io"),
+  method = "POST",
+): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, {
-      method: "POST",
-      headers: {
-        Connection: "Upgrade",
-        Upgrade: "SPDY/3.1",
-        "X-Stream-Protocol-Version": protocol,
-      },
-    });
+    const req = http.request(url, { method, headers });
     req.on("upgrade", (res, socket) => {
       socket.destroy();
       resolve(res.statusCode ?? 0);
@@ -122,28 +125,17 @@ describe("CRI streaming calls", () => {
       streaming.getPortForward({ podSandboxId: "p1", port: [80] }).url,
     ];
     for (const url of urls) {
-      const status = await new Promise<number>((resolve, reject) => {
-        const req = http.request(url, {
-          method: "GET",
-          headers: {
-            Connection: "Upgrade",
-            Upgrade: "websocket",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "not base64 of 16 bytes",
-            "Sec-WebSocket-Protocol": "v4.channel.k8s.io",
-          },
-        });
-        req.on("upgrade", (res, socket) => {
-          socket.destroy();
-          resolve(res.statusCode ?? 0);
-        });
-        req.on("response", (res) => {
-          res.resume();
-          resolve(res.statusCode ?? 0);
-        });
-        req.on("error", reject);
-        req.end();
-      });
+      const status = await upgradeStatus(
+        url,
+        {
+          Connection: "Upgrade",
+          Upgrade: "websocket",
+          "Sec-WebSocket-Version": "13",
+          "Sec-WebSocket-Key": "not base64 of 16 bytes",
+          "Sec-WebSocket-Protocol": "v4.channel.k8s.io",
+        },
+        "GET",
+      );
       assert.equal(status, 400, url);
     }
     for (let i = 0; i < 100 && streaming.activeStreams > 0; i++) {
@@ -162,7 +154,7 @@ describe("CRI streaming calls", () => {
       code(() => streaming.getPortForward({ podSandboxId: "p1", port: [] })),
       /^RESOURCE_EXHAUSTED: streaming: 5 stream requests already waiting/,
     );
-    assert.equal(await upgradeStatus(urls[0] ?? "", "portforward.k8s.io"), 101);
+    assert.equal(await upgradeStatus(urls[0] ?? "", spdyUpgrade("portforward.k8s.io")), 101);
     assert.equal(
       code(() => streaming.getPortForward({ podSandboxId: "p1", port: [] })),
       "OK",
