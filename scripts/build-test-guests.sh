@@ -3,13 +3,15 @@
 #   vmlinuz          the Debian cloud kernel (linux-image-cloud-amd64's dependency)
 #   initrd.cpio.gz   busybox-static, the virtio-net, virtio-serial, virtio-blk, ISO 9660
 #                    and ACPI button modules, qemu-ga with its libraries, Debian's
-#                    stock udhcpc script (unchanged) and test/guests/{init,report.script,
-#                    power-button}
+#                    stock udhcpc script (unchanged), busybox udhcpc6 (built from
+#                    Debian's busybox source by build-udhcpc6.sh) and test/guests/{init,
+#                    report.script,power-button,udhcpc6.script,report6.script,resolvconf}
+#   busybox-udhcpc6  that udhcpc6 (also run by the relay guest's IPv6 tests)
 #   disk.qcow2       a FAT disk with syslinux, the same kernel and initramfs: boots from
 #                    virtio-blk through SeaBIOS
 # Idempotent: each step is skipped when its outputs exist and are newer than its inputs.
 # Needs: apt-get, dpkg, cpio, gzip, mtools, dosfstools, syslinux, qemu-utils,
-# qemu-guest-agent.
+# qemu-guest-agent, and what build-udhcpc6.sh needs (dpkg-dev, gcc, make, libc6-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -81,6 +83,7 @@ unpack "$KDEB" "$OUT/pkg/kernel"
 unpack "$BBDEB" "$OUT/pkg/busybox-static"
 unpack "$UDEB" "$OUT/pkg/udhcpc"
 KVER=${KPKG#linux-image-}
+scripts/build-udhcpc6.sh
 
 # 2. Kernel.
 if ! up_to_date "$OUT/vmlinuz" "$OUT/pkg/kernel/.unpacked"; then
@@ -93,12 +96,13 @@ fi
 
 # 3. Initramfs.
 INITRD_INPUTS=("$OUT/pkg/kernel/.unpacked" "$OUT/pkg/busybox-static/.unpacked"
-  "$OUT/pkg/udhcpc/.unpacked" "$SRC/init" "$SRC/report.script" "$SRC/power-button" "$QGA" "$SELF")
+  "$OUT/pkg/udhcpc/.unpacked" "$SRC/init" "$SRC/report.script" "$SRC/power-button" "$QGA" "$SELF"
+  "$OUT/busybox-udhcpc6" "$SRC/udhcpc6.script" "$SRC/report6.script" "$SRC/resolvconf")
 if ! up_to_date "$OUT/initrd.cpio.gz" "${INITRD_INPUTS[@]}"; then
   say "initramfs -> .cache/guests/initrd.cpio.gz"
   R=$OUT/initrd-root
   rm -rf "$R"
-  mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,lib/modules,proc,sys,dev,run,tmp,root}
+  mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,etc/udhcpc6,lib/modules,proc,sys,dev,run,tmp,root}
   cp "$OUT/pkg/busybox-static/bin/busybox" "$R/bin/busybox"
   # One symlink per applet, as busybox --install -s would make at boot.
   "$R/bin/busybox" --list-full | while read -r applet; do
@@ -130,11 +134,19 @@ if ! up_to_date "$OUT/initrd.cpio.gz" "${INITRD_INPUTS[@]}"; then
   done
   cp "$OUT/pkg/udhcpc/etc/udhcpc/default.script" "$R/etc/udhcpc/default.script"
   cp "$SRC/report.script" "$R/etc/udhcpc/report.script"
+  # udhcpc6 by that name (named busybox*, the binary would take its first argument as the applet)
+  cp "$OUT/busybox-udhcpc6" "$R/bin/busybox-udhcpc6"
+  ln -s /bin/busybox-udhcpc6 "$R/sbin/udhcpc6"
+  cp "$SRC/udhcpc6.script" "$R/etc/udhcpc6/default.script"
+  cp "$SRC/report6.script" "$R/etc/udhcpc6/report.script"
+  # resolvconf: Debian's stock udhcpc script then keeps its resolver lines beside udhcpc6's
+  cp "$SRC/resolvconf" "$R/sbin/resolvconf"
   cp "$SRC/init" "$R/init"
   mkdir -p "$R/etc/acpi/PWRF"
   cp "$SRC/power-button" "$R/etc/acpi/PWRF/00000080"
   chmod 755 "$R/etc/acpi/PWRF/00000080"
-  chmod 755 "$R/init" "$R/etc/udhcpc/default.script" "$R/etc/udhcpc/report.script"
+  chmod 755 "$R/init" "$R/etc/udhcpc/default.script" "$R/etc/udhcpc/report.script" \
+    "$R/etc/udhcpc6/default.script" "$R/etc/udhcpc6/report.script" "$R/sbin/resolvconf"
   echo "root:x:0:0:root:/root:/bin/sh" >"$R/etc/passwd"
   echo "root:x:0:" >"$R/etc/group"
   echo "vmlet-guest" >"$R/etc/hostname"

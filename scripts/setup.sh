@@ -31,6 +31,8 @@ APT_PACKAGES=(
   containerd runc docker-registry busybox-static
   # ndisc6: rdisc6 sends router solicitations in the IPv6 tests and bench/dhcp6.ts; scapy checks the codecs
   ndisc6 python3-scapy
+  # busybox udhcpc6, built from Debian's busybox source (scripts/build-udhcpc6.sh)
+  dpkg-dev gcc make libc6-dev bzip2 xz-utils
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

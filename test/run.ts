@@ -1,6 +1,7 @@
 // The test runner: re-enters itself in a private namespace, then runs every test file
 // (unit/, netns/, guest/) with Node's test runner. Arguments narrow the run to files whose
-// path contains one of them. `npm run test:unit` runs unit/ alone, without root.
+// path contains one of them; VMLET_TEST_NAME=REGEX runs only the tests whose name matches
+// (node --test-name-pattern). `npm run test:unit` runs unit/ alone, without root.
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -19,9 +20,17 @@ async function main(): Promise<void> {
     (f) => filters.length === 0 || filters.some((x) => f.includes(x)),
   );
   if (files.length === 0) throw new Error(`no test files match ${filters.join(" ")}`);
+  const byName = process.env.VMLET_TEST_NAME;
   const result = spawnSync(
     process.execPath,
-    ["--test", "--test-reporter=spec", "--test-concurrency=1", "--test-timeout=300000", ...files],
+    [
+      "--test",
+      "--test-reporter=spec",
+      "--test-concurrency=1",
+      "--test-timeout=300000",
+      ...(byName ? [`--test-name-pattern=${byName}`] : []),
+      ...files,
+    ],
     { stdio: "inherit" },
   );
   process.exit(result.status ?? 1);

@@ -53,7 +53,7 @@ export interface Dhcp6Reply {
   /** What the reply answers, for the logs. */
   answers: string;
   datagram: Buffer;
-  /** The client's link-local source, and port 546. */
+  /** The client's source (its link-local, or its lease for a unicast), and port 546. */
   address: string;
   port: number;
   mac: string;
@@ -69,6 +69,13 @@ export type Dhcp6Outcome =
 const TYPE_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(Dhcp6Type).map(([name, code]) => [code, name]),
 );
+/** What a client may send by unicast (RFC 8415 section 21.12, the Server Unicast option). */
+const UNICAST_TYPES: ReadonlySet<number> = new Set([
+  Dhcp6Type.REQUEST,
+  Dhcp6Type.RENEW,
+  Dhcp6Type.RELEASE,
+  Dhcp6Type.DECLINE,
+]);
 /** 255: a client takes this ADVERTISE at once instead of waiting for others (18.2.1). */
 const MAX_PREFERENCE = 255;
 
@@ -133,10 +140,13 @@ export class Dhcp6Responder {
     }
   }
 
-  private decide(m: Dhcp6Message, source: string): Dhcp6Outcome {
+  private decide(m: Dhcp6Message, from: string): Dhcp6Outcome {
     // (Addresses parsed from the wire are in canonical form: compared as text below.)
-    // Clients send from their link-local address (section 13.1); a reply goes back to it.
-    if (!isLinkLocal(source)) return drop("not-link-local", `from ${source}`);
+    // Clients multicast from their link-local address (section 16); a reply goes back to
+    // it. A unicast from elsewhere is answered only from the client's own lease (below).
+    const unicast = !isLinkLocal(from);
+    if (unicast && !UNICAST_TYPES.has(m.type)) return drop("not-link-local", `from ${from}`);
+    const source = unicast ? normalIpv6(from) : from;
     const name = TYPE_NAMES[m.type] ?? `type ${m.type}`;
     switch (m.type) {
       case Dhcp6Type.ADVERTISE:
@@ -174,6 +184,13 @@ export class Dhcp6Responder {
         "unknown-client",
         `${name} from ${source} (DUID MAC ${m.clientId?.mac ?? "none"})`,
       );
+    }
+    // busybox udhcpc6 (1.35) renews by a unicast REQUEST from its leased address to the
+    // server's link-local, though no Server Unicast option allowed it (21.12); UseMulticast
+    // would make it drop the address. The lease's own address is on this link (a /128
+    // route and a neighbour entry on the bridge): the reply goes there, and nowhere else.
+    if (unicast && source !== lease.address) {
+      return drop("not-link-local", `${name} from ${source}, which is not ${lease.mac}'s lease`);
     }
     switch (m.type) {
       case Dhcp6Type.SOLICIT:

@@ -1,11 +1,14 @@
-// IPv6 clients in a guest netns (ISC dhclient -6, dhcpcd) and what a user checks of the
-// guest's IPv6 afterwards: its global addresses, default route, IPv6 MTU, reachability.
+// IPv6 clients in a guest netns (ISC dhclient -6, dhcpcd, busybox udhcpc6 with the test
+// guests' script) and what a user checks of the guest's IPv6 afterwards: its global
+// addresses, default route, IPv6 MTU, DNS servers, reachability.
 import { execFile, execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
+import { normalIpv6 } from "../../src/util/ipv6";
 import { ClientProcess } from "./client-process";
 import { ipIn, run } from "./fixtures";
+import { guestDir } from "./guest-vm";
 
 export const execFileAsync = promisify(execFile);
 
@@ -58,14 +61,37 @@ export function linkLocalOf(netns: string, dev: string): string | undefined {
   return link?.addr_info.find((a) => !a.tentative)?.local;
 }
 
-export type Ipv6ClientKind = "dhclient" | "dhcpcd";
+/** The nameserver lines of a resolv.conf, each address in canonical form (udhcpc6 writes them uncompressed). */
+export function nameservers(resolvConf: string): string[] {
+  return [...resolvConf.matchAll(/^nameserver\s+(\S+)/gm)].map((m) => {
+    try {
+      return normalIpv6(m[1]!);
+    } catch {
+      return m[1]!;
+    }
+  });
+}
+
+export type Ipv6ClientKind = "dhclient" | "dhcpcd" | "udhcpc6";
 
 export interface Ipv6Client {
   process: ClientProcess;
   /** What it logs for each REPLY it takes. */
   replies: RegExp;
+  /** Asks for a renewal now (udhcpc6: SIGUSR1); absent where the client has no trigger. */
+  renew?(): void;
   stop(): Promise<void>;
 }
+
+/** busybox udhcpc6, built by scripts/build-udhcpc6.sh (Debian 12's busybox has none). */
+export function udhcpc6Binary(): string {
+  const bin = path.join(guestDir(), "busybox-udhcpc6");
+  if (!fs.existsSync(bin)) throw new Error(`${bin} missing: run scripts/build-test-guests.sh`);
+  return bin;
+}
+
+/** The test guests' udhcpc6 script (the tiny VM's /etc/udhcpc6/default.script). */
+export const UDHCPC6_SCRIPT = path.resolve(__dirname, "../../../test/guests/udhcpc6.script");
 
 /** Starts `kind` on `ifname` in `netns`, its files in `dir`; resolv.conf is the machine's (bind-mount it). */
 export function startIpv6Client(
@@ -89,6 +115,30 @@ export function startIpv6Client(
       ifname,
     ]);
     return { process, replies: /RCV: Reply message on/, stop: () => process.stop() };
+  }
+  if (kind === "udhcpc6") {
+    // Named busybox*, the binary takes its first argument as the applet (as busybox does).
+    // -T 1: a lost renewal falls back to a multicast rebind after a second, not three.
+    const process = new ClientProcess(netns, [
+      "env",
+      `UDHCPC6_STATE=${dir}`,
+      udhcpc6Binary(),
+      "udhcpc6",
+      "-f",
+      "-v",
+      "-T",
+      "1",
+      "-i",
+      ifname,
+      "-s",
+      UDHCPC6_SCRIPT,
+    ]);
+    return {
+      process,
+      replies: /IPv6 obtained, lease time/,
+      renew: () => process.signal("SIGUSR1"),
+      stop: () => process.stop(),
+    };
   }
   const conf = path.join(dir, "dhcpcd.conf");
   fs.writeFileSync(

@@ -9,6 +9,8 @@ import {
   duidLl,
   encodeDomainList,
   formatDhcp6,
+  iaAddrOption,
+  iaNaOption,
   option,
   parseDhcp6,
 } from "../../../src/dhcp6/codec";
@@ -229,6 +231,30 @@ describe("DHCPv6 responder, read back by scapy", () => {
   it("a RENEW naming another server is dropped, not answered", () => {
     assert.equal(drops.renew_other_server, "other-server");
     assert.deepEqual(Object.keys(drops), ["renew_other_server"]);
+  });
+
+  it("a REQUEST unicast from the client's own lease (busybox udhcpc6's renewal) is answered there; from another address, dropped", () => {
+    const duid = option(Dhcp6Option.CLIENTID, duidLl(GUEST_MAC));
+    const serverId = option(Dhcp6Option.SERVERID, duidLl(BRIDGE_MAC));
+    const ia = iaNaOption(7, 0, 0, [iaAddrOption(lease.address, 0, 0)]);
+    const renewal = formatDhcp6(Dhcp6Type.REQUEST, 9, [duid, serverId, ia]);
+    const answered = responder.handle(renewal, "fd00:10:244:1:0:0:0:5");
+    assert.equal(answered.kind, "reply", JSON.stringify(answered));
+    if (answered.kind !== "reply") return;
+    assert.equal(answered.reply.type, "REPLY");
+    assert.equal(answered.reply.address, lease.address);
+    assert.equal(answered.reply.bound, lease.address);
+    const reply = parseDhcp6(answered.reply.datagram);
+    assert.equal(reply.iaNa[0]?.iaid, 7);
+    assert.equal(reply.iaNa[0]?.addresses[0]?.address, lease.address);
+    for (const [datagram, source] of [
+      [renewal, "fd00:10:244:1::6"], // someone else's address: no reply sent there
+      [formatDhcp6(Dhcp6Type.SOLICIT, 1, [duid, ia]), lease.address], // must be multicast
+      [formatDhcp6(Dhcp6Type.REBIND, 1, [duid, ia]), lease.address],
+    ] as const) {
+      const outcome = responder.handle(datagram, source);
+      assert.equal(outcome.kind === "drop" && outcome.reason, "not-link-local", source);
+    }
   });
 
   it("drops what no server may answer: non-link-local sources, server messages, stray server ids", () => {
