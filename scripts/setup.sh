@@ -31,6 +31,8 @@ APT_PACKAGES=(
   containerd runc docker-registry busybox-static
   # ndisc6: rdisc6 sends router solicitations in the IPv6 tests and bench/dhcp6.ts; scapy checks the codecs
   ndisc6 python3-scapy
+  # socat: the pod-ipv6 test's DHCPv6 listener in a second pod
+  socat
   # busybox udhcpc6, built from Debian's busybox source (scripts/build-udhcpc6.sh)
   dpkg-dev gcc make libc6-dev bzip2 xz-utils
 )

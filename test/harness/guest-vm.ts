@@ -1,8 +1,9 @@
 // The tiny test VM: Debian's cloud kernel and a busybox initramfs (built by
 // scripts/build-test-guests.sh), booted by qemu-system-x86_64 under TCG with a tap fd as
-// its virtio-net NIC. Its init runs busybox udhcpc with Debian's stock script and reports
-// on the serial console (see test/guests/init and report.script); this helper reads that
-// console, parses the reports and sends console commands.
+// its virtio-net NIC. Its init runs busybox udhcpc with Debian's stock script and busybox
+// udhcpc6 with the guests' own script, and reports on the serial console (see
+// test/guests/init, report.script, report6.script); this helper reads that console,
+// parses the reports and sends console commands.
 import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -82,6 +83,27 @@ export interface GuestLease {
   at: number;
 }
 
+/** What the guest's IPv6 ended up with after a udhcpc6 bound/renew (or on `status6`). */
+export interface GuestLease6 {
+  /** bound | renew | status */
+  event: string;
+  /** Global addresses as `ip -6 addr` shows them, e.g. fd00:10:244:1::5/128. */
+  addresses: string[];
+  /** The link's IPv6 MTU (where the kernel applies the RA's MTU option). */
+  mtu: number;
+  /** `ip -6 route show` lines. */
+  routes: string[];
+  /** The default route's gateway ("" if none yet). */
+  defaultVia: string;
+  /** From /etc/resolv.conf (the IPv4 client's lines too), as written. */
+  dns: string[];
+  search: string[];
+  /** udhcpc6's environment for the script: ipv6, lease, dns, search (empty for `status6`). */
+  dhcp: Record<string, string>;
+  uptime: number;
+  at: number;
+}
+
 export function parseGuestReport(line: string, at = 0, index = -1): GuestReport | undefined {
   const m = /VMLET-GUEST (\w+)(.*)$/.exec(line);
   if (!m) return undefined;
@@ -119,6 +141,26 @@ export function leaseFromReport(report: GuestReport): GuestLease {
   };
 }
 
+export function lease6FromReport(report: GuestReport): GuestLease6 {
+  const f = report.fields;
+  const routes = list(f.routes, /;/);
+  const dhcp: Record<string, string> = {};
+  for (const [k, v] of Object.entries(f)) if (k.startsWith("dhcp_")) dhcp[k.slice(5)] = v;
+  return {
+    event: f.event ?? report.kind,
+    addresses: list(f.ip, /;/),
+    mtu: Number(f.mtu),
+    routes,
+    defaultVia:
+      /^default via (\S+)/.exec(routes.find((r) => r.startsWith("default ")) ?? "")?.[1] ?? "",
+    dns: list(f.dns, /[;\s]+/),
+    search: list(f.search, /[;\s]+/),
+    dhcp,
+    uptime: Number(f.uptime),
+    at: report.at,
+  };
+}
+
 export interface BootGuestOptions {
   /** The pod's tap fd; passed to QEMU as fd 3 (`-netdev tap,id=n0,fd=3`). */
   tapFd: number;
@@ -144,6 +186,8 @@ export class GuestVm {
   readonly console: string[] = [];
   readonly reports: GuestReport[] = [];
   readonly leases: GuestLease[] = [];
+  /** udhcpc6's bound/renew reports, in order. */
+  readonly leases6: GuestLease6[] = [];
   /** Resolves with QEMU's exit code (or signal name) when it exits. */
   readonly exited: Promise<number | string>;
   private readonly child: ChildProcess;
@@ -243,6 +287,7 @@ export class GuestVm {
     if (report) {
       this.reports.push(report);
       if (report.kind === "lease") this.leases.push(leaseFromReport(report));
+      if (report.kind === "lease6") this.leases6.push(lease6FromReport(report));
     }
     this.wake();
   }
@@ -308,6 +353,26 @@ export class GuestVm {
   waitForLease(options: { index?: number; timeoutMs?: number } = {}): Promise<GuestLease> {
     const { index = 0, timeoutMs = 60_000 } = options;
     return this.waitFor(`lease #${index}`, () => this.leases[index], timeoutMs);
+  }
+
+  /** The udhcpc6 lease with index `index` (0: the first bound). */
+  waitForLease6(options: { index?: number; timeoutMs?: number } = {}): Promise<GuestLease6> {
+    const { index = 0, timeoutMs = 60_000 } = options;
+    return this.waitFor(`IPv6 lease #${index}`, () => this.leases6[index], timeoutMs);
+  }
+
+  /** SIGUSR1 to udhcpc6; resolves with the next IPv6 lease. */
+  async renew6(timeoutMs = 30_000): Promise<GuestLease6> {
+    const index = this.leases6.length;
+    this.command("renew6");
+    return this.waitForLease6({ index, timeoutMs });
+  }
+
+  /** What the guest's IPv6 is now (addresses, routes, MTU, resolv.conf), without DHCPv6. */
+  async status6(timeoutMs = 30_000): Promise<GuestLease6> {
+    const from = this.reports.length;
+    this.command("status6");
+    return lease6FromReport(await this.waitForReport("status6", { from, timeoutMs }));
   }
 
   /** Writes one command line to the guest console. */

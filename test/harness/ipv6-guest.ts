@@ -53,6 +53,16 @@ export function ping6(netns: string, address: string): boolean {
   }
 }
 
+/** The first global IPv6 address on `dev` in `netns` (throws if none). */
+export function globalIpv6(netns: string, dev = "eth0"): string {
+  const [link] = JSON.parse(
+    ipIn(netns, "-j", "-6", "addr", "show", "dev", dev, "scope", "global"),
+  ) as { addr_info: { local: string }[] }[];
+  const address = link?.addr_info[0]?.local;
+  if (!address) throw new Error(`no global IPv6 address on ${dev} in ${netns}`);
+  return address;
+}
+
 /** The link's link-local address once it passed DAD. */
 export function linkLocalOf(netns: string, dev: string): string | undefined {
   const [link] = JSON.parse(

@@ -1,6 +1,7 @@
 // Dual-stack pods end to end: CNI gives the pod an IPv4 and an IPv6 address, the
 // tapmanager rewires it, and a relay guest behind the pod's tap takes its IPv6 by RA +
-// DHCPv6 with real clients (ISC dhclient -6, dhcpcd) and its IPv4 by DHCP (udhcpc), on
+// DHCPv6 with real clients (ISC dhclient -6, dhcpcd, busybox udhcpc6) and its IPv4 by
+// DHCP (udhcpc), on
 // Flannel-style (bridge + host-local dual ranges), ptp and Calico-style (/128 via
 // fe80::1) networks; it reaches a second dual-stack pod both ways. An IPv4-only pod
 // sends no router advertisements.
@@ -10,112 +11,33 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { calicoPluginInto } from "../harness/calico-plugin";
 import { waitFor } from "../harness/client-process";
-import type { CniSandbox } from "../harness/cni-fixtures";
 import { makePod } from "../harness/cni-fixtures";
 import { ipIn, requirePrivateNamespace, uniqueName } from "../harness/fixtures";
 import { startDhcpClient } from "../harness/guest-clients";
 import {
   execFileAsync,
+  globalIpv6,
   guest6,
   type Ipv6ClientKind,
   linkLocalOf,
+  nameservers,
   ping6,
   startIpv6Client,
 } from "../harness/ipv6-guest";
+import { DUAL_STACK_STYLES } from "../harness/network-styles";
 import { DNS, makePodNode, ping, removePodNode } from "../harness/pod-node";
 import { startRelay } from "../harness/relay";
 
 requirePrivateNamespace();
 
 const DNS6 = "fd00:10:96::a";
-const LEASE_SECONDS = 8;
-
-interface DualStyle {
-  name: string;
-  conflist(cni: CniSandbox): unknown;
-  needsUplink?: boolean;
-  mtu: number;
-  /** Whether the netns had the IPv6 prefix on-link (the RA then carries it). */
-  onLink: boolean;
-}
-
-const dualRanges = (cni: CniSandbox, v4: string, v6: string) => ({
-  type: "host-local",
-  dataDir: cni.dataDir,
-  ranges: [[{ subnet: v4 }], [{ subnet: v6 }]],
-  routes: [{ dst: "0.0.0.0/0" }, { dst: "::/0" }],
-});
-
-const STYLES: DualStyle[] = [
-  {
-    name: "Flannel-style dual-stack (bridge + host-local dual ranges)",
-    conflist: (cni) => ({
-      cniVersion: "1.0.0",
-      name: "cbr0",
-      plugins: [
-        {
-          type: "bridge",
-          bridge: uniqueName("cni"),
-          isGateway: true,
-          ipMasq: false,
-          mtu: 1450,
-          ipam: dualRanges(cni, "10.244.1.0/24", "fd00:10:244:1::/64"),
-        },
-      ],
-    }),
-    mtu: 1450,
-    onLink: true,
-  },
-  {
-    name: "ptp dual-stack",
-    conflist: (cni) => ({
-      cniVersion: "1.0.0",
-      name: "ptpnet",
-      plugins: [
-        {
-          type: "ptp",
-          ipMasq: false,
-          mtu: 1500,
-          ipam: dualRanges(cni, "10.71.0.0/16", "fd00:10:71::/64"),
-        },
-      ],
-    }),
-    mtu: 1500,
-    onLink: false,
-  },
-  {
-    name: "Calico-style dual-stack (/128, fe80::1 gateway)",
-    conflist: (cni) => ({
-      cniVersion: "1.0.0",
-      name: "k8s-pod-network",
-      plugins: [
-        {
-          type: calicoPluginInto(cni.binDir),
-          mtu: 1440,
-          ipam: {
-            type: "host-local",
-            dataDir: cni.dataDir,
-            ranges: [[{ subnet: "192.168.50.0/24" }], [{ subnet: "fd00:192:168:50::/64" }]],
-          },
-        },
-      ],
-    }),
-    mtu: 1440,
-    onLink: false,
-    needsUplink: true,
-  },
-];
-
-function globalIpv6(netns: string, dev = "eth0"): string {
-  const [link] = JSON.parse(
-    ipIn(netns, "-j", "-6", "addr", "show", "dev", dev, "scope", "global"),
-  ) as { addr_info: { local: string }[] }[];
-  const address = link?.addr_info[0]?.local;
-  if (!address) throw new Error(`no global IPv6 address on ${dev} in ${netns}`);
-  return address;
-}
+/**
+ * DHCP and DHCPv6 lease time: short where the client renews at T1. udhcpc6 1.35 ignores
+ * T1 and renews at half the valid lifetime, 30 s at the least: it gets a minute and is
+ * told to renew (SIGUSR1).
+ */
+const LEASE_SECONDS: Record<Ipv6ClientKind, number> = { dhclient: 8, dhcpcd: 8, udhcpc6: 60 };
 
 describe("dual-stack pods: the guest takes its IPv6 by RA and DHCPv6", () => {
   let tmp: string;
@@ -138,10 +60,10 @@ describe("dual-stack pods: the guest takes its IPv6 by RA and DHCPv6", () => {
     execFileSync("umount", ["/var/lib/dhcpcd"]);
   });
 
-  for (const style of STYLES) {
-    for (const kind of ["dhclient", "dhcpcd"] as Ipv6ClientKind[]) {
+  for (const style of DUAL_STACK_STYLES) {
+    for (const kind of ["dhclient", "dhcpcd", "udhcpc6"] as Ipv6ClientKind[]) {
       it(`${kind} on ${style.name}: address, route via the pod bridge, MTU, DNS; pings a second pod both ways; renews; IPv4 beside it`, async () => {
-        const node = await makePodNode({ ...style, leaseSeconds: LEASE_SECONDS });
+        const node = await makePodNode({ ...style, leaseSeconds: LEASE_SECONDS[kind] });
         const pod = makePod();
         const dir = fs.mkdtempSync(path.join(tmp, "c-"));
         fs.writeFileSync(resolvConf, "");
@@ -211,17 +133,21 @@ describe("dual-stack pods: the guest takes its IPv6 by RA and DHCPv6", () => {
             assert.equal(state.defaultVia, router, "default route via the pod bridge's link-local");
             assert.equal(state.mtu, style.mtu, "MTU from the RA");
             await waitFor("the IPv6 DNS server in resolv.conf", 10_000, () =>
-              fs.readFileSync(resolvConf, "utf8").includes(`nameserver ${DNS6}`),
+              nameservers(fs.readFileSync(resolvConf, "utf8")).includes(DNS6),
             );
             const other6 = globalIpv6(node.other.ns.name);
             assert.ok(ping6(guest.netns, other6), `guest pings the second pod at ${other6}`);
             assert.ok(ping6(node.other.ns.name, ipv6.address), "the second pod pings the guest");
 
             const replied = node.tapmanager.ipv6Stats(pod.sandboxId)[0]!.dhcp6.replied;
+            const taken = client.process.count(client.replies);
+            client.renew?.();
             await waitFor(
-              "a REPLY to the renewal at T1",
-              LEASE_SECONDS * 2000,
-              () => node.tapmanager.ipv6Stats(pod.sandboxId)[0]!.dhcp6.replied > replied,
+              client.renew ? "a REPLY to the renewal asked for" : "a REPLY to the renewal at T1",
+              client.renew ? 10_000 : LEASE_SECONDS[kind] * 2000,
+              () =>
+                node.tapmanager.ipv6Stats(pod.sandboxId)[0]!.dhcp6.replied > replied &&
+                client.process.count(client.replies) > taken,
             );
             assert.ok(guest6(guest.netns, guest.ifname).addresses.includes(want));
             assert.deepEqual(node.tapmanager.ipv6Stats(pod.sandboxId)[0]!.dhcp6.dropped, {});
