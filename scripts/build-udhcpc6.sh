@@ -52,7 +52,13 @@ SRC=$WORK/src
 if ! up_to_date "$SRC/.unpacked" "$dsc"; then
   say "unpacking $(basename "$dsc") with Debian's patches (dpkg-source -x)"
   rm -rf "$SRC"
-  dpkg-source -x "$dsc" "$SRC" >/dev/null
+  # apt checked the pieces against the archive's signed Sources index; dpkg-source checks
+  # them against the .dsc (it cannot check the uploader's signature: no debian-keyring).
+  dpkg-source -x "$dsc" "$SRC" >"$WORK/unpack.log" 2>&1 || {
+    cat "$WORK/unpack.log" >&2
+    echo "build-udhcpc6: dpkg-source -x $dsc failed" >&2
+    exit 1
+  }
   touch "$SRC/.unpacked"
 fi
 
