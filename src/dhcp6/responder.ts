@@ -53,7 +53,7 @@ export interface Dhcp6Reply {
   /** What the reply answers, for the logs. */
   answers: string;
   datagram: Buffer;
-  /** The client's source (its link-local, or its lease for a unicast), and port 546. */
+  /** The client's source (its link-local, or its lease for UseMulticast), and port 546. */
   address: string;
   port: number;
   mac: string;
@@ -69,7 +69,7 @@ export type Dhcp6Outcome =
 const TYPE_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(Dhcp6Type).map(([name, code]) => [code, name]),
 );
-/** What a client may send by unicast (RFC 8415 section 21.12, the Server Unicast option). */
+/** What a client may send by unicast once told it may (RFC 8415 section 21.12, Server Unicast). */
 const UNICAST_TYPES: ReadonlySet<number> = new Set([
   Dhcp6Type.REQUEST,
   Dhcp6Type.RENEW,
@@ -143,7 +143,7 @@ export class Dhcp6Responder {
   private decide(m: Dhcp6Message, from: string): Dhcp6Outcome {
     // (Addresses parsed from the wire are in canonical form: compared as text below.)
     // Clients multicast from their link-local address (section 16); a reply goes back to
-    // it. A unicast from elsewhere is answered only from the client's own lease (below).
+    // it. A unicast (never a Server Unicast option here) gets UseMulticast (below).
     const unicast = !isLinkLocal(from);
     if (unicast && !UNICAST_TYPES.has(m.type)) return drop("not-link-local", `from ${from}`);
     const source = unicast ? normalIpv6(from) : from;
@@ -185,12 +185,15 @@ export class Dhcp6Responder {
         `${name} from ${source} (DUID MAC ${m.clientId?.mac ?? "none"})`,
       );
     }
-    // busybox udhcpc6 (1.35) renews by a unicast REQUEST from its leased address to the
-    // server's link-local, though no Server Unicast option allowed it (21.12); UseMulticast
-    // would make it drop the address. The lease's own address is on this link (a /128
-    // route and a neighbour entry on the bridge): the reply goes there, and nowhere else.
-    if (unicast && source !== lease.address) {
-      return drop("not-link-local", `${name} from ${source}, which is not ${lease.mac}'s lease`);
+    // Unicast without a Server Unicast option (busybox udhcpc6 1.35 renews so, from its
+    // leased address): discarded, and answered UseMulticast (section 18.4), so the client
+    // sends it again by multicast. Only to the client's own lease, which is on this link
+    // (a /128 route and a neighbour entry on the bridge): a reply goes nowhere else.
+    if (unicast) {
+      if (source !== lease.address) {
+        return drop("not-link-local", `${name} from ${source}, which is not ${lease.mac}'s lease`);
+      }
+      return this.useMulticast(m, source, lease);
     }
     switch (m.type) {
       case Dhcp6Type.SOLICIT:
@@ -251,6 +254,25 @@ export class Dhcp6Responder {
         ...foreign.map((a) => iaAddrOption(a.address, 0, 0)),
       ]);
     });
+  }
+
+  /** 18.4: a REPLY of the server id, the client id and UseMulticast, nothing else. */
+  private useMulticast(m: Dhcp6Message, source: string, lease: PreparedLease): Dhcp6Outcome {
+    const options = [this.serverIdOption];
+    if (m.clientId) options.push(option(Dhcp6Option.CLIENTID, m.clientId.raw));
+    options.push(statusOption(Dhcp6Status.USE_MULTICAST, "use multicast"));
+    return {
+      kind: "reply",
+      reply: {
+        type: "REPLY",
+        answers: `${TYPE_NAMES[m.type] ?? String(m.type)} by unicast`,
+        datagram: formatDhcp6(Dhcp6Type.REPLY, m.transactionId, options),
+        address: source,
+        port: CLIENT_PORT,
+        mac: lease.mac,
+        transactionId: m.transactionId,
+      },
+    };
   }
 
   /** 18.3.3: Success when every address the client names is its lease, else NotOnLink. */

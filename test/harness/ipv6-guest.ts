@@ -128,7 +128,8 @@ export function startIpv6Client(
   }
   if (kind === "udhcpc6") {
     // Named busybox*, the binary takes its first argument as the applet (as busybox does).
-    // -T 1: a lost renewal falls back to a multicast rebind after a second, not three.
+    // -T 1: its renewal (a unicast REQUEST, answered UseMulticast, which 1.35 cannot hear:
+    // it listens on an IPv4 socket) falls back to a multicast one after a second, not three.
     const process = new ClientProcess(netns, [
       "env",
       `UDHCPC6_STATE=${dir}`,

@@ -11,7 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { Ipv6Server } from "../../src/dhcp6/server";
 import { Rtnl } from "../../src/sys/rtnl";
 import { type GuestIpv6, routeGuestIpv6 } from "../../src/tapmanager/guest-ipv6";
-import { waitFor } from "../harness/client-process";
+import { ClientProcess, waitFor } from "../harness/client-process";
 import { bridgedGuest, ipIn, requirePrivateNamespace, type TestNetns } from "../harness/fixtures";
 import {
   execFileAsync,
@@ -214,6 +214,7 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
         await waitFor("the guest's link-local", 5000, () => linkLocalOf(t.guest.name, "eth0"));
         const client6 = startIpv6Client(kind6, t.guest.name, "eth0", dir);
         const client = client6.process;
+        let sniffer: ClientProcess | undefined;
         try {
           const want = `${t.address}/128`;
           await waitFor(`${want} on the guest`, 20_000, () =>
@@ -234,6 +235,20 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
 
           const replies = client.count(client6.replies);
           const served = server.stats().dhcp6.replied;
+          // What reaches the guest for its renewal (udhcpc6's is a unicast: UseMulticast).
+          const sniff = new ClientProcess(t.guest.name, [
+            "tcpdump",
+            "-l",
+            "-n",
+            "-v",
+            "-i",
+            "eth0",
+            "udp",
+            "port",
+            "546",
+          ]);
+          sniffer = sniff;
+          await waitFor("tcpdump", 5000, () => sniff.output.includes("listening on"));
           client6.renew?.();
           await waitFor(
             client6.renew ? "a REPLY to the renewal asked for" : "a REPLY to the renewal at T1",
@@ -241,12 +256,20 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
             () => client.count(client6.replies) > replies,
           );
           assert.ok(server.stats().dhcp6.replied > served, "the server answered the renewal");
+          if (kind6 === "udhcpc6") {
+            await waitFor("UseMulticast to the guest's unicast renewal", 3000, () =>
+              new RegExp(`> ${t.address}\\.546: .*dhcp6 reply.*UseMulticast`).test(sniff.output),
+            ).catch((error: Error) => {
+              throw new Error(`${error.message}\n${sniff.output}`);
+            });
+          }
           assert.ok(guest6(t.guest.name).addresses.includes(want));
           assert.deepEqual(server.stats().dhcp6.dropped, {});
         } catch (error) {
           console.error(client.output, JSON.stringify(server.stats()));
           throw error;
         } finally {
+          await sniffer?.stop();
           await client6.stop();
           await server.close();
           t.remove();

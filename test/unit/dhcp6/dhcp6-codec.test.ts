@@ -233,23 +233,33 @@ describe("DHCPv6 responder, read back by scapy", () => {
     assert.deepEqual(Object.keys(drops), ["renew_other_server"]);
   });
 
-  it("a REQUEST unicast from the client's own lease (busybox udhcpc6's renewal) is answered there; from another address, dropped", () => {
+  it("a REQUEST or RENEW unicast from the client's own lease (busybox udhcpc6's renewal) gets UseMulticast there, nothing else; from another address, dropped", () => {
     const duid = option(Dhcp6Option.CLIENTID, duidLl(GUEST_MAC));
     const serverId = option(Dhcp6Option.SERVERID, duidLl(BRIDGE_MAC));
     const ia = iaNaOption(7, 0, 0, [iaAddrOption(lease.address, 0, 0)]);
-    const renewal = formatDhcp6(Dhcp6Type.REQUEST, 9, [duid, serverId, ia]);
-    const answered = responder.handle(renewal, "fd00:10:244:1:0:0:0:5");
-    assert.equal(answered.kind, "reply", JSON.stringify(answered));
-    if (answered.kind !== "reply") return;
-    assert.equal(answered.reply.type, "REPLY");
-    assert.equal(answered.reply.address, lease.address);
-    assert.equal(answered.reply.bound, lease.address);
-    const reply = parseDhcp6(answered.reply.datagram);
-    assert.equal(reply.iaNa[0]?.iaid, 7);
-    assert.equal(reply.iaNa[0]?.addresses[0]?.address, lease.address);
+    for (const type of [Dhcp6Type.REQUEST, Dhcp6Type.RENEW, Dhcp6Type.RELEASE]) {
+      const unicast = formatDhcp6(type, 9, [duid, serverId, ia]);
+      const answered = responder.handle(unicast, "fd00:10:244:1:0:0:0:5");
+      assert.equal(answered.kind, "reply", JSON.stringify(answered));
+      if (answered.kind !== "reply") return;
+      assert.equal(answered.reply.type, "REPLY");
+      assert.equal(answered.reply.address, lease.address, "sent to the lease, canonical");
+      assert.equal(answered.reply.bound, undefined, "binds nothing");
+      const reply = parseDhcp6(answered.reply.datagram);
+      assert.equal(reply.type, Dhcp6Type.REPLY);
+      assert.equal(reply.transactionId, 9);
+      assert.deepEqual(
+        reply.rawOptions.map((o) => o.code),
+        [Dhcp6Option.SERVERID, Dhcp6Option.CLIENTID, Dhcp6Option.STATUS_CODE],
+        "the server id, the client id, the status, and nothing else",
+      );
+      assert.ok(reply.serverId?.raw.equals(duidLl(BRIDGE_MAC)));
+      assert.ok(reply.clientId?.raw.equals(duidLl(GUEST_MAC)));
+      assert.equal(reply.rawOptions[2]!.value.readUInt16BE(0), Dhcp6Status.USE_MULTICAST);
+    }
     for (const [datagram, source] of [
-      [renewal, "fd00:10:244:1::6"], // someone else's address: no reply sent there
-      [formatDhcp6(Dhcp6Type.SOLICIT, 1, [duid, ia]), lease.address], // must be multicast
+      [formatDhcp6(Dhcp6Type.REQUEST, 1, [duid, serverId, ia]), "fd00:10:244:1::6"], // not its lease
+      [formatDhcp6(Dhcp6Type.SOLICIT, 1, [duid, ia]), lease.address], // only ever multicast
       [formatDhcp6(Dhcp6Type.REBIND, 1, [duid, ia]), lease.address],
     ] as const) {
       const outcome = responder.handle(datagram, source);
