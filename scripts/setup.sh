@@ -31,6 +31,9 @@ APT_PACKAGES=(
   containerd runc docker-registry busybox-static
   # ndisc6: rdisc6 sends router solicitations in the IPv6 tests and bench/dhcp6.ts; scapy checks the codecs
   ndisc6 python3-scapy
+  # the systemd-networkd test guest (scripts/build-networkd-guest.sh): a debootstrapped
+  # Debian, its NIC modules indexed by depmod, packed as a zstd initramfs
+  debootstrap kmod zstd
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -72,6 +75,7 @@ npx --no-install tsc -p .
 
 if [ "${1:-}" = "--test-guests" ] && [ -x scripts/build-test-guests.sh ]; then
   scripts/build-test-guests.sh
+  scripts/build-networkd-guest.sh # after the tiny guest: it boots that guest's kernel
 fi
 if [ "${1:-}" = "--test-guests" ]; then
   scripts/build-test-oci.sh # the OCI images containerd runs in the CRI proxy tests

@@ -85,3 +85,33 @@ export const NETWORK_STYLES: NetworkStyle[] = [
     needsUplink: true,
   },
 ];
+
+/**
+ * Flannel-style dual-stack: the bridge plugin with host-local dual ranges (a /24 and a
+ * /64, both on-link on the bridge, which is the gateway of each), MTU 1450.
+ */
+export const FLANNEL_DUAL_STACK = {
+  name: "Flannel-style dual-stack (bridge + host-local dual ranges)",
+  conflist: (cni: CniSandbox): unknown => ({
+    cniVersion: "1.0.0",
+    name: "cbr0",
+    plugins: [
+      {
+        type: "bridge",
+        bridge: uniqueName("cni"),
+        isGateway: true,
+        ipMasq: false,
+        mtu: 1450,
+        ipam: {
+          type: "host-local",
+          dataDir: cni.dataDir,
+          ranges: [[{ subnet: "10.244.1.0/24" }], [{ subnet: "fd00:10:244:1::/64" }]],
+          routes: [{ dst: "0.0.0.0/0" }, { dst: "::/0" }],
+        },
+      },
+    ],
+  }),
+  mtu: 1450,
+  gateway4: "10.244.1.1",
+  prefix6: "fd00:10:244:1::/64",
+};
