@@ -32,8 +32,8 @@ APT_PACKAGES=(
   # ndisc6: rdisc6 sends router solicitations in the IPv6 tests and bench/dhcp6.ts; scapy checks the codecs
   ndisc6 python3-scapy
   # the systemd-networkd test guest (scripts/build-networkd-guest.sh): a debootstrapped
-  # Debian, its NIC modules indexed by depmod, packed as a zstd initramfs
-  debootstrap kmod zstd
+  # Debian, its NIC modules decompressed and indexed by depmod
+  debootstrap kmod xz-utils
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -43,7 +43,7 @@ function globalIpv6(netns: string): string {
 }
 
 describe("a Debian guest with systemd-networkd's defaults", { skip }, () => {
-  it("on a Flannel-style dual-stack pod holds both addresses, the IPv6 route via the RA's source, the MTU and DNS; pings a second pod over IPv6 both ways; renews both", async () => {
+  it("on a Flannel-style dual-stack pod holds both addresses, the IPv6 route via the RA's source, the MTU and DNS; pings a second pod over IPv6 both ways; renews both", async (t) => {
     const node = await makePodNode({
       conflist: FLANNEL_DUAL_STACK.conflist,
       leaseSeconds: LEASE_SECONDS,
@@ -138,6 +138,13 @@ describe("a Debian guest with systemd-networkd's defaults", { skip }, () => {
         const solicit = journal.findIndex((l) => /DHCPv6 client: Starting in Solicit mode/.test(l));
         assert.ok(ra >= 0 && solicit > ra, `the RA with M, then DHCPv6:\n${journal.join("\n")}`);
         assert.ok(journal.some((l) => l.includes("Acquiring DHCPv6 lease on NDisc request")));
+        const online = vm.reports.find((r) => r.kind === "online");
+        t.diagnostic(
+          `since QEMU spawned: network-online ${online?.at.toFixed(0)} ms, both families ${state.report.at.toFixed(0)} ms (guest uptime ${state.uptime} s)`,
+        );
+        t.diagnostic(
+          `guard drops: ${JSON.stringify(node.tapmanager.dropCounts(pod.sandboxId)?.total)}`,
+        );
       } catch (error) {
         console.error(consoleLog.join("\n"));
         throw error;
