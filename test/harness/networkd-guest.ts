@@ -9,8 +9,7 @@ import { bootGuest, type GuestReport, type GuestVm, guestDir } from "./guest-vm"
 /** `<repo>/.cache/networkd-guest/initrd.cpio`, or $VMLET_NETWORKD_GUEST. */
 export function networkdInitramfs(): string {
   return (
-    process.env.VMLET_NETWORKD_GUEST ??
-    path.resolve(guestDir(), "../networkd-guest/initrd.cpio")
+    process.env.VMLET_NETWORKD_GUEST ?? path.resolve(guestDir(), "../networkd-guest/initrd.cpio")
   );
 }
 
