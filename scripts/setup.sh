@@ -35,6 +35,9 @@ APT_PACKAGES=(
   socat
   # busybox udhcpc6, built from Debian's busybox source (scripts/build-udhcpc6.sh)
   dpkg-dev gcc make libc6-dev bzip2 xz-utils
+  # the systemd-networkd test guest (scripts/build-networkd-guest.sh): a debootstrapped
+  # Debian, its NIC modules decompressed and indexed by depmod
+  debootstrap kmod
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -76,6 +79,7 @@ npx --no-install tsc -p .
 
 if [ "${1:-}" = "--test-guests" ] && [ -x scripts/build-test-guests.sh ]; then
   scripts/build-test-guests.sh
+  scripts/build-networkd-guest.sh # after the tiny guest: it boots that guest's kernel
 fi
 if [ "${1:-}" = "--test-guests" ]; then
   scripts/build-test-oci.sh # the OCI images containerd runs in the CRI proxy tests

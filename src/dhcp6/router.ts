@@ -8,6 +8,7 @@ import type { Ipv6Log } from "./handler";
 import {
   ALL_NODES,
   buildRouterAdvertisement,
+  NDP_HOP_LIMIT,
   NdpParseError,
   parseRouterSolicitation,
   type RouterAdvertisement,
@@ -16,7 +17,8 @@ import {
 export interface RouterStats {
   solicitations: number;
   advertisements: number;
-  dropped: Partial<Record<"malformed" | "rate-limited" | "send-failed", number>>;
+  /** hop-limit: an RS whose hop limit was not 255, so possibly forwarded (RFC 4861 6.1.1). */
+  dropped: Partial<Record<"malformed" | "hop-limit" | "rate-limited" | "send-failed", number>>;
 }
 
 /** The first few RAs come quickly (MAX_INITIAL_RTR_ADVERTISEMENTS, RFC 4861 section 10). */
@@ -43,7 +45,9 @@ export class RouterAdvertiser {
   }
 
   start(): void {
-    this.socket.onMessage((message, source) => this.solicited(message, source));
+    this.socket.onMessage((message, source, _port, hopLimit) =>
+      this.solicited(message, source, hopLimit),
+    );
     this.periodic();
   }
 
@@ -64,9 +68,16 @@ export class RouterAdvertiser {
     this.timer.unref();
   }
 
-  /** Answered at once and by unicast (6.2.6 allows it), or to all nodes from "::". */
-  private solicited(message: Buffer, source: string): void {
+  /**
+   * Answered at once and by unicast (6.2.6 allows it), or to all nodes from "::". An RS
+   * that may have been forwarded (hop limit not 255, or not told) is discarded (6.1.1).
+   */
+  private solicited(message: Buffer, source: string, hopLimit: number | undefined): void {
     this.counters.solicitations++;
+    if (hopLimit !== NDP_HOP_LIMIT) {
+      this.count("hop-limit", `RS from ${source} with hop limit ${hopLimit ?? "unknown"}`);
+      return;
+    }
     try {
       parseRouterSolicitation(message, source);
     } catch (error) {

@@ -1,6 +1,7 @@
 // A raw ICMPv6 socket in a pod's netns, bound to one device there: the pod bridge's router
 // advertisements go out and its router solicitations come in through it (Node's dgram
-// cannot send ICMPv6). The kernel adds the IPv6 header and the checksum.
+// cannot send ICMPv6). The kernel adds the IPv6 header and the checksum, and tells each
+// datagram's hop limit (NDP's check that it was not forwarded).
 import * as libc from "./libc";
 import { joinGroup, Socket6, type Socket6Device, setIntOption } from "./socket6";
 
@@ -17,7 +18,7 @@ export function openIcmp6Socket(nsPath: string, options: Icmp6SocketOptions): So
   return Socket6.open(
     nsPath,
     options,
-    { type: libc.SOCK_RAW, protocol: libc.IPPROTO_ICMPV6, label: "icmpv6" },
+    { type: libc.SOCK_RAW, protocol: libc.IPPROTO_ICMPV6, label: "icmpv6", receiveHopLimit: true },
     (fd, where) => {
       // struct icmp6_filter, linux/icmpv6.h: a set bit blocks that type.
       const filter = Buffer.alloc(32, 0xff);

@@ -33,6 +33,8 @@ export const sendto = libc.func(
 export const recvfrom = libc.func(
   "long recvfrom(int fd, void *buf, size_t len, int flags, void *addr, void *addrlen)",
 );
+// The msghdr is a Buffer laid out by sys/recvmsg.ts, its pointers set to other Buffers.
+export const recvmsg = libc.func("long recvmsg(int fd, void *msg, int flags)");
 
 // linux/sched.h
 export const CLONE_NEWNET = 0x40000000;
@@ -67,6 +69,8 @@ export const IPV6_MULTICAST_HOPS = 18;
 export const IPV6_MULTICAST_LOOP = 19;
 export const IPV6_ADD_MEMBERSHIP = 20;
 export const IPV6_V6ONLY = 26;
+export const IPV6_RECVHOPLIMIT = 51;
+export const IPV6_HOPLIMIT = 52;
 export const ICMP6_FILTER = 1;
 export const MSG_DONTWAIT = 0x40;
 // asm-generic/errno.h

@@ -6,12 +6,19 @@ import { bytesToIpv6, ipv6ToBytes } from "../util/ipv6";
 import * as libc from "./libc";
 import { withNetns } from "./netns";
 import { poller } from "./poller";
+import { HopLimitReader } from "./recvmsg";
 
 /** struct sockaddr_in6, linux/in6.h: family, port, flowinfo, address, scope id. */
 const SOCKADDR_IN6_SIZE = 28;
 const MAX_MESSAGE = 1500;
 
-export type Socket6Handler = (message: Buffer, source: string, port: number) => void;
+/** `hopLimit`: the datagram's IPv6 hop limit, on sockets opened with `receiveHopLimit`. */
+export type Socket6Handler = (
+  message: Buffer,
+  source: string,
+  port: number,
+  hopLimit?: number,
+) => void;
 
 export function sockaddrIn6(address: string, port: number, scopeId: number): Buffer {
   const sa = Buffer.alloc(SOCKADDR_IN6_SIZE);
@@ -59,16 +66,19 @@ export class Socket6 {
     readonly fd: number,
     private readonly ifindex: number,
     readonly where: string,
+    /** Reads with recvmsg(2) and the hop limit, where the socket asked for it. */
+    private readonly hopLimits?: HopLimitReader,
   ) {}
 
   /**
    * Makes the socket in `nsPath` (type and protocol as for socket(2), non-blocking) and
    * binds it to the device; `configure` sets the rest. Closed again if any step fails.
+   * With `receiveHopLimit`, each datagram's hop limit reaches the handler (IPV6_RECVHOPLIMIT).
    */
   static open(
     nsPath: string,
     dev: Socket6Device,
-    kind: { type: number; protocol: number; label: string },
+    kind: { type: number; protocol: number; label: string; receiveHopLimit?: boolean },
     configure: (fd: number, where: string) => void,
   ): Socket6 {
     const where = `${kind.label} on ${dev.device} in ${nsPath}`;
@@ -88,12 +98,22 @@ export class Socket6 {
         libc.setsockopt(fd, libc.SOL_SOCKET, libc.SO_BINDTODEVICE, name, name.length),
         `SO_BINDTODEVICE for ${where}`,
       );
+      if (kind.receiveHopLimit) {
+        setIntOption(
+          fd,
+          libc.IPPROTO_IPV6,
+          libc.IPV6_RECVHOPLIMIT,
+          1,
+          `IPV6_RECVHOPLIMIT for ${where}`,
+        );
+      }
       configure(fd, where);
     } catch (error) {
       libc.close(fd);
       throw error;
     }
-    return new Socket6(fd, dev.ifindex, where);
+    const reader = kind.receiveHopLimit ? new HopLimitReader(MAX_MESSAGE) : undefined;
+    return new Socket6(fd, dev.ifindex, where, reader);
   }
 
   /** bind(2) to an address of the device (scoped to it); false while it is not usable. */
@@ -125,6 +145,14 @@ export class Socket6 {
   }
 
   private drain(): void {
+    if (this.hopLimits) {
+      while (!this.closed) {
+        const d = this.hopLimits.receive(this.fd);
+        if (!d) return; // EAGAIN: drained; any other error shows again on the next datagram
+        this.handler?.(d.message, d.source, d.port, d.hopLimit);
+      }
+      return;
+    }
     const buf = Buffer.alloc(MAX_MESSAGE);
     const sa = Buffer.alloc(SOCKADDR_IN6_SIZE);
     const length = Buffer.alloc(4);

@@ -171,6 +171,8 @@ export interface BootGuestOptions {
   /** virtio-net host_mtu, when set. */
   hostMtu?: number;
   memoryMiB?: number;
+  /** Another initramfs for the kernel boot, with its own command line (the networkd guest's). */
+  initramfs?: { path: string; cmdline: string };
   /** Extra udhcpc arguments (kernel boot only), e.g. ["-O", "staticroutes"]. */
   udhcpcArgs?: string[];
   /** Extra QEMU arguments. */
@@ -235,9 +237,9 @@ export class GuestVm {
         "-kernel",
         images.kernel,
         "-initrd",
-        images.initrd,
+        options.initramfs?.path ?? images.initrd,
         "-append",
-        `console=ttyS0 quiet panic=-1${extra}`,
+        options.initramfs?.cmdline ?? `console=ttyS0 quiet panic=-1${extra}`,
       );
     } else {
       if (options.udhcpcArgs?.length) {

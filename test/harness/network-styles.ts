@@ -162,3 +162,12 @@ export const DUAL_STACK_STYLES: DualStackStyle[] = [
     needsUplink: true,
   },
 ];
+/**
+ * Flannel-style dual-stack: the bridge plugin with host-local dual ranges (a /24 and a
+ * /64, both on-link on the bridge, which is the gateway of each), MTU 1450.
+ */
+export const FLANNEL_DUAL_STACK = {
+  ...DUAL_STACK_STYLES[0]!,
+  gateway4: "10.244.1.1",
+  prefix6: "fd00:10:244:1::/64",
+};
