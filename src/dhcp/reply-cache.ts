@@ -1,5 +1,5 @@
-// DHCPv4 answered in the kernel: a reply cache on the pod bridge's tc ingress, filled by
-// the user-space server. The server stays the one source of truth: the kernel replays a
+// DHCPv4 answered in the kernel: a reply cache (sys/reply-cache) on the pod bridge's tc
+// ingress, filled by the user-space server. The server stays the one source of truth: the kernel replays a
 // reply only for a request byte-identical (xid and secs aside) to one the server answered,
 // with that request's xid patched in, straight back out of the guest's port. Everything
 // else (a miss, a malformed or oversized request, IP options, fragments) goes on to the
@@ -18,11 +18,17 @@
 // what the guest's send cost it, yields one reply of a request's size, goes only out of the
 // port the cache names (the guest's own tap, behind the guard that admits only its MAC),
 // and wakes no process. A flooding guest floods itself, at its own expense.
-import fs from "node:fs";
 import * as bpf from "../sys/bpf";
-import { Rtnl } from "../sys/rtnl";
-import { type TcFilterSpec, TcSession } from "../sys/tc";
-import { ETH_P_IP_BE, TC_ACT_SHOT, TC_ACT_UNSPEC } from "../sys/uapi";
+import {
+  emitReplay,
+  emitScratchKey,
+  onesSum,
+  ReplyCache,
+  type ReplyCacheCounts,
+  type ReplyCacheMaps,
+  type ReplyFrame,
+} from "../sys/reply-cache";
+import { ETH_P_IP_BE } from "../sys/uapi";
 import { ipToBytes } from "../util/ip";
 import { type StepHook, timeStep } from "../util/steps";
 import { MAX_DATAGRAM } from "./codec";
@@ -36,42 +42,27 @@ const ETH_HEADER = 14;
 const IPV4_HEADER = 20;
 const UDP_HEADER = 8;
 const PAYLOAD = ETH_HEADER + IPV4_HEADER + UDP_HEADER;
-const UDP_CHECK = ETH_HEADER + IPV4_HEADER + 6;
-const MAX_FRAME = PAYLOAD + MAX_DATAGRAM;
-/** The value: frame length, out ifindex, the checksum's two halves, then the frame. */
-const VALUE_HEADER = 16;
-const VALUE_SIZE = VALUE_HEADER + MAX_FRAME;
-/** Distinct requests kept per bridge; a full cache is emptied and starts again. */
-export const MAX_CACHED_REPLIES = 16;
+const SHAPE = {
+  keySize: KEY_SIZE,
+  minFrame: PAYLOAD,
+  maxFrame: PAYLOAD + MAX_DATAGRAM,
+  /** Distinct requests kept per bridge; a full cache is emptied and starts again. */
+  entries: 16,
+};
 /** struct __sk_buff's len (linux/bpf.h): the frame, Ethernet header included, at tc. */
 const SKB_LEN = 0;
 const XID = 4;
 const SECS = 8;
 
-/** The counter map's slots. */
-export const CACHE_COUNTERS = ["hits", "misses", "errors"] as const;
-type CounterName = (typeof CACHE_COUNTERS)[number];
-export type ReplyCacheCounts = Record<CounterName, number>;
-
 /** After the guard (0x100) and the intercept (0x4dc), which never sit on the bridge anyway. */
 const FILTER_PRIO = 0x4dd;
-const FILTER_NAME = "vmlet-dhcp-cache";
 
 /**
- * The classifier. r6 skb, r7 payload length then the cached value, r8 the key (per-CPU
- * scratch, too big for the stack), r9 the request's xid as it lies in the packet.
+ * The classifier. r6 skb, r7 the payload's length, r8 the key (per-CPU scratch, too big
+ * for the stack), r9 the request's xid as it lies in the packet.
  */
-export function replyCacheProgram(maps: { cache: number; scratch: number; counters: number }) {
+export function replyCacheProgram(maps: ReplyCacheMaps): Buffer {
   const a = new bpf.BpfAssembler();
-  const count = (slot: CounterName) => {
-    a.storeImm("w", bpf.FP, -4, CACHE_COUNTERS.indexOf(slot));
-    a.ldMapFd(1, maps.counters).movReg(2, bpf.FP).alu64("add", 2, -4);
-    a.call(bpf.BPF_FUNC_map_lookup_elem);
-    const done = `counted_${slot}`;
-    a.jmp64("jeq", 0, 0, done);
-    a.movImm(1, 1).atomicAdd64(0, 0, 1);
-    a.label(done);
-  };
   a.movReg(6, 1);
   a.ldAbs("h", 12).jmp("jne", 0, 0x0800, "pass");
   // Version 4 without IP options: the layout every cached reply has (and checksum
@@ -93,59 +84,14 @@ export function replyCacheProgram(maps: { cache: number; scratch: number; counte
   a.alu64("sub", 7, UDP_HEADER);
   a.jmp64("jlt", 7, MIN_REQUEST, "miss").jmp64("jgt", 7, MAX_CACHED_REQUEST, "miss");
   // The key: payload length, payload, zeros after it; xid and secs zeroed.
-  a.storeImm("w", bpf.FP, -4, 0);
-  a.ldMapFd(1, maps.scratch).movReg(2, bpf.FP).alu64("add", 2, -4);
-  a.call(bpf.BPF_FUNC_map_lookup_elem);
-  a.jmp64("jeq", 0, 0, "miss");
-  a.movReg(8, 0);
-  for (let off = 0; off < KEY_SIZE; off += 8) a.storeImm("dw", 8, off, 0);
+  emitScratchKey(a, maps, KEY_SIZE);
   a.storeReg("w", 8, 0, 7);
   a.movReg(1, 6).movImm(2, PAYLOAD).movReg(3, 8).alu64("add", 3, 4).movReg(4, 7);
   a.call(bpf.BPF_FUNC_skb_load_bytes);
   a.jmp64("jne", 0, 0, "miss");
-  a.loadMem("w", 9, 8, 4 + XID);
+  a.loadMem("w", 9, 8, 4 + XID).storeReg("w", bpf.FP, -4, 9);
   a.storeImm("w", 8, 4 + XID, 0).storeImm("h", 8, 4 + SECS, 0);
-  a.ldMapFd(1, maps.cache).movReg(2, 8);
-  a.call(bpf.BPF_FUNC_map_lookup_elem);
-  a.jmp64("jeq", 0, 0, "miss");
-  a.movReg(7, 0);
-  a.loadMem("w", 8, 7, 0);
-  a.jmp64("jlt", 8, PAYLOAD, "miss").jmp64("jgt", 8, MAX_FRAME, "miss");
-  // The request becomes the reply: its length, its bytes, the request's xid.
-  a.movReg(1, 6).movReg(2, 8).movImm(3, 0).call(bpf.BPF_FUNC_skb_change_tail);
-  a.jmp64("jne", 0, 0, "miss"); // unchanged: the server answers it
-  a.movReg(1, 6).movImm(2, 0).movReg(3, 7).alu64("add", 3, VALUE_HEADER).movReg(4, 8).movImm(5, 0);
-  a.call(bpf.BPF_FUNC_skb_store_bytes);
-  a.jmp64("jne", 0, 0, "error");
-  a.storeReg("w", bpf.FP, -8, 9);
-  a.movReg(1, 6)
-    .movImm(2, PAYLOAD + XID)
-    .movReg(3, bpf.FP)
-    .alu64("add", 3, -8);
-  a.movImm(4, 4).movImm(5, 0).call(bpf.BPF_FUNC_skb_store_bytes);
-  a.jmp64("jne", 0, 0, "error");
-  // The UDP checksum is stored as 0 and built with the helper, which knows the skb's
-  // checksum state: with CHECKSUM_PARTIAL (a guest's or a veth's offload, inherited from
-  // the request) only the pseudo-header part goes in, as the stack would leave it for
-  // the device; otherwise the whole sum, with 0 sent as 0xffff.
-  const csum = (to: () => void, flags: number) => {
-    a.movReg(1, 6).movImm(2, UDP_CHECK).movImm(3, 0);
-    to();
-    a.movImm(5, flags).call(bpf.BPF_FUNC_l4_csum_replace);
-    a.jmp64("jne", 0, 0, "error");
-  };
-  csum(() => a.loadMem("w", 4, 7, 8), bpf.BPF_F_PSEUDO_HDR | 4);
-  csum(() => a.loadMem("w", 4, 7, 12), 4);
-  csum(() => a.movReg(4, 9), bpf.BPF_F_MARK_MANGLED_0 | 4);
-  count("hits");
-  a.loadMem("w", 1, 7, 4).movImm(2, 0).call(bpf.BPF_FUNC_redirect);
-  a.exit(); // TC_ACT_REDIRECT from bpf_redirect
-  a.label("error");
-  count("errors");
-  a.ret(TC_ACT_SHOT); // half rewritten: neither the guest's request nor a reply
-  a.label("miss");
-  count("misses");
-  a.label("pass").ret(TC_ACT_UNSPEC);
+  emitReplay(a, maps, SHAPE, { udpCheck: PAYLOAD - 2, xidAt: PAYLOAD + XID, xidLength: 4 });
   return a.assemble();
 }
 
@@ -157,15 +103,6 @@ export function requestKey(payload: Buffer): Buffer | undefined {
   payload.copy(key, 4);
   key.fill(0, 4 + XID, 4 + SECS + 2);
   return key;
-}
-
-/** RFC 1071's sum of `b` as big-endian 16-bit words, folded, not complemented. */
-function onesSum(b: Buffer, start = 0): number {
-  let sum = start;
-  for (let i = 0; i + 1 < b.length; i += 2) sum += b.readUInt16BE(i);
-  if (b.length % 2) sum += b[b.length - 1]! << 8;
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-  return sum;
 }
 
 export interface ReplyFrameSpec {
@@ -186,15 +123,11 @@ const IP_DF = 0x4000;
 /**
  * The reply frame as the kernel sends the server's datagram (DF set, the socket's TTL,
  * from port 67 to 68), xid zero and the UDP checksum 0, and the checksum's pseudo-header
- * and data sums that the classifier adds back in (see replyCacheProgram). One field
- * differs: the socket's IP id comes from the kernel's per-destination counters (6.18
- * numbers DF datagrams too), the cache's is 0, which RFC 6864 allows for a DF datagram.
+ * and data sums that the classifier adds back in (sys/reply-cache). One field differs:
+ * the socket's IP id comes from the kernel's per-destination counters (6.18 numbers DF
+ * datagrams too), the cache's is 0, which RFC 6864 allows for a DF datagram.
  */
-export function replyFrame(spec: ReplyFrameSpec): {
-  frame: Buffer;
-  pseudoSum: number;
-  dataSum: number;
-} {
+export function replyFrame(spec: ReplyFrameSpec): ReplyFrame {
   const udpLength = UDP_HEADER + spec.payload.length;
   const frame = Buffer.alloc(PAYLOAD + spec.payload.length);
   spec.destinationMac.copy(frame, 0);
@@ -222,24 +155,6 @@ export function replyFrame(spec: ReplyFrameSpec): {
   return { frame, pseudoSum: onesSum(pseudo), dataSum: onesSum(udp) };
 }
 
-function cacheValue(outIndex: number, reply: ReturnType<typeof replyFrame>): Buffer {
-  const value = Buffer.alloc(VALUE_SIZE);
-  value.writeUInt32LE(reply.frame.length, 0);
-  value.writeUInt32LE(outIndex, 4);
-  // As bytes in packet order: the helper adds them as 16-bit words in memory order.
-  value.writeUInt16BE(reply.pseudoSum, 8);
-  value.writeUInt16BE(reply.dataSum, 12);
-  reply.frame.copy(value, VALUE_HEADER);
-  return value;
-}
-
-export class ReplyCacheError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "ReplyCacheError";
-  }
-}
-
 /** What a cached reply is: the request it answers and where the socket sent it. */
 export interface CachedReply {
   /** The request's UDP payload, as the server's socket received it. */
@@ -254,29 +169,16 @@ export interface CachedReply {
 
 const BROADCAST_MAC = Buffer.alloc(6, 0xff);
 
-/**
- * One bridge's reply cache: the maps, and the classifier on the bridge's ingress. The
- * filter is swapped in at a fixed place, so a restarted daemon's attach replaces (and
- * frees) whatever the previous one left with its cache: it starts empty.
- */
+/** One pod bridge's DHCPv4 reply cache, its replies leaving through the guest's port. */
 export class DhcpReplyCache {
-  private readonly keys = new Map<string, Buffer>();
-  private closed = false;
-
   private constructor(
-    private readonly maps: { cache: number; scratch: number; counters: number },
-    private readonly nsPath: string,
-    private readonly spec: TcFilterSpec,
-    private readonly sourceMac: Buffer,
+    private readonly cache: ReplyCache,
     private readonly source: string,
-    private readonly portIndex: number,
-    private readonly where: string,
   ) {}
 
   /**
    * Attaches a cache to `bridge` whose replies leave through `port` (the guest's tap).
-   * `source` is the address the server's replies come from (its server id). On failure
-   * nothing of this call stays.
+   * `source` is the address the server's replies come from (its server id).
    */
   static async attach(
     nsPath: string,
@@ -284,53 +186,16 @@ export class DhcpReplyCache {
     source: string,
     steps?: StepHook,
   ): Promise<DhcpReplyCache> {
-    const where = `DHCP reply cache on ${links.bridge} in ${nsPath}`;
-    const fds: number[] = [];
-    const rtnl = Rtnl.open(nsPath);
-    let progFd = -1;
-    try {
-      const bridge = await rtnl.link(links.bridge);
-      const port = await rtnl.link(links.port);
-      if (port.master !== bridge.index) {
-        throw new ReplyCacheError(`${links.port} is not a port of ${links.bridge}`);
-      }
-      return await timeStep(steps, "DHCP: reply cache load + attach", async () => {
-        const cache = bpf.createHashMap("vmlet_dhcp_rc", {
-          key: KEY_SIZE,
-          value: VALUE_SIZE,
-          entries: MAX_CACHED_REPLIES,
-        });
-        fds.push(cache);
-        const scratch = bpf.createScratchMap("vmlet_dhcp_key", KEY_SIZE);
-        fds.push(scratch);
-        const counters = bpf.createCounterMap("vmlet_dhcp_hits", CACHE_COUNTERS.length);
-        fds.push(counters);
-        const maps = { cache, scratch, counters };
-        progFd = bpf.loadProgram(
-          "vmlet_dhcp_rc",
-          bpf.BPF_PROG_TYPE_SCHED_CLS,
-          replyCacheProgram(maps),
-        );
-        const link = { name: bridge.name, index: bridge.index };
-        const spec: TcFilterSpec = {
-          link,
-          hook: "ingress",
-          prio: FILTER_PRIO,
-          protocol: ETH_P_IP_BE,
-        };
-        const tc = TcSession.on(rtnl);
-        await tc.ensureClsact(link);
-        await tc.attachBpf(spec, progFd, FILTER_NAME, true);
-        const mac = Buffer.from(bridge.mac.replaceAll(":", ""), "hex");
-        return new DhcpReplyCache(maps, nsPath, spec, mac, source, port.index, where);
-      });
-    } catch (error) {
-      for (const fd of fds) fs.closeSync(fd);
-      throw new ReplyCacheError(`${where}: ${(error as Error).message}`, { cause: error });
-    } finally {
-      if (progFd >= 0) fs.closeSync(progFd); // the filter holds the program, it the maps
-      rtnl.close();
-    }
+    const cache = await timeStep(steps, "DHCP: reply cache load + attach", () =>
+      ReplyCache.attach(nsPath, links, {
+        name: "vmlet_dhcp_rc",
+        shape: SHAPE,
+        program: replyCacheProgram,
+        prio: FILTER_PRIO,
+        protocol: ETH_P_IP_BE,
+      }),
+    );
+    return new DhcpReplyCache(cache, source);
   }
 
   /**
@@ -339,56 +204,33 @@ export class DhcpReplyCache {
    * lease); a request the kernel would never look up (too long) is skipped.
    */
   remember(entry: CachedReply): void {
-    if (this.closed) return;
     const key = requestKey(entry.request);
-    if (!key || PAYLOAD + entry.reply.length > MAX_FRAME) return;
-    const id = key.toString("base64");
-    if (!this.keys.has(id) && this.keys.size >= MAX_CACHED_REPLIES) this.clear();
+    if (!key || PAYLOAD + entry.reply.length > SHAPE.maxFrame) return;
     const broadcast = entry.address === "255.255.255.255";
-    const frame = replyFrame({
-      sourceMac: this.sourceMac,
+    const reply = replyFrame({
+      sourceMac: this.cache.links.bridgeMac,
       destinationMac: broadcast ? BROADCAST_MAC : Buffer.from(entry.mac.replaceAll(":", ""), "hex"),
       source: this.source,
       destination: entry.address,
       payload: entry.reply,
     });
-    bpf.updateElem(this.maps.cache, key, cacheValue(this.portIndex, frame), this.where);
-    this.keys.set(id, key);
+    this.cache.put(key, reply);
   }
 
-  /** Forgets every cached reply: from now on each request reaches the server again. */
+  /** Forgets every cached reply. */
   clear(): void {
-    if (this.closed) return;
-    for (const key of this.keys.values()) bpf.deleteElem(this.maps.cache, key, this.where);
-    this.keys.clear();
+    this.cache.clear();
   }
 
-  /** Replies cached now. */
   get size(): number {
-    return this.keys.size;
+    return this.cache.size;
   }
 
   counts(): ReplyCacheCounts {
-    const out: ReplyCacheCounts = { hits: 0, misses: 0, errors: 0 };
-    if (this.closed) return out;
-    const values = bpf.readCounters(this.maps.counters, CACHE_COUNTERS.length);
-    for (const [i, name] of CACHE_COUNTERS.entries()) out[name] = Number(values[i]);
-    return out;
+    return this.cache.counts();
   }
 
-  /** Removes the filter and lets go of the maps; the server answers everything after. */
-  async detach(): Promise<void> {
-    if (this.closed) return;
-    let tc: TcSession | undefined;
-    try {
-      tc = TcSession.open(this.nsPath);
-      await tc.deleteFilter(this.spec);
-    } catch {
-      // The netns is gone, and the filter with it.
-    } finally {
-      tc?.close();
-      this.closed = true;
-      for (const fd of Object.values(this.maps)) fs.closeSync(fd);
-    }
+  detach(): Promise<void> {
+    return this.cache.detach();
   }
 }

@@ -1,6 +1,7 @@
 // The per-pod static DHCP server: a socket on the pod's bridge inside the pod's netns,
 // answering only the MACs it was given. All pods' servers live in the one daemon.
 import type dgram from "node:dgram";
+import type { ReplyCacheCounts } from "../sys/reply-cache";
 import { Rtnl } from "../sys/rtnl";
 import { addServedAddress, removeServedAddress, type ServedAddress } from "../sys/served-address";
 import { openBoundUdpSocket } from "../sys/udp";
@@ -11,7 +12,7 @@ import { type StepHook, timeStep } from "../util/steps";
 import { TokenBucket } from "../util/token-bucket";
 import { SERVER_PORT } from "./codec";
 import { DhcpIntercept } from "./intercept";
-import { DhcpReplyCache, type ReplyCacheCounts } from "./reply-cache";
+import { DhcpReplyCache } from "./reply-cache";
 import {
   type DhcpDropReason,
   type DhcpLease,

@@ -246,7 +246,7 @@ describe("DHCP reply cache in the kernel", () => {
             encoding: "utf8",
           },
         );
-        assert.equal(filters.match(/vmlet-dhcp-cache/g)?.length, 1, filters);
+        assert.equal(filters.match(/handle 0x1 vmlet_dhcp_rc/g)?.length, 1, filters);
       } finally {
         await fresh.detach();
         await left.detach();
@@ -258,7 +258,7 @@ describe("DHCP reply cache in the kernel", () => {
           encoding: "utf8",
         },
       );
-      assert.doesNotMatch(filters, /vmlet-dhcp-cache/);
+      assert.doesNotMatch(filters, /vmlet_dhcp_rc/);
     } finally {
       p.remove();
     }
