@@ -29,6 +29,8 @@ export const BPF_FUNC_redirect = 23;
 export const BPF_FUNC_skb_load_bytes = 26;
 export const BPF_FUNC_skb_change_tail = 38;
 export const BPF_F_INGRESS = 1;
+/** bpf_skb_store_bytes: keep a CHECKSUM_COMPLETE skb's csum right. */
+export const BPF_F_RECOMPUTE_CSUM = 1;
 /** bpf_l4_csum_replace flags: the field's size is in the low bits. */
 export const BPF_F_PSEUDO_HDR = 1 << 4;
 export const BPF_F_MARK_MANGLED_0 = 1 << 5;

@@ -87,11 +87,13 @@ export function emitReplay(
   // The request becomes the reply: its length, its bytes, the request's id.
   a.movReg(1, 6).movReg(2, 8).movImm(3, 0).call(bpf.BPF_FUNC_skb_change_tail);
   a.jmp64("jne", 0, 0, "miss"); // unchanged: the server answers it
-  a.movReg(1, 6).movImm(2, 0).movReg(3, 7).alu64("add", 3, VALUE_HEADER).movReg(4, 8).movImm(5, 0);
+  const store = bpf.BPF_F_RECOMPUTE_CSUM;
+  a.movReg(1, 6).movImm(2, 0).movReg(3, 7).alu64("add", 3, VALUE_HEADER).movReg(4, 8);
+  a.movImm(5, store);
   a.call(bpf.BPF_FUNC_skb_store_bytes);
   a.jmp64("jne", 0, 0, "error");
   a.movReg(1, 6).movImm(2, layout.xidAt).movReg(3, bpf.FP).alu64("add", 3, -layout.xidLength);
-  a.movImm(4, layout.xidLength).movImm(5, 0).call(bpf.BPF_FUNC_skb_store_bytes);
+  a.movImm(4, layout.xidLength).movImm(5, store).call(bpf.BPF_FUNC_skb_store_bytes);
   a.jmp64("jne", 0, 0, "error");
   const csum = (to: () => void, flags: number) => {
     a.movReg(1, 6).movImm(2, layout.udpCheck).movImm(3, 0);

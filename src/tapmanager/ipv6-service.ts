@@ -34,5 +34,7 @@ export async function serveNicIpv6(
     search: iface.dns.search,
     onLink: ipv6.onLink ? [ipv6.onLink] : [],
     log,
+    // Replies to requests seen before come from the kernel, back into the tap.
+    replyPort: iface.tap,
   });
 }

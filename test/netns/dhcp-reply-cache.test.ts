@@ -8,9 +8,20 @@ import { describe, it } from "node:test";
 import { BOOTREQUEST, formatMessage, MessageType, Option, u8 } from "../../src/dhcp/codec";
 import { DhcpReplyCache } from "../../src/dhcp/reply-cache";
 import { type DhcpLease, DhcpServer, type DhcpStats } from "../../src/dhcp/server";
+import {
+  Dhcp6Option,
+  Dhcp6Type,
+  duidLl,
+  formatDhcp6,
+  iaNaOption,
+  option,
+  parseDhcp6,
+} from "../../src/dhcp6/codec";
+import { Ipv6Server } from "../../src/dhcp6/server";
+import { ipToBytes } from "../../src/util/ip";
 import { waitFor } from "../harness/client-process";
 import { ipIn, makeNetns, requirePrivateNamespace, type TestNetns } from "../harness/fixtures";
-import { BROADCAST_MAC, ethernet, ipv4, startCapture, udp } from "../harness/frames";
+import { BROADCAST_MAC, ethernet, ipv4, ipv6, startCapture, udp } from "../harness/frames";
 
 requirePrivateNamespace();
 
@@ -101,13 +112,46 @@ function request(
  * checksum is computed, so the kernel's own UDP would take it.
  */
 function sendRaw(guest: string, payload: Buffer): void {
-  const u = udp(68, 67, payload);
-  const pseudo = Buffer.alloc(12);
-  pseudo.fill(0xff, 4, 8);
-  pseudo[9] = 17;
-  pseudo.writeUInt16BE(u.length, 10);
-  u.writeUInt16BE(checksum(Buffer.concat([pseudo, u])) || 0xffff, 6);
-  const frame = ethernet(BROADCAST_MAC, MAC, 0x0800, ipv4("0.0.0.0", "255.255.255.255", 17, u));
+  writeFrame(
+    guest,
+    ethernet(
+      BROADCAST_MAC,
+      MAC,
+      0x0800,
+      ipv4(
+        "0.0.0.0",
+        "255.255.255.255",
+        17,
+        udpWithChecksum(payload, Buffer.alloc(4), Buffer.alloc(4, 0xff), 68, 67),
+      ),
+    ),
+  );
+}
+
+/** A UDP datagram with its checksum, over IPv4 (4-byte) or IPv6 (16-byte) addresses. */
+function udpWithChecksum(
+  payload: Buffer,
+  src: Buffer,
+  dst: Buffer,
+  sport: number,
+  dport: number,
+): Buffer {
+  const u = udp(sport, dport, payload);
+  // RFC 768's and RFC 8200's pseudo-headers: the protocol and the length after the addresses.
+  const tail = Buffer.alloc(src.length === 4 ? 4 : 8);
+  if (src.length === 4) {
+    tail[1] = 17;
+    tail.writeUInt16BE(u.length, 2);
+  } else {
+    tail.writeUInt32BE(u.length, 0);
+    tail[7] = 17;
+  }
+  u.writeUInt16BE(checksum(Buffer.concat([src, dst, tail, u])) || 0xffff, 6);
+  return u;
+}
+
+/** Writes a whole frame onto the guest's eth0 through a packet socket, as udhcpc does. */
+function writeFrame(guest: string, frame: Buffer): void {
   const script =
     "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n" +
     's.bind(("eth0",0))\ns.send(bytes.fromhex(sys.argv[1]))';
@@ -128,6 +172,27 @@ const isReplyTo = (xid: number) => (f: Buffer) =>
   f[23] === 17 &&
   f.readUInt16BE(36) === 68 &&
   f.readUInt32BE(46) === xid;
+
+const GUEST_LL = "fe80::5054:ff:feaa:bb07";
+
+/** A SOLICIT with rapid commit from the guest's link-local to ff02::1:2, as a raw frame. */
+function sendSolicit(guest: string, transactionId: number): void {
+  const message = formatDhcp6(Dhcp6Type.SOLICIT, transactionId, [
+    option(Dhcp6Option.CLIENTID, duidLl(MAC)),
+    option(Dhcp6Option.RAPID_COMMIT, Buffer.alloc(0)),
+    option(Dhcp6Option.ORO, Buffer.from([0, 23, 0, 24])),
+    iaNaOption(0xaabb07, 0, 0, []),
+  ]);
+  const u = udpWithChecksum(message, ipToBytes(GUEST_LL), ipToBytes("ff02::1:2"), 546, 547);
+  writeFrame(guest, ethernet("33:33:00:01:00:02", MAC, 0x86dd, ipv6(GUEST_LL, "ff02::1:2", 17, u)));
+}
+
+const isReply6To = (id: number) => (f: Buffer) =>
+  f.length > 66 &&
+  f.readUInt16BE(12) === 0x86dd &&
+  f[20] === 17 &&
+  f.readUInt16BE(56) === 546 &&
+  (f.readUInt32BE(62) & 0xffffff) === id;
 
 function kernel(stats: DhcpStats): NonNullable<DhcpStats["kernel"]> {
   assert.ok(stats.kernel, "the server has a reply cache");
@@ -295,6 +360,60 @@ describe("DHCP reply cache in the kernel", () => {
         { ...kernel(stats), replied: stats.replied, received: stats.received },
         { hits: 0, misses: 4, errors: 0, cached: 0, replied: 2, received: 4 },
       );
+    } finally {
+      await capture.stop();
+      await server.close();
+      p.remove();
+    }
+  });
+
+  it("DHCPv6: a repeated SOLICIT (rapid commit) is answered from the kernel with the server's REPLY, transaction id patched", async () => {
+    const p = podWithGuest();
+    const server = await Ipv6Server.start({
+      nsPath: p.pod.path,
+      device: "br0",
+      leases: [
+        { mac: MAC, address: "fd00:10:244:1::5", dns: ["fd00::a"], search: [], leaseSeconds: 600 },
+      ],
+      dns: ["fd00::a"],
+      search: [],
+      onLink: [],
+      replyPort: "vtap0",
+    });
+    const capture = await startCapture("eth0", { netns: p.guest.name, filter: "udp port 546" });
+    try {
+      sendSolicit(p.guest.name, 0x123456);
+      const slow = await capture.waitFor("the server's REPLY", isReply6To(0x123456));
+      sendSolicit(p.guest.name, 0x654321);
+      const fast = await capture.waitFor("the kernel's REPLY", isReply6To(0x654321));
+      const k = server.stats().dhcp6.kernel;
+      assert.deepEqual(k && { hits: k.hits, errors: k.errors }, { hits: 1, errors: 0 });
+      const reply = parseDhcp6(fast.subarray(62));
+      assert.equal(reply.type, Dhcp6Type.REPLY);
+      assert.equal(reply.transactionId, 0x654321);
+      assert.deepEqual(
+        reply.iaNa.flatMap((ia) => ia.addresses.map((a) => a.address)),
+        ["fd00:10:244:1::5"],
+      );
+      // Byte for byte the server's, but for the flow label (the kernel's per-flow hash),
+      // the transaction id and the UDP checksum (the server's left with offload).
+      const masked = (f: Buffer) => {
+        const c = Buffer.from(f);
+        c[15]! &= 0xf0;
+        c.fill(0, 16, 18);
+        c.fill(0, 60, 62);
+        c.fill(0, 63, 66);
+        return c.toString("hex");
+      };
+      assert.equal(masked(fast), masked(slow));
+      assert.equal(fast.readUInt32BE(14) & 0xfffff, 0, "no flow label");
+      const pseudo = Buffer.concat([
+        fast.subarray(22, 54),
+        Buffer.alloc(2),
+        fast.subarray(58, 60),
+        Buffer.from([0, 0, 0, 17]),
+      ]);
+      assert.equal(checksum(Buffer.concat([pseudo, fast.subarray(54)])), 0, "UDP checksum");
     } finally {
       await capture.stop();
       await server.close();
