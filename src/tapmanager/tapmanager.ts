@@ -294,6 +294,7 @@ export class Tapmanager {
           iface,
           this.options.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
           this.log,
+          this.options.steps,
         ),
       );
       if (server) ipv6Servers.push(server);
