@@ -319,7 +319,10 @@ export class Tapmanager {
   private async tearDownRecord(record: PodRecord): Promise<void> {
     const id = record.request.pod.sandboxId;
     const label = podLabel(record.request);
-    const dhcpKernelReplies = this.dhcpStats(id).reduce((n, s) => n + (s.kernel?.hits ?? 0), 0);
+    // Replies the kernel's caches sent (DHCPv4, DHCPv6): gone with the servers.
+    const dhcpKernelReplies =
+      this.dhcpStats(id).reduce((n, s) => n + (s.kernel?.hits ?? 0), 0) +
+      this.ipv6Stats(id).reduce((n, s) => n + (s.dhcp6.kernel?.hits ?? 0), 0);
     await this.timed("DHCP stop", () => this.stopServing(id));
     const drops = this.dropCounts(id);
     if (drops) {
