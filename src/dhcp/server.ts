@@ -90,7 +90,7 @@ export class DhcpHandler {
     dropped: {},
   };
   private readonly replies: TokenBucket;
-  /** Told of each OFFER or ACK sent, with the request it answers. */
+  /** Told of each OFFER or ACK about to be sent, with the request it answers. */
   onReplied?: (request: Buffer, reply: DhcpReply) => void;
 
   constructor(
@@ -144,17 +144,18 @@ export class DhcpHandler {
       return;
     }
     const { reply, request } = outcome;
+    // Cached before it is sent: a client answering the reply at once must not race the
+    // insert. A NAK is never replayed: it answers a lease that is not the guest's.
+    if (reply.type !== "NAK" && reply.lease) {
+      try {
+        this.onReplied?.(datagram, reply);
+      } catch (error) {
+        this.count("internal", `caching ${reply.type}: ${error}`);
+      }
+    }
     this.send(reply.datagram, reply.port, reply.address).then(
       () => {
         this.counters.replied++;
-        // A NAK is never replayed: it answers a lease that is not the guest's.
-        if (reply.type !== "NAK" && reply.lease) {
-          try {
-            this.onReplied?.(datagram, reply);
-          } catch (error) {
-            this.count("internal", `caching ${reply.type}: ${error}`);
-          }
-        }
         this.log.debug(
           { where: this.where, mac: request.mac, xid: reply.xid, to: reply.address },
           `DHCP ${reply.type}`,

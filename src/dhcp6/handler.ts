@@ -45,7 +45,7 @@ export class Dhcp6Handler {
     dropped: {},
   };
   private readonly replies: TokenBucket;
-  /** Told of each reply sent that binds the lease (or offers it), with its request. */
+  /** Told of each reply about to be sent that binds the lease (or offers it), with its request. */
   onReplied?: (request: Buffer, source: string, reply: Dhcp6Reply) => void;
 
   constructor(
@@ -95,18 +95,19 @@ export class Dhcp6Handler {
       this.count("rate-limited", `${reply.mac} ${reply.type} to ${reply.answers}`);
       return;
     }
+    // Cached before it is sent, so that the client's next message cannot race the insert.
+    // Only what binds or offers the lease is replayed: a RELEASE or DECLINE must reach
+    // the server to be counted and logged, and status-only replies are rare.
+    if (!note && (reply.type === "ADVERTISE" || reply.bound)) {
+      try {
+        this.onReplied?.(datagram, source, reply);
+      } catch (error) {
+        this.count("internal", `caching ${reply.type}: ${String(error)}`);
+      }
+    }
     this.send(reply.datagram, reply.port, reply.address).then(
       () => {
         this.counters.replied++;
-        // Only what binds or offers the lease is replayed: a RELEASE or DECLINE must reach
-        // the server to be counted and logged, and status-only replies are rare.
-        if (!note && (reply.type === "ADVERTISE" || reply.bound)) {
-          try {
-            this.onReplied?.(datagram, source, reply);
-          } catch (error) {
-            this.count("internal", `caching ${reply.type}: ${String(error)}`);
-          }
-        }
         this.log.debug(
           {
             where: this.where,
