@@ -28,6 +28,7 @@ import {
   type ReplyCacheMaps,
   type ReplyFrame,
 } from "../sys/reply-cache";
+import type { LinkInfo, Rtnl } from "../sys/rtnl";
 import { ETH_P_IP_BE } from "../sys/uapi";
 import { ipToBytes } from "../util/ip";
 import { type StepHook, timeStep } from "../util/steps";
@@ -181,13 +182,13 @@ export class DhcpReplyCache {
    * `source` is the address the server's replies come from (its server id).
    */
   static async attach(
-    nsPath: string,
-    links: { bridge: string; port: string },
+    rtnl: Rtnl,
+    links: { bridge: LinkInfo; port: string },
     source: string,
     steps?: StepHook,
   ): Promise<DhcpReplyCache> {
     const cache = await timeStep(steps, "DHCP: reply cache load + attach", () =>
-      ReplyCache.attach(nsPath, links, {
+      ReplyCache.attach(rtnl, links, {
         name: "vmlet_dhcp_rc",
         shape: SHAPE,
         program: replyCacheProgram,

@@ -245,8 +245,8 @@ export class DhcpServer {
             );
       if (options.replyPort) {
         cache = await DhcpReplyCache.attach(
-          nsPath,
-          { bridge: device, port: options.replyPort },
+          rtnl,
+          { bridge, port: options.replyPort },
           serverId,
           options.steps,
         );

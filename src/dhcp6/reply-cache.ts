@@ -15,6 +15,7 @@ import {
   type ReplyCacheMaps,
   type ReplyFrame,
 } from "../sys/reply-cache";
+import type { LinkInfo, Rtnl } from "../sys/rtnl";
 import { ipv6ToBytes } from "../util/ipv6";
 import { type StepHook, timeStep } from "../util/steps";
 
@@ -158,13 +159,13 @@ export class Dhcp6ReplyCache {
 
   /** `linkLocal`: the bridge's address the server's replies come from. */
   static async attach(
-    nsPath: string,
-    links: { bridge: string; port: string },
+    rtnl: Rtnl,
+    links: { bridge: LinkInfo; port: string },
     linkLocal: string,
     steps?: StepHook,
   ): Promise<Dhcp6ReplyCache> {
     const cache = await timeStep(steps, "DHCPv6: reply cache load + attach", () =>
-      ReplyCache.attach(nsPath, links, {
+      ReplyCache.attach(rtnl, links, {
         name: "vmlet_dhcp6_rc",
         shape: SHAPE,
         program: reply6CacheProgram,

@@ -135,8 +135,8 @@ export class Ipv6Server {
       });
       if (options.replyPort) {
         cache = await Dhcp6ReplyCache.attach(
-          nsPath,
-          { bridge: device, port: options.replyPort },
+          rtnl,
+          { bridge, port: options.replyPort },
           linkLocal,
           options.steps,
         );

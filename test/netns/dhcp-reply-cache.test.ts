@@ -18,6 +18,7 @@ import {
   parseDhcp6,
 } from "../../src/dhcp6/codec";
 import { Ipv6Server } from "../../src/dhcp6/server";
+import { Rtnl } from "../../src/sys/rtnl";
 import { ipToBytes } from "../../src/util/ip";
 import { waitFor } from "../harness/client-process";
 import { ipIn, makeNetns, requirePrivateNamespace, type TestNetns } from "../harness/fixtures";
@@ -295,11 +296,23 @@ describe("DHCP reply cache in the kernel", () => {
   it("a cache attached again (a restarted daemon) replaces the old one and starts empty", async () => {
     const p = podWithGuest();
     try {
-      const links = { bridge: "br0", port: "vtap0" };
-      const left = await DhcpReplyCache.attach(p.pod.path, links, SERVER_ID);
+      // Each attach on a netlink connection of its own, as two daemon lives would.
+      const attach = async () => {
+        const rtnl = Rtnl.open(p.pod.path);
+        try {
+          return await DhcpReplyCache.attach(
+            rtnl,
+            { bridge: await rtnl.link("br0"), port: "vtap0" },
+            SERVER_ID,
+          );
+        } finally {
+          rtnl.close();
+        }
+      };
+      const left = await attach();
       const payload = request(7, MessageType.DISCOVER);
       left.remember({ request: payload, reply: payload, address: "255.255.255.255", mac: MAC });
-      const fresh = await DhcpReplyCache.attach(p.pod.path, links, SERVER_ID);
+      const fresh = await attach();
       try {
         sendRaw(p.guest.name, request(8, MessageType.DISCOVER));
         await waitFor("the new cache's miss", 3000, () => fresh.counts().misses === 1);
