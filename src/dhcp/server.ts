@@ -1,6 +1,7 @@
 // The per-pod static DHCP server: a socket on the pod's bridge inside the pod's netns,
 // answering only the MACs it was given. All pods' servers live in the one daemon.
 import type dgram from "node:dgram";
+import type { ReplyCacheCounts } from "../sys/reply-cache";
 import { Rtnl } from "../sys/rtnl";
 import { addServedAddress, removeServedAddress, type ServedAddress } from "../sys/served-address";
 import { openBoundUdpSocket } from "../sys/udp";
@@ -11,7 +12,14 @@ import { type StepHook, timeStep } from "../util/steps";
 import { TokenBucket } from "../util/token-bucket";
 import { SERVER_PORT } from "./codec";
 import { DhcpIntercept } from "./intercept";
-import { type DhcpDropReason, type DhcpLease, type DhcpOutcome, DhcpResponder } from "./responder";
+import { DhcpReplyCache } from "./reply-cache";
+import {
+  type DhcpDropReason,
+  type DhcpLease,
+  type DhcpOutcome,
+  type DhcpReply,
+  DhcpResponder,
+} from "./responder";
 
 export type { DhcpDropReason, DhcpLease } from "./responder";
 
@@ -28,6 +36,11 @@ export interface DhcpStats {
   released: number;
   declined: number;
   dropped: Partial<Record<DhcpDropReason, number>>;
+  /**
+   * The kernel's reply cache (with `replyPort`): requests it answered itself (counted in
+   * received and replied too), requests it passed on, and rewrites it failed.
+   */
+  kernel?: ReplyCacheCounts & { cached: number };
 }
 
 export interface DhcpServerOptions {
@@ -49,6 +62,12 @@ export interface DhcpServerOptions {
    * every DHCP client message from the tap, and lets none in from the veth.
    */
   intercept?: boolean;
+  /**
+   * The bridge port the leases' guest is behind (the pod's tap). With it, each OFFER and
+   * ACK sent is also cached in the kernel (reply-cache.ts), which answers the same request
+   * bytes again by itself, out of this port; without it every request reaches the socket.
+   */
+  replyPort?: string;
   /** Told the socket's opening time (the benchmarks' breakdown). */
   steps?: StepHook;
 }
@@ -71,6 +90,8 @@ export class DhcpHandler {
     dropped: {},
   };
   private readonly replies: TokenBucket;
+  /** Told of each OFFER or ACK about to be sent, with the request it answers. */
+  onReplied?: (request: Buffer, reply: DhcpReply) => void;
 
   constructor(
     serverId: string,
@@ -98,13 +119,13 @@ export class DhcpHandler {
       outcome = { kind: "drop", reason: "internal", detail: String(error) };
     }
     try {
-      this.act(outcome);
+      this.act(datagram, outcome);
     } catch (error) {
       this.count("internal", String(error));
     }
   }
 
-  private act(outcome: DhcpOutcome): void {
+  private act(datagram: Buffer, outcome: DhcpOutcome): void {
     if (outcome.kind === "drop") {
       this.count(outcome.reason, outcome.detail);
       return;
@@ -123,6 +144,15 @@ export class DhcpHandler {
       return;
     }
     const { reply, request } = outcome;
+    // Cached before it is sent: a client answering the reply at once must not race the
+    // insert. A NAK is never replayed: it answers a lease that is not the guest's.
+    if (reply.type !== "NAK" && reply.lease) {
+      try {
+        this.onReplied?.(datagram, reply);
+      } catch (error) {
+        this.count("internal", `caching ${reply.type}: ${error}`);
+      }
+    }
     this.send(reply.datagram, reply.port, reply.address).then(
       () => {
         this.counters.replied++;
@@ -163,6 +193,7 @@ export class DhcpServer {
     private readonly handler: DhcpHandler,
     private readonly socket: dgram.Socket,
     private readonly intercept: DhcpIntercept | undefined,
+    private readonly cache: DhcpReplyCache | undefined,
   ) {}
 
   static async start(options: DhcpServerOptions): Promise<DhcpServer> {
@@ -170,6 +201,7 @@ export class DhcpServer {
     const where = `DHCP on ${device} in ${nsPath}`;
     let socket: dgram.Socket | undefined;
     let handler: DhcpHandler | undefined;
+    let cache: DhcpReplyCache | undefined;
     const rtnl = Rtnl.open(nsPath);
     try {
       const send = (datagram: Buffer, port: number, address: string) =>
@@ -211,10 +243,27 @@ export class DhcpServer {
                 .filter((l) => l.master === bridge.index)
                 .map((p) => ({ name: p.name, index: p.index })),
             );
+      if (options.replyPort) {
+        cache = await DhcpReplyCache.attach(
+          rtnl,
+          { bridge, port: options.replyPort },
+          serverId,
+          options.steps,
+        );
+        const kernel = cache;
+        handler.onReplied = (request, reply) =>
+          kernel.remember({
+            request,
+            reply: reply.datagram,
+            address: reply.address,
+            mac: reply.lease?.mac ?? "",
+          });
+      }
       options.log?.info({ where, serverId, leases: leases.length }, "DHCP server listening");
-      return new DhcpServer(options, handler, socket, intercept);
+      return new DhcpServer(options, handler, socket, intercept, cache);
     } catch (error) {
       socket?.close();
+      await cache?.detach().catch(() => undefined);
       let cleaned = "nothing to clean up";
       if (handler) {
         const served = servedAddress(device, serverId, handler.responder.leases());
@@ -232,7 +281,15 @@ export class DhcpServer {
   }
 
   stats(): DhcpStats {
-    return this.handler.stats();
+    const stats = this.handler.stats();
+    if (!this.cache) return stats;
+    const kernel = { ...this.cache.counts(), cached: this.cache.size };
+    return {
+      ...stats,
+      received: stats.received + kernel.hits,
+      replied: stats.replied + kernel.hits,
+      kernel,
+    };
   }
 
   /** Stops answering and removes the filters, routes and address it added. */
@@ -240,6 +297,7 @@ export class DhcpServer {
     if (this.closed) return;
     this.closed = true;
     this.socket.close();
+    await this.cache?.detach();
     await this.intercept?.detach();
     const { nsPath, device, serverId } = this.options;
     let rtnl: Rtnl;

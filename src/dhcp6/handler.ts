@@ -1,6 +1,7 @@
 // What the DHCPv6 server does with each datagram, apart from the socket: decide, rate
 // limit, send, count and log. Never throws.
 
+import type { ReplyCacheCounts } from "../sys/reply-cache";
 import { countDrop } from "../util/drop-log";
 import { silentLog } from "../util/silent-log";
 import { TokenBucket } from "../util/token-bucket";
@@ -8,6 +9,7 @@ import {
   type Dhcp6DropReason,
   type Dhcp6Lease,
   type Dhcp6Outcome,
+  type Dhcp6Reply,
   Dhcp6Responder,
 } from "./responder";
 
@@ -24,6 +26,11 @@ export interface Dhcp6Stats {
   released: number;
   declined: number;
   dropped: Partial<Record<Dhcp6DropReason, number>>;
+  /**
+   * The kernel's reply cache (with `replyPort`): requests it answered itself (counted in
+   * received and replied too), requests it passed on, and rewrites it failed.
+   */
+  kernel?: ReplyCacheCounts & { cached: number };
 }
 
 export type Dhcp6Send = (datagram: Buffer, port: number, address: string) => Promise<void>;
@@ -38,6 +45,8 @@ export class Dhcp6Handler {
     dropped: {},
   };
   private readonly replies: TokenBucket;
+  /** Told of each reply about to be sent that binds the lease (or offers it), with its request. */
+  onReplied?: (request: Buffer, source: string, reply: Dhcp6Reply) => void;
 
   constructor(
     serverMac: string,
@@ -65,13 +74,13 @@ export class Dhcp6Handler {
       outcome = { kind: "drop", reason: "internal", detail: String(error) };
     }
     try {
-      this.act(outcome);
+      this.act(datagram, source, outcome);
     } catch (error) {
       this.count("internal", String(error));
     }
   }
 
-  private act(outcome: Dhcp6Outcome): void {
+  private act(datagram: Buffer, source: string, outcome: Dhcp6Outcome): void {
     if (outcome.kind === "drop") {
       this.count(outcome.reason, outcome.detail);
       return;
@@ -85,6 +94,16 @@ export class Dhcp6Handler {
     if (!this.replies.take()) {
       this.count("rate-limited", `${reply.mac} ${reply.type} to ${reply.answers}`);
       return;
+    }
+    // Cached before it is sent, so that the client's next message cannot race the insert.
+    // Only what binds or offers the lease is replayed: a RELEASE or DECLINE must reach
+    // the server to be counted and logged, and status-only replies are rare.
+    if (!note && (reply.type === "ADVERTISE" || reply.bound)) {
+      try {
+        this.onReplied?.(datagram, source, reply);
+      } catch (error) {
+        this.count("internal", `caching ${reply.type}: ${String(error)}`);
+      }
     }
     this.send(reply.datagram, reply.port, reply.address).then(
       () => {

@@ -7,9 +7,11 @@ import type { Socket6 } from "../sys/socket6";
 import { openUdp6Socket } from "../sys/udp6";
 import { isLinkLocal } from "../util/ipv6";
 import { silentLog } from "../util/silent-log";
+import type { StepHook } from "../util/steps";
 import { ALL_SERVERS, SERVER_PORT } from "./codec";
 import { Dhcp6Handler, type Dhcp6Stats, type Ipv6Log } from "./handler";
 import { ALL_ROUTERS, ICMPV6_ROUTER_SOLICITATION, NDP_HOP_LIMIT, type OnLinkPrefix } from "./ndp";
+import { Dhcp6ReplyCache } from "./reply-cache";
 import type { Dhcp6Lease } from "./responder";
 import { RouterAdvertiser, type RouterStats } from "./router";
 
@@ -32,6 +34,14 @@ export interface Ipv6ServerOptions {
   raMaxPerSecond?: number;
   /** How long to wait for the bridge's link-local address to pass DAD. */
   linkLocalTimeoutMs?: number;
+  /**
+   * The bridge port the leases' guest is behind (the pod's tap). With it, each REPLY or
+   * ADVERTISE for the lease is also cached in the kernel (reply-cache.ts), which answers
+   * the same request again by itself, out of this port.
+   */
+  replyPort?: string;
+  /** Told the reply cache's load and attach time (the benchmarks' breakdown). */
+  steps?: StepHook;
 }
 
 export interface Ipv6ServerStats {
@@ -74,6 +84,7 @@ export class Ipv6Server {
     private readonly icmp: Socket6,
     private readonly router: RouterAdvertiser,
     readonly linkLocal: string,
+    private readonly cache: Dhcp6ReplyCache | undefined,
   ) {}
 
   static async start(options: Ipv6ServerOptions): Promise<Ipv6Server> {
@@ -82,6 +93,7 @@ export class Ipv6Server {
     const where = `IPv6 RA and DHCPv6 on ${device} in ${nsPath}`;
     let icmp: Socket6 | undefined;
     let udp: Socket6 | undefined;
+    let cache: Dhcp6ReplyCache | undefined;
     let routed = false;
     const rtnl = Rtnl.open(nsPath);
     try {
@@ -121,6 +133,17 @@ export class Ipv6Server {
         port: SERVER_PORT,
         groups: [ALL_SERVERS],
       });
+      if (options.replyPort) {
+        cache = await Dhcp6ReplyCache.attach(
+          rtnl,
+          { bridge, port: options.replyPort },
+          linkLocal,
+          options.steps,
+        );
+        const kernel = cache;
+        handler.onReplied = (request, source, reply) =>
+          kernel.remember({ request, source, reply: reply.datagram, mac: reply.mac });
+      }
       udp.onMessage((datagram, source) => handler.handle(datagram, source));
       const router = new RouterAdvertiser(
         icmp,
@@ -144,9 +167,10 @@ export class Ipv6Server {
         { where, linkLocal, leases: leases.map((l) => l.address), onLink: options.onLink },
         "IPv6 RA and DHCPv6 listening",
       );
-      return new Ipv6Server(options, handler, udp, icmp, router, linkLocal);
+      return new Ipv6Server(options, handler, udp, icmp, router, linkLocal, cache);
     } catch (error) {
       udp?.close();
+      await cache?.detach().catch(() => undefined);
       icmp?.close();
       let cleaned = "nothing to clean up";
       if (routed) {
@@ -164,7 +188,14 @@ export class Ipv6Server {
   }
 
   stats(): Ipv6ServerStats {
-    return { dhcp6: this.handler.stats(), router: this.router.stats() };
+    const dhcp6 = this.handler.stats();
+    if (this.cache) {
+      const kernel = { ...this.cache.counts(), cached: this.cache.size };
+      dhcp6.received += kernel.hits;
+      dhcp6.replied += kernel.hits;
+      dhcp6.kernel = kernel;
+    }
+    return { dhcp6, router: this.router.stats() };
   }
 
   async close(): Promise<void> {
@@ -173,6 +204,7 @@ export class Ipv6Server {
     this.router.stop();
     this.icmp.close();
     this.udp.close();
+    await this.cache?.detach();
     let rtnl: Rtnl;
     try {
       rtnl = Rtnl.open(this.options.nsPath);

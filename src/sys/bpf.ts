@@ -1,6 +1,7 @@
 // eBPF without libbpf: a small assembler with labels, BPF_PROG_LOAD for tc classifiers,
-// and array maps (create, read) for the counters those classifiers keep. Everything goes
-// through the bpf(2) syscall bound with koffi.
+// array maps (create, read) for the counters those classifiers keep, and hash maps
+// (create, update, delete) for the tables user space fills. Everything goes through the
+// bpf(2) syscall bound with koffi.
 import koffi from "koffi";
 import * as libc from "./libc";
 
@@ -9,16 +10,30 @@ const SYS_BPF = 321;
 // linux/bpf.h: commands
 const BPF_MAP_CREATE = 0;
 const BPF_MAP_LOOKUP_ELEM = 1;
+const BPF_MAP_UPDATE_ELEM = 2;
+const BPF_MAP_DELETE_ELEM = 3;
 const BPF_PROG_LOAD = 5;
 // linux/bpf.h: types
 export const BPF_PROG_TYPE_SCHED_CLS = 3;
+const BPF_MAP_TYPE_HASH = 1;
 const BPF_MAP_TYPE_ARRAY = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
+/** map_flags: elements are allocated on update, not all at creation. */
+const BPF_F_NO_PREALLOC = 1;
 const BPF_PSEUDO_MAP_FD = 1;
 // linux/bpf.h: helpers
 export const BPF_FUNC_map_lookup_elem = 1;
 export const BPF_FUNC_skb_store_bytes = 9;
+export const BPF_FUNC_l4_csum_replace = 11;
 export const BPF_FUNC_redirect = 23;
+export const BPF_FUNC_skb_load_bytes = 26;
+export const BPF_FUNC_skb_change_tail = 38;
 export const BPF_F_INGRESS = 1;
+/** bpf_skb_store_bytes: keep a CHECKSUM_COMPLETE skb's csum right. */
+export const BPF_F_RECOMPUTE_CSUM = 1;
+/** bpf_l4_csum_replace flags: the field's size is in the low bits. */
+export const BPF_F_PSEUDO_HDR = 1 << 4;
+export const BPF_F_MARK_MANGLED_0 = 1 << 5;
 
 // linux/bpf_common.h, linux/bpf.h: instruction classes and fields
 const BPF_LD = 0x00;
@@ -66,7 +81,7 @@ function insn(code: number, dst: number, src: number, off: number, imm: number):
   return b;
 }
 
-type Item = Buffer | { jump: number; reg: number; imm: number; to: string };
+type Item = Buffer | { jump: number; reg: number; src?: number; imm: number; to: string };
 
 /**
  * Builds a program instruction by instruction; jumps name labels and assemble() turns
@@ -131,6 +146,11 @@ export class BpfAssembler {
     return this.push(insn(BPF_LDX | BPF_MEM | SIZES[size], dst, src, off, 0));
   }
 
+  /** *(size *)(dst + off) = src */
+  storeReg(size: Size, dst: Reg, off: number, src: Reg): this {
+    return this.push(insn(BPF_STX | BPF_MEM | SIZES[size], dst, src, off, 0));
+  }
+
   /** *(size *)(dst + off) = imm */
   storeImm(size: Size, dst: Reg, off: number, imm: number): this {
     return this.push(insn(BPF_ST | BPF_MEM | SIZES[size], dst, 0, off, imm));
@@ -157,6 +177,13 @@ export class BpfAssembler {
   /** if reg `op` imm goto label, 64-bit (the verifier's null check of a pointer needs it) */
   jmp64(op: JmpOp, reg: Reg, imm: number, to: string): this {
     this.items.push({ jump: BPF_JMP | JMP_OPS[op] | BPF_K, reg, imm, to });
+    this.slots++;
+    return this;
+  }
+
+  /** if reg `op` src goto label, 64-bit (bounds the verifier keeps for sizes) */
+  jmpReg(op: JmpOp, reg: Reg, src: Reg, to: string): this {
+    this.items.push({ jump: BPF_JMP | JMP_OPS[op] | BPF_X, reg, src, imm: 0, to });
     this.slots++;
     return this;
   }
@@ -195,7 +222,7 @@ export class BpfAssembler {
       if (off < 0)
         throw new Error(`bpf assembler: jump back to ${item.to} (loops are not allowed)`);
       if (off > 0x7fff) throw new Error(`bpf assembler: jump to ${item.to} too far`);
-      out.push(insn(item.jump, item.reg, 0, off, item.imm));
+      out.push(insn(item.jump, item.reg, item.src ?? 0, off, item.imm));
       at++;
     }
     return Buffer.concat(out);
@@ -291,17 +318,75 @@ function loadOnce(name: string, progType: number, insns: Buffer, log?: Buffer): 
   return bpf(BPF_PROG_LOAD, attr);
 }
 
-/** An array map of `entries` u64 counters; the caller owns the fd. */
-export function createCounterMap(name: string, entries: number): number {
+function createMap(
+  name: string,
+  type: number,
+  sizes: { key: number; value: number; entries: number },
+  flags = 0,
+): number {
   const attr = Buffer.alloc(MAP_CREATE_ATTR_SIZE);
-  attr.writeUInt32LE(BPF_MAP_TYPE_ARRAY, 0);
-  attr.writeUInt32LE(4, 4); // key: u32 index
-  attr.writeUInt32LE(8, 8); // value: u64
-  attr.writeUInt32LE(entries, 12);
+  attr.writeUInt32LE(type, 0);
+  attr.writeUInt32LE(sizes.key, 4);
+  attr.writeUInt32LE(sizes.value, 8);
+  attr.writeUInt32LE(sizes.entries, 12);
+  attr.writeUInt32LE(flags, 16);
   attr.write(name.slice(0, 15), 28, "latin1"); // map_name after map_flags, inner_map_fd, numa_node
   const fd = bpf(BPF_MAP_CREATE, attr);
   if (fd < 0) throw new libc.SysCallError(`BPF_MAP_CREATE ${name}`, libc.errno());
   return fd;
+}
+
+/** An array map of `entries` u64 counters; the caller owns the fd. */
+export function createCounterMap(name: string, entries: number): number {
+  return createMap(name, BPF_MAP_TYPE_ARRAY, { key: 4, value: 8, entries });
+}
+
+/**
+ * A hash map of at most `entries` elements, allocated as they are added (a map that
+ * stays nearly empty costs nearly nothing); the caller owns the fd.
+ */
+export function createHashMap(
+  name: string,
+  sizes: { key: number; value: number; entries: number },
+): number {
+  return createMap(name, BPF_MAP_TYPE_HASH, sizes, BPF_F_NO_PREALLOC);
+}
+
+/** A one-element per-CPU array: a program's scratch space larger than its stack. */
+export function createScratchMap(name: string, size: number): number {
+  return createMap(name, BPF_MAP_TYPE_PERCPU_ARRAY, { key: 4, value: size, entries: 1 });
+}
+
+function elemAttr(mapFd: number, key: Buffer, value: Buffer | null, flags: number): Buffer {
+  const attr = Buffer.alloc(koffi.sizeof(MapElemAttr));
+  koffi.encode(attr, MapElemAttr, {
+    map_fd: mapFd,
+    key,
+    value,
+    flags,
+    pad: new Array<number>(96).fill(0),
+  });
+  return attr;
+}
+
+// linux/bpf.h: BPF_MAP_UPDATE_ELEM flags
+const BPF_ANY = 0;
+
+/** Adds or replaces one element; the buffers are exactly the map's key and value sizes. */
+export function updateElem(mapFd: number, key: Buffer, value: Buffer, what: string): void {
+  if (bpf(BPF_MAP_UPDATE_ELEM, elemAttr(mapFd, key, value, BPF_ANY)) < 0) {
+    throw new libc.SysCallError(`BPF_MAP_UPDATE_ELEM ${what}`, libc.errno());
+  }
+}
+
+// asm-generic/errno-base.h
+const ENOENT = 2;
+
+/** Removes one element; one that is not there is fine. */
+export function deleteElem(mapFd: number, key: Buffer, what: string): void {
+  if (bpf(BPF_MAP_DELETE_ELEM, elemAttr(mapFd, key, null, 0)) < 0 && libc.errno() !== ENOENT) {
+    throw new libc.SysCallError(`BPF_MAP_DELETE_ELEM ${what}`, libc.errno());
+  }
 }
 
 /** Reads every counter of an array map made by createCounterMap. */

@@ -2,6 +2,7 @@
 // it on the pod bridge. Only for a NIC that has IPv6: an IPv4-only pod sends no RAs.
 import { type Ipv6Log, Ipv6Server } from "../dhcp6";
 import type { Rtnl } from "../sys/rtnl";
+import type { StepHook } from "../util/steps";
 import { routeGuestIpv6 } from "./guest-ipv6";
 import type { PodInterface } from "./types";
 
@@ -14,6 +15,7 @@ export async function serveNicIpv6(
   iface: PodInterface,
   leaseSeconds: number,
   log: Ipv6Log,
+  steps?: StepHook,
 ): Promise<Ipv6Server | undefined> {
   const ipv6 = iface.ipv6;
   if (!ipv6) return undefined;
@@ -34,5 +36,8 @@ export async function serveNicIpv6(
     search: iface.dns.search,
     onLink: ipv6.onLink ? [ipv6.onLink] : [],
     log,
+    // Replies to requests seen before come from the kernel, back into the tap.
+    replyPort: iface.tap,
+    ...(steps ? { steps } : {}),
   });
 }

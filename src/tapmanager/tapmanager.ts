@@ -277,6 +277,8 @@ export class Tapmanager {
             log: this.log,
             // The guard on the tap steers the guest's DHCP to the server itself.
             intercept: false,
+            // Replies to requests seen before come from the kernel, back into the tap.
+            replyPort: iface.tap,
             ...(this.options.steps ? { steps: this.options.steps } : {}),
           }),
         "DHCP ready",
@@ -292,6 +294,7 @@ export class Tapmanager {
           iface,
           this.options.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
           this.log,
+          this.options.steps,
         ),
       );
       if (server) ipv6Servers.push(server);
@@ -316,9 +319,18 @@ export class Tapmanager {
   private async tearDownRecord(record: PodRecord): Promise<void> {
     const id = record.request.pod.sandboxId;
     const label = podLabel(record.request);
+    // Replies the kernel's caches sent (DHCPv4, DHCPv6): gone with the servers.
+    const dhcpKernelReplies =
+      this.dhcpStats(id).reduce((n, s) => n + (s.kernel?.hits ?? 0), 0) +
+      this.ipv6Stats(id).reduce((n, s) => n + (s.dhcp6.kernel?.hits ?? 0), 0);
     await this.timed("DHCP stop", () => this.stopServing(id));
     const drops = this.dropCounts(id);
-    if (drops) this.log.info({ pod: label, sandboxId: id, drops }, "guest isolation drops");
+    if (drops) {
+      this.log.info(
+        { pod: label, sandboxId: id, drops, dhcpKernelReplies },
+        "guest isolation drops",
+      );
+    }
     this.closeGuards(id);
     // The taps and bridges are not deleted one by one before the netns goes: each
     // RTM_DELLINK waits out an RCU grace period (~35 ms apiece here, two per NIC), while

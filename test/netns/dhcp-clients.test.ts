@@ -320,6 +320,7 @@ describe("DHCP server with real clients", () => {
           device: BRIDGE,
           serverId: t.lease.router!,
           leases: [t.lease],
+          replyPort: GUEST_PORT,
         });
         const client = spec.start(t, dir);
         try {
@@ -396,6 +397,23 @@ describe("DHCP server with real clients", () => {
             `no renewal leaked to the host: server ${JSON.stringify(server.stats())}\n${hostCounters(t.host.name)}`,
           );
           assert.equal(guestState(t.guest.name).address, want);
+
+          if (spec.renew) {
+            // The same renewal again: the kernel's reply cache answers it, with the lease.
+            const hits = server.stats().kernel?.hits ?? 0;
+            const acked = client.count(spec.acks);
+            spec.renew(client, t);
+            await waitFor(
+              "an ACK to a second renewal",
+              5_000,
+              () => client.count(spec.acks) > acked,
+            );
+            assert.ok(
+              (server.stats().kernel?.hits ?? 0) > hits,
+              `the renewal was answered from the kernel: ${JSON.stringify(server.stats())}`,
+            );
+            assert.equal(guestState(t.guest.name).address, want);
+          }
 
           // Rebind: with the unicast path cut, the client's broadcast at T2 is answered.
           cutUnicastPath(t);

@@ -210,6 +210,7 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
           dns: [DNS6],
           search: SEARCH,
           onLink: t.ipv6.onLink ? [t.ipv6.onLink] : [],
+          replyPort: GUEST_PORT,
         });
         await waitFor("the guest's link-local", 5000, () => linkLocalOf(t.guest.name, "eth0"));
         const client6 = startIpv6Client(kind6, t.guest.name, "eth0", dir);
@@ -263,6 +264,18 @@ describe("IPv6 RA and DHCPv6 with real clients", () => {
               throw new Error(`${error.message}\n${sniff.output}`);
             });
           }
+          assert.ok(guest6(t.guest.name).addresses.includes(want));
+          // The next renewal repeats the first one's bytes: the kernel's cache answers it.
+          const renewed = client.count(client6.replies);
+          await waitFor(
+            "a REPLY to the next renewal",
+            leaseSeconds * 2000,
+            () => client.count(client6.replies) > renewed,
+          );
+          assert.ok(
+            (server.stats().dhcp6.kernel?.hits ?? 0) > 0,
+            `a renewal was answered from the kernel: ${JSON.stringify(server.stats().dhcp6)}`,
+          );
           assert.ok(guest6(t.guest.name).addresses.includes(want));
           assert.deepEqual(server.stats().dhcp6.dropped, {});
         } catch (error) {

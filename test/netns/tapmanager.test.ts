@@ -635,6 +635,12 @@ function untilTapForwardingSync(netnsPath: string, tap: string): void {
   throw new Error(`the pod bridge never forwarded to ${tap}`);
 }
 
+function withXid(datagram: Buffer, xid: number): Buffer {
+  const copy = Buffer.from(datagram);
+  copy.writeUInt32BE(xid, 4);
+  return copy;
+}
+
 function readDhcpReply(tapFd: number): Promise<Buffer> {
   const script = `
     const fs = require("fs");
@@ -692,7 +698,14 @@ describe("tapmanager DHCP from the first packet", () => {
       // Synchronously, before this process goes back to its event loop: one packet, no retry.
       fs.writeSync(tap!.fd, dhcpFrame(tap!.guestMac, discover));
       const offer = parseMessage(await readDhcpReply(tap!.fd));
+      // The same DISCOVER again, steered by the guard into the bridge: the kernel's reply
+      // cache answers it into the tap, the same OFFER with the new xid.
+      fs.writeSync(tap!.fd, dhcpFrame(tap!.guestMac, withXid(discover, 0x5eee)));
+      const again = parseMessage(await readDhcpReply(tap!.fd));
       fs.closeSync(tap!.fd);
+      assert.equal(again.xid, 0x5eee);
+      assert.deepEqual({ ...again, xid: offer.xid }, offer);
+      assert.equal(tm.dhcpStats(pod.sandboxId)[0]?.kernel?.hits, 1, "answered by the kernel");
       assert.equal(offer.xid, 0x5eed);
       assert.equal(offer.options.messageType, MessageType.OFFER);
       assert.equal(offer.yiaddr, network.interfaces[0].addresses[0].address);
