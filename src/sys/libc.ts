@@ -33,6 +33,7 @@ export const sendto = libc.func(
 export const recvfrom = libc.func(
   "long recvfrom(int fd, void *buf, size_t len, int flags, void *addr, void *addrlen)",
 );
+export const poll = libc.func("int poll(void *fds, unsigned long nfds, int timeout)");
 
 // linux/sched.h
 export const CLONE_NEWNET = 0x40000000;
