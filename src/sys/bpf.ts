@@ -9,6 +9,7 @@ const SYS_BPF = 321;
 // linux/bpf.h: commands
 const BPF_MAP_CREATE = 0;
 const BPF_MAP_LOOKUP_ELEM = 1;
+const BPF_MAP_UPDATE_ELEM = 2;
 const BPF_PROG_LOAD = 5;
 // linux/bpf.h: types
 export const BPF_PROG_TYPE_SCHED_CLS = 3;
@@ -66,7 +67,7 @@ function insn(code: number, dst: number, src: number, off: number, imm: number):
   return b;
 }
 
-type Item = Buffer | { jump: number; reg: number; imm: number; to: string };
+type Item = Buffer | { jump: number; reg: number; src: number; imm: number; to: string };
 
 /**
  * Builds a program instruction by instruction; jumps name labels and assemble() turns
@@ -104,6 +105,11 @@ export class BpfAssembler {
     return this.push(insn(BPF_ALU | ALU_OPS[op] | BPF_K, dst, 0, 0, imm));
   }
 
+  /** 32-bit ALU with a register: the result is zero-extended. */
+  alu32Reg(op: AluOp, dst: Reg, src: Reg): this {
+    return this.push(insn(BPF_ALU | ALU_OPS[op] | BPF_X, dst, src, 0, 0));
+  }
+
   /** 64-bit ALU with a register (offsets, pointers). */
   alu64Reg(op: AluOp, dst: Reg, src: Reg): this {
     return this.push(insn(BPF_ALU64 | ALU_OPS[op] | BPF_X, dst, src, 0, 0));
@@ -131,6 +137,11 @@ export class BpfAssembler {
     return this.push(insn(BPF_LDX | BPF_MEM | SIZES[size], dst, src, off, 0));
   }
 
+  /** *(size *)(dst + off) = src: a stack slot (a spilled pointer keeps its type). */
+  storeReg(size: Size, dst: Reg, off: number, src: Reg): this {
+    return this.push(insn(BPF_STX | BPF_MEM | SIZES[size], dst, src, off, 0));
+  }
+
   /** *(size *)(dst + off) = imm */
   storeImm(size: Size, dst: Reg, off: number, imm: number): this {
     return this.push(insn(BPF_ST | BPF_MEM | SIZES[size], dst, 0, off, imm));
@@ -149,20 +160,27 @@ export class BpfAssembler {
 
   /** if (u32)reg `op` (u32)imm goto label */
   jmp(op: JmpOp, reg: Reg, imm: number, to: string): this {
-    this.items.push({ jump: BPF_JMP32 | JMP_OPS[op] | BPF_K, reg, imm, to });
+    this.items.push({ jump: BPF_JMP32 | JMP_OPS[op] | BPF_K, reg, src: 0, imm, to });
+    this.slots++;
+    return this;
+  }
+
+  /** if (u32)reg `op` (u32)src goto label */
+  jmpReg(op: JmpOp, reg: Reg, src: Reg, to: string): this {
+    this.items.push({ jump: BPF_JMP32 | JMP_OPS[op] | BPF_X, reg, src, imm: 0, to });
     this.slots++;
     return this;
   }
 
   /** if reg `op` imm goto label, 64-bit (the verifier's null check of a pointer needs it) */
   jmp64(op: JmpOp, reg: Reg, imm: number, to: string): this {
-    this.items.push({ jump: BPF_JMP | JMP_OPS[op] | BPF_K, reg, imm, to });
+    this.items.push({ jump: BPF_JMP | JMP_OPS[op] | BPF_K, reg, src: 0, imm, to });
     this.slots++;
     return this;
   }
 
   goto(to: string): this {
-    this.items.push({ jump: BPF_JMP | BPF_JA, reg: 0, imm: 0, to });
+    this.items.push({ jump: BPF_JMP | BPF_JA, reg: 0, src: 0, imm: 0, to });
     this.slots++;
     return this;
   }
@@ -195,7 +213,7 @@ export class BpfAssembler {
       if (off < 0)
         throw new Error(`bpf assembler: jump back to ${item.to} (loops are not allowed)`);
       if (off > 0x7fff) throw new Error(`bpf assembler: jump to ${item.to} too far`);
-      out.push(insn(item.jump, item.reg, 0, off, item.imm));
+      out.push(insn(item.jump, item.reg, item.src, off, item.imm));
       at++;
     }
     return Buffer.concat(out);
@@ -293,15 +311,37 @@ function loadOnce(name: string, progType: number, insns: Buffer, log?: Buffer): 
 
 /** An array map of `entries` u64 counters; the caller owns the fd. */
 export function createCounterMap(name: string, entries: number): number {
+  return createArrayMap(name, 8, entries);
+}
+
+/** An array map of `entries` values of `valueSize` bytes, zeroed; the caller owns the fd. */
+export function createArrayMap(name: string, valueSize: number, entries: number): number {
   const attr = Buffer.alloc(MAP_CREATE_ATTR_SIZE);
   attr.writeUInt32LE(BPF_MAP_TYPE_ARRAY, 0);
   attr.writeUInt32LE(4, 4); // key: u32 index
-  attr.writeUInt32LE(8, 8); // value: u64
+  attr.writeUInt32LE(valueSize, 8);
   attr.writeUInt32LE(entries, 12);
   attr.write(name.slice(0, 15), 28, "latin1"); // map_name after map_flags, inner_map_fd, numa_node
   const fd = bpf(BPF_MAP_CREATE, attr);
   if (fd < 0) throw new libc.SysCallError(`BPF_MAP_CREATE ${name}`, libc.errno());
   return fd;
+}
+
+/** Writes `value` at `index` of an array map (BPF_ANY: an array's slots always exist). */
+export function updateArrayElem(mapFd: number, index: number, value: Buffer): void {
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(index);
+  const attr = Buffer.alloc(koffi.sizeof(MapElemAttr));
+  koffi.encode(attr, MapElemAttr, {
+    map_fd: mapFd,
+    key,
+    value,
+    flags: 0,
+    pad: new Array<number>(96).fill(0),
+  });
+  if (bpf(BPF_MAP_UPDATE_ELEM, attr) < 0) {
+    throw new libc.SysCallError(`BPF_MAP_UPDATE_ELEM fd ${mapFd} [${index}]`, libc.errno());
+  }
 }
 
 /** Reads every counter of an array map made by createCounterMap. */
