@@ -43,6 +43,27 @@ export function randomLocalMac(): string {
 }
 
 /**
+ * What of the rewiring needs no CNI result, done ahead (while the plugins run): the
+ * bridge (its random MAC from the start) and the persistent tap enslaved to it, both up.
+ * rewireInterface() then finds them and goes on. The names are vmlet's own (br-, tap-),
+ * which no plugin makes in a pod's netns.
+ */
+export async function prepareBridgeAndTap(
+  rtnl: Rtnl,
+  nsPath: string,
+  names: RewireNames,
+  steps?: StepHook,
+): Promise<void> {
+  await rtnl.createBridge(names.bridge, randomLocalMac());
+  await timeStep(steps, "rewire: tap open", () =>
+    fs.closeSync(openTap(nsPath, { name: names.tap, persist: true }).fd),
+  );
+  await rtnl.setMaster(names.tap, names.bridge);
+  await rtnl.setUp(names.bridge);
+  await rtnl.setUp(names.tap);
+}
+
+/**
  * Moves the pod's identity from the veth to the guest: addresses and routes off the veth,
  * a new MAC on it, then bridge + persistent tap (vnet headers, the veth's MTU) with it.
  * Safe to run again on a half-rewired netns: each step checks what is already there.
@@ -75,10 +96,7 @@ export async function rewireInterface(
   // Calico and others pin the pod IP to this MAC on the node: the guest must take it.
   if (veth.mac === view.mac) await rtnl.setMac(ifname, randomLocalMac());
 
-  if (!(await rtnl.findLink(bridge))) {
-    await rtnl.createBridge(bridge);
-    await rtnl.setMac(bridge, randomLocalMac());
-  }
+  if (!(await rtnl.findLink(bridge))) await rtnl.createBridge(bridge, randomLocalMac());
   await rtnl.setMtu(bridge, view.mtu);
   if (!(await rtnl.findLink(tap))) {
     // Persistent, so it outlives this fd and can be reopened for QEMU, also after a restart.

@@ -5,11 +5,10 @@
 // sends.
 import { macToString } from "../util/mac";
 import { attr } from "./netlink-attr";
-import { AF_UNSPEC, IFLA_IFNAME, IFLA_LINKINFO } from "./uapi";
+import { AF_UNSPEC, IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINKINFO } from "./uapi";
 
 // linux/rtnetlink.h, linux/if_link.h, linux/if.h
 export const RTM_GETLINK = 18;
-const IFLA_ADDRESS = 1;
 const IFLA_MTU = 4;
 const IFLA_LINK = 5;
 const IFLA_MASTER = 10;

@@ -20,6 +20,7 @@ import {
   AF_INET,
   AF_INET6,
   AF_UNSPEC,
+  IFLA_ADDRESS,
   IFLA_BRPORT_LEARNING,
   IFLA_IFNAME,
   IFLA_LINKINFO,
@@ -299,9 +300,16 @@ export class Rtnl {
     );
   }
 
-  async createBridge(name: string): Promise<void> {
+  /** A bridge; with `mac`, it has that address from the start (no RTM_SETLINK after). */
+  async createBridge(name: string, mac?: string): Promise<void> {
     const linkinfo = encode(formatInfo({ kind: "bridge" }));
-    await this.newLink(`RTM_NEWLINK bridge ${name}`, name, [attr(IFLA_LINKINFO, linkinfo)]);
+    const address = mac ? [attr(IFLA_ADDRESS, macToBuffer(mac))] : [];
+    await this.newLink(
+      `RTM_NEWLINK bridge ${name}`,
+      name,
+      [attr(IFLA_LINKINFO, linkinfo)],
+      address,
+    );
   }
 
   /**
