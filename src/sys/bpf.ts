@@ -282,13 +282,35 @@ const LOAD_ATTEMPTS = 5;
 /**
  * One BPF_PROG_LOAD, again while the verifier was interrupted: a daemon that runs CNI
  * plugins gets a SIGCHLD for each, and with hundreds of pods at once one lands mid-verify.
+ * SIGCHLD is blocked on this thread meanwhile (another of Node's threads takes it, and
+ * libuv hears of it as ever), so a plugin's exit no longer throws the verifier's work
+ * away: the loads run while CNI ADD does, and its plugins exit then.
  */
 function tryLoad(name: string, progType: number, insns: Buffer, log?: Buffer): number {
-  let fd = loadOnce(name, progType, insns, log);
-  for (let i = 1; i < LOAD_ATTEMPTS && fd < 0 && libc.errno() === EAGAIN; i++) {
-    fd = loadOnce(name, progType, insns, log);
+  return withSigchldBlocked(() => {
+    let fd = loadOnce(name, progType, insns, log);
+    for (let i = 1; i < LOAD_ATTEMPTS && fd < 0 && libc.errno() === EAGAIN; i++) {
+      fd = loadOnce(name, progType, insns, log);
+    }
+    return fd;
+  });
+}
+
+const sigchldOnly = (() => {
+  const set = Buffer.alloc(libc.SIGSET_BYTES);
+  const bit = libc.SIGCHLD - 1;
+  set[bit >> 3] |= 1 << (bit & 7);
+  return set;
+})();
+
+function withSigchldBlocked<T>(fn: () => T): T {
+  const old = Buffer.alloc(libc.SIGSET_BYTES);
+  if (libc.pthreadSigmask(libc.SIG_BLOCK, sigchldOnly, old) !== 0) return fn();
+  try {
+    return fn();
+  } finally {
+    libc.pthreadSigmask(libc.SIG_SETMASK, old, null);
   }
-  return fd;
 }
 
 function loadOnce(name: string, progType: number, insns: Buffer, log?: Buffer): number {

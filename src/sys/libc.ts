@@ -34,6 +34,15 @@ export const recvfrom = libc.func(
   "long recvfrom(int fd, void *buf, size_t len, int flags, void *addr, void *addrlen)",
 );
 export const poll = libc.func("int poll(void *fds, unsigned long nfds, int timeout)");
+export const pthreadSigmask = libc.func(
+  "int pthread_sigmask(int how, const void *set, void *oldset)",
+);
+
+// bits/sigaction.h, asm/signal.h; glibc's sigset_t is 1024 bits
+export const SIG_BLOCK = 0;
+export const SIG_SETMASK = 2;
+export const SIGCHLD = 17;
+export const SIGSET_BYTES = 128;
 
 // linux/sched.h
 export const CLONE_NEWNET = 0x40000000;

@@ -138,7 +138,11 @@ export class Tapmanager {
   private async build(request: PodNetworkRequest): Promise<PodRecord> {
     const id = request.pod.sandboxId;
     const netnsName = netnsNameFor(id);
-    // Recorded before anything exists, so a crash at any point can be cleaned up.
+    // Recorded before anything exists, so a crash at any point can be cleaned up: atomic,
+    // not fsynced. A crash of vmlet keeps it (the page cache outlives the process). What
+    // a power cut must not lose is the IPAM allocation, the one thing of a pod network that
+    // outlives a reboot: the CNI client records each attachment durably before its ADD,
+    // and garbage collection at start (collectGarbage) deletes one whose record is gone.
     const record: PodRecord = {
       version: RECORD_VERSION,
       request,
@@ -148,7 +152,7 @@ export class Tapmanager {
       phase: "creating",
       interfaces: [],
     };
-    await this.timed("record creating", () => this.store.write(record));
+    await this.timed("record creating", () => this.store.writeStep(record));
     await this.timed("netns create", () => createNetns(netnsName));
     const { attachments, early } = await this.addWithEarlyWork(record);
     try {

@@ -205,7 +205,7 @@ export class CniClient {
         }
         // Counted as added before the record is completed, so a failed write is undone too.
         added.push({ network: list.name, ifname: rt.ifname, result });
-        await this.cache.put({ ...entry, result: toWire(result, list.cniVersion) });
+        this.cache.putStep({ ...entry, result: toWire(result, list.cniVersion) });
       }
     } catch (error) {
       const undone = await this.undo(pod, netnsPath, added);
