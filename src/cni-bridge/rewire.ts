@@ -74,6 +74,8 @@ export async function rewireInterface(
   names: RewireNames,
   view: PodIdentity,
   steps?: StepHook,
+  /** prepareBridgeAndTap() made the bridge and tap in this setUp: no need to look. */
+  prepared = false,
 ): Promise<RewiredInterface> {
   const { ifname, bridge, tap } = names;
   const veth = await rtnl.link(ifname);
@@ -96,9 +98,11 @@ export async function rewireInterface(
   // Calico and others pin the pod IP to this MAC on the node: the guest must take it.
   if (veth.mac === view.mac) await rtnl.setMac(ifname, randomLocalMac());
 
-  if (!(await rtnl.findLink(bridge))) await rtnl.createBridge(bridge, randomLocalMac());
+  if (!prepared && !(await rtnl.findLink(bridge))) {
+    await rtnl.createBridge(bridge, randomLocalMac());
+  }
   await rtnl.setMtu(bridge, view.mtu);
-  if (!(await rtnl.findLink(tap))) {
+  if (!prepared && !(await rtnl.findLink(tap))) {
     // Persistent, so it outlives this fd and can be reopened for QEMU, also after a restart.
     await timeStep(steps, "rewire: tap open", () =>
       fs.closeSync(openTap(nsPath, { name: tap, persist: true }).fd),
@@ -106,9 +110,9 @@ export async function rewireInterface(
   }
   await rtnl.setMtu(tap, view.mtu);
   await rtnl.setMaster(ifname, bridge);
-  await rtnl.setMaster(tap, bridge);
+  if (!prepared) await rtnl.setMaster(tap, bridge);
   await pinGuestToTap(rtnl, names, view.mac);
-  for (const name of [bridge, tap, ifname]) await rtnl.setUp(name);
+  for (const name of prepared ? [ifname] : [bridge, tap, ifname]) await rtnl.setUp(name);
   return { ...names, guestMac: view.mac };
 }
 
@@ -125,5 +129,5 @@ export async function rewireInterface(
  */
 async function pinGuestToTap(rtnl: Rtnl, names: RewireNames, guestMac: string): Promise<void> {
   await rtnl.setBridgePortLearning(names.ifname, false);
-  await rtnl.setStaticFdb(names.tap, guestMac);
+  await rtnl.setStaticFdb(names.tap, guestMac, names.bridge);
 }

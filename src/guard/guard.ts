@@ -114,8 +114,10 @@ export class PreparedGuard {
     const where = `guard ${links.tap}/${links.veth} in ${rtnl.nsPath}`;
     const tc = TcSession.on(rtnl);
     try {
-      const tap = await rtnl.link(links.tap);
-      const veth = await rtnl.link(links.veth);
+      // Indexes the connection may know already (rewiring looked them up); the bridge's
+      // MAC is read (a link's message costs the kernel 0.1-0.4 ms: only the one).
+      const tap = { name: links.tap, index: await rtnl.linkIndex(links.tap) };
+      const veth = { name: links.veth, index: await rtnl.linkIndex(links.veth) };
       const bridge = await rtnl.link(links.bridge);
       const need = slotsFor(policy.prefixes);
       if (need.v4 > this.slots.v4 || need.v6 > this.slots.v6) await this.reloadTap(need, steps);

@@ -150,6 +150,11 @@ export class Rtnl {
    */
   private readonly indexes = new Map<string, number>();
 
+  /** The index of the link called `name`, looked up once per connection. */
+  async linkIndex(name: string): Promise<number> {
+    return this.indexOf(name);
+  }
+
   private async indexOf(name: string): Promise<number> {
     const known = this.indexes.get(name);
     if (known !== undefined) return known;
@@ -483,8 +488,11 @@ export class Rtnl {
    * A static FDB entry on `port`'s bridge (`bridge fdb replace MAC dev PORT master static`):
    * frames to `mac` leave through `port` whatever the bridge learns. Replaces one that is there.
    */
-  async setStaticFdb(port: string, mac: string): Promise<void> {
-    const link = await this.link(port);
+  async setStaticFdb(port: string, mac: string, bridge?: string): Promise<void> {
+    // With the bridge named (the caller enslaved the port), no lookup of the port's master.
+    const link = bridge
+      ? { index: await this.indexOf(port), master: await this.indexOf(bridge) }
+      : await this.link(port);
     if (link.master === undefined) {
       throw new RtnlError(`static FDB ${mac} on ${port}`, this.nsPath, "ENOTCONN (no bridge)");
     }

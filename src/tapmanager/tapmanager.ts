@@ -307,6 +307,10 @@ export class Tapmanager {
     await this.stopServing(id);
     const servers: DhcpServer[] = [];
     this.servers.set(id, servers);
+    this.closeGuards(id);
+    const guards: { ifname: string; guard: InterfaceGuard }[] = [];
+    this.guards.set(id, guards);
+    // One connection for rewiring and the guards: each link is looked up once.
     await this.withRtnl(record, async (rtnl) => {
       for (const iface of record.interfaces) {
         const names = { ifname: iface.ifname, bridge: iface.bridge, tap: iface.tap };
@@ -324,6 +328,7 @@ export class Tapmanager {
                 mac: iface.guestMac,
               },
               this.options.steps,
+              early?.has(iface.ifname),
             ),
           "rewire",
         );
@@ -331,31 +336,26 @@ export class Tapmanager {
           routeNicIpv6(rtnl, record.netnsPath, iface),
         );
       }
+      // Guarded before DHCP serves and before any VM gets the tap.
+      for (const iface of record.interfaces) {
+        const links = { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge };
+        const policy = {
+          guestMac: iface.guestMac,
+          prefixes: sourcePrefixes(record, iface),
+          routesIpv6: iface.ipv6 !== undefined,
+        };
+        const prepared = early?.get(iface.ifname);
+        const guard = await this.step(
+          `guard ${iface.tap}`,
+          () =>
+            prepared
+              ? prepared.attach(rtnl, links, policy, this.options.steps)
+              : InterfaceGuard.attach(record.netnsPath, links, policy, this.options.steps),
+          prepared ? "guard (fill + attach)" : "guard (BPF load + attach)",
+        );
+        guards.push({ ifname: iface.ifname, guard });
+      }
     });
-    // Guarded before DHCP serves and before any VM gets the tap.
-    this.closeGuards(id);
-    const guards: { ifname: string; guard: InterfaceGuard }[] = [];
-    this.guards.set(id, guards);
-    for (const iface of record.interfaces) {
-      const links = { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge };
-      const policy = {
-        guestMac: iface.guestMac,
-        prefixes: sourcePrefixes(record, iface),
-        routesIpv6: iface.ipv6 !== undefined,
-      };
-      const prepared = early?.get(iface.ifname);
-      const guard = await this.step(
-        `guard ${iface.tap}`,
-        () =>
-          prepared
-            ? this.withRtnl(record, (rtnl) =>
-                prepared.attach(rtnl, links, policy, this.options.steps),
-              )
-            : InterfaceGuard.attach(record.netnsPath, links, policy, this.options.steps),
-        prepared ? "guard (fill + attach)" : "guard (BPF load + attach)",
-      );
-      guards.push({ ifname: iface.ifname, guard });
-    }
     for (const iface of record.interfaces) {
       const lease = this.leaseFor(record, iface);
       if (!lease) continue;

@@ -68,10 +68,11 @@ export class ResultCache {
       await writeFileAtomic(file, text);
     } catch (error) {
       // The container's dir is made on its first entry only: one file op less per write.
+      // The new dir's name and the entry are made durable side by side: put() returns
+      // (and ADD starts) only once both are.
       if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
       await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-      await syncDir(this.dir);
-      await writeFileAtomic(file, text);
+      await Promise.all([syncDir(this.dir), writeFileAtomic(file, text)]);
     }
   }
 
