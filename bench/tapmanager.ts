@@ -24,6 +24,12 @@ const MiB = 1024 * 1024;
 const TARGET_OVERHEAD_MS = 3;
 const TARGET_LINEARITY = 1.2;
 const TARGET_RSS_PER_POD_KIB = 256;
+/**
+ * Pause after each teardown in the one-pod-at-a-time part: a removed netns is cleaned up
+ * by a kernel worker that holds the RTNL lock for milliseconds (its links, RCU grace
+ * periods), and would otherwise land on whichever setUp comes next, tapmanager's or raw.
+ */
+const SETTLE_MS = Number(process.env.VMLET_BENCH_SETTLE_MS ?? 100);
 
 v8.setFlagsFromString("--expose-gc");
 const collectGarbage = vm.runInNewContext("gc") as () => void;
@@ -64,6 +70,10 @@ async function census(root: string): Promise<Record<string, number>> {
   };
 }
 
+function settle(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+}
+
 function pod(name: string): PodRef {
   return { namespace: "bench", name, uid: `uid-${name}`, sandboxId: `sb-${name}` };
 }
@@ -100,6 +110,7 @@ async function main(): Promise<void> {
       await timed("tapmanager.setUp", record, () => tm.setUp({ pod: p }));
       await timed("tapmanager.tearDown", record, () => tm.tearDown(p.sandboxId));
       breakdown.recording = false;
+      await settle();
     };
     const raw = async () => {
       const p = pod(`raw${i + warmup}`);
@@ -113,6 +124,7 @@ async function main(): Promise<void> {
         await runPlugin("bridge", pluginEnv("DEL", p, `/run/netns/${name}`), del);
         deleteNetns(name);
       });
+      await settle();
     };
     await inTurn(i, viaTapmanager, raw);
   }

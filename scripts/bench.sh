@@ -8,7 +8,7 @@ names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for f in dist/bench/*.js; do
     n=$(basename "$f" .js)
-    case $n in lib | plugin | node) ;; *) names+=("$n") ;; esac # helpers, not benchmarks
+    case $n in lib | plugin | node | tapmanager-compare) ;; *) names+=("$n") ;; esac # helpers; the compare needs a baseline
   done
 fi
 for n in "${names[@]}"; do

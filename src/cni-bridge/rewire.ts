@@ -43,6 +43,27 @@ export function randomLocalMac(): string {
 }
 
 /**
+ * What of the rewiring needs no CNI result, done ahead (while the plugins run): the
+ * bridge (its random MAC from the start) and the persistent tap enslaved to it, both up.
+ * rewireInterface() then finds them and goes on. The names are vmlet's own (br-, tap-),
+ * which no plugin makes in a pod's netns.
+ */
+export async function prepareBridgeAndTap(
+  rtnl: Rtnl,
+  nsPath: string,
+  names: RewireNames,
+  steps?: StepHook,
+): Promise<void> {
+  await rtnl.createBridge(names.bridge, randomLocalMac());
+  await timeStep(steps, "rewire: tap open", () =>
+    fs.closeSync(openTap(nsPath, { name: names.tap, persist: true }).fd),
+  );
+  await rtnl.setMaster(names.tap, names.bridge);
+  await rtnl.setUp(names.bridge);
+  await rtnl.setUp(names.tap);
+}
+
+/**
  * Moves the pod's identity from the veth to the guest: addresses and routes off the veth,
  * a new MAC on it, then bridge + persistent tap (vnet headers, the veth's MTU) with it.
  * Safe to run again on a half-rewired netns: each step checks what is already there.
@@ -53,6 +74,8 @@ export async function rewireInterface(
   names: RewireNames,
   view: PodIdentity,
   steps?: StepHook,
+  /** prepareBridgeAndTap() made the bridge and tap in this setUp: no need to look. */
+  prepared = false,
 ): Promise<RewiredInterface> {
   const { ifname, bridge, tap } = names;
   const veth = await rtnl.link(ifname);
@@ -75,12 +98,11 @@ export async function rewireInterface(
   // Calico and others pin the pod IP to this MAC on the node: the guest must take it.
   if (veth.mac === view.mac) await rtnl.setMac(ifname, randomLocalMac());
 
-  if (!(await rtnl.findLink(bridge))) {
-    await rtnl.createBridge(bridge);
-    await rtnl.setMac(bridge, randomLocalMac());
+  if (!prepared && !(await rtnl.findLink(bridge))) {
+    await rtnl.createBridge(bridge, randomLocalMac());
   }
   await rtnl.setMtu(bridge, view.mtu);
-  if (!(await rtnl.findLink(tap))) {
+  if (!prepared && !(await rtnl.findLink(tap))) {
     // Persistent, so it outlives this fd and can be reopened for QEMU, also after a restart.
     await timeStep(steps, "rewire: tap open", () =>
       fs.closeSync(openTap(nsPath, { name: tap, persist: true }).fd),
@@ -88,9 +110,9 @@ export async function rewireInterface(
   }
   await rtnl.setMtu(tap, view.mtu);
   await rtnl.setMaster(ifname, bridge);
-  await rtnl.setMaster(tap, bridge);
+  if (!prepared) await rtnl.setMaster(tap, bridge);
   await pinGuestToTap(rtnl, names, view.mac);
-  for (const name of [bridge, tap, ifname]) await rtnl.setUp(name);
+  for (const name of prepared ? [ifname] : [bridge, tap, ifname]) await rtnl.setUp(name);
   return { ...names, guestMac: view.mac };
 }
 
@@ -107,5 +129,5 @@ export async function rewireInterface(
  */
 async function pinGuestToTap(rtnl: Rtnl, names: RewireNames, guestMac: string): Promise<void> {
   await rtnl.setBridgePortLearning(names.ifname, false);
-  await rtnl.setStaticFdb(names.tap, guestMac);
+  await rtnl.setStaticFdb(names.tap, guestMac, names.bridge);
 }

@@ -77,11 +77,11 @@ export function replyCacheProgram(maps: ReplyCacheMaps): Buffer {
   // A DHCP request: from here on a hit or a miss. Lengths as the socket would see them.
   a.ldAbs("h", ETH_HEADER + IPV4_HEADER + 4).movReg(7, 0); // UDP length
   a.ldAbs("h", ETH_HEADER + 2).movReg(8, 0); // IP total length
-  a.movReg(0, 7).alu64("add", 0, IPV4_HEADER).jmpReg("jgt", 0, 8, "miss");
+  a.movReg(0, 7).alu64("add", 0, IPV4_HEADER).jmpReg64("jgt", 0, 8, "miss");
   a.loadMem("w", 8, 6, SKB_LEN);
   a.movReg(0, 7)
     .alu64("add", 0, ETH_HEADER + IPV4_HEADER)
-    .jmpReg("jgt", 0, 8, "miss");
+    .jmpReg64("jgt", 0, 8, "miss");
   a.alu64("sub", 7, UDP_HEADER);
   a.jmp64("jlt", 7, MIN_REQUEST, "miss").jmp64("jgt", 7, MAX_CACHED_REQUEST, "miss");
   // The key: payload length, payload, zeros after it; xid and secs zeroed.

@@ -58,11 +58,11 @@ export function reply6CacheProgram(maps: ReplyCacheMaps): Buffer {
   // A DHCPv6 message to the server: from here on a hit or a miss.
   a.ldAbs("h", ETH_HEADER + IPV6_HEADER + 4).movReg(7, 0); // UDP length
   a.ldAbs("h", ETH_HEADER + 4).movReg(8, 0); // IPv6 payload length
-  a.jmpReg("jgt", 7, 8, "miss");
+  a.jmpReg64("jgt", 7, 8, "miss");
   a.loadMem("w", 8, 6, SKB_LEN);
   a.movReg(0, 7)
     .alu64("add", 0, ETH_HEADER + IPV6_HEADER)
-    .jmpReg("jgt", 0, 8, "miss");
+    .jmpReg64("jgt", 0, 8, "miss");
   a.alu64("sub", 7, UDP_HEADER);
   a.jmp64("jlt", 7, MIN_MESSAGE, "miss").jmp64("jgt", 7, MAX_CACHED_MESSAGE, "miss");
   emitScratchKey(a, maps, KEY_SIZE);

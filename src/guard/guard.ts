@@ -1,6 +1,9 @@
-// One pod NIC's isolation: the three classifiers of policy.ts on its tap and veth, and
-// the counter map they share. The filters stay when vmlet stops (the guest keeps
-// running and stays guarded); attaching again swaps each filter in one step.
+// One pod NIC's isolation: the three classifiers of policy.ts on its tap and veth, the
+// counter map they share and the config map they read the NIC's identity from. The
+// programs are loaded first (prepare(), which needs no netns, and can run while CNI ADD
+// does), then the config filled and the filters attached (attach()). The filters stay
+// when vmlet stops (the guest keeps running and stays guarded); attaching again swaps
+// each filter in one step.
 
 import fs from "node:fs";
 import * as bpf from "../sys/bpf";
@@ -11,6 +14,10 @@ import { type StepHook, timeStep } from "../util/steps";
 import {
   DROP_REASONS,
   type DropReason,
+  encodeGuardConfig,
+  GUARD_CONFIG_SIZE,
+  type PrefixSlots,
+  slotsFor,
   type TapPolicy,
   tapIngressProgram,
   vethEgressProgram,
@@ -42,10 +49,133 @@ function spec(link: TcLink, hook: TcHook): TcFilterSpec {
   return { link, hook, prio: GUARD_PRIO, protocol: ETH_P_ALL_BE };
 }
 
+type ProgramName = "vmlet_guest" | "vmlet_from_node" | "vmlet_to_node";
+
+/**
+ * A NIC's three programs, loaded and verified, and its two maps; nothing attached yet.
+ * attach() hands them to the NIC's filters, or close() lets go of them.
+ */
+export class PreparedGuard {
+  private done = false;
+
+  private constructor(
+    private readonly mapFd: number,
+    private readonly configFd: number,
+    private readonly programs: Record<ProgramName, number>,
+    private slots: PrefixSlots,
+  ) {}
+
+  /**
+   * Creates the maps and loads the programs, the tap's with `slots` source prefixes per
+   * family (attach() loads it again should its policy need more); on failure nothing of
+   * this call stays open.
+   */
+  static async load(slots: PrefixSlots, steps?: StepHook): Promise<PreparedGuard> {
+    const fds: number[] = [];
+    try {
+      const mapFd = bpf.createCounterMap("vmlet_guard", DROP_REASONS.length);
+      fds.push(mapFd);
+      const configFd = bpf.createArrayMap("vmlet_guard_cfg", GUARD_CONFIG_SIZE, 1);
+      fds.push(configFd);
+      const load = (name: ProgramName, insns: Buffer) =>
+        timeStep(steps, "guard: BPF load", () => {
+          const fd = bpf.loadProgram(name, bpf.BPF_PROG_TYPE_SCHED_CLS, insns);
+          fds.push(fd);
+          return fd;
+        });
+      const programs = {
+        vmlet_guest: await load("vmlet_guest", tapIngressProgram(configFd, mapFd, slots)),
+        vmlet_from_node: await load("vmlet_from_node", vethIngressProgram(mapFd)),
+        vmlet_to_node: await load("vmlet_to_node", vethEgressProgram(configFd, mapFd)),
+      };
+      return new PreparedGuard(mapFd, configFd, programs, slots);
+    } catch (error) {
+      for (const fd of fds) fs.closeSync(fd);
+      throw new GuardError(`guard: load programs: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
+  /**
+   * Fills the config from `policy` and attaches the three filters over `rtnl` (a
+   * connection to the pod's netns), replacing any there. Consumes this: the program fds
+   * are closed either way (attached filters hold their programs, and they the maps); on
+   * failure the maps are closed too.
+   */
+  async attach(
+    rtnl: Rtnl,
+    links: GuardLinks,
+    policy: TapPolicy,
+    steps?: StepHook,
+  ): Promise<InterfaceGuard> {
+    if (this.done) throw new GuardError("guard: prepared programs used twice");
+    this.done = true;
+    const where = `guard ${links.tap}/${links.veth} in ${rtnl.nsPath}`;
+    const tc = TcSession.on(rtnl);
+    try {
+      // Indexes the connection may know already (rewiring looked them up); the bridge's
+      // MAC is read (a link's message costs the kernel 0.1-0.4 ms: only the one).
+      const tap = { name: links.tap, index: await rtnl.linkIndex(links.tap) };
+      const veth = { name: links.veth, index: await rtnl.linkIndex(links.veth) };
+      const bridge = await rtnl.link(links.bridge);
+      const need = slotsFor(policy.prefixes);
+      if (need.v4 > this.slots.v4 || need.v6 > this.slots.v6) await this.reloadTap(need, steps);
+      // Filled before any filter runs it: a frame never meets an empty config.
+      bpf.updateArrayElem(this.configFd, 0, encodeGuardConfig(policy, bridge, this.slots));
+      const filters: [TcLink, TcHook, ProgramName][] = [
+        [tap, "ingress", "vmlet_guest"],
+        [veth, "ingress", "vmlet_from_node"],
+        [veth, "egress", "vmlet_to_node"],
+      ];
+      for (const [link, hook, name] of filters) {
+        await timeStep(steps, "guard: tc attach", async () => {
+          // The veth carries two of the filters: the session asks for its qdisc once.
+          await tc.ensureClsact(link);
+          await tc.attachBpf(spec(link, hook), this.programs[name], name, true);
+        });
+      }
+      fs.closeSync(this.configFd);
+      const specs = filters.map(([link, hook]) => spec(link, hook));
+      return new InterfaceGuard(this.mapFd, where, rtnl.nsPath, specs);
+    } catch (error) {
+      fs.closeSync(this.mapFd);
+      fs.closeSync(this.configFd);
+      throw new GuardError(`${where}: ${(error as Error).message}`, { cause: error });
+    } finally {
+      this.closePrograms();
+    }
+  }
+
+  /** Lets go of the programs and maps unattached (setUp failed before the attach). */
+  close(): void {
+    if (this.done) return;
+    this.done = true;
+    this.closePrograms();
+    fs.closeSync(this.mapFd);
+    fs.closeSync(this.configFd);
+  }
+
+  /** The tap's program again, with room for `slots` prefixes. */
+  private async reloadTap(slots: PrefixSlots, steps?: StepHook): Promise<void> {
+    const insns = tapIngressProgram(this.configFd, this.mapFd, slots);
+    const fd = await timeStep(steps, "guard: BPF load", () =>
+      bpf.loadProgram("vmlet_guest", bpf.BPF_PROG_TYPE_SCHED_CLS, insns),
+    );
+    fs.closeSync(this.programs.vmlet_guest);
+    this.programs.vmlet_guest = fd;
+    this.slots = slots;
+  }
+
+  private closePrograms(): void {
+    for (const fd of Object.values(this.programs)) fs.closeSync(fd);
+  }
+}
+
 export class InterfaceGuard {
   private closed = false;
 
-  private constructor(
+  constructor(
     private readonly mapFd: number,
     readonly where: string,
     private readonly nsPath: string,
@@ -59,47 +189,17 @@ export class InterfaceGuard {
     policy: TapPolicy,
     steps?: StepHook,
   ): Promise<InterfaceGuard> {
-    const where = `guard ${links.tap}/${links.veth} in ${nsPath}`;
-    const mapFd = bpf.createCounterMap("vmlet_guard", DROP_REASONS.length);
-    const progFds: number[] = [];
-    // One netlink socket for the link lookups and the tc requests.
-    const rtnl = Rtnl.open(nsPath);
-    const tc = TcSession.on(rtnl);
+    const prepared = await PreparedGuard.load(slotsFor(policy.prefixes), steps);
+    let rtnl: Rtnl;
     try {
-      const tap = await rtnl.link(links.tap);
-      const veth = await rtnl.link(links.veth);
-      const bridge = await rtnl.link(links.bridge);
-      const programs: [TcLink, TcHook, string, Buffer][] = [
-        [tap, "ingress", "vmlet_guest", tapIngressProgram(policy, bridge.index, mapFd)],
-        [veth, "ingress", "vmlet_from_node", vethIngressProgram(mapFd)],
-        [
-          veth,
-          "egress",
-          "vmlet_to_node",
-          vethEgressProgram(policy.guestMac, mapFd, policy.routesIpv6 ? bridge.mac : undefined),
-        ],
-      ];
-      const withClsact = new Set<number>();
-      for (const [link, hook, name, insns] of programs) {
-        const fd = await timeStep(steps, "guard: BPF load", () =>
-          bpf.loadProgram(name, bpf.BPF_PROG_TYPE_SCHED_CLS, insns),
-        );
-        progFds.push(fd);
-        await timeStep(steps, "guard: tc attach", async () => {
-          // The veth carries two of the filters: one qdisc request for both.
-          if (!withClsact.has(link.index)) await tc.ensureClsact(link);
-          withClsact.add(link.index);
-          await tc.attachBpf(spec(link, hook), fd, name, true);
-        });
-      }
-      const specs = programs.map(([link, hook]) => spec(link, hook));
-      return new InterfaceGuard(mapFd, where, nsPath, specs);
+      rtnl = Rtnl.open(nsPath);
     } catch (error) {
-      fs.closeSync(mapFd);
-      throw new GuardError(`${where}: ${(error as Error).message}`, { cause: error });
+      prepared.close();
+      throw error;
+    }
+    try {
+      return await prepared.attach(rtnl, links, policy, steps);
     } finally {
-      // The attached filters hold their programs, and the programs the map.
-      for (const fd of progFds) fs.closeSync(fd);
       rtnl.close();
     }
   }

@@ -119,6 +119,11 @@ export class BpfAssembler {
     return this.push(insn(BPF_ALU | ALU_OPS[op] | BPF_K, dst, 0, 0, imm));
   }
 
+  /** 32-bit ALU with a register: the result is zero-extended. */
+  alu32Reg(op: AluOp, dst: Reg, src: Reg): this {
+    return this.push(insn(BPF_ALU | ALU_OPS[op] | BPF_X, dst, src, 0, 0));
+  }
+
   /** 64-bit ALU with a register (offsets, pointers). */
   alu64Reg(op: AluOp, dst: Reg, src: Reg): this {
     return this.push(insn(BPF_ALU64 | ALU_OPS[op] | BPF_X, dst, src, 0, 0));
@@ -169,27 +174,34 @@ export class BpfAssembler {
 
   /** if (u32)reg `op` (u32)imm goto label */
   jmp(op: JmpOp, reg: Reg, imm: number, to: string): this {
-    this.items.push({ jump: BPF_JMP32 | JMP_OPS[op] | BPF_K, reg, imm, to });
+    this.items.push({ jump: BPF_JMP32 | JMP_OPS[op] | BPF_K, reg, src: 0, imm, to });
+    this.slots++;
+    return this;
+  }
+
+  /** if (u32)reg `op` (u32)src goto label */
+  jmpReg(op: JmpOp, reg: Reg, src: Reg, to: string): this {
+    this.items.push({ jump: BPF_JMP32 | JMP_OPS[op] | BPF_X, reg, src, imm: 0, to });
     this.slots++;
     return this;
   }
 
   /** if reg `op` imm goto label, 64-bit (the verifier's null check of a pointer needs it) */
   jmp64(op: JmpOp, reg: Reg, imm: number, to: string): this {
-    this.items.push({ jump: BPF_JMP | JMP_OPS[op] | BPF_K, reg, imm, to });
+    this.items.push({ jump: BPF_JMP | JMP_OPS[op] | BPF_K, reg, src: 0, imm, to });
     this.slots++;
     return this;
   }
 
   /** if reg `op` src goto label, 64-bit (bounds the verifier keeps for sizes) */
-  jmpReg(op: JmpOp, reg: Reg, src: Reg, to: string): this {
+  jmpReg64(op: JmpOp, reg: Reg, src: Reg, to: string): this {
     this.items.push({ jump: BPF_JMP | JMP_OPS[op] | BPF_X, reg, src, imm: 0, to });
     this.slots++;
     return this;
   }
 
   goto(to: string): this {
-    this.items.push({ jump: BPF_JMP | BPF_JA, reg: 0, imm: 0, to });
+    this.items.push({ jump: BPF_JMP | BPF_JA, reg: 0, src: 0, imm: 0, to });
     this.slots++;
     return this;
   }
@@ -291,13 +303,35 @@ const LOAD_ATTEMPTS = 5;
 /**
  * One BPF_PROG_LOAD, again while the verifier was interrupted: a daemon that runs CNI
  * plugins gets a SIGCHLD for each, and with hundreds of pods at once one lands mid-verify.
+ * SIGCHLD is blocked on this thread meanwhile (another of Node's threads takes it, and
+ * libuv hears of it as ever), so a plugin's exit no longer throws the verifier's work
+ * away: the loads run while CNI ADD does, and its plugins exit then.
  */
 function tryLoad(name: string, progType: number, insns: Buffer, log?: Buffer): number {
-  let fd = loadOnce(name, progType, insns, log);
-  for (let i = 1; i < LOAD_ATTEMPTS && fd < 0 && libc.errno() === EAGAIN; i++) {
-    fd = loadOnce(name, progType, insns, log);
+  return withSigchldBlocked(() => {
+    let fd = loadOnce(name, progType, insns, log);
+    for (let i = 1; i < LOAD_ATTEMPTS && fd < 0 && libc.errno() === EAGAIN; i++) {
+      fd = loadOnce(name, progType, insns, log);
+    }
+    return fd;
+  });
+}
+
+const sigchldOnly = (() => {
+  const set = Buffer.alloc(libc.SIGSET_BYTES);
+  const bit = libc.SIGCHLD - 1;
+  set[bit >> 3] |= 1 << (bit & 7);
+  return set;
+})();
+
+function withSigchldBlocked<T>(fn: () => T): T {
+  const old = Buffer.alloc(libc.SIGSET_BYTES);
+  if (libc.pthreadSigmask(libc.SIG_BLOCK, sigchldOnly, old) !== 0) return fn();
+  try {
+    return fn();
+  } finally {
+    libc.pthreadSigmask(libc.SIG_SETMASK, old, null);
   }
-  return fd;
 }
 
 function loadOnce(name: string, progType: number, insns: Buffer, log?: Buffer): number {
@@ -352,6 +386,11 @@ export function createHashMap(
   return createMap(name, BPF_MAP_TYPE_HASH, sizes, BPF_F_NO_PREALLOC);
 }
 
+/** An array map of `entries` values of `valueSize` bytes, zeroed; the caller owns the fd. */
+export function createArrayMap(name: string, valueSize: number, entries: number): number {
+  return createMap(name, BPF_MAP_TYPE_ARRAY, { key: 4, value: valueSize, entries });
+}
+
 /** A one-element per-CPU array: a program's scratch space larger than its stack. */
 export function createScratchMap(name: string, size: number): number {
   return createMap(name, BPF_MAP_TYPE_PERCPU_ARRAY, { key: 4, value: size, entries: 1 });
@@ -381,6 +420,13 @@ export function updateElem(mapFd: number, key: Buffer, value: Buffer, what: stri
 
 // asm-generic/errno-base.h
 const ENOENT = 2;
+
+/** Writes `value` at `index` of an array map (an array's slots always exist). */
+export function updateArrayElem(mapFd: number, index: number, value: Buffer): void {
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(index);
+  updateElem(mapFd, key, value, `fd ${mapFd} [${index}]`);
+}
 
 /** Removes one element; one that is not there is fine. */
 export function deleteElem(mapFd: number, key: Buffer, what: string): void {

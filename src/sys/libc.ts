@@ -35,6 +35,16 @@ export const recvfrom = libc.func(
 );
 // The msghdr is a Buffer laid out by sys/recvmsg.ts, its pointers set to other Buffers.
 export const recvmsg = libc.func("long recvmsg(int fd, void *msg, int flags)");
+export const poll = libc.func("int poll(void *fds, unsigned long nfds, int timeout)");
+export const pthreadSigmask = libc.func(
+  "int pthread_sigmask(int how, const void *set, void *oldset)",
+);
+
+// bits/sigaction.h, asm/signal.h; glibc's sigset_t is 1024 bits
+export const SIG_BLOCK = 0;
+export const SIG_SETMASK = 2;
+export const SIGCHLD = 17;
+export const SIGSET_BYTES = 128;
 
 // linux/sched.h
 export const CLONE_NEWNET = 0x40000000;

@@ -1,13 +1,18 @@
 // rtnetlink inside one netns: links, addresses, routes, neighbours. The socket is made
-// while the main thread is inside the netns, so every request manages that netns.
+// while the main thread is inside the netns, so every request manages that netns. Each
+// request completes inside its call (netlink-sync.ts): the returned promise is settled,
+// and awaiting it costs a microtask, not a turn of the event loop.
 // Over 400 lines: one request and its reply parser per object kind, over one socket and
 // queue; the kinds share the framing and the error type.
-import { createRtNetlink, type RtNetlinkSocket, rt } from "netlink";
-import { formatInfo, parseInfo } from "netlink/dist/rt/ifla";
+import { type NetlinkSocket, RtNetlinkSocket, rt } from "netlink";
+import { formatInfo } from "netlink/dist/rt/ifla";
 import { AttrStream } from "netlink/dist/structs";
 import { errnoCode } from "../util/errors";
 import { bytesToIp, ipToBytes } from "../util/ip";
-import { macToBuffer, macToString } from "../util/mac";
+import { macToBuffer } from "../util/mac";
+import { getLinkBody, parseLink, RTM_GETLINK } from "./link-message";
+import { attr } from "./netlink-attr";
+import { SyncNetlinkSocket } from "./netlink-sync";
 import { withNetns } from "./netns";
 
 import {
@@ -15,6 +20,7 @@ import {
   AF_INET,
   AF_INET6,
   AF_UNSPEC,
+  IFLA_ADDRESS,
   IFLA_BRPORT_LEARNING,
   IFLA_IFNAME,
   IFLA_LINKINFO,
@@ -43,6 +49,10 @@ import {
 const REQUEST_TIMEOUT_MS = 5000;
 
 export type IpFamily = 4 | 6;
+
+/** linux/netlink.h NLM_F_ROOT | NLM_F_MATCH; linux/rtnetlink.h RTM_NEWLINK. */
+const NLM_F_DUMP = 0x300;
+const RTM_NEWLINK = 16;
 
 export interface LinkInfo {
   index: number;
@@ -119,33 +129,50 @@ function encode(data: Parameters<AttrStream["emit"]>[0]): Buffer {
   return Buffer.concat(stream.bufs);
 }
 
-/** One netlink attribute (struct nlattr + payload, padded to 4 bytes). */
-export function attr(type: number, payload: Buffer): Buffer {
-  const len = 4 + payload.length;
-  const out = Buffer.alloc((len + 3) & ~3);
-  out.writeUInt16LE(len, 0);
-  out.writeUInt16LE(type, 2);
-  payload.copy(out, 4);
-  return out;
-}
+export { attr };
 
 /** An rtnetlink connection to one netns. Close it when done. */
 export class Rtnl {
+  private readonly socket: RtNetlinkSocket;
+
   private constructor(
-    private readonly socket: RtNetlinkSocket,
+    private readonly transport: SyncNetlinkSocket,
     readonly nsPath: string,
-  ) {}
+  ) {
+    // The netlink package formats and parses; the transport sends and reads.
+    this.socket = new RtNetlinkSocket(transport as unknown as NetlinkSocket);
+  }
+
+  /**
+   * Link indexes by name, looked up once per connection. A connection serves one step of
+   * one pod (its links are not renamed under it meanwhile), and a link's lookup costs the
+   * kernel 0.1-0.2 ms (a bridge's message is kilobytes of options and per-family state).
+   */
+  private readonly indexes = new Map<string, number>();
+
+  /** The index of the link called `name`, looked up once per connection. */
+  async linkIndex(name: string): Promise<number> {
+    return this.indexOf(name);
+  }
+
+  private async indexOf(name: string): Promise<number> {
+    const known = this.indexes.get(name);
+    if (known !== undefined) return known;
+    return (await this.link(name)).index;
+  }
 
   static open(nsPath: string): Rtnl {
-    const socket = withNetns(nsPath, () => createRtNetlink());
-    return new Rtnl(socket, nsPath);
+    return new Rtnl(
+      withNetns(nsPath, () => SyncNetlinkSocket.open()),
+      nsPath,
+    );
   }
 
   close(): void {
-    this.socket.socket.socket.close();
+    this.transport.close();
   }
 
-  /** Requests go one at a time: the netlink package cannot tell interleaved dumps apart. */
+  /** Requests go one at a time, in the order asked. */
   private queue: Promise<unknown> = Promise.resolve();
 
   private call<T>(operation: string, request: () => Promise<T>): Promise<T> {
@@ -183,10 +210,10 @@ export class Rtnl {
   }
 
   async links(): Promise<LinkInfo[]> {
-    const messages = await this.call("RTM_GETLINK dump", () =>
-      this.socket.getLinks(undefined, undefined, { timeout: REQUEST_TIMEOUT_MS }),
+    const [messages] = await this.call("RTM_GETLINK dump", () =>
+      this.transport.request(RTM_GETLINK, getLinkBody(), { flags: NLM_F_DUMP }),
     );
-    return messages.map(linkInfo);
+    return messages.filter((m) => m.type === RTM_NEWLINK).map((m) => parseLink(m.data));
   }
 
   /**
@@ -195,10 +222,13 @@ export class Rtnl {
    */
   async findLink(name: string): Promise<LinkInfo | undefined> {
     try {
-      const [message] = await this.call(`find link ${name}`, () =>
-        this.socket.getLink({}, { ifname: name }, { timeout: REQUEST_TIMEOUT_MS }),
+      const [messages] = await this.call(`find link ${name}`, () =>
+        this.transport.request(RTM_GETLINK, getLinkBody(name)),
       );
-      return message && linkInfo(message);
+      const message = messages.find((m) => m.type === RTM_NEWLINK);
+      const link = message && parseLink(message.data);
+      if (link) this.indexes.set(link.name, link.index);
+      return link;
     } catch (error) {
       if (error instanceof RtnlError && error.code === "ENODEV") return undefined;
       throw error;
@@ -275,9 +305,16 @@ export class Rtnl {
     );
   }
 
-  async createBridge(name: string): Promise<void> {
+  /** A bridge; with `mac`, it has that address from the start (no RTM_SETLINK after). */
+  async createBridge(name: string, mac?: string): Promise<void> {
     const linkinfo = encode(formatInfo({ kind: "bridge" }));
-    await this.newLink(`RTM_NEWLINK bridge ${name}`, name, [attr(IFLA_LINKINFO, linkinfo)]);
+    const address = mac ? [attr(IFLA_ADDRESS, macToBuffer(mac))] : [];
+    await this.newLink(
+      `RTM_NEWLINK bridge ${name}`,
+      name,
+      [attr(IFLA_LINKINFO, linkinfo)],
+      address,
+    );
   }
 
   /**
@@ -326,8 +363,8 @@ export class Rtnl {
   }
 
   async setMaster(name: string, master: string): Promise<void> {
-    const bridge = await this.link(master);
-    await this.setLink(`set ${name} master ${master}`, name, {}, { master: bridge.index });
+    const bridge = await this.indexOf(master);
+    await this.setLink(`set ${name} master ${master}`, name, {}, { master: bridge });
   }
 
   async setMac(name: string, mac: string): Promise<void> {
@@ -340,6 +377,7 @@ export class Rtnl {
 
   async deleteLink(name: string): Promise<void> {
     const link = await this.link(name);
+    this.indexes.delete(name);
     await this.call(`RTM_DELLINK ${name}`, () =>
       this.socket.delLink({ index: link.index }, undefined, { timeout: REQUEST_TIMEOUT_MS }),
     );
@@ -357,8 +395,7 @@ export class Rtnl {
   }
 
   async addAddress(name: string, cidr: string): Promise<void> {
-    const link = await this.link(name);
-    const { data, attrs } = this.addressMessage(link.index, cidr);
+    const { data, attrs } = this.addressMessage(await this.indexOf(name), cidr);
     await this.call(`RTM_NEWADDR ${cidr} dev ${name}`, () =>
       this.socket.newAddress(data, attrs, {
         flags: NLM_F_CREATE | NLM_F_EXCL,
@@ -368,8 +405,7 @@ export class Rtnl {
   }
 
   async deleteAddress(name: string, cidr: string): Promise<void> {
-    const link = await this.link(name);
-    const { data, attrs } = this.addressMessage(link.index, cidr);
+    const { data, attrs } = this.addressMessage(await this.indexOf(name), cidr);
     await this.call(`RTM_DELADDR ${cidr} dev ${name}`, () =>
       this.socket.delAddress(data, attrs, { timeout: REQUEST_TIMEOUT_MS }),
     );
@@ -380,7 +416,7 @@ export class Rtnl {
     const attrs: rt.RouteAttrs = { table: RT_TABLE_MAIN };
     if (spec.dstLength > 0) attrs.dst = ipToBytes(spec.dst);
     if (spec.gateway) attrs.gateway = ipToBytes(spec.gateway);
-    if (spec.device) attrs.oif = (await this.link(spec.device)).index;
+    if (spec.device) attrs.oif = await this.indexOf(spec.device);
     if (spec.priority !== undefined) attrs.priority = spec.priority;
     const scope =
       spec.scope === "host"
@@ -437,12 +473,12 @@ export class Rtnl {
    * RTM_SETLINK for AF_BRIDGE with IFLA_BRPORT_LEARNING nested in IFLA_PROTINFO.
    */
   async setBridgePortLearning(name: string, learning: boolean): Promise<void> {
-    const link = await this.link(name);
+    const index = await this.indexOf(name);
     const protinfo = attr(
       IFLA_PROTINFO | NLA_F_NESTED,
       attr(IFLA_BRPORT_LEARNING, Buffer.from([learning ? 1 : 0])),
     );
-    const body = Buffer.concat([rt.formatLink({ family: AF_BRIDGE, index: link.index }), protinfo]);
+    const body = Buffer.concat([rt.formatLink({ family: AF_BRIDGE, index }), protinfo]);
     await this.call(`set ${name} bridge port learning ${learning ? "on" : "off"}`, () =>
       this.socket.request(rt.MessageType.SETLINK, body, { timeout: REQUEST_TIMEOUT_MS }),
     );
@@ -452,8 +488,11 @@ export class Rtnl {
    * A static FDB entry on `port`'s bridge (`bridge fdb replace MAC dev PORT master static`):
    * frames to `mac` leave through `port` whatever the bridge learns. Replaces one that is there.
    */
-  async setStaticFdb(port: string, mac: string): Promise<void> {
-    const link = await this.link(port);
+  async setStaticFdb(port: string, mac: string, bridge?: string): Promise<void> {
+    // With the bridge named (the caller enslaved the port), no lookup of the port's master.
+    const link = bridge
+      ? { index: await this.indexOf(port), master: await this.indexOf(bridge) }
+      : await this.link(port);
     if (link.master === undefined) {
       throw new RtnlError(`static FDB ${mac} on ${port}`, this.nsPath, "ENOTCONN (no bridge)");
     }
@@ -480,30 +519,15 @@ export class Rtnl {
 
   /** A permanent neighbour entry, so replies reach a client that cannot answer ARP yet. */
   async setNeighbour(name: string, ip: string, mac: string): Promise<void> {
-    const link = await this.link(name);
+    const ifindex = await this.indexOf(name);
     await this.call(`RTM_NEWNEIGH ${ip} lladdr ${mac} dev ${name}`, () =>
       this.socket.newNeighbor(
-        { family: afOf(familyOf(ip)), ifindex: link.index, state: { permanent: true } },
+        { family: afOf(familyOf(ip)), ifindex, state: { permanent: true } },
         { dst: ipToBytes(ip), lladdr: macToBuffer(mac) },
         { flags: NLM_F_CREATE | NLM_F_REPLACE, timeout: REQUEST_TIMEOUT_MS },
       ),
     );
   }
-}
-
-function linkInfo(m: rt.LinkMessage): LinkInfo {
-  const kind = m.attrs.linkinfo ? parseInfo(m.attrs.linkinfo).kind : undefined;
-  const link: LinkInfo = {
-    index: m.data.index ?? 0,
-    name: m.attrs.ifname ?? "",
-    mac: m.attrs.address ? macToString(m.attrs.address) : "",
-    mtu: m.attrs.mtu ?? 0,
-    up: Boolean(m.data.flags?.up),
-  };
-  if (m.attrs.master) link.master = m.attrs.master;
-  if (kind) link.kind = kind;
-  if (m.attrs.link) link.peerIndex = m.attrs.link.readUInt32LE(0);
-  return link;
 }
 
 /** The netlink package gives known enum values as names and unknown ones as numbers. */

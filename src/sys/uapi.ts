@@ -33,6 +33,7 @@ export const RTPROT_BOOT = 3;
 export const RTNH_F_ONLINK = 4;
 
 // linux/if_link.h: enum IFLA_*, and IFLA_BRPORT_* nested in IFLA_PROTINFO for AF_BRIDGE
+export const IFLA_ADDRESS = 1;
 export const IFLA_IFNAME = 3;
 export const IFLA_PROTINFO = 12;
 export const IFLA_LINKINFO = 18;

@@ -74,13 +74,15 @@ export class PodStateStore {
   }
 
   /**
-   * Records a step between two durable writes (setUp's "wiring"), atomically but without
-   * fsync. A crash of vmlet keeps it (the page cache outlives the process), so recovery is
-   * as with write(). A power cut may lose it, leaving the durable "creating" before it:
-   * recover() then tears the pod down, as it does for any record whose netns is gone,
-   * and after a reboot every netns is gone (they live on /run).
+   * Records a step of setUp ("creating", "wiring", "ready"), atomically but without fsync.
+   * A crash of vmlet keeps it (the page cache outlives the process), so recovery is as
+   * with write(). A power cut may lose it or leave an older one: after a reboot every
+   * netns is gone (they live on /run), and recover() tears down any pod whose netns is
+   * gone, whatever its phase; a pod with no record left is freed by CNI garbage
+   * collection from the CNI client's durable record of its attachment.
    */
   writeStep(record: PodRecord): void {
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     writeFileOrdered(this.file(record.request.pod.sandboxId), `${JSON.stringify(record)}\n`);
   }
 

@@ -5,15 +5,22 @@
 // pod; the guest's view, IPv6, rewiring and the guard are modules of their own.
 
 import fs from "node:fs";
-import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-bridge/cni";
-import { rewireInterface, rewireNames } from "../cni-bridge/rewire";
+import {
+  type CniClient,
+  type CniResult,
+  ifnameFor,
+  type NetworkStatus,
+  type PodAttachment,
+} from "../cni-bridge/cni";
+import { prepareBridgeAndTap, rewireInterface, rewireNames } from "../cni-bridge/rewire";
 import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhcp/server";
 import type { Ipv6Server, Ipv6ServerStats } from "../dhcp6";
-import { addDrops, InterfaceGuard } from "../guard/guard";
-import type { Prefix } from "../guard/policy";
+import { addDrops, InterfaceGuard, PreparedGuard } from "../guard/guard";
+import type { Prefix, PrefixSlots } from "../guard/policy";
 import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
+import { TcSession } from "../sys/tc";
 import { KeyedLock } from "../util/keyed-lock";
 import { Limiter } from "../util/limiter";
 import { silentLog } from "../util/silent-log";
@@ -57,6 +64,12 @@ export class PodNetworkError extends Error {
 
 const DEFAULT_LEASE_SECONDS = 86_400;
 const DEFAULT_MAX_CONCURRENT = 8;
+/**
+ * Source prefix slots a NIC's guard program is loaded with per family for the NIC's own
+ * addresses (its lease and CNI addresses), beside the annotation's; more are loaded for
+ * the rare NIC that needs them.
+ */
+const OWN_PREFIX_SLOTS = 2;
 /** The server id of a NIC whose network has no IPv4 gateway at all. */
 const LINK_LOCAL_SERVER_ID = "169.254.255.254";
 
@@ -125,7 +138,11 @@ export class Tapmanager {
   private async build(request: PodNetworkRequest): Promise<PodRecord> {
     const id = request.pod.sandboxId;
     const netnsName = netnsNameFor(id);
-    // Recorded before anything exists, so a crash at any point can be cleaned up.
+    // Recorded before anything exists, so a crash at any point can be cleaned up: atomic,
+    // not fsynced. A crash of vmlet keeps it (the page cache outlives the process). What
+    // a power cut must not lose is the IPAM allocation, the one thing of a pod network that
+    // outlives a reboot: the CNI client records each attachment durably before its ADD,
+    // and garbage collection at start (collectGarbage) deletes one whose record is gone.
     const record: PodRecord = {
       version: RECORD_VERSION,
       request,
@@ -135,24 +152,95 @@ export class Tapmanager {
       phase: "creating",
       interfaces: [],
     };
-    await this.timed("record creating", () => this.store.write(record));
+    await this.timed("record creating", () => this.store.writeStep(record));
     await this.timed("netns create", () => createNetns(netnsName));
-    await this.step("loopback up", () => this.withRtnl(record, (r) => r.setUp("lo")));
-    const attachments = await this.timed("CNI ADD", () =>
+    const { attachments, early } = await this.addWithEarlyWork(record);
+    try {
+      record.interfaces = await this.step("read the netns", () =>
+        this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
+      );
+      record.phase = "wiring";
+      await this.timed("record wiring", () => this.store.writeStep(record));
+      await this.configure(record, early);
+    } finally {
+      for (const guard of early.values()) guard.close(); // those not attached
+    }
+    record.phase = "ready";
+    // Atomic, not fsynced: a crash of vmlet keeps it (the page cache outlives the
+    // process); a power cut may lose it, and then recover() tears the pod down from the
+    // durable "creating" record, as it would from "ready": after a reboot no netns is
+    // left, and a pod whose netns is gone is torn down whatever its phase.
+    await this.timed("record ready", () => this.store.writeStep(record));
+    return record;
+  }
+
+  /**
+   * CNI ADD, and beside it, once the first plugin has started, what needs only the netns
+   * (prepareDuringAdd): the plugins run as child processes for tens of milliseconds, and
+   * this thread is free meanwhile. Both are settled before this returns or throws, so a
+   * failure of either leaves nothing being built behind the teardown.
+   */
+  private async addWithEarlyWork(
+    record: PodRecord,
+  ): Promise<{ attachments: PodAttachment[]; early: Map<string, PreparedGuard> }> {
+    const { request } = record;
+    let started: () => void = () => {};
+    const pluginStarted = new Promise<boolean>((resolve) => {
+      started = () => resolve(true);
+    });
+    const add = this.timed("CNI ADD", () =>
       this.options.cni.addPod(request.pod, record.netnsPath, {
         ...(request.networks ? { networks: request.networks } : {}),
         ...(request.capabilities ? { capabilities: request.capabilities } : {}),
+        onPluginStart: started,
       }),
     );
-    record.interfaces = await this.step("read the netns", () =>
-      this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
-    );
-    record.phase = "wiring";
-    await this.timed("record wiring", () => this.store.writeStep(record));
-    await this.configure(record);
-    record.phase = "ready";
-    await this.timed("record ready", () => this.store.write(record));
-    return record;
+    const early = new Map<string, PreparedGuard>();
+    const earlyWork = (async () => {
+      // An ADD that fails before any plugin starts (none found) leaves nothing to overlap.
+      const go = await Promise.race([
+        pluginStarted,
+        add.then(
+          () => false,
+          () => false,
+        ),
+      ]);
+      if (go)
+        await this.step("early work (during ADD)", () => this.prepareDuringAdd(record, early));
+    })();
+    const [added, prepared] = await Promise.allSettled([add, earlyWork]);
+    if (added.status === "rejected" || prepared.status === "rejected") {
+      for (const guard of early.values()) guard.close();
+      throw added.status === "rejected" ? added.reason : (prepared as PromiseRejectedResult).reason;
+    }
+    return { attachments: added.value, early };
+  }
+
+  /**
+   * Work for the first NIC that does not need the ADD's result: loopback up, the bridge
+   * and the tap (rewire.ts), the tap's clsact qdisc, and the guard's programs, loaded and
+   * verified (guard.ts). Chunks of a millisecond or so, with a turn of the event loop
+   * between them, so the plugins' pipes and exits are read in time. Only the first NIC
+   * (pods mostly have one): a later network's plugins still find nothing of vmlet's
+   * under that network's names, as CNI leaves the netns, and the NIC is built after ADD.
+   * Another program to load per NIC (say, a reply cache on the bridge) goes here too.
+   */
+  private async prepareDuringAdd(
+    record: PodRecord,
+    early: Map<string, PreparedGuard>,
+  ): Promise<void> {
+    const { steps } = this.options;
+    await this.withRtnl(record, async (rtnl) => {
+      await rtnl.setUp("lo");
+      const tc = TcSession.on(rtnl);
+      const ifname = ifnameFor(0);
+      const names = rewireNames(ifname);
+      await nextTurn();
+      await prepareBridgeAndTap(rtnl, record.netnsPath, names, steps);
+      await tc.ensureClsact(await rtnl.link(names.tap));
+      await nextTurn();
+      early.set(ifname, await PreparedGuard.load(prefixSlots(record.request), steps));
+    });
   }
 
   /** Reads what CNI built for each attachment into the guest's side of the network. */
@@ -210,12 +298,19 @@ export class Tapmanager {
     };
   }
 
-  /** Rewires every interface and serves DHCP on it: setUp's second half and recover(). */
-  private async configure(record: PodRecord): Promise<void> {
+  /**
+   * Rewires every interface and serves DHCP on it: setUp's second half and recover().
+   * `early` holds the guard programs setUp loaded during ADD, by ifname; attached here.
+   */
+  private async configure(record: PodRecord, early?: Map<string, PreparedGuard>): Promise<void> {
     const id = record.request.pod.sandboxId;
     await this.stopServing(id);
     const servers: DhcpServer[] = [];
     this.servers.set(id, servers);
+    this.closeGuards(id);
+    const guards: { ifname: string; guard: InterfaceGuard }[] = [];
+    this.guards.set(id, guards);
+    // One connection for rewiring and the guards: each link is looked up once.
     await this.withRtnl(record, async (rtnl) => {
       for (const iface of record.interfaces) {
         const names = { ifname: iface.ifname, bridge: iface.bridge, tap: iface.tap };
@@ -233,6 +328,7 @@ export class Tapmanager {
                 mac: iface.guestMac,
               },
               this.options.steps,
+              early?.has(iface.ifname),
             ),
           "rewire",
         );
@@ -240,29 +336,26 @@ export class Tapmanager {
           routeNicIpv6(rtnl, record.netnsPath, iface),
         );
       }
+      // Guarded before DHCP serves and before any VM gets the tap.
+      for (const iface of record.interfaces) {
+        const links = { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge };
+        const policy = {
+          guestMac: iface.guestMac,
+          prefixes: sourcePrefixes(record, iface),
+          routesIpv6: iface.ipv6 !== undefined,
+        };
+        const prepared = early?.get(iface.ifname);
+        const guard = await this.step(
+          `guard ${iface.tap}`,
+          () =>
+            prepared
+              ? prepared.attach(rtnl, links, policy, this.options.steps)
+              : InterfaceGuard.attach(record.netnsPath, links, policy, this.options.steps),
+          prepared ? "guard (fill + attach)" : "guard (BPF load + attach)",
+        );
+        guards.push({ ifname: iface.ifname, guard });
+      }
     });
-    // Guarded before DHCP serves and before any VM gets the tap.
-    this.closeGuards(id);
-    const guards: { ifname: string; guard: InterfaceGuard }[] = [];
-    this.guards.set(id, guards);
-    for (const iface of record.interfaces) {
-      const guard = await this.step(
-        `guard ${iface.tap}`,
-        () =>
-          InterfaceGuard.attach(
-            record.netnsPath,
-            { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge },
-            {
-              guestMac: iface.guestMac,
-              prefixes: sourcePrefixes(record, iface),
-              routesIpv6: iface.ipv6 !== undefined,
-            },
-            this.options.steps,
-          ),
-        "guard (BPF load + attach)",
-      );
-      guards.push({ ifname: iface.ifname, guard });
-    }
     for (const iface of record.interfaces) {
       const lease = this.leaseFor(record, iface);
       if (!lease) continue;
@@ -558,8 +651,23 @@ function sourcePrefixes(record: PodRecord, iface: PersistedInterface): Prefix[] 
     address: a.address,
     prefixLength: a.family === 4 ? 32 : 128,
   }));
-  if (iface.ipv4) own.push({ family: 4, address: iface.ipv4.address, prefixLength: 32 });
+  // The lease is mostly one of the CNI addresses: one slot of the guard's is enough.
+  if (iface.ipv4 && !own.some((p) => p.family === 4 && p.address === iface.ipv4?.address)) {
+    own.push({ family: 4, address: iface.ipv4.address, prefixLength: 32 });
+  }
   return [...own, ...(record.request.allowedSourcePrefixes ?? [])];
+}
+
+/** The guard's prefix slots for a NIC of this pod, before its addresses are known. */
+function prefixSlots(request: PodNetworkRequest): PrefixSlots {
+  const extra = request.allowedSourcePrefixes ?? [];
+  const count = (family: 4 | 6) => extra.filter((p) => p.family === family).length;
+  return { v4: OWN_PREFIX_SLOTS + count(4), v6: OWN_PREFIX_SLOTS + count(6) };
+}
+
+/** Lets the event loop turn once (I/O callbacks run) before going on. */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** The pod's IPv6 DNS servers: kubelet's, else the plugin's, as for IPv4. */

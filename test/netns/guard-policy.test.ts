@@ -4,6 +4,9 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
   DROP_REASONS,
+  encodeGuardConfig,
+  GUARD_CONFIG_SIZE,
+  GUARD_PREFIX_SLOTS,
   type Prefix,
   tapIngressProgram,
   vethEgressProgram,
@@ -21,6 +24,7 @@ function loads(name: string, insns: Buffer): void {
 describe("guard programs", () => {
   it("pass the verifier with no extra prefixes, with IPv4 and IPv6 prefixes of every length, and with 64 of them", () => {
     const map = bpf.createCounterMap("vmlet_test", DROP_REASONS.length);
+    const config = bpf.createArrayMap("vmlet_test_cfg", GUARD_CONFIG_SIZE, 1);
     try {
       const own: Prefix[] = [
         { family: 4, address: "10.244.1.5", prefixLength: 32 },
@@ -41,19 +45,77 @@ describe("guard programs", () => {
         address: i % 2 ? `fd00:${i}::` : `10.${i}.0.0`,
         prefixLength: i % 2 ? 64 : 16,
       }));
-      for (const prefixes of [own, [...own, ...odd, ...odd6], [...own, ...many]]) {
-        loads("t_tap", tapIngressProgram({ guestMac: "52:54:00:aa:bb:cc", prefixes }, 7, map));
-      }
+      const all64 = (family: 4 | 6): Prefix[] =>
+        Array.from({ length: 64 }, (_, i) => ({
+          family,
+          address: family === 6 ? `fd00:${i}::` : `10.${i}.0.0`,
+          prefixLength: family === 6 ? 64 : 16,
+        }));
+      // The programs hold no policy: one load each serves every shape, which is the config;
+      // the tap's is as long as its prefix slots, one to all of them.
+      loads("t_tap", tapIngressProgram(config, map, { v4: 1, v6: 1 }));
+      loads("t_tap", tapIngressProgram(config, map, { v4: 2, v6: 1 }));
+      loads("t_tap", tapIngressProgram(config, map));
       loads("t_veth_in", vethIngressProgram(map));
-      loads("t_veth_out", vethEgressProgram("52:54:00:aa:bb:cc", map));
-      loads("t_veth_out6", vethEgressProgram("52:54:00:aa:bb:cc", map, "02:11:22:33:44:55"));
+      loads("t_veth_out", vethEgressProgram(config, map));
+      const bridge = { index: 7, mac: "02:11:22:33:44:55" };
+      for (const prefixes of [own, [...own, ...odd, ...odd6], [...own, ...many]]) {
+        for (const routesIpv6 of [false, true]) {
+          const value = encodeGuardConfig(
+            { guestMac: "52:54:00:aa:bb:cc", prefixes, routesIpv6 },
+            bridge,
+          );
+          bpf.updateArrayElem(config, 0, value);
+        }
+      }
+      // Every slot of a family: the annotation's 64 beside the NIC's own addresses.
+      for (const family of [4, 6] as const) {
+        const full = [...own, ...all64(family), ...all64(family)].slice(0, GUARD_PREFIX_SLOTS);
+        bpf.updateArrayElem(
+          config,
+          0,
+          encodeGuardConfig({ guestMac: "52:54:00:aa:bb:cc", prefixes: full }, bridge),
+        );
+      }
       assert.deepEqual(
         bpf.readCounters(map, DROP_REASONS.length),
         DROP_REASONS.map(() => 0n),
       );
     } finally {
       libc.close(map);
+      libc.close(config);
     }
+  });
+
+  it("refuses more source prefixes of a family than its slots, saying how many fit", () => {
+    const bridge = { index: 7, mac: "02:11:22:33:44:55" };
+    const two: Prefix[] = [
+      { family: 4, address: "10.244.1.5", prefixLength: 32 },
+      { family: 4, address: "10.9.0.0", prefixLength: 16 },
+    ];
+    assert.throws(
+      () =>
+        encodeGuardConfig({ guestMac: "52:54:00:aa:bb:cc", prefixes: two }, bridge, {
+          v4: 1,
+          v6: 1,
+        }),
+      /2 IPv4 source prefixes; the program has 1 slots/,
+    );
+    const prefixes: Prefix[] = Array.from({ length: GUARD_PREFIX_SLOTS + 1 }, (_, i) => ({
+      family: 6,
+      address: `fd00:${i}::`,
+      prefixLength: 64,
+    }));
+    assert.throws(
+      () =>
+        encodeGuardConfig(
+          { guestMac: "52:54:00:aa:bb:cc", prefixes },
+          { index: 7, mac: "02:11:22:33:44:55" },
+        ),
+      new RegExp(
+        `${GUARD_PREFIX_SLOTS + 1} IPv6 source prefixes; at most ${GUARD_PREFIX_SLOTS} fit`,
+      ),
+    );
   });
 });
 

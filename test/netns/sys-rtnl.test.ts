@@ -177,6 +177,31 @@ describe("rtnetlink inside a netns", () => {
     );
   });
 
+  it("answers each request inside the call, and reads a dump of several datagrams whole", async () => {
+    // 60 bridges: their link dump is over 100 KiB, several of the kernel's 32 KiB parts.
+    // In a netns of their own: removing it takes them in one batch.
+    const many = makeNetns("rm");
+    const conn = Rtnl.open(many.path);
+    try {
+      const names = Array.from({ length: 60 }, (_, i) => `bm${i}`);
+      const batch = names.map((n) => `link add ${n} type bridge`).join("\n");
+      execFileSync("ip", ["-n", many.name, "-batch", "-"], { input: `${batch}\n` });
+      let turned = false;
+      setImmediate(() => {
+        turned = true;
+      });
+      const listed = (await conn.links()).map((l) => l.name);
+      assert.ok(!turned, "answered before the event loop turned once");
+      for (const n of names) assert.ok(listed.includes(n), `${n} listed`);
+      // A refused request leaves the socket in step: the next answer is the next request's.
+      await assert.rejects(conn.setUp("nope0"), /ENODEV/);
+      assert.equal((await conn.link("bm7")).name, "bm7");
+    } finally {
+      conn.close();
+      many.remove();
+    }
+  });
+
   it("deletes links", async () => {
     await rtnl.deleteLink("eth0");
     await rtnl.deleteLink("br0");

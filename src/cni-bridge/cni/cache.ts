@@ -3,7 +3,13 @@
 // so they work after a vmlet restart and after the netns is gone.
 import fs from "node:fs";
 import path from "node:path";
-import { readDirIfAny, removeStaleTemps, syncDir, writeFileAtomic } from "../../util/atomic-file";
+import {
+  readDirIfAny,
+  removeStaleTemps,
+  syncDir,
+  writeFileAtomic,
+  writeFileOrdered,
+} from "../../util/atomic-file";
 import type { RuntimeConfig } from "./runtime-config";
 
 type Json = Record<string, unknown>;
@@ -62,11 +68,23 @@ export class ResultCache {
       await writeFileAtomic(file, text);
     } catch (error) {
       // The container's dir is made on its first entry only: one file op less per write.
+      // The new dir's name and the entry are made durable side by side: put() returns
+      // (and ADD starts) only once both are.
       if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
       await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-      await syncDir(this.dir);
-      await writeFileAtomic(file, text);
+      await Promise.all([syncDir(this.dir), writeFileAtomic(file, text)]);
     }
+  }
+
+  /**
+   * Completes an entry put() wrote (ADD's result), atomically but without fsync: a crash
+   * of vmlet keeps it (the page cache outlives the process); a power cut may leave the
+   * durable entry before it, without a result, which DEL and GC handle as an ADD that was
+   * cut short. The result describes nothing that outlives a reboot but the IPAM
+   * allocation, which DEL frees by container id either way. As libcni's own cache does.
+   */
+  putStep(entry: Omit<CacheEntry, "kind">): void {
+    writeFileOrdered(this.file(entry), JSON.stringify({ kind: KIND, ...entry }));
   }
 
   async get(key: CacheKey): Promise<CacheEntry | undefined> {

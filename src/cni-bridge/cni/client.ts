@@ -61,6 +61,11 @@ export interface PodNetworkOptions {
   networks?: string[];
   /** Capability args; each plugin gets those it declares. */
   capabilities?: RuntimeConfig;
+  /**
+   * Told as each plugin's process starts (ADD only): the caller's own work can overlap
+   * the plugins' time from then on without delaying their start.
+   */
+  onPluginStart?: () => void;
 }
 
 const DEFAULT_TIMEOUT_MS = 60_000;
@@ -171,6 +176,9 @@ export class CniClient {
     opts: PodNetworkOptions = {},
   ): Promise<PodAttachment[]> {
     const lists = this.resolveNetworks(pod, "ADD", opts.networks);
+    const runner = opts.onPluginStart
+      ? { ...this.runner, onSpawn: opts.onPluginStart }
+      : this.runner;
     const added: PodAttachment[] = [];
     try {
       for (const [i, list] of lists.entries()) {
@@ -188,7 +196,7 @@ export class CniClient {
         // addNetworkList rolls its own network back; the record goes once that worked.
         let result: CniResult;
         try {
-          result = await addNetworkList(this.runner, list, rt);
+          result = await addNetworkList(runner, list, rt);
         } catch (error) {
           if (wasRolledBack(error)) {
             await this.cache.remove(entry);
@@ -197,7 +205,7 @@ export class CniClient {
         }
         // Counted as added before the record is completed, so a failed write is undone too.
         added.push({ network: list.name, ifname: rt.ifname, result });
-        await this.cache.put({ ...entry, result: toWire(result, list.cniVersion) });
+        this.cache.putStep({ ...entry, result: toWire(result, list.cniVersion) });
       }
     } catch (error) {
       const undone = await this.undo(pod, netnsPath, added);

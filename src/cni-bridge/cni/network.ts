@@ -34,6 +34,8 @@ export interface AttachmentArgs {
 export interface PluginRunner {
   binDirs: string[];
   timeoutMs: number;
+  /** Told as each plugin's process has been started. */
+  onSpawn?: () => void;
 }
 
 function context(
@@ -76,7 +78,7 @@ async function run(
 ): Promise<string> {
   const ctx = context(command, list, rt, plugin);
   const file = findPlugin(plugin.type, runner.binDirs, ctx);
-  return execPlugin(
+  const running = execPlugin(
     file,
     {
       command,
@@ -90,6 +92,8 @@ async function run(
     runner.timeoutMs,
     ctx,
   );
+  runner.onSpawn?.(); // execPlugin spawns before it returns
+  return running;
 }
 
 const rolledBack = new WeakSet<object>();
