@@ -82,7 +82,11 @@ describe("the RA responder checks a router solicitation's hop limit", () => {
       assert.equal(local.answered, true, "an RA for an RS with hop limit 255");
       assert.equal(local.raSource, server.linkLocal);
       const after = server.stats().router;
-      assert.equal(after.solicitations, before.solicitations + 3);
+      // At least scapy's three: a kernel on the bridge (the host side's) may solicit too.
+      assert.ok(
+        after.solicitations >= before.solicitations + 3,
+        `${after.solicitations - before.solicitations} solicitations counted, scapy sent 3`,
+      );
       assert.deepEqual(after.dropped, { "hop-limit": 2 });
     } finally {
       await server.close();
