@@ -39,7 +39,11 @@ function main(): void {
   }
   const rounds = Number(process.argv[3] ?? 6);
   const pods = Number(process.argv[4] ?? 20);
-  const builds = { before: path.resolve(baseline), after: path.resolve(__dirname, "..") };
+  // Real paths: each run writes its JSON beside its dist/, which a symlink would hide.
+  const builds = {
+    before: fs.realpathSync(baseline),
+    after: fs.realpathSync(path.join(__dirname, "..")),
+  };
   const runs: Record<keyof typeof builds, RunResult[]> = { before: [], after: [] };
   for (let r = 0; r < rounds; r++) {
     const order = r % 2 === 0 ? (["before", "after"] as const) : (["after", "before"] as const);

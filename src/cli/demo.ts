@@ -13,6 +13,7 @@ import { DEFAULT_QEMU_USER } from "../runtime/vm";
 import { listNetns } from "../sys/netns";
 import { enterPrivateNamespace, privateNamespaceHolderCommand } from "../sys/private-namespace";
 import { Rtnl } from "../sys/rtnl";
+import { DEFAULT_NETNS_POOL, isPoolNetns } from "../tapmanager";
 import { DEFAULT_IMAGE_MAX_SIZE, startDaemon } from "./serve";
 
 const ROOT = "/run/vmlet-demo";
@@ -111,6 +112,7 @@ export async function runDemo(args: string[]): Promise<number> {
       qemuConfinement: "on",
       qemuUser: DEFAULT_QEMU_USER,
       imageMaxSize: DEFAULT_IMAGE_MAX_SIZE,
+      netnsPool: String(DEFAULT_NETNS_POOL),
     },
     pino.destination({ dest: logFile, sync: true }),
   );
@@ -185,10 +187,14 @@ export async function runDemo(args: string[]): Promise<number> {
     );
     await cri.runtime.StopPodSandbox({ podSandboxId });
     await cri.runtime.RemovePodSandbox({ podSandboxId });
-    const left = [...listNetns(), ...stateLeft(path.join(ROOT, "state"))];
+    const pooled = listNetns().filter(isPoolNetns);
+    const left = [
+      ...listNetns().filter((n) => !isPoolNetns(n)),
+      ...stateLeft(path.join(ROOT, "state")),
+    ];
     say(
       left.length === 0
-        ? "stopped and removed: no netns or state left"
+        ? `stopped and removed: no pod netns or state left (${pooled.length} netns of the pool kept built for the next pods)`
         : `left behind: ${left.join(", ")}`,
     );
     say(`run with --keep to leave it serving and reach it with crictl through ${SOCKET}`);
@@ -197,5 +203,7 @@ export async function runDemo(args: string[]): Promise<number> {
     cri.close();
     await daemon.close();
     registry.close();
+    const left = listNetns();
+    say(left.length === 0 ? "vmlet stopped: no netns left" : `left behind: ${left.join(", ")}`);
   }
 }

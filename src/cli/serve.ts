@@ -15,7 +15,7 @@ import { parseAddress } from "../runtime/streaming/cri-calls";
 import type { Accel } from "../runtime/types";
 import { DEFAULT_QEMU_USER, QEMU_USER_NAME } from "../runtime/vm";
 import { createVmLauncher } from "../runtime/vm/qemu-launcher";
-import { Tapmanager } from "../tapmanager";
+import { DEFAULT_NETNS_POOL, Tapmanager } from "../tapmanager";
 import { parseQuantity } from "../util/quantity";
 
 /** The image store's own limit, as the setting writes it. */
@@ -65,6 +65,8 @@ export interface ServeOptions {
   containerdSocket?: string;
   /** The RuntimeClass handler of VM pods when fronting containerd (default vmlet). */
   runtimeHandler?: string;
+  /** Pod network namespaces kept built ahead (a number, 0 for none): see netns-pool.ts. */
+  netnsPool: string;
 }
 
 const DEFAULTS: ServeOptions = {
@@ -82,7 +84,10 @@ const DEFAULTS: ServeOptions = {
   streamAddress: "127.0.0.1:0",
   containerdSocket: "",
   runtimeHandler: "vmlet",
+  netnsPool: String(DEFAULT_NETNS_POOL),
 };
+/** More would only hold kernel memory: a burst beyond the pool takes the cold path. */
+const MAX_NETNS_POOL = 64;
 
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
 
@@ -111,6 +116,7 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       "stream-address": { type: "string" },
       "containerd-socket": { type: "string" },
       "runtime-handler": { type: "string" },
+      "netns-pool": { type: "string" },
     },
     strict: true,
     allowPositionals: false,
@@ -132,8 +138,20 @@ export function parseServeArgs(argv: string[]): ServeOptions {
     ...(values["stream-address"] ? { streamAddress: values["stream-address"] } : {}),
     ...(values["containerd-socket"] ? { containerdSocket: values["containerd-socket"] } : {}),
     ...(values["runtime-handler"] ? { runtimeHandler: values["runtime-handler"] } : {}),
+    ...(values["netns-pool"] !== undefined ? { netnsPool: values["netns-pool"] } : {}),
   };
   return validate({ ...DEFAULTS, ...file, ...flags }, "--");
+}
+
+/** The netns pool's size from its setting; a clear error for anything but 0..64. */
+export function netnsPoolSize(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > MAX_NETNS_POOL) {
+    throw new ServeConfigError(
+      `netnsPool ${JSON.stringify(value)}: want a whole number from 0 to ${MAX_NETNS_POOL}`,
+    );
+  }
+  return n;
 }
 
 function splitDirs(value: string): string[] {
@@ -197,6 +215,7 @@ function validate(o: ServeOptions, _prefix: string): ServeOptions {
       throw new ServeConfigError(`${name} ${JSON.stringify(value)}: must be an absolute path`);
   }
   if (o.cniBinDirs.length === 0) throw new ServeConfigError("cni bin dir: at least one directory");
+  netnsPoolSize(o.netnsPool);
   if (!["on", "off"].includes(o.qemuConfinement)) {
     throw new ServeConfigError(
       `qemuConfinement ${JSON.stringify(o.qemuConfinement)}: want on or off`,
@@ -279,6 +298,7 @@ export async function startDaemon(
     stateDir: path.join(options.stateDir, "pods"),
     log: logger.child({ component: "dhcp" }),
     sharedNetworks: Boolean(options.containerdSocket),
+    netnsPool: netnsPoolSize(options.netnsPool),
   });
   const vmlet = await startVmlet({
     socket: options.socket,

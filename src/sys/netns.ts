@@ -172,6 +172,37 @@ function removeNetnsFile(nsPath: string): void {
   }
 }
 
+/**
+ * Gives the netns named `from` the name `to` (fails with EEXIST if `to` is taken). A bind
+ * mount cannot be renamed (rename(2) of a mount point is EBUSY) nor moved out of a shared
+ * mount (the run dir is one, as ip makes it): the namespace is bound at the new name and
+ * the old one let go, which is three syscalls and no namespace switch.
+ */
+export function renameNetns(from: string, to: string): string {
+  const fromPath = netnsPath(from);
+  const toPath = netnsPath(to);
+  try {
+    fs.closeSync(
+      fs.openSync(
+        toPath,
+        fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_EXCL,
+        0o444,
+      ),
+    );
+  } catch (error) {
+    throw new Error(`rename netns ${from} to ${to}: ${(error as NodeJS.ErrnoException).code}`, {
+      cause: error,
+    });
+  }
+  if (libc.mount(fromPath, toPath, "none", libc.MS_BIND, null) === -1) {
+    const error = new libc.SysCallError(`rename netns ${from} to ${to}: bind mount`, libc.errno());
+    removeNetnsFile(toPath);
+    throw error;
+  }
+  deleteNetns(from);
+  return toPath;
+}
+
 /** Deletes a named netns; deleting one that is already gone succeeds. */
 export function deleteNetns(name: string): void {
   const nsPath = netnsPath(name);

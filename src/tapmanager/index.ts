@@ -1,3 +1,4 @@
+export { DEFAULT_NETNS_POOL, isPoolNetns } from "./netns-pool";
 export {
   PodNetworkError,
   type RecoverOutcome,

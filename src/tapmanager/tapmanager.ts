@@ -5,22 +5,15 @@
 // pod; the guest's view, IPv6, rewiring and the guard are modules of their own.
 
 import fs from "node:fs";
-import {
-  type CniClient,
-  type CniResult,
-  ifnameFor,
-  type NetworkStatus,
-  type PodAttachment,
-} from "../cni-bridge/cni";
-import { prepareBridgeAndTap, rewireInterface, rewireNames } from "../cni-bridge/rewire";
+import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-bridge/cni";
+import { rewireInterface, rewireNames } from "../cni-bridge/rewire";
 import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhcp/server";
 import type { Ipv6Server, Ipv6ServerStats } from "../dhcp6";
-import { addDrops, InterfaceGuard, PreparedGuard } from "../guard/guard";
+import { addDrops, InterfaceGuard, type PreparedGuard } from "../guard/guard";
 import type { Prefix, PrefixSlots } from "../guard/policy";
 import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
 import { openTap } from "../sys/tap";
-import { TcSession } from "../sys/tc";
 import { KeyedLock } from "../util/keyed-lock";
 import { Limiter } from "../util/limiter";
 import { silentLog } from "../util/silent-log";
@@ -28,6 +21,8 @@ import { type StepHook, timeStep } from "../util/steps";
 import { readGuestIpv6, withoutDefaultRoute6 } from "./guest-ipv6";
 import { leaseOf, readGuestView, withoutDefaultRoute } from "./guest-network";
 import { routeNicIpv6, serveNicIpv6 } from "./ipv6-service";
+import { NetnsPool } from "./netns-pool";
+import { PREPARED_IFNAME, prepareFirstNic } from "./prepare-nic";
 import { type PersistedInterface, type PodRecord, PodStateStore, RECORD_VERSION } from "./state";
 import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "./types";
 
@@ -52,6 +47,13 @@ export interface TapmanagerOptions {
    * garbage collection then leaves the plugins' own GC alone, which would free its pods.
    */
   sharedNetworks?: boolean;
+  /**
+   * Network namespaces kept built ahead of pods (netns-pool.ts): a pod that takes one
+   * skips the netns's creation and the first NIC's bridge, tap and guard loading. Each
+   * costs the kernel a netns, a bridge and a tap while it waits. Default 0 (none); they
+   * exist only between recover() or the first setUp and close().
+   */
+  netnsPool?: number;
 }
 
 /** setUp or tearDown of one pod failed; the message says what was cleaned up. */
@@ -70,6 +72,8 @@ const DEFAULT_MAX_CONCURRENT = 8;
  * the rare NIC that needs them.
  */
 const OWN_PREFIX_SLOTS = 2;
+/** A pooled NIC's slots: a pod with more extra prefixes has its tap's program reloaded. */
+const OWN_SLOTS: PrefixSlots = { v4: OWN_PREFIX_SLOTS, v6: OWN_PREFIX_SLOTS };
 /** The server id of a NIC whose network has no IPv4 gateway at all. */
 const LINK_LOCAL_SERVER_ID = "169.254.255.254";
 
@@ -98,9 +102,21 @@ export class Tapmanager {
   /** Each pod's guarded NICs, by sandbox id: where its drop counters are read. */
   private readonly guards = new Map<string, { ifname: string; guard: InterfaceGuard }[]>();
   private readonly log: DhcpLog;
+  private readonly pool: NetnsPool | undefined;
+  /** setUps and tearDowns running or waiting: the pool is refilled only at none. */
+  private active = 0;
 
   constructor(private readonly options: TapmanagerOptions) {
     this.log = options.log ?? silentLog;
+    if (options.netnsPool) {
+      this.pool = new NetnsPool({
+        size: options.netnsPool,
+        owner: options.stateDir,
+        prepare: (nsPath) => prepareFirstNic(nsPath, OWN_SLOTS, options.steps),
+        busy: () => this.active > 0,
+        log: this.log,
+      });
+    }
     this.limiter = new Limiter(options.maxConcurrent ?? DEFAULT_MAX_CONCURRENT);
     this.store = new PodStateStore(options.stateDir, (u) =>
       this.log.warn(
@@ -117,22 +133,34 @@ export class Tapmanager {
   /** Builds the pod's network; returns at once with what exists if it is already built. */
   setUp(request: PodNetworkRequest): Promise<PodNetwork> {
     const id = request.pod.sandboxId;
-    return this.lock.run(id, async () => {
-      const existing = this.store.read(id);
-      if (existing?.phase === "ready" && this.servers.has(id)) return this.describe(existing);
-      return this.limiter.run(async () => {
-        if (existing) await this.tearDownRecord(existing);
-        try {
-          return this.describe(await this.build(request));
-        } catch (error) {
-          const cleanup = await this.cleanUpAfter(id);
-          throw new PodNetworkError(
-            `setUp ${podLabel(request)}: ${(error as Error).message}; ${cleanup}`,
-            { cause: error },
-          );
-        }
-      });
-    });
+    return this.counted(() =>
+      this.lock.run(id, async () => {
+        const existing = this.store.read(id);
+        if (existing?.phase === "ready" && this.servers.has(id)) return this.describe(existing);
+        return this.limiter.run(async () => {
+          if (existing) await this.tearDownRecord(existing);
+          try {
+            return this.describe(await this.build(request));
+          } catch (error) {
+            const cleanup = await this.cleanUpAfter(id);
+            throw new PodNetworkError(
+              `setUp ${podLabel(request)}: ${(error as Error).message}; ${cleanup}`,
+              { cause: error },
+            );
+          }
+        });
+      }),
+    );
+  }
+
+  /** Runs a setUp or tearDown, counted as activity: the pool refills once none runs. */
+  private async counted<T>(op: () => Promise<T>): Promise<T> {
+    this.active++;
+    try {
+      return await op();
+    } finally {
+      if (--this.active === 0) this.pool?.idle();
+    }
   }
 
   private async build(request: PodNetworkRequest): Promise<PodRecord> {
@@ -153,8 +181,7 @@ export class Tapmanager {
       interfaces: [],
     };
     await this.timed("record creating", () => this.store.writeStep(record));
-    await this.timed("netns create", () => createNetns(netnsName));
-    const { attachments, early } = await this.addWithEarlyWork(record);
+    const { attachments, early } = await this.netnsAndAdd(record);
     try {
       record.interfaces = await this.step("read the netns", () =>
         this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
@@ -175,6 +202,32 @@ export class Tapmanager {
   }
 
   /**
+   * The pod's netns and CNI ADD in it: a netns from the pool, prepared already, or else
+   * a new one, prepared while ADD runs. Either way the first NIC's guard programs come
+   * back in `early`, by ifname, for configure() to attach.
+   */
+  private async netnsAndAdd(
+    record: PodRecord,
+  ): Promise<{ attachments: PodAttachment[]; early: Map<string, PreparedGuard> }> {
+    const pooled =
+      this.pool &&
+      (await this.timed("netns from the pool", () => this.pool?.take(record.netnsName)));
+    if (!pooled) {
+      await this.timed("netns create", () => createNetns(record.netnsName));
+      return this.addWithEarlyWork(record);
+    }
+    try {
+      const attachments = await this.timed("CNI ADD", () =>
+        this.options.cni.addPod(record.request.pod, record.netnsPath, cniOptions(record.request)),
+      );
+      return { attachments, early: new Map([[PREPARED_IFNAME, pooled.guard]]) };
+    } catch (error) {
+      pooled.guard.close();
+      throw error;
+    }
+  }
+
+  /**
    * CNI ADD, and beside it, once the first plugin has started, what needs only the netns
    * (prepareDuringAdd): the plugins run as child processes for tens of milliseconds, and
    * this thread is free meanwhile. Both are settled before this returns or throws, so a
@@ -190,8 +243,7 @@ export class Tapmanager {
     });
     const add = this.timed("CNI ADD", () =>
       this.options.cni.addPod(request.pod, record.netnsPath, {
-        ...(request.networks ? { networks: request.networks } : {}),
-        ...(request.capabilities ? { capabilities: request.capabilities } : {}),
+        ...cniOptions(request),
         onPluginStart: started,
       }),
     );
@@ -205,8 +257,15 @@ export class Tapmanager {
           () => false,
         ),
       ]);
-      if (go)
-        await this.step("early work (during ADD)", () => this.prepareDuringAdd(record, early));
+      if (go) {
+        await this.step("early work (during ADD)", async () => {
+          const slots = prefixSlots(record.request);
+          early.set(
+            PREPARED_IFNAME,
+            await prepareFirstNic(record.netnsPath, slots, this.options.steps),
+          );
+        });
+      }
     })();
     const [added, prepared] = await Promise.allSettled([add, earlyWork]);
     if (added.status === "rejected" || prepared.status === "rejected") {
@@ -214,33 +273,6 @@ export class Tapmanager {
       throw added.status === "rejected" ? added.reason : (prepared as PromiseRejectedResult).reason;
     }
     return { attachments: added.value, early };
-  }
-
-  /**
-   * Work for the first NIC that does not need the ADD's result: loopback up, the bridge
-   * and the tap (rewire.ts), the tap's clsact qdisc, and the guard's programs, loaded and
-   * verified (guard.ts). Chunks of a millisecond or so, with a turn of the event loop
-   * between them, so the plugins' pipes and exits are read in time. Only the first NIC
-   * (pods mostly have one): a later network's plugins still find nothing of vmlet's
-   * under that network's names, as CNI leaves the netns, and the NIC is built after ADD.
-   * Another program to load per NIC (say, a reply cache on the bridge) goes here too.
-   */
-  private async prepareDuringAdd(
-    record: PodRecord,
-    early: Map<string, PreparedGuard>,
-  ): Promise<void> {
-    const { steps } = this.options;
-    await this.withRtnl(record, async (rtnl) => {
-      await rtnl.setUp("lo");
-      const tc = TcSession.on(rtnl);
-      const ifname = ifnameFor(0);
-      const names = rewireNames(ifname);
-      await nextTurn();
-      await prepareBridgeAndTap(rtnl, record.netnsPath, names, steps);
-      await tc.ensureClsact(await rtnl.link(names.tap));
-      await nextTurn();
-      early.set(ifname, await PreparedGuard.load(prefixSlots(record.request), steps));
-    });
   }
 
   /** Reads what CNI built for each attachment into the guest's side of the network. */
@@ -396,17 +428,19 @@ export class Tapmanager {
 
   /** Undoes everything in reverse; a pod that is not there is fine (kubelet retries). */
   tearDown(sandboxId: string): Promise<void> {
-    return this.lock.run(sandboxId, async () => {
-      const record = this.store.read(sandboxId);
-      if (record) {
-        await this.limiter.run(() => this.tearDownRecord(record));
-        return;
-      }
-      // No record (never made, or set aside as unreadable): its netns may still be there,
-      // under the name only vmlet gives; CNI GC frees what it held.
-      const netnsName = netnsNameFor(sandboxId);
-      if (isNetns(netnsPath(netnsName))) deleteNetns(netnsName);
-    });
+    return this.counted(() =>
+      this.lock.run(sandboxId, async () => {
+        const record = this.store.read(sandboxId);
+        if (record) {
+          await this.limiter.run(() => this.tearDownRecord(record));
+          return;
+        }
+        // No record (never made, or set aside as unreadable): its netns may still be there,
+        // under the name only vmlet gives; CNI GC frees what it held.
+        const netnsName = netnsNameFor(sandboxId);
+        if (isNetns(netnsPath(netnsName))) deleteNetns(netnsName);
+      }),
+    );
   }
 
   private async tearDownRecord(record: PodRecord): Promise<void> {
@@ -528,6 +562,10 @@ export class Tapmanager {
   async recover(): Promise<RecoverOutcome> {
     const outcome: RecoverOutcome = { recovered: [], removed: [], failed: [] };
     await this.store.open();
+    const swept = this.pool?.sweep() ?? [];
+    if (swept.length > 0) {
+      this.log.info({ netns: swept }, "removed the netns pool a previous vmlet left");
+    }
     for (const id of this.store.list()) {
       await this.lock.run(id, async () => {
         let record: PodRecord | undefined;
@@ -563,7 +601,14 @@ export class Tapmanager {
         }
       });
     }
+    this.pool?.idle();
     return outcome;
+  }
+
+  /** Resolves once the netns pool is full or has stopped refilling (tests, benchmarks). */
+  async netnsPoolSettled(): Promise<number> {
+    await this.pool?.settled();
+    return this.pool?.size ?? 0;
   }
 
   /**
@@ -577,8 +622,9 @@ export class Tapmanager {
     await this.options.cni.gc(this.store.list(), { pluginGc: !this.options.sharedNetworks });
   }
 
-  /** Stops every DHCP server; the networks stay for the next start to recover. */
+  /** Stops every DHCP server; the networks stay for the next start to recover. The pool goes. */
   async close(): Promise<void> {
+    await this.pool?.close();
     for (const id of new Set([...this.servers.keys(), ...this.ipv6Servers.keys()])) {
       await this.stopServing(id);
     }
@@ -665,9 +711,15 @@ function prefixSlots(request: PodNetworkRequest): PrefixSlots {
   return { v4: OWN_PREFIX_SLOTS + count(4), v6: OWN_PREFIX_SLOTS + count(6) };
 }
 
-/** Lets the event loop turn once (I/O callbacks run) before going on. */
-function nextTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+/** What a pod's request tells CNI ADD beside the netns. */
+function cniOptions(request: PodNetworkRequest): {
+  networks?: string[];
+  capabilities?: PodNetworkRequest["capabilities"];
+} {
+  return {
+    ...(request.networks ? { networks: request.networks } : {}),
+    ...(request.capabilities ? { capabilities: request.capabilities } : {}),
+  };
 }
 
 /** The pod's IPv6 DNS servers: kubelet's, else the plugin's, as for IPv4. */

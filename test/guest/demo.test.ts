@@ -26,7 +26,11 @@ describe("vmlet demo (README's main-job command)", () => {
     assert.match(demo.stdout, /the node reaches the guest: time=/);
     assert.match(demo.stdout, /ContainerStatus: CONTAINER_RUNNING/);
     assert.match(demo.stdout, /ExecSync \[uname -sr\] in the guest .*: Linux 6\.\S+ \(exit 0\)/);
-    assert.match(demo.stdout, /stopped and removed: no netns or state left/);
+    assert.match(
+      demo.stdout,
+      /stopped and removed: no pod netns or state left \(2 netns of the pool/,
+    );
+    assert.match(demo.stdout, /vmlet stopped: no netns left/);
   });
 
   it("--keep serves until Ctrl-C, and the commands it prints reach the demo node", {
@@ -74,6 +78,7 @@ describe("vmlet demo (README's main-job command)", () => {
       if (demo.exitCode === null) process.kill(-demo.pid!, "SIGINT");
     }
     assert.equal(await exited, 0, out);
-    assert.match(out, /stopped and removed: no netns or state left/);
+    assert.match(out, /stopped and removed: no pod netns or state left/);
+    assert.match(out, /vmlet stopped: no netns left/);
   });
 });

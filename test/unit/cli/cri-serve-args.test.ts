@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, test } from "node:test";
-import { parseServeArgs, parseSize, startDaemon } from "../../../src/cli/serve";
+import { netnsPoolSize, parseServeArgs, parseSize, startDaemon } from "../../../src/cli/serve";
 
 function configFile(content: unknown): string {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-serve-")), "vmlet.json");
@@ -49,7 +49,23 @@ describe("vmlet serve settings", () => {
       streamAddress: "127.0.0.1:10010",
       containerdSocket: "",
       runtimeHandler: "vmlet",
+      netnsPool: "2",
     });
+  });
+
+  test("--netns-pool (or netnsPool) sizes the pool of pod netns built ahead; 0 turns it off", () => {
+    assert.equal(netnsPoolSize(parseServeArgs([]).netnsPool), 2);
+    assert.equal(netnsPoolSize(parseServeArgs(["--netns-pool=0"]).netnsPool), 0);
+    assert.equal(
+      netnsPoolSize(parseServeArgs(["--config", configFile({ netnsPool: "8" })]).netnsPool),
+      8,
+    );
+    for (const bad of ["-1", "two", "1.5", "65", ""]) {
+      assert.throws(
+        () => parseServeArgs([`--netns-pool=${bad}`]),
+        new RegExp(`netnsPool "${bad.replace(".", "\\.")}": want a whole number from 0 to 64`),
+      );
+    }
   });
 
   test("the streaming server's address: host:port, loopback and a chosen port by default", () => {

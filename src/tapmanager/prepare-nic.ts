@@ -1,0 +1,45 @@
+// What a pod's first NIC needs before its CNI result is known: loopback up, the bridge and
+// the tap (rewire.ts), the tap's clsact qdisc, and the guard's programs loaded and verified
+// (guard.ts). setUp does it while CNI ADD runs, or the netns pool does it ahead of the pod.
+
+import { ifnameFor } from "../cni-bridge/cni";
+import { prepareBridgeAndTap, rewireNames } from "../cni-bridge/rewire";
+import { PreparedGuard } from "../guard/guard";
+import type { PrefixSlots } from "../guard/policy";
+import { Rtnl } from "../sys/rtnl";
+import { TcSession } from "../sys/tc";
+import type { StepHook } from "../util/steps";
+
+/** The NIC this prepares: pods mostly have one, and every pod has this one. */
+export const PREPARED_IFNAME = ifnameFor(0);
+
+/**
+ * Prepares the first NIC in the netns at `nsPath`; the guard's programs are returned for
+ * rewiring to attach. In chunks of a millisecond or so with a turn of the event loop
+ * between them, so a plugin's pipes and exit are read in time when this runs beside ADD.
+ * A later network's plugins find nothing of vmlet's under their names (br-/tap- are
+ * vmlet's own), as CNI leaves a netns.
+ */
+export async function prepareFirstNic(
+  nsPath: string,
+  slots: PrefixSlots,
+  steps?: StepHook,
+): Promise<PreparedGuard> {
+  const rtnl = Rtnl.open(nsPath);
+  try {
+    await rtnl.setUp("lo");
+    const names = rewireNames(PREPARED_IFNAME);
+    await nextTurn();
+    await prepareBridgeAndTap(rtnl, nsPath, names, steps);
+    await TcSession.on(rtnl).ensureClsact(await rtnl.link(names.tap));
+    await nextTurn();
+    return await PreparedGuard.load(slots, steps);
+  } finally {
+    rtnl.close();
+  }
+}
+
+/** Lets the event loop turn once (I/O callbacks run) before going on. */
+export function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
