@@ -78,7 +78,8 @@ export async function rewireInterface(
   prepared = false,
 ): Promise<RewiredInterface> {
   const { ifname, bridge, tap } = names;
-  const veth = await rtnl.link(ifname);
+  // Read once per connection: setUp's read of the netns has it, on the same one.
+  const veth = await rtnl.cachedLink(ifname);
   // Routes through the veth go with its addresses; delete the rest explicitly first.
   for (const route of view.routes) {
     await ignoringRtnlErrors(["ESRCH", "ENOENT"], () =>

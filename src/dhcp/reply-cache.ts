@@ -28,7 +28,7 @@ import {
   type ReplyCacheMaps,
   type ReplyFrame,
 } from "../sys/reply-cache";
-import type { LinkInfo, Rtnl } from "../sys/rtnl";
+import type { LinkAddress, Rtnl } from "../sys/rtnl";
 import { ETH_P_IP_BE } from "../sys/uapi";
 import { ipToBytes } from "../util/ip";
 import { type StepHook, timeStep } from "../util/steps";
@@ -183,7 +183,7 @@ export class DhcpReplyCache {
    */
   static async attach(
     rtnl: Rtnl,
-    links: { bridge: LinkInfo; port: string },
+    links: { bridge: LinkAddress; port: string },
     source: string,
     steps?: StepHook,
   ): Promise<DhcpReplyCache> {

@@ -5,6 +5,7 @@ import type { ReplyCacheCounts } from "../sys/reply-cache";
 import { Rtnl } from "../sys/rtnl";
 import { addServedAddress, removeServedAddress, type ServedAddress } from "../sys/served-address";
 import { openBoundUdpSocket } from "../sys/udp";
+import { DeferredAttach } from "../util/deferred-attach";
 import { countDrop } from "../util/drop-log";
 import { ipv4ToUint32 } from "../util/ip";
 import { silentLog } from "../util/silent-log";
@@ -68,6 +69,18 @@ export interface DhcpServerOptions {
    * bytes again by itself, out of this port; without it every request reaches the socket.
    */
   replyPort?: string;
+  /**
+   * Attach the reply cache after start() returns (begun a turn later, on a connection of
+   * its own), off the caller's critical path: until it is attached every request reaches
+   * the socket, which answers it as it does a miss. A failure is logged, and the server
+   * goes on without it. close() waits for or stops an attach under way.
+   */
+  replyCacheInBackground?: boolean;
+  /**
+   * A connection to `nsPath` the caller keeps open until start() returns, used instead of
+   * one of the server's own (the tapmanager's one per pod).
+   */
+  rtnl?: Rtnl;
   /** Told the socket's opening time (the benchmarks' breakdown). */
   steps?: StepHook;
 }
@@ -193,7 +206,7 @@ export class DhcpServer {
     private readonly handler: DhcpHandler,
     private readonly socket: dgram.Socket,
     private readonly intercept: DhcpIntercept | undefined,
-    private readonly cache: DhcpReplyCache | undefined,
+    private readonly cache: DeferredAttach<DhcpReplyCache> | undefined,
   ) {}
 
   static async start(options: DhcpServerOptions): Promise<DhcpServer> {
@@ -201,8 +214,8 @@ export class DhcpServer {
     const where = `DHCP on ${device} in ${nsPath}`;
     let socket: dgram.Socket | undefined;
     let handler: DhcpHandler | undefined;
-    let cache: DhcpReplyCache | undefined;
-    const rtnl = Rtnl.open(nsPath);
+    let cache: DeferredAttach<DhcpReplyCache> | undefined;
+    const rtnl = options.rtnl ?? Rtnl.open(nsPath);
     try {
       const send = (datagram: Buffer, port: number, address: string) =>
         new Promise<void>((resolve, reject) => {
@@ -217,7 +230,7 @@ export class DhcpServer {
         options.maxRepliesPerSecond,
         where,
       );
-      const bridge = await rtnl.link(device);
+      const bridge = await rtnl.linkAddress(device);
       // The bridge holds the server id (the guest's gateway address) so that steered
       // renewals are local; it must never answer ARP for it, or it would take the
       // guest's traffic to the real gateway. Unicast replies need a route and a
@@ -243,16 +256,23 @@ export class DhcpServer {
                 .filter((l) => l.master === bridge.index)
                 .map((p) => ({ name: p.name, index: p.index })),
             );
-      if (options.replyPort) {
-        cache = await DhcpReplyCache.attach(
-          rtnl,
-          { bridge, port: options.replyPort },
-          serverId,
-          options.steps,
-        );
+      const { replyPort } = options;
+      if (replyPort) {
+        const attach = (on: Rtnl) =>
+          DhcpReplyCache.attach(on, { bridge, port: replyPort }, serverId, options.steps);
+        cache = options.replyCacheInBackground
+          ? DeferredAttach.later(
+              () => Rtnl.using(nsPath, attach),
+              (error) =>
+                options.log?.warn(
+                  { where, err: String(error) },
+                  "DHCP reply cache not attached: the server answers every request",
+                ),
+            )
+          : DeferredAttach.now(await attach(rtnl));
         const kernel = cache;
         handler.onReplied = (request, reply) =>
-          kernel.remember({
+          kernel.current?.remember({
             request,
             reply: reply.datagram,
             address: reply.address,
@@ -276,14 +296,20 @@ export class DhcpServer {
         cause: error,
       });
     } finally {
-      rtnl.close();
+      if (!options.rtnl) rtnl.close();
     }
+  }
+
+  /** Resolves once the reply cache is attached (true), or failed or was not asked for. */
+  async replyCacheSettled(): Promise<boolean> {
+    return (await this.cache?.whenSettled()) ?? false;
   }
 
   stats(): DhcpStats {
     const stats = this.handler.stats();
-    if (!this.cache) return stats;
-    const kernel = { ...this.cache.counts(), cached: this.cache.size };
+    const cache = this.cache?.current;
+    if (!cache) return stats;
+    const kernel = { ...cache.counts(), cached: cache.size };
     return {
       ...stats,
       received: stats.received + kernel.hits,

@@ -15,7 +15,7 @@ import {
   type ReplyCacheMaps,
   type ReplyFrame,
 } from "../sys/reply-cache";
-import type { LinkInfo, Rtnl } from "../sys/rtnl";
+import type { LinkAddress, Rtnl } from "../sys/rtnl";
 import { ipv6ToBytes } from "../util/ipv6";
 import { type StepHook, timeStep } from "../util/steps";
 
@@ -160,7 +160,7 @@ export class Dhcp6ReplyCache {
   /** `linkLocal`: the bridge's address the server's replies come from. */
   static async attach(
     rtnl: Rtnl,
-    links: { bridge: LinkInfo; port: string },
+    links: { bridge: LinkAddress; port: string },
     linkLocal: string,
     steps?: StepHook,
   ): Promise<Dhcp6ReplyCache> {

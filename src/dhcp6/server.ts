@@ -5,6 +5,7 @@ import { openIcmp6Socket } from "../sys/icmp6";
 import { Rtnl, RtnlError } from "../sys/rtnl";
 import type { Socket6 } from "../sys/socket6";
 import { openUdp6Socket } from "../sys/udp6";
+import { DeferredAttach } from "../util/deferred-attach";
 import { isLinkLocal } from "../util/ipv6";
 import { silentLog } from "../util/silent-log";
 import type { StepHook } from "../util/steps";
@@ -40,6 +41,17 @@ export interface Ipv6ServerOptions {
    * the same request again by itself, out of this port.
    */
   replyPort?: string;
+  /**
+   * Attach the reply cache after start() returns (begun a turn later, on a connection of
+   * its own): until then every request reaches the socket, as a miss does; a failure is
+   * logged and the service goes on without it. close() waits for or stops it.
+   */
+  replyCacheInBackground?: boolean;
+  /**
+   * A connection to `nsPath` the caller keeps open until start() returns, used instead of
+   * one of the service's own (the tapmanager's one per pod).
+   */
+  rtnl?: Rtnl;
   /** Told the reply cache's load and attach time (the benchmarks' breakdown). */
   steps?: StepHook;
 }
@@ -84,7 +96,7 @@ export class Ipv6Server {
     private readonly icmp: Socket6,
     private readonly router: RouterAdvertiser,
     readonly linkLocal: string,
-    private readonly cache: Dhcp6ReplyCache | undefined,
+    private readonly cache: DeferredAttach<Dhcp6ReplyCache> | undefined,
   ) {}
 
   static async start(options: Ipv6ServerOptions): Promise<Ipv6Server> {
@@ -93,11 +105,11 @@ export class Ipv6Server {
     const where = `IPv6 RA and DHCPv6 on ${device} in ${nsPath}`;
     let icmp: Socket6 | undefined;
     let udp: Socket6 | undefined;
-    let cache: Dhcp6ReplyCache | undefined;
+    let cache: DeferredAttach<Dhcp6ReplyCache> | undefined;
     let routed = false;
-    const rtnl = Rtnl.open(nsPath);
+    const rtnl = options.rtnl ?? Rtnl.open(nsPath);
     try {
-      const bridge = await rtnl.link(device);
+      const bridge = await rtnl.linkAddress(device);
       icmp = openIcmp6Socket(nsPath, {
         device,
         ifindex: bridge.index,
@@ -133,16 +145,25 @@ export class Ipv6Server {
         port: SERVER_PORT,
         groups: [ALL_SERVERS],
       });
-      if (options.replyPort) {
-        cache = await Dhcp6ReplyCache.attach(
-          rtnl,
-          { bridge, port: options.replyPort },
-          linkLocal,
-          options.steps,
-        );
+      const { replyPort } = options;
+      if (replyPort) {
+        const attach = (on: Rtnl) =>
+          Dhcp6ReplyCache.attach(on, { bridge, port: replyPort }, linkLocal, options.steps);
+        if (options.replyCacheInBackground) {
+          cache = DeferredAttach.later(
+            () => Rtnl.using(nsPath, attach),
+            (error) =>
+              log.warn(
+                { where, err: String(error) },
+                "DHCPv6 reply cache not attached: the server answers every request",
+              ),
+          );
+        } else {
+          cache = DeferredAttach.now(await attach(rtnl));
+        }
         const kernel = cache;
         handler.onReplied = (request, source, reply) =>
-          kernel.remember({ request, source, reply: reply.datagram, mac: reply.mac });
+          kernel.current?.remember({ request, source, reply: reply.datagram, mac: reply.mac });
       }
       udp.onMessage((datagram, source) => handler.handle(datagram, source));
       const router = new RouterAdvertiser(
@@ -183,14 +204,20 @@ export class Ipv6Server {
         cause: error,
       });
     } finally {
-      rtnl.close();
+      if (!options.rtnl) rtnl.close();
     }
+  }
+
+  /** Resolves once the reply cache is attached (true), or failed or was not asked for. */
+  async replyCacheSettled(): Promise<boolean> {
+    return (await this.cache?.whenSettled()) ?? false;
   }
 
   stats(): Ipv6ServerStats {
     const dhcp6 = this.handler.stats();
-    if (this.cache) {
-      const kernel = { ...this.cache.counts(), cached: this.cache.size };
+    const cache = this.cache?.current;
+    if (cache) {
+      const kernel = { ...cache.counts(), cached: cache.size };
       dhcp6.received += kernel.hits;
       dhcp6.replied += kernel.hits;
       dhcp6.kernel = kernel;

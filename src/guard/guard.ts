@@ -57,6 +57,8 @@ type ProgramName = "vmlet_guest" | "vmlet_from_node" | "vmlet_to_node";
  */
 export class PreparedGuard {
   private done = false;
+  /** Links given their clsact qdisc ahead (prepareTap): attach() does not ask again. */
+  private readonly withClsact = new Set<string>();
 
   private constructor(
     private readonly mapFd: number,
@@ -98,6 +100,16 @@ export class PreparedGuard {
   }
 
   /**
+   * The tap's clsact qdisc ahead, once the tap exists (setUp does it during CNI ADD), on
+   * `rtnl`: attach() then saves that round trip.
+   */
+  async prepareTap(rtnl: Rtnl, tap: string): Promise<void> {
+    const link = { name: tap, index: await rtnl.linkIndex(tap) };
+    await TcSession.on(rtnl).ensureClsact(link);
+    this.withClsact.add(tap);
+  }
+
+  /**
    * Fills the config from `policy` and attaches the three filters over `rtnl` (a
    * connection to the pod's netns), replacing any there. Consumes this: the program fds
    * are closed either way (attached filters hold their programs, and they the maps); on
@@ -114,11 +126,11 @@ export class PreparedGuard {
     const where = `guard ${links.tap}/${links.veth} in ${rtnl.nsPath}`;
     const tc = TcSession.on(rtnl);
     try {
-      // Indexes the connection may know already (rewiring looked them up); the bridge's
-      // MAC is read (a link's message costs the kernel 0.1-0.4 ms: only the one).
+      // Indexes the connection may know already (rewiring looked them up), and the
+      // bridge's MAC: no link message (a bridge's costs the kernel 0.1-0.4 ms).
       const tap = { name: links.tap, index: await rtnl.linkIndex(links.tap) };
       const veth = { name: links.veth, index: await rtnl.linkIndex(links.veth) };
-      const bridge = await rtnl.link(links.bridge);
+      const bridge = await rtnl.linkAddress(links.bridge);
       const need = slotsFor(policy.prefixes);
       if (need.v4 > this.slots.v4 || need.v6 > this.slots.v6) await this.reloadTap(need, steps);
       // Filled before any filter runs it: a frame never meets an empty config.
@@ -131,7 +143,7 @@ export class PreparedGuard {
       for (const [link, hook, name] of filters) {
         await timeStep(steps, "guard: tc attach", async () => {
           // The veth carries two of the filters: the session asks for its qdisc once.
-          await tc.ensureClsact(link);
+          if (!this.withClsact.has(link.name)) await tc.ensureClsact(link);
           await tc.attachBpf(spec(link, hook), this.programs[name], name, true);
         });
       }
@@ -182,14 +194,20 @@ export class InterfaceGuard {
     private readonly specs: TcFilterSpec[],
   ) {}
 
-  /** Loads and attaches the three classifiers; on failure nothing of this call stays open. */
+  /**
+   * Loads and attaches the three classifiers, over `shared` (a connection to `nsPath`
+   * the caller keeps) or a connection of its own; on failure nothing of this call stays
+   * open.
+   */
   static async attach(
     nsPath: string,
     links: GuardLinks,
     policy: TapPolicy,
     steps?: StepHook,
+    shared?: Rtnl,
   ): Promise<InterfaceGuard> {
     const prepared = await PreparedGuard.load(slotsFor(policy.prefixes), steps);
+    if (shared) return prepared.attach(shared, links, policy, steps);
     let rtnl: Rtnl;
     try {
       rtnl = Rtnl.open(nsPath);

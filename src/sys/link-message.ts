@@ -4,7 +4,7 @@
 // leave the statistics out (RTEXT_FILTER_SKIP_STATS), which it then neither gathers nor
 // sends.
 import { macToString } from "../util/mac";
-import { attr } from "./netlink-attr";
+import { attr, eachAttr } from "./netlink-attr";
 import { AF_UNSPEC, IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINKINFO } from "./uapi";
 
 // linux/rtnetlink.h, linux/if_link.h, linux/if.h
@@ -46,17 +46,6 @@ export function getLinkBody(name?: string): Buffer {
     ...(name === undefined ? [] : [attr(IFLA_IFNAME, Buffer.from(`${name}\0`))]),
     attr(IFLA_EXT_MASK, u32(RTEXT_FILTER_SKIP_STATS)),
   ]);
-}
-
-/** Calls `fn` with each attribute (type without the nested/byte-order bits) in `b`. */
-function eachAttr(b: Buffer, start: number, fn: (type: number, value: Buffer) => void): void {
-  let at = start;
-  while (at + 4 <= b.length) {
-    const len = b.readUInt16LE(at);
-    if (len < 4 || at + len > b.length) break;
-    fn(b.readUInt16LE(at + 2) & 0x3fff, b.subarray(at + 4, at + len));
-    at += (len + 3) & ~3;
-  }
 }
 
 function cString(value: Buffer): string {

@@ -5,6 +5,7 @@
 // turn of the event loop: setUp's ~40 requests cost their kernel time and little more.
 // It stands in for the netlink package's NetlinkSocket under its RtNetlinkSocket, which
 // keeps formatting and parsing the messages.
+import os from "node:os";
 import util from "node:util";
 import {
   formatMessage,
@@ -13,6 +14,14 @@ import {
   parseMessages,
 } from "netlink/dist/structs";
 import * as libc from "./libc";
+import {
+  IFNAMSIZ,
+  IFREQ_SIZE,
+  NETLINK_GET_STRICT_CHK,
+  SIOCGIFHWADDR,
+  SIOCGIFINDEX,
+  SOL_NETLINK,
+} from "./uapi";
 
 // linux/netlink.h
 const AF_NETLINK = 16;
@@ -66,6 +75,47 @@ export class SyncNetlinkSocket {
       "socket(AF_NETLINK, NETLINK_ROUTE)",
     );
     return new SyncNetlinkSocket(fd);
+  }
+
+  /**
+   * Dump requests are checked strictly from now on, and their header fields and
+   * attributes (a route dump's table and output link, an address dump's link) filter in
+   * the kernel, which then neither builds nor sends what was not asked for.
+   */
+  enableStrictCheck(): void {
+    const on = Buffer.alloc(4);
+    on.writeInt32LE(1);
+    libc.check(
+      libc.setsockopt(this.fd, SOL_NETLINK, NETLINK_GET_STRICT_CHK, on, on.length),
+      "setsockopt(NETLINK_GET_STRICT_CHK)",
+    );
+  }
+
+  /**
+   * The index of the link called `name` in this socket's netns (SIOCGIFINDEX, which any
+   * socket answers for its netns): a name lookup in the kernel, no link message built.
+   */
+  indexOf(name: string): number {
+    return this.ifreq(name, SIOCGIFINDEX, "SIOCGIFINDEX").readInt32LE(IFNAMSIZ);
+  }
+
+  /** The link's MAC (SIOCGIFHWADDR), as cheaply: 6 bytes, no link message built. */
+  hardwareAddress(name: string): Buffer {
+    // ifr_hwaddr: sa_family (2 bytes), then sa_data, the address.
+    const at = IFNAMSIZ + 2;
+    return Buffer.from(this.ifreq(name, SIOCGIFHWADDR, "SIOCGIFHWADDR").subarray(at, at + 6));
+  }
+
+  private ifreq(name: string, request: number, label: string): Buffer {
+    if (this.closed) throw new Error("netlink socket closed");
+    if (Buffer.byteLength(name) >= IFNAMSIZ) {
+      // No link can have the name: the kernel would look up its first IFNAMSIZ - 1 bytes.
+      throw new libc.SysCallError(`${label} ${name}`, os.constants.errno.ENODEV);
+    }
+    const ifreq = Buffer.alloc(IFREQ_SIZE);
+    ifreq.write(name, 0, "utf8");
+    libc.check(libc.ioctlPtr(this.fd, request, ifreq), `${label} ${name}`);
+    return ifreq;
   }
 
   /** The netlink package's RtNetlinkSocket listens for unsolicited messages; there are none. */

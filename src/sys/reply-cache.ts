@@ -6,7 +6,7 @@
 // (dhcp/reply-cache.ts, dhcp6/reply-cache.ts) build the key; the replay is shared here.
 import fs from "node:fs";
 import * as bpf from "./bpf";
-import type { LinkInfo, Rtnl } from "./rtnl";
+import type { LinkAddress, Rtnl } from "./rtnl";
 import { type TcFilterSpec, TcSession } from "./tc";
 import { TC_ACT_SHOT, TC_ACT_UNSPEC } from "./uapi";
 
@@ -173,7 +173,7 @@ export class ReplyCache {
    */
   static async attach(
     rtnl: Rtnl,
-    links: { bridge: LinkInfo; port: string },
+    links: { bridge: LinkAddress; port: string },
     spec: ReplyCacheSpec,
   ): Promise<ReplyCache> {
     const { bridge } = links;
@@ -184,7 +184,7 @@ export class ReplyCache {
       const link = { name: bridge.name, index: bridge.index };
       const tc = TcSession.on(rtnl);
       // Two requests in flight at once on the one socket: a round trip saved.
-      const [port] = await Promise.all([rtnl.link(links.port), tc.ensureClsact(link)]);
+      const [port] = await Promise.all([rtnl.cachedLink(links.port), tc.ensureClsact(link)]);
       if (port.master !== bridge.index) {
         throw new ReplyCacheError(`${links.port} is not a port of ${bridge.name}`);
       }

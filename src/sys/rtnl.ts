@@ -3,13 +3,15 @@
 // request completes inside its call (netlink-sync.ts): the returned promise is settled,
 // and awaiting it costs a microtask, not a turn of the event loop.
 // Over 400 lines: one request and its reply parser per object kind, over one socket and
-// queue; the kinds share the framing and the error type.
+// queue; the kinds share the framing, the error type and what the connection knows of
+// its links (indexes, last-read links), which each kind's changes keep true.
 import { type NetlinkSocket, RtNetlinkSocket, rt } from "netlink";
 import { formatInfo } from "netlink/dist/rt/ifla";
 import { AttrStream } from "netlink/dist/structs";
 import { errnoCode } from "../util/errors";
 import { bytesToIp, ipToBytes } from "../util/ip";
-import { macToBuffer } from "../util/mac";
+import { macToBuffer, macToString } from "../util/mac";
+import { getAddressesBody, getRoutesBody, parseAddress, parseRoute } from "./addr-route-message";
 import { getLinkBody, parseLink, RTM_GETLINK } from "./link-message";
 import { attr } from "./netlink-attr";
 import { SyncNetlinkSocket } from "./netlink-sync";
@@ -21,15 +23,19 @@ import {
   AF_INET6,
   AF_UNSPEC,
   IFLA_ADDRESS,
+  IFLA_AF_SPEC,
   IFLA_BRPORT_LEARNING,
   IFLA_IFNAME,
+  IFLA_INET_CONF,
   IFLA_LINKINFO,
   IFLA_NET_NS_FD,
   IFLA_PROTINFO,
+  IPV4_DEVCONF_ARP_IGNORE,
   NDA_LLADDR,
   NDA_MASTER,
   NLA_F_NESTED,
   NLM_F_CREATE,
+  NLM_F_DUMP,
   NLM_F_EXCL,
   NLM_F_REPLACE,
   NTF_MASTER,
@@ -39,6 +45,11 @@ import {
   RT_SCOPE_NOWHERE,
   RT_SCOPE_UNIVERSE,
   RT_TABLE_MAIN,
+  RTM_GETADDR,
+  RTM_GETROUTE,
+  RTM_NEWADDR,
+  RTM_NEWROUTE,
+  RTM_SETLINK,
   RTN_UNICAST,
   RTNH_F_ONLINK,
   RTPROT_BOOT,
@@ -50,8 +61,7 @@ const REQUEST_TIMEOUT_MS = 5000;
 
 export type IpFamily = 4 | 6;
 
-/** linux/netlink.h NLM_F_ROOT | NLM_F_MATCH; linux/rtnetlink.h RTM_NEWLINK. */
-const NLM_F_DUMP = 0x300;
+/** linux/rtnetlink.h RTM_NEWLINK. */
 const RTM_NEWLINK = 16;
 
 export interface LinkInfo {
@@ -68,6 +78,9 @@ export interface LinkInfo {
   /** For a veth: the peer's index in its own netns (IFLA_LINK). */
   peerIndex?: number;
 }
+
+/** What a link is to a program or a frame: its index and MAC. */
+export type LinkAddress = Pick<LinkInfo, "name" | "index" | "mac">;
 
 export interface AddressInfo {
   index: number;
@@ -144,11 +157,19 @@ export class Rtnl {
   }
 
   /**
-   * Link indexes by name, looked up once per connection. A connection serves one step of
-   * one pod (its links are not renamed under it meanwhile), and a link's lookup costs the
-   * kernel 0.1-0.2 ms (a bridge's message is kilobytes of options and per-family state).
+   * Link indexes by name, looked up once per connection, by SIOCGIFINDEX (a name lookup)
+   * rather than RTM_GETLINK (0.1-0.2 ms: a bridge's message is kilobytes of options and
+   * per-family state). A connection serves one setUp, recovery or teardown of one pod,
+   * whose links nothing else renames or re-creates meanwhile; one this connection
+   * deletes or creates is forgotten, so a re-created link's new index is looked up.
    */
   private readonly indexes = new Map<string, number>();
+  /**
+   * Links as this connection last read them (RTM_GETLINK), for cachedLink(); a change
+   * made over this connection to a link (or to its ports, for a bridge) drops it.
+   */
+  private readonly seen = new Map<string, LinkInfo>();
+  private strict = false;
 
   /** The index of the link called `name`, looked up once per connection. */
   async linkIndex(name: string): Promise<number> {
@@ -158,7 +179,36 @@ export class Rtnl {
   private async indexOf(name: string): Promise<number> {
     const known = this.indexes.get(name);
     if (known !== undefined) return known;
-    return (await this.link(name)).index;
+    const index = await this.call(`find link ${name}`, async () => this.transport.indexOf(name));
+    this.indexes.set(name, index);
+    return index;
+  }
+
+  /**
+   * The link's index (once per connection) and MAC (SIOCGIFHWADDR), without the kernel
+   * building its message: a bridge's is kilobytes, and only these two are wanted.
+   */
+  async linkAddress(name: string): Promise<LinkAddress> {
+    const index = await this.indexOf(name);
+    const mac = await this.call(`read MAC of ${name}`, async () =>
+      macToString(this.transport.hardwareAddress(name)),
+    );
+    return { name, index, mac };
+  }
+
+  /** What this connection knows of `name` is stale: it deleted, made or changed it. */
+  private forget(name: string): void {
+    this.indexes.delete(name);
+    this.seen.delete(name);
+  }
+
+  /**
+   * The link as this connection read it last, unless it changed it since; else one
+   * RTM_GETLINK. For attributes nothing but this connection changes while it serves one
+   * pod (the veth's MAC and MTU, a port's master).
+   */
+  async cachedLink(name: string): Promise<LinkInfo> {
+    return this.seen.get(name) ?? this.link(name);
   }
 
   static open(nsPath: string): Rtnl {
@@ -166,6 +216,16 @@ export class Rtnl {
       withNetns(nsPath, () => SyncNetlinkSocket.open()),
       nsPath,
     );
+  }
+
+  /** Runs `fn` on a connection of its own to `nsPath`, closed after. */
+  static async using<T>(nsPath: string, fn: (rtnl: Rtnl) => Promise<T>): Promise<T> {
+    const rtnl = Rtnl.open(nsPath);
+    try {
+      return await fn(rtnl);
+    } finally {
+      rtnl.close();
+    }
   }
 
   close(): void {
@@ -227,7 +287,10 @@ export class Rtnl {
       );
       const message = messages.find((m) => m.type === RTM_NEWLINK);
       const link = message && parseLink(message.data);
-      if (link) this.indexes.set(link.name, link.index);
+      if (link) {
+        this.indexes.set(link.name, link.index);
+        this.seen.set(link.name, link);
+      }
       return link;
     } catch (error) {
       if (error instanceof RtnlError && error.code === "ENODEV") return undefined;
@@ -256,6 +319,39 @@ export class Rtnl {
         prefixLength: m.data.prefixlen ?? 0,
         scope: m.data.scope ?? 0,
       }));
+  }
+
+  /**
+   * Link `index`'s addresses, both families, in one dump the kernel filters (strict
+   * checking, on from here): no other link's addresses are built, sent or parsed.
+   */
+  async addressesOf(index: number): Promise<AddressInfo[]> {
+    const [messages] = await this.call(`RTM_GETADDR dump of link ${index}`, () =>
+      this.strictTransport().request(RTM_GETADDR, getAddressesBody(index), { flags: NLM_F_DUMP }),
+    );
+    return messages.flatMap((m) => (m.type === RTM_NEWADDR ? (parseAddress(m.data) ?? []) : []));
+  }
+
+  /**
+   * The main table's routes out of link `oif`, both families, in one dump the kernel
+   * filters (strict checking, on from here): the local tables and other links' routes
+   * are neither built nor sent.
+   */
+  async routesVia(oif: number): Promise<RouteInfo[]> {
+    const [messages] = await this.call(`RTM_GETROUTE dump via link ${oif}`, () =>
+      this.strictTransport().request(RTM_GETROUTE, getRoutesBody(oif), { flags: NLM_F_DUMP }),
+    );
+    return messages
+      .flatMap((m) => (m.type === RTM_NEWROUTE ? (parseRoute(m.data) ?? []) : []))
+      .filter((r) => r.table === RT_TABLE_MAIN);
+  }
+
+  private strictTransport(): SyncNetlinkSocket {
+    if (!this.strict) {
+      this.transport.enableStrictCheck();
+      this.strict = true;
+    }
+    return this.transport;
   }
 
   /** Routes of the main table. */
@@ -290,6 +386,7 @@ export class Rtnl {
     kindAttrs: Buffer[],
     extra: Buffer[] = [],
   ) {
+    this.forget(name);
     const ifname = attr(IFLA_IFNAME, Buffer.from(`${name}\0`));
     const body = Buffer.concat([
       rt.formatLink({ family: AF_UNSPEC }),
@@ -332,6 +429,7 @@ export class Rtnl {
       VETH_INFO_PEER,
       Buffer.concat([rt.formatLink({ family: AF_UNSPEC }), ...peerAttrs]),
     );
+    if (peerNsFd === undefined) this.forget(peerName);
     const linkinfo = encode(formatInfo({ kind: "veth", data: peer }));
     await this.newLink(`RTM_NEWLINK veth ${name} peer ${peerName}`, name, [
       attr(IFLA_LINKINFO, linkinfo),
@@ -340,6 +438,7 @@ export class Rtnl {
 
   /** RTM_SETLINK addressed by IFLA_IFNAME (index 0): the kernel finds the link, no lookup first. */
   private async setLink(operation: string, name: string, change: { up?: boolean }, attrs: object) {
+    this.seen.delete(name);
     await this.call(operation, () =>
       this.socket.setLink(
         {
@@ -364,6 +463,8 @@ export class Rtnl {
 
   async setMaster(name: string, master: string): Promise<void> {
     const bridge = await this.indexOf(master);
+    // A bridge whose MTU was never set follows its ports'.
+    this.seen.delete(master);
     await this.setLink(`set ${name} master ${master}`, name, {}, { master: bridge });
   }
 
@@ -376,10 +477,10 @@ export class Rtnl {
   }
 
   async deleteLink(name: string): Promise<void> {
-    const link = await this.link(name);
-    this.indexes.delete(name);
+    const index = await this.indexOf(name);
+    this.forget(name);
     await this.call(`RTM_DELLINK ${name}`, () =>
-      this.socket.delLink({ index: link.index }, undefined, { timeout: REQUEST_TIMEOUT_MS }),
+      this.socket.delLink({ index }, undefined, { timeout: REQUEST_TIMEOUT_MS }),
     );
   }
 
@@ -466,6 +567,23 @@ export class Rtnl {
     await this.call(`RTM_DELROUTE ${Rtnl.describeRoute(spec)}`, () =>
       this.socket.delRoute(data, attrs, { timeout: REQUEST_TIMEOUT_MS }),
     );
+  }
+
+  /**
+   * The link's net.ipv4.conf.NAME.arp_ignore, set over netlink (RTM_SETLINK, the IPv4
+   * devconf in IFLA_AF_SPEC) rather than through /proc/sys, which would mean entering the
+   * netns to open it.
+   */
+  async setArpIgnore(name: string, value: number): Promise<void> {
+    const index = await this.indexOf(name);
+    const value32 = Buffer.alloc(4);
+    value32.writeUInt32LE(value);
+    const conf = attr(IFLA_INET_CONF, attr(IPV4_DEVCONF_ARP_IGNORE, value32));
+    const body = Buffer.concat([
+      rt.formatLink({ family: AF_UNSPEC, index }),
+      attr(IFLA_AF_SPEC, attr(AF_INET, conf)),
+    ]);
+    await this.request(`set ${name} arp_ignore ${value}`, RTM_SETLINK, body, 0);
   }
 
   /**

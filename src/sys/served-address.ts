@@ -2,10 +2,9 @@
 // address as a local /32 that the link never answers ARP for, and a route and a permanent
 // neighbour entry per client. The DHCP server holds the guest's gateway address this way.
 import { type Rtnl, RtnlError } from "./rtnl";
-import { writeSysctl } from "./sysctl";
 
 /** linux/Documentation/networking/ip-sysctl.rst: 8 = never reply to ARP for local addresses. */
-const ARP_IGNORE_NEVER = "8";
+const ARP_IGNORE_NEVER = 8;
 
 export interface ServedAddress {
   /** The link the server listens on, e.g. the pod bridge. */
@@ -25,7 +24,7 @@ function tolerate(codes: string[]): (error: unknown) => void {
 /** Adds what `served` needs; what is there already is fine, so it can run again. */
 export async function addServedAddress(rtnl: Rtnl, served: ServedAddress): Promise<void> {
   const { device } = served;
-  writeSysctl(rtnl.nsPath, `net/ipv4/conf/${device}/arp_ignore`, ARP_IGNORE_NEVER);
+  await rtnl.setArpIgnore(device, ARP_IGNORE_NEVER);
   await rtnl.addAddress(device, `${served.address}/32`).catch(tolerate(["EEXIST"]));
   for (const client of served.clients) {
     await rtnl

@@ -12,11 +12,41 @@ export const NLM_F_REPLACE = 0x100;
 export const NLM_F_EXCL = 0x200;
 export const NLM_F_CREATE = 0x400;
 export const NLA_F_NESTED = 0x8000;
+/** A GET request that dumps (NLM_F_ROOT | NLM_F_MATCH). */
+export const NLM_F_DUMP = 0x300;
+/** setsockopt level and option: dump requests' headers and attributes filter in the kernel. */
+export const SOL_NETLINK = 270;
+export const NETLINK_GET_STRICT_CHK = 12;
+
+// linux/sockios.h: a link's index by name (struct ifreq), on any socket of its netns
+export const SIOCGIFINDEX = 0x8933;
+/** A link's hardware address by name: a struct sockaddr in the union (sa_data). */
+export const SIOCGIFHWADDR = 0x8927;
+/** struct ifreq: the name (IFNAMSIZ), then the union where ifr_ifindex is. */
+export const IFREQ_SIZE = 40;
+export const IFNAMSIZ = 16;
 
 // linux/rtnetlink.h: message types the netlink package does not name
 export const RTM_NEWQDISC = 36;
 export const RTM_NEWTFILTER = 44;
 export const RTM_DELTFILTER = 45;
+
+// linux/rtnetlink.h: message types and attributes of addresses and routes vmlet parses itself
+export const RTM_NEWADDR = 20;
+export const RTM_GETADDR = 22;
+export const RTM_NEWROUTE = 24;
+export const RTM_GETROUTE = 26;
+/** linux/if_addr.h: struct ifaddrmsg, and IFA_ADDRESS, IFA_LOCAL. */
+export const IFADDRMSG_SIZE = 8;
+export const IFA_ADDRESS = 1;
+export const IFA_LOCAL = 2;
+/** struct rtmsg, and RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE. */
+export const RTMSG_SIZE = 12;
+export const RTA_DST = 1;
+export const RTA_OIF = 4;
+export const RTA_GATEWAY = 5;
+export const RTA_PRIORITY = 6;
+export const RTA_TABLE = 15;
 
 // linux/rtnetlink.h: enum rt_scope_t
 export const RT_SCOPE_UNIVERSE = 0;
@@ -37,7 +67,14 @@ export const IFLA_ADDRESS = 1;
 export const IFLA_IFNAME = 3;
 export const IFLA_PROTINFO = 12;
 export const IFLA_LINKINFO = 18;
+export const IFLA_AF_SPEC = 26;
 export const IFLA_NET_NS_FD = 28;
+/** Nested in IFLA_AF_SPEC's AF_INET: the link's IPv4 devconf, by IPV4_DEVCONF_* index. */
+export const IFLA_INET_CONF = 1;
+// linux/ip.h: enum IPV4_DEVCONF_*
+export const IPV4_DEVCONF_ARP_IGNORE = 19;
+// linux/rtnetlink.h
+export const RTM_SETLINK = 19;
 export const IFLA_BRPORT_LEARNING = 8;
 
 // linux/veth.h

@@ -63,11 +63,7 @@ export function guestIpv6Of(
 /** Reads the guest's IPv6 off `ifname`; undefined for a link without a global IPv6 address. */
 export async function readGuestIpv6(rtnl: Rtnl, ifname: string): Promise<GuestIpv6 | undefined> {
   const link = await rtnl.link(ifname);
-  const addresses = await rtnl.addresses(6);
-  if (!addresses.some((a) => a.index === link.index && a.scope === RT_SCOPE_UNIVERSE)) {
-    return undefined;
-  }
-  return guestIpv6Of(link, addresses, await rtnl.routes(6));
+  return guestIpv6Of(link, await rtnl.addressesOf(link.index), await rtnl.routesVia(link.index));
 }
 
 /**

@@ -69,15 +69,25 @@ export function withoutDefaultRoute(view: GuestView): GuestView {
   return { ...rest, routes: view.routes.filter((r) => r.prefixLength !== 0) };
 }
 
-/** Reads what the plugins really built for `ifname`: the netns is the truth. */
+/**
+ * One read of what the plugins really built for `ifname` (the netns is the truth): the
+ * link, its addresses and the main table's routes out of it, both families, the dumps
+ * filtered in the kernel.
+ */
+export async function readNicSnapshot(rtnl: Rtnl, ifname: string): Promise<NetnsSnapshot> {
+  const link = await rtnl.link(ifname);
+  const addresses = await rtnl.addressesOf(link.index);
+  const routes = await rtnl.routesVia(link.index);
+  return { link, addresses, routes };
+}
+
+/** Reads the guest's view off `ifname` (readNicSnapshot, then guestViewOf). */
 export async function readGuestView(
   rtnl: Rtnl,
   ifname: string,
 ): Promise<GuestView & { mac: string }> {
-  const link = await rtnl.link(ifname);
-  // guestViewOf uses IPv4 routes only: IPv6 ones are not dumped.
-  const [addresses, routes] = await Promise.all([rtnl.addresses(), rtnl.routes(4)]);
-  return { ...guestViewOf({ link, addresses, routes }), mac: link.mac };
+  const snapshot = await readNicSnapshot(rtnl, ifname);
+  return { ...guestViewOf(snapshot), mac: snapshot.link.mac };
 }
 
 /** A NIC's view as persisted: what leaseOf needs. */

@@ -10,7 +10,9 @@ export async function routeNicIpv6(rtnl: Rtnl, nsPath: string, iface: PodInterfa
   if (iface.ipv6) await routeGuestIpv6(rtnl, nsPath, iface, iface.ipv6);
 }
 
+/** On the caller's connection `rtnl`; the reply cache is attached after it returns. */
 export async function serveNicIpv6(
+  rtnl: Rtnl,
   nsPath: string,
   iface: PodInterface,
   leaseSeconds: number,
@@ -38,6 +40,8 @@ export async function serveNicIpv6(
     log,
     // Replies to requests seen before come from the kernel, back into the tap.
     replyPort: iface.tap,
+    replyCacheInBackground: true,
+    rtnl,
     ...(steps ? { steps } : {}),
   });
 }

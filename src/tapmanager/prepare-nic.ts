@@ -7,7 +7,6 @@ import { prepareBridgeAndTap, rewireNames } from "../cni-bridge/rewire";
 import { PreparedGuard } from "../guard/guard";
 import type { PrefixSlots } from "../guard/policy";
 import { Rtnl } from "../sys/rtnl";
-import { TcSession } from "../sys/tc";
 import type { StepHook } from "../util/steps";
 
 /** The NIC this prepares: pods mostly have one, and every pod has this one. */
@@ -31,9 +30,16 @@ export async function prepareFirstNic(
     const names = rewireNames(PREPARED_IFNAME);
     await nextTurn();
     await prepareBridgeAndTap(rtnl, nsPath, names, steps);
-    await TcSession.on(rtnl).ensureClsact(await rtnl.link(names.tap));
     await nextTurn();
-    return await PreparedGuard.load(slots, steps);
+    const guard = await PreparedGuard.load(slots, steps);
+    try {
+      // The tap's clsact qdisc, on this connection: attach() then need not ask for it.
+      await guard.prepareTap(rtnl, names.tap);
+    } catch (error) {
+      guard.close();
+      throw error;
+    }
+    return guard;
   } finally {
     rtnl.close();
   }

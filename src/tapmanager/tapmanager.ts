@@ -18,8 +18,8 @@ import { KeyedLock } from "../util/keyed-lock";
 import { Limiter } from "../util/limiter";
 import { silentLog } from "../util/silent-log";
 import { type StepHook, timeStep } from "../util/steps";
-import { readGuestIpv6, withoutDefaultRoute6 } from "./guest-ipv6";
-import { leaseOf, readGuestView, withoutDefaultRoute } from "./guest-network";
+import { guestIpv6Of, withoutDefaultRoute6 } from "./guest-ipv6";
+import { guestViewOf, leaseOf, readNicSnapshot, withoutDefaultRoute } from "./guest-network";
 import { routeNicIpv6, serveNicIpv6 } from "./ipv6-service";
 import { NetnsPool } from "./netns-pool";
 import { PREPARED_IFNAME, prepareFirstNic } from "./prepare-nic";
@@ -183,12 +183,15 @@ export class Tapmanager {
     await this.timed("record creating", () => this.store.writeStep(record));
     const { attachments, early } = await this.netnsAndAdd(record);
     try {
-      record.interfaces = await this.step("read the netns", () =>
-        this.withRtnl(record, (rtnl) => this.discover(rtnl, record, attachments)),
-      );
-      record.phase = "wiring";
-      await this.timed("record wiring", () => this.store.writeStep(record));
-      await this.configure(record, early);
+      // One connection for all of it after ADD: each link is looked up once (rtnl.ts).
+      await this.withRtnl(record, async (rtnl) => {
+        record.interfaces = await this.step("read the netns", () =>
+          this.discover(rtnl, record, attachments),
+        );
+        record.phase = "wiring";
+        await this.timed("record wiring", () => this.store.writeStep(record));
+        await this.configureOn(rtnl, record, early);
+      });
     } finally {
       for (const guard of early.values()) guard.close(); // those not attached
     }
@@ -283,9 +286,11 @@ export class Tapmanager {
   ): Promise<PersistedInterface[]> {
     const out: PersistedInterface[] = [];
     for (const [i, attachment] of attachments.entries()) {
-      const read = await readGuestView(rtnl, attachment.ifname);
+      // One read of the link, its addresses and its routes, for both families.
+      const snapshot = await readNicSnapshot(rtnl, attachment.ifname);
+      const read = { ...guestViewOf(snapshot), mac: snapshot.link.mac };
       const view = i === 0 ? read : withoutDefaultRoute(read);
-      const read6 = await readGuestIpv6(rtnl, attachment.ifname);
+      const read6 = guestIpv6Of(snapshot.link, snapshot.addresses, snapshot.routes);
       const ipv6 = read6 && (i === 0 ? read6 : withoutDefaultRoute6(read6));
       const names = rewireNames(attachment.ifname);
       const dns = this.dnsFor(record.request, attachment.result);
@@ -330,11 +335,22 @@ export class Tapmanager {
     };
   }
 
+  /** recover()'s configure, on a connection of its own. */
+  private configure(record: PodRecord): Promise<void> {
+    return this.withRtnl(record, (rtnl) => this.configureOn(rtnl, record));
+  }
+
   /**
-   * Rewires every interface and serves DHCP on it: setUp's second half and recover().
-   * `early` holds the guard programs setUp loaded during ADD, by ifname; attached here.
+   * Rewires every interface and serves DHCP on it: setUp's second half and recover(), all
+   * on `rtnl` (rewiring, the guards, the servers). `early` holds the guard programs setUp
+   * loaded during ADD, by ifname; attached here. The servers' reply caches are attached
+   * after this returns (DeferredAttach): until then the servers answer every request.
    */
-  private async configure(record: PodRecord, early?: Map<string, PreparedGuard>): Promise<void> {
+  private async configureOn(
+    rtnl: Rtnl,
+    record: PodRecord,
+    early?: Map<string, PreparedGuard>,
+  ): Promise<void> {
     const id = record.request.pod.sandboxId;
     await this.stopServing(id);
     const servers: DhcpServer[] = [];
@@ -342,52 +358,49 @@ export class Tapmanager {
     this.closeGuards(id);
     const guards: { ifname: string; guard: InterfaceGuard }[] = [];
     this.guards.set(id, guards);
-    // One connection for rewiring and the guards: each link is looked up once.
-    await this.withRtnl(record, async (rtnl) => {
-      for (const iface of record.interfaces) {
-        const names = { ifname: iface.ifname, bridge: iface.bridge, tap: iface.tap };
-        await this.step(
-          `rewire ${iface.ifname}`,
-          () =>
-            rewireInterface(
-              rtnl,
-              record.netnsPath,
-              names,
-              {
-                addresses: iface.addresses,
-                routes: iface.routes,
-                mtu: iface.mtu,
-                mac: iface.guestMac,
-              },
-              this.options.steps,
-              early?.has(iface.ifname),
-            ),
-          "rewire",
-        );
-        await this.step(`route IPv6 of ${iface.ifname}`, () =>
-          routeNicIpv6(rtnl, record.netnsPath, iface),
-        );
-      }
-      // Guarded before DHCP serves and before any VM gets the tap.
-      for (const iface of record.interfaces) {
-        const links = { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge };
-        const policy = {
-          guestMac: iface.guestMac,
-          prefixes: sourcePrefixes(record, iface),
-          routesIpv6: iface.ipv6 !== undefined,
-        };
-        const prepared = early?.get(iface.ifname);
-        const guard = await this.step(
-          `guard ${iface.tap}`,
-          () =>
-            prepared
-              ? prepared.attach(rtnl, links, policy, this.options.steps)
-              : InterfaceGuard.attach(record.netnsPath, links, policy, this.options.steps),
-          prepared ? "guard (fill + attach)" : "guard (BPF load + attach)",
-        );
-        guards.push({ ifname: iface.ifname, guard });
-      }
-    });
+    for (const iface of record.interfaces) {
+      const names = { ifname: iface.ifname, bridge: iface.bridge, tap: iface.tap };
+      await this.step(
+        `rewire ${iface.ifname}`,
+        () =>
+          rewireInterface(
+            rtnl,
+            record.netnsPath,
+            names,
+            {
+              addresses: iface.addresses,
+              routes: iface.routes,
+              mtu: iface.mtu,
+              mac: iface.guestMac,
+            },
+            this.options.steps,
+            early?.has(iface.ifname),
+          ),
+        "rewire",
+      );
+      await this.step(`route IPv6 of ${iface.ifname}`, () =>
+        routeNicIpv6(rtnl, record.netnsPath, iface),
+      );
+    }
+    // Guarded before DHCP serves and before any VM gets the tap.
+    for (const iface of record.interfaces) {
+      const links = { tap: iface.tap, veth: iface.ifname, bridge: iface.bridge };
+      const policy = {
+        guestMac: iface.guestMac,
+        prefixes: sourcePrefixes(record, iface),
+        routesIpv6: iface.ipv6 !== undefined,
+      };
+      const prepared = early?.get(iface.ifname);
+      const guard = await this.step(
+        `guard ${iface.tap}`,
+        () =>
+          prepared
+            ? prepared.attach(rtnl, links, policy, this.options.steps)
+            : InterfaceGuard.attach(record.netnsPath, links, policy, this.options.steps, rtnl),
+        prepared ? "guard (fill + attach)" : "guard (BPF load + attach)",
+      );
+      guards.push({ ifname: iface.ifname, guard });
+    }
     for (const iface of record.interfaces) {
       const lease = this.leaseFor(record, iface);
       if (!lease) continue;
@@ -402,8 +415,11 @@ export class Tapmanager {
             log: this.log,
             // The guard on the tap steers the guest's DHCP to the server itself.
             intercept: false,
-            // Replies to requests seen before come from the kernel, back into the tap.
+            // Replies to requests seen before come from the kernel, back into the tap,
+            // once the cache is attached, after setUp; the socket answers until then.
             replyPort: iface.tap,
+            replyCacheInBackground: true,
+            rtnl,
             ...(this.options.steps ? { steps: this.options.steps } : {}),
           }),
         "DHCP ready",
@@ -415,6 +431,7 @@ export class Tapmanager {
     for (const iface of record.interfaces) {
       const server = await this.step(`serve RA and DHCPv6 on ${iface.bridge}`, () =>
         serveNicIpv6(
+          rtnl,
           record.netnsPath,
           iface,
           this.options.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
@@ -487,6 +504,19 @@ export class Tapmanager {
     } catch (error) {
       return `cleanup failed, state kept for a retry: ${(error as Error).message}`;
     }
+  }
+
+  /**
+   * Resolves once the kernel reply caches of the pod's DHCP and DHCPv6 servers, attached
+   * after setUp returns, are attached (true) or have failed (false; the servers answer
+   * every request themselves).
+   */
+  async replyCachesSettled(sandboxId: string): Promise<boolean> {
+    const settled = await Promise.all([
+      ...(this.servers.get(sandboxId) ?? []).map((s) => s.replyCacheSettled()),
+      ...(this.ipv6Servers.get(sandboxId) ?? []).map((s) => s.replyCacheSettled()),
+    ]);
+    return settled.every(Boolean);
   }
 
   /** What each of the pod's DHCP servers received, answered and dropped, by interface. */
@@ -667,13 +697,8 @@ export class Tapmanager {
     return record.interfaces.flatMap((iface) => this.leaseFor(record, iface) ?? []);
   }
 
-  private async withRtnl<T>(record: PodRecord, fn: (rtnl: Rtnl) => Promise<T>): Promise<T> {
-    const rtnl = Rtnl.open(record.netnsPath);
-    try {
-      return await fn(rtnl);
-    } finally {
-      rtnl.close();
-    }
+  private withRtnl<T>(record: PodRecord, fn: (rtnl: Rtnl) => Promise<T>): Promise<T> {
+    return Rtnl.using(record.netnsPath, fn);
   }
 
   private timed<T>(step: string, work: () => Promise<T> | T): Promise<T> {

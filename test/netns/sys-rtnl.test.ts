@@ -155,6 +155,22 @@ describe("rtnetlink inside a netns", () => {
     assert.doesNotMatch(ipIn(pod.name, "-4", "route", "show"), /10\.96\.0\.0/);
   });
 
+  it("sets a link's arp_ignore over netlink, as /proc/sys reads it", async () => {
+    const arpIgnore = () =>
+      execFileSync(
+        "ip",
+        ["netns", "exec", pod.name, "cat", "/proc/sys/net/ipv4/conf/br0/arp_ignore"],
+        {
+          encoding: "utf8",
+        },
+      ).trim();
+    assert.equal(arpIgnore(), "0");
+    await rtnl.setArpIgnore("br0", 8);
+    assert.equal(arpIgnore(), "8");
+    await rtnl.setArpIgnore("br0", 0);
+    assert.equal(arpIgnore(), "0");
+  });
+
   it("sets a permanent neighbour entry", async () => {
     await rtnl.setNeighbour("br0", "10.244.1.9", "0a:58:0a:f4:01:09");
     assert.match(
@@ -199,6 +215,82 @@ describe("rtnetlink inside a netns", () => {
     } finally {
       conn.close();
       many.remove();
+    }
+  });
+
+  it("dumps one link's addresses and its main-table routes, both families, filtered in the kernel", async () => {
+    const conn = Rtnl.open(pod.path);
+    try {
+      await conn.addAddress("eth0", "10.244.7.5/24");
+      await conn.addAddress("eth0", "fd00:77::5/64");
+      await conn.setUp("eth0");
+      await conn.addRoute({
+        dst: "10.77.0.0",
+        dstLength: 16,
+        gateway: "10.244.7.1",
+        device: "eth0",
+      });
+      const eth0 = await conn.linkIndex("eth0");
+      const br0 = await conn.linkIndex("br0");
+      const addrs = await conn.addressesOf(eth0);
+      assert.ok(addrs.length > 0 && addrs.every((a) => a.index === eth0), "only eth0's");
+      const global = addrs
+        .filter((a) => a.scope === 0)
+        .map((a) => `${a.address}/${a.prefixLength}`);
+      assert.deepEqual(global.sort(), ["10.244.7.5/24", "fd00:77::5/64"]);
+      const routes = await conn.routesVia(eth0);
+      assert.ok(
+        routes.every((r) => r.oif === eth0 && r.table === 254),
+        "main table, eth0's",
+      );
+      const shown = routes.map((r) => `${r.dst}/${r.dstLength} ${r.gateway ?? "-"}`);
+      for (const want of ["10.244.7.0/24 -", "10.77.0.0/16 10.244.7.1", "fd00:77::/64 -"]) {
+        assert.ok(shown.includes(want), `${want} in ${shown.join(", ")}`);
+      }
+      // br0 has the default route and the 10.244.1.0/24 of the earlier tests: not eth0's.
+      assert.ok(!shown.some((r) => r.startsWith("0.0.0.0/0")), shown.join(", "));
+      assert.ok((await conn.routesVia(br0)).some((r) => r.dstLength === 0));
+      // The package-parsed dumps still work on a socket that checks strictly now.
+      assert.ok((await conn.routes(4)).some((r) => r.dst === "10.77.0.0"));
+      assert.ok((await conn.addresses(6)).some((a) => a.address === "fd00:77::5"));
+      await conn.deleteRoute({
+        dst: "10.77.0.0",
+        dstLength: 16,
+        gateway: "10.244.7.1",
+        device: "eth0",
+      });
+      await conn.deleteAddress("eth0", "10.244.7.5/24");
+      await conn.deleteAddress("eth0", "fd00:77::5/64");
+    } finally {
+      conn.close();
+    }
+  });
+
+  it("looks an index up once per connection, and again for a link it deleted and made again", async () => {
+    const conn = Rtnl.open(pod.path);
+    try {
+      await conn.createBridge("brx");
+      const first = await conn.linkIndex("brx");
+      assert.equal(first, (await conn.link("brx")).index);
+      await assert.rejects(conn.linkIndex("nope0"), /find link nope0 in .*: ENODEV/);
+      await conn.deleteLink("brx");
+      await conn.createBridge("brx");
+      const second = await conn.linkIndex("brx");
+      assert.notEqual(second, first, "a new link, a new index");
+      const brx = await conn.link("brx");
+      assert.equal(second, brx.index);
+      assert.deepEqual(await conn.linkAddress("brx"), {
+        name: "brx",
+        index: brx.index,
+        mac: brx.mac,
+      });
+      // A change over the connection drops what it read of the link.
+      assert.equal((await conn.cachedLink("brx")).mtu, 1500);
+      await conn.setMtu("brx", 1400);
+      assert.equal((await conn.cachedLink("brx")).mtu, 1400);
+      await conn.deleteLink("brx");
+    } finally {
+      conn.close();
     }
   });
 

@@ -686,6 +686,8 @@ describe("tapmanager DHCP from the first packet", () => {
       const network = await tm.setUp({ pod });
       const [tap] = tm.openTaps(pod.sandboxId);
       untilTapForwardingSync(network.netnsPath, tap!.tap);
+      // Attached after setUp returned: until then the server answers every request.
+      assert.equal(await tm.replyCachesSettled(pod.sandboxId), true, "reply cache attached");
       const discover = formatMessage(
         {
           op: BOOTREQUEST,
