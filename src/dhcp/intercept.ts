@@ -113,9 +113,13 @@ export class DhcpIntercept {
     }
   }
 
-  /** Removes the filters (the clsact qdiscs stay: harmless, and others may use them). */
-  async detach(): Promise<void> {
+  /**
+   * Removes the filters (the clsact qdiscs stay: harmless, and others may use them). With
+   * `netnsGoing` (the netns is deleted next) they are left to the netns deletion.
+   */
+  async detach(options: { netnsGoing?: boolean } = {}): Promise<void> {
     try {
+      if (options.netnsGoing) return;
       for (const port of this.ports.splice(0)) {
         await this.tc.deleteFilter(spec(port)).catch(() => undefined);
       }

@@ -231,7 +231,8 @@ export class DhcpReplyCache {
     return this.cache.counts();
   }
 
-  detach(): Promise<void> {
-    return this.cache.detach();
+  /** See ReplyCache.detach: with `netnsGoing`, the filter is left to the netns deletion. */
+  detach(options: { netnsGoing?: boolean } = {}): Promise<void> {
+    return this.cache.detach(options);
   }
 }

@@ -318,13 +318,21 @@ export class DhcpServer {
     };
   }
 
-  /** Stops answering and removes the filters, routes and address it added. */
-  async close(): Promise<void> {
+  /**
+   * Stops answering and removes the filters, routes and address it added. With
+   * `netnsGoing` (the caller deletes the netns next, as a pod's teardown does) it only
+   * stops answering and lets go of its sockets and BPF maps: the netns deletion removes
+   * the rest at once, and each undo here is a netlink round trip on the teardown's path.
+   * If the netns outlives that (the teardown failed before deleting it), what is left is
+   * what a crash of vmlet leaves, which the retried teardown or a new start() handles.
+   */
+  async close(options: { netnsGoing?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.socket.close();
-    await this.cache?.detach();
-    await this.intercept?.detach();
+    await this.cache?.detach(options);
+    await this.intercept?.detach(options);
+    if (options.netnsGoing) return;
     const { nsPath, device, serverId } = this.options;
     let rtnl: Rtnl;
     try {

@@ -225,13 +225,19 @@ export class Ipv6Server {
     return { dhcp6, router: this.router.stats() };
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops advertising and answering and removes the routes and filter it added. With
+   * `netnsGoing` (the caller deletes the netns next) only the sockets and BPF maps are
+   * let go, as DhcpServer.close does: the netns deletion removes the rest.
+   */
+  async close(options: { netnsGoing?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.router.stop();
     this.icmp.close();
     this.udp.close();
-    await this.cache?.detach();
+    await this.cache?.detach(options);
+    if (options.netnsGoing) return;
     let rtnl: Rtnl;
     try {
       rtnl = Rtnl.open(this.options.nsPath);

@@ -265,11 +265,17 @@ export class ReplyCache {
     return out;
   }
 
-  /** Removes the filter and lets go of the maps. */
-  async detach(): Promise<void> {
+  /**
+   * Removes the filter and lets go of the maps. With `netnsGoing` (the netns is deleted
+   * next) only the maps are let go: the netns deletion removes the filter, and the
+   * program and maps it holds, with the bridge, and a retried teardown after a failure in
+   * between finds the filter as a crash of vmlet would leave it (attach replaces it).
+   */
+  async detach(options: { netnsGoing?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     try {
+      if (options.netnsGoing) return;
       let tc: TcSession;
       try {
         tc = TcSession.open(this.nsPath);

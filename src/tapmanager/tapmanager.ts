@@ -467,7 +467,10 @@ export class Tapmanager {
     const dhcpKernelReplies =
       this.dhcpStats(id).reduce((n, s) => n + (s.kernel?.hits ?? 0), 0) +
       this.ipv6Stats(id).reduce((n, s) => n + (s.dhcp6.kernel?.hits ?? 0), 0);
-    await this.timed("DHCP stop", () => this.stopServing(id));
+    // The netns is deleted below: the servers only let go of their sockets and maps, and
+    // leave their addresses, routes and filters to that. If CNI DEL fails first, the
+    // netns keeps them, as after a crash of vmlet, until the retried teardown deletes it.
+    await this.timed("DHCP stop", () => this.stopServing(id, { netnsGoing: true }));
     const drops = this.dropCounts(id);
     if (drops) {
       this.log.info(
@@ -662,13 +665,17 @@ export class Tapmanager {
     for (const id of [...this.guards.keys()]) this.closeGuards(id);
   }
 
-  private async stopServing(sandboxId: string): Promise<void> {
+  /** With `netnsGoing` only for a netns deleted next: see DhcpServer.close. */
+  private async stopServing(
+    sandboxId: string,
+    options: { netnsGoing?: boolean } = {},
+  ): Promise<void> {
     const servers = this.servers.get(sandboxId) ?? [];
     this.servers.delete(sandboxId);
-    for (const server of servers) await server.close();
+    for (const server of servers) await server.close(options);
     const ipv6Servers = this.ipv6Servers.get(sandboxId) ?? [];
     this.ipv6Servers.delete(sandboxId);
-    for (const server of ipv6Servers) await server.close();
+    for (const server of ipv6Servers) await server.close(options);
   }
 
   /** What each of the pod's RA + DHCPv6 services received, answered and dropped. */

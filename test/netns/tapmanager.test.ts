@@ -469,6 +469,54 @@ describe("tapmanager with several networks, dual stack, and a restart", () => {
     }
   });
 
+  it("a tearDown whose CNI DEL fails keeps the pod for a retry, and the retry leaves nothing", async () => {
+    const cni = makeCniSandbox();
+    const refuse = path.join(cni.root, "refuse-del");
+    // Chained after the bridge plugin: refuses DEL while `refuse` exists, else passes on.
+    writePlugin(
+      cni.binDir,
+      "del-refuser",
+      `#!/bin/sh
+if [ "$CNI_COMMAND" = DEL ] && [ -e ${refuse} ]; then
+  cat >/dev/null
+  echo '{"cniVersion":"1.0.0","code":107,"msg":"fixture refused DEL"}'; exit 1
+fi
+exec ${process.execPath} -e 'let s="";process.stdin.on("data",(d)=>(s+=d)).on("end",()=>{const c=JSON.parse(s);if(process.env.CNI_COMMAND==="ADD")process.stdout.write(JSON.stringify(c.prevResult));if(process.env.CNI_COMMAND==="VERSION")process.stdout.write(JSON.stringify({cniVersion:"1.0.0",supportedVersions:["1.0.0"]}));})'
+`,
+    );
+    cni.writeConf(
+      "10-br.conflist",
+      bridgeList("retry", "1.0.0", cni.dataDir, "10.62.1.0/24", [{ type: "del-refuser" }]),
+    );
+    const stateDir = path.join(cni.root, "pods");
+    const tm = new Tapmanager({ cni: cni.client(), stateDir });
+    const pod = makePod();
+    const vethsBefore = nodeVeths();
+    const fds = fs.readdirSync("/proc/self/fd").length;
+    try {
+      const network = await tm.setUp({ pod });
+      fs.writeFileSync(refuse, "");
+      await assert.rejects(tm.tearDown(pod.sandboxId), /CNI DEL: .*fixture refused DEL/);
+      // Kept for the retry: its netns, record and CNI record (the bridge plugin's DEL, run
+      // after the refusal, may have freed the address already); DHCP stopped.
+      assert.ok(netnsNames().includes(path.basename(network.netnsPath)));
+      assert.deepEqual(fs.readdirSync(stateDir), [`${pod.sandboxId}.json`]);
+      assert.notDeepEqual(cacheFiles(cni.cacheDir), []);
+      assert.deepEqual(tm.dhcpStats(pod.sandboxId), [], "DHCP servers closed");
+      fs.rmSync(refuse);
+      await tm.tearDown(pod.sandboxId);
+      assert.ok(!netnsNames().includes(path.basename(network.netnsPath)));
+      assert.deepEqual(allocations(cni.dataDir, "retry"), []);
+      assert.deepEqual(cacheFiles(cni.cacheDir), [], "no CNI record left");
+      assert.deepEqual(fs.readdirSync(stateDir), []);
+      assert.deepEqual(nodeVeths(), vethsBefore, "no pod veth left on the node");
+      assert.equal(fs.readdirSync("/proc/self/fd").length, fds, "no fd or socket left open");
+    } finally {
+      await tm.close();
+      cni.remove();
+    }
+  });
+
   // A failure injected at each step of setUp: CNI ADD (a plugin refuses, a plugin is
   // missing) and rewiring (the bridge's name is taken by a link that is not a bridge).
   const failures: { step: string; chained: (cni: CniSandbox) => unknown; message: RegExp }[] = [

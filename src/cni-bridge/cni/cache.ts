@@ -71,7 +71,7 @@ export class ResultCache {
       // The new dir's name and the entry are made durable side by side: put() returns
       // (and ADD starts) only once both are.
       if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
-      await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+      fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
       await Promise.all([syncDir(this.dir), writeFileAtomic(file, text)]);
     }
   }
@@ -87,6 +87,9 @@ export class ResultCache {
     writeFileOrdered(this.file(entry), JSON.stringify({ kind: KIND, ...entry }));
   }
 
+  // Reads and removals are synchronous: on the page cache they take microseconds, where
+  // each asynchronous call is a thread-pool round trip on DEL's path.
+
   async get(key: CacheKey): Promise<CacheEntry | undefined> {
     await this.open();
     return this.read(this.file(key));
@@ -96,10 +99,9 @@ export class ResultCache {
   async list(containerId: string): Promise<CacheEntry[]> {
     await this.open();
     const dir = path.join(this.dir, containerId);
-    const names = await readDirIfAny(dir);
     const entries: CacheEntry[] = [];
-    for (const name of names.filter((n) => n.endsWith(".json"))) {
-      const entry = await this.read(path.join(dir, name));
+    for (const name of readDirSyncIfAny(dir).filter((n) => n.endsWith(".json"))) {
+      const entry = this.read(path.join(dir, name));
       if (entry) entries.push(entry);
     }
     return entries.sort((a, b) => ifnameOrder(a.ifname) - ifnameOrder(b.ifname));
@@ -115,22 +117,29 @@ export class ResultCache {
     return (await readDirIfAny(this.dir)).sort();
   }
 
-  /** Removes the entry, and the container's dir once it is empty; absent is fine. */
+  /**
+   * Removes the entry, and the container's dir once it is empty; absent is fine. Not
+   * durable (no fsync of the dir): an entry a power cut brings back only makes the GC at
+   * the next start (CniClient.gc, for a sandbox with no pod record) run its DEL again.
+   * That DEL is idempotent: without the netns (gone with the reboot) the plugins are
+   * given an empty CNI_NETNS, and host-local frees addresses by container id, so an
+   * address handed to another pod since is not touched; the entry goes once it succeeds.
+   */
   async remove(key: CacheKey): Promise<void> {
     await this.open();
-    await fs.promises.rm(this.file(key), { force: true });
+    fs.rmSync(this.file(key), { force: true });
     try {
-      await fs.promises.rmdir(path.dirname(this.file(key)));
+      fs.rmdirSync(path.dirname(this.file(key)));
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code !== "ENOENT" && code !== "ENOTEMPTY") throw error;
     }
   }
 
-  private async read(file: string): Promise<CacheEntry | undefined> {
+  private read(file: string): CacheEntry | undefined {
     let text: string;
     try {
-      text = await fs.promises.readFile(file, "utf8");
+      text = fs.readFileSync(file, "utf8");
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
       throw error;
@@ -138,6 +147,16 @@ export class ResultCache {
     const entry = JSON.parse(text) as CacheEntry;
     if (entry.kind !== KIND) throw new Error(`CNI cache ${file}: unknown kind ${entry.kind}`);
     return entry;
+  }
+}
+
+/** The names in `dir`; none when it does not exist (any more). */
+function readDirSyncIfAny(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw error;
   }
 }
 

@@ -37,7 +37,32 @@ function traced(dir: string, script: string): string[] {
     "-e",
     script,
   ]);
-  return fs.readFileSync(out, "utf8").split("\n");
+  return joinSplitCalls(fs.readFileSync(out, "utf8").split("\n"));
+}
+
+/**
+ * strace splits a call that another thread's call interrupts ("fsync(19 <unfinished
+ * ...>", later "<... fsync resumed>) = 0"), as the thread pool's fsyncs often are: each
+ * is put back together, on the line where it started.
+ */
+function joinSplitCalls(lines: string[]): string[] {
+  const out: string[] = [];
+  const open = new Map<string, number>();
+  for (const line of lines) {
+    const started = /^(\d+)\s+(.*) <unfinished \.\.\.>$/.exec(line);
+    const resumed = /^(\d+)\s+<\.\.\. \w+ resumed>(.*)$/.exec(line);
+    if (started) {
+      open.set(started[1]!, out.length);
+      out.push(`${started[1]} ${started[2]}`);
+    } else if (resumed && open.has(resumed[1]!)) {
+      const at = open.get(resumed[1]!)!;
+      out[at] += resumed[2];
+      open.delete(resumed[1]!);
+    } else {
+      out.push(line);
+    }
+  }
+  return out;
 }
 
 /** Whether `dir` itself was opened and fsynced (fds are the process's, whichever thread). */
@@ -50,6 +75,24 @@ function dirFsynced(lines: string[], dir: string): boolean {
     if (close) fds.delete(close[1]!);
     const sync = /fsync\((\d+)\)\s+= 0/.exec(line);
     if (sync && fds.has(sync[1]!)) return true;
+  }
+  return false;
+}
+
+/** Whether the temp file renamed onto `file` was fsynced (by its fd) before the rename. */
+function fsyncedBeforeRename(lines: string[], file: string): boolean {
+  const synced = new Set<string>();
+  const fds = new Map<string, string>();
+  for (const line of lines) {
+    const open = /openat\(AT_FDCWD, "([^"]+\.tmp)", [^)]*\) = (\d+)/.exec(line);
+    if (open) fds.set(open[2]!, open[1]!);
+    const sync = /fsync\((\d+)\)\s+= 0/.exec(line);
+    const temp = sync && fds.get(sync[1]!);
+    if (temp) synced.add(temp);
+    const close = /close\((\d+)\)/.exec(line);
+    if (close) fds.delete(close[1]!);
+    const rename = /rename\w*\((?:AT_FDCWD, )?"([^"]+)", (?:AT_FDCWD, )?"([^"]+)"/.exec(line);
+    if (rename && rename[2] === file) return synced.has(rename[1]!);
   }
   return false;
 }
@@ -101,6 +144,10 @@ describe("durable state files", () => {
          new ResultCache(${JSON.stringify(cache)}).put(${JSON.stringify(entry)});`,
       );
       const containerDir = path.join(cache, "c1");
+      assert.ok(
+        fsyncedBeforeRename(lines, path.join(containerDir, "net:eth0.json")),
+        `the data is not fsynced before the rename:\n${lines.join("\n")}`,
+      );
       assert.ok(dirFsynced(lines, containerDir), `no fsync of ${containerDir}`);
       assert.ok(dirFsynced(lines, cache), `no fsync of ${cache} after making c1/`);
       assert.deepEqual(fs.readdirSync(containerDir), ["net:eth0.json"]);
