@@ -5,8 +5,12 @@
 // for one under way, and then detaches what was attached: nothing is left behind.
 
 export interface Detachable {
-  detach(): Promise<void>;
+  /** Options, if any, are passed through from DeferredAttach.detach. */
+  detach(options?: never): Promise<void>;
 }
+
+/** What `T`'s detach takes. */
+type DetachOptions<T extends Detachable> = Parameters<T["detach"]>[0];
 
 export class DeferredAttach<T extends Detachable> {
   private attached: T | undefined;
@@ -56,12 +60,12 @@ export class DeferredAttach<T extends Detachable> {
     return this.attached !== undefined;
   }
 
-  /** Stops or waits out the attach, then detaches what it made. */
-  async detach(): Promise<void> {
+  /** Stops or waits out the attach, then detaches what it made, with `options`. */
+  async detach(options?: DetachOptions<T>): Promise<void> {
     this.stopped = true;
     await this.settled;
     const attached = this.attached;
     this.attached = undefined;
-    await attached?.detach();
+    await attached?.detach(options as never);
   }
 }
