@@ -46,6 +46,7 @@ function traced(dir: string, script: string): string[] {
  * is put back together, on the line where it started.
  */
 function joinSplitCalls(lines: string[]): string[] {
+  // A joined call keeps strace's padding before its "= result": match it with \s+.
   const out: string[] = [];
   const open = new Map<string, number>();
   for (const line of lines) {
@@ -69,7 +70,7 @@ function joinSplitCalls(lines: string[]): string[] {
 function dirFsynced(lines: string[], dir: string): boolean {
   const fds = new Set<string>();
   for (const line of lines) {
-    const open = new RegExp(`openat\\(AT_FDCWD, "${dir}", [^)]*\\) = (\\d+)`).exec(line);
+    const open = new RegExp(`openat\\(AT_FDCWD, "${dir}", [^)]*\\)\\s+= (\\d+)`).exec(line);
     if (open) fds.add(open[1]!);
     const close = /close\((\d+)\)/.exec(line);
     if (close) fds.delete(close[1]!);
@@ -84,7 +85,7 @@ function fsyncedBeforeRename(lines: string[], file: string): boolean {
   const synced = new Set<string>();
   const fds = new Map<string, string>();
   for (const line of lines) {
-    const open = /openat\(AT_FDCWD, "([^"]+\.tmp)", [^)]*\) = (\d+)/.exec(line);
+    const open = /openat\(AT_FDCWD, "([^"]+\.tmp)", [^)]*\)\s+= (\d+)/.exec(line);
     if (open) fds.set(open[2]!, open[1]!);
     const sync = /fsync\((\d+)\)\s+= 0/.exec(line);
     const temp = sync && fds.get(sync[1]!);
