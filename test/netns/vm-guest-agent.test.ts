@@ -103,6 +103,26 @@ describe("guest agent client, against qemu-ga", () => {
     );
   });
 
+  it("calls cancelled mid-poll hang up cleanly: qemu-ga, which quits on a reset socket, keeps running", {
+    timeout: 30_000,
+  }, async () => {
+    // Polling without a pause, so most cancels land with a status reply still in flight.
+    for (let i = 0; i < 12; i++) {
+      await assert.rejects(
+        guestExec(socket, ["sleep", "30"], {
+          timeoutMs: 0,
+          pollMs: 0,
+          signal: AbortSignal.timeout(40 + 7 * i),
+        }),
+        GuestExecCancelledError,
+      );
+      assert.equal(agent.exitCode, null, `qemu-ga exited after cancel ${i + 1}`);
+    }
+    const r = await guestExec(socket, ["echo", "still here"], { timeoutMs: 10_000 });
+    assert.equal(r.stdout.toString(), "still here\n");
+    assert.equal(agent.exitCode, null);
+  });
+
   it("a command past its limit: a timeout error, and the channel still works after", async () => {
     const t0 = Date.now();
     await assert.rejects(

@@ -122,7 +122,7 @@ export function guestExec(
       throw error;
     } finally {
       signal?.removeEventListener("abort", onAbort);
-      agent.close();
+      await agent.close();
     }
   });
 }
@@ -162,7 +162,7 @@ export async function guestExecStream(
         return await agent.execute(command, args, agentTimeoutMs);
       } finally {
         signal?.removeEventListener("abort", onAbort);
-        agent.close();
+        await agent.close();
       }
     });
   const started = await once("guest-exec", {
@@ -203,6 +203,9 @@ interface ExecStatus {
  */
 const MAX_REPLY_BYTES = 48 * 1024 * 1024;
 
+/** How long a closing session waits for the agent to hang up before it resets it. */
+const CLOSE_GRACE_MS = 500;
+
 function resultOf(status: ExecStatus): GuestExecResult {
   const int = (v: unknown) => (Number.isInteger(v) ? (v as number) : undefined);
   const data = (v: unknown) => Buffer.from(typeof v === "string" ? v : "", "base64");
@@ -220,9 +223,11 @@ class AgentConnection {
   private readonly received = new ByteQueue();
   private waiting: ((result: undefined | Error) => void) | undefined;
   private failure: Error | undefined;
+  private closed: Promise<void> | undefined;
 
   private constructor(private readonly socket: net.Socket) {
     socket.on("data", (chunk: Buffer) => {
+      if (this.closed) return; // a reply nobody waits for any more
       this.received.push(chunk);
       if (this.received.size > MAX_REPLY_BYTES) {
         socket.destroy(new GuestAgentProtocolError(`a reply over ${MAX_REPLY_BYTES} bytes`));
@@ -261,7 +266,7 @@ class AgentConnection {
     try {
       await agent.sync(timeoutMs);
     } catch (error) {
-      agent.close();
+      await agent.close();
       throw new GuestAgentUnavailableError(
         `no QEMU guest agent answered within ${timeoutMs / 1000} s (the image needs qemu-guest-agent running)`,
         { cause: error },
@@ -270,16 +275,31 @@ class AgentConnection {
     return agent;
   }
 
-  close(): void {
-    this.socket.destroy();
+  /**
+   * Hangs up without a reset: half-closes, drops what the agent still sends, and resolves
+   * once it hangs up too. Closing with its reply unread would reset the agent's socket,
+   * and qemu-ga on a socket quits on that read error, leaving the VM with no agent.
+   */
+  close(): Promise<void> {
+    this.closed ??= new Promise<void>((resolve) => {
+      if (this.socket.destroyed) return resolve();
+      const timer = setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS);
+      this.socket.once("close", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.received.clear();
+      this.socket.end();
+    });
+    return this.closed;
   }
 
-  /** Fails whatever waits on the agent with `error`, and closes the channel. */
+  /** Fails whatever waits on the agent with `error` at once, and closes the channel. */
   abort(error: Error): void {
     this.failure ??= error;
     this.waiting?.(this.failure);
     this.waiting = undefined;
-    this.socket.destroy();
+    void this.close();
   }
 
   /** One command; the agent answers each at once, so a silent agent is a hung guest. */
