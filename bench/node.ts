@@ -19,13 +19,39 @@ export interface BenchNode {
   cni: CniClient;
 }
 
+/**
+ * Where the bench node keeps its files (pod records, CNI cache, IPAM): the private
+ * namespace's tmpfs by default; VMLET_BENCH_DIR=DIR puts them on DIR's file system, as a
+ * node's /var/lib is (on ext4 a replacing rename costs a flush that tmpfs never shows).
+ */
+function benchParent(): string {
+  const dir = process.env.VMLET_BENCH_DIR;
+  if (!dir) return os.tmpdir();
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+const FS_NAMES = new Map<number, string>([
+  [0xef53, "ext4"],
+  [0x01021994, "tmpfs"],
+  [0x58465342, "xfs"],
+  [0x9123683e, "btrfs"],
+  [0x794c7630, "overlayfs"],
+]);
+
+/** The file system `dir` is on, by name: benchmarks print it beside their figures. */
+export function fileSystemOf(dir: string): string {
+  const type = fs.statfsSync(dir).type;
+  return FS_NAMES.get(type) ?? `fs 0x${type.toString(16)}`;
+}
+
 /** Call first: re-executes the benchmark in a private namespace when outside one. */
 export async function benchNode(name: string, bridge: string, subnet: string): Promise<BenchNode> {
   enterPrivateNamespace();
   const lo = Rtnl.open("/proc/self/ns/net");
   await lo.setUp("lo");
   lo.close();
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), `${name}-bench-`));
+  const root = fs.mkdtempSync(path.join(benchParent(), `${name}-bench-`));
   const confDir = path.join(root, "net.d");
   fs.mkdirSync(confDir);
   const plugin = {

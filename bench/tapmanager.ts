@@ -19,7 +19,7 @@ import { Rtnl } from "../src/sys/rtnl";
 import { DEFAULT_NETNS_POOL, isPoolNetns, Tapmanager } from "../src/tapmanager";
 import { Limiter } from "../src/util/limiter";
 import { inTurn, report, stepBreakdown, stepTimer, summarize } from "./lib";
-import { benchNode } from "./node";
+import { benchNode, fileSystemOf } from "./node";
 import { pluginEnv, runPlugin } from "./plugin";
 
 const MiB = 1024 * 1024;
@@ -258,7 +258,7 @@ async function main(): Promise<void> {
 
   report(
     "tapmanager",
-    `tapmanager (netns pool ${NETNS_POOL}) vs raw CNI, bridge + host-local, ${pods} pods alternating`,
+    `tapmanager (netns pool ${NETNS_POOL}, files on ${fileSystemOf(root)}) vs raw CNI, bridge + host-local, ${pods} pods alternating`,
     samples,
     [
       { name: "setUp / raw ADD", of: "tapmanager.setUp", to: "raw ADD (netns + bridge plugin)" },
