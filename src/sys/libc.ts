@@ -22,6 +22,9 @@ export const setsockopt = libc.func(
 );
 export const bind = libc.func("int bind(int fd, const void *addr, uint32_t len)");
 export const gettid = libc.func("int gettid(void)");
+export const renameat2 = libc.func(
+  "int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)",
+);
 // syscall(2) for bpf(2), which glibc does not wrap: (nr, cmd, union bpf_attr *, size).
 export const syscallBpf = libc.func(
   "long syscall(long nr, int cmd, void *attr, unsigned int size)",
@@ -54,6 +57,9 @@ export const O_RDWR = 2;
 export const O_CREAT = 0o100;
 export const O_EXCL = 0o200;
 export const O_CLOEXEC = 0o2000000;
+// linux/fcntl.h, linux/fs.h
+export const AT_FDCWD = -100;
+export const RENAME_EXCHANGE = 2;
 // linux/mount.h
 export const MS_BIND = 4096;
 export const MS_REC = 16384;
@@ -83,7 +89,9 @@ export const IPV6_RECVHOPLIMIT = 51;
 export const IPV6_HOPLIMIT = 52;
 export const ICMP6_FILTER = 1;
 export const MSG_DONTWAIT = 0x40;
-// asm-generic/errno.h
+// asm-generic/errno-base.h, asm-generic/errno.h
+export const ENOENT = 2;
+export const EINVAL = 22;
 export const EADDRNOTAVAIL = 99;
 
 /** errno of the last failed call on this thread. */

@@ -3,7 +3,8 @@
 // kept as the guest's view (guest-network.ts); its DHCP lease is derived from it.
 import fs from "node:fs";
 import path from "node:path";
-import { removeStaleTemps, writeFileAtomic, writeFileOrdered } from "../util/atomic-file";
+import { replaceFileUnflushed } from "../sys/replace-file";
+import { removeStaleTemps, writeFileAtomic } from "../util/atomic-file";
 import type { IpAddress, PodInterface, PodNetworkRequest } from "./types";
 
 export type PodPhase =
@@ -74,16 +75,18 @@ export class PodStateStore {
   }
 
   /**
-   * Records a step of setUp ("creating", "wiring", "ready"), atomically but without fsync.
-   * A crash of vmlet keeps it (the page cache outlives the process), so recovery is as
-   * with write(). A power cut may lose it or leave an older one: after a reboot every
-   * netns is gone (they live on /run), and recover() tears down any pod whose netns is
-   * gone, whatever its phase; a pod with no record left is freed by CNI garbage
-   * collection from the CNI client's durable record of its attachment.
+   * Records a step of setUp ("creating", "wiring", "ready"), atomically but without fsync
+   * and without ext4's flush on a replacing rename (sys/replace-file). A crash of vmlet
+   * keeps it (the page cache outlives the process), so recovery is as with write(). A
+   * power cut may lose it, leave an older one, or leave it empty, which read() sets aside
+   * as unreadable: after a reboot every netns is gone (they live on /run), and recover()
+   * tears down any pod whose netns is gone, whatever its phase; a pod with no record left
+   * is freed by CNI garbage collection from the CNI client's durable record of its
+   * attachment.
    */
   writeStep(record: PodRecord): void {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    writeFileOrdered(this.file(record.request.pod.sandboxId), `${JSON.stringify(record)}\n`);
+    replaceFileUnflushed(this.file(record.request.pod.sandboxId), `${JSON.stringify(record)}\n`);
   }
 
   read(sandboxId: string): PodRecord | undefined {

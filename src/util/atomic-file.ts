@@ -66,7 +66,7 @@ const processToken = crypto.randomBytes(6).toString("hex");
 let tempCount = 0;
 
 /** A fresh name beside `file`, hidden, that removeStaleTemps recognises. */
-function tempFor(file: string): string {
+export function tempFor(file: string): string {
   const suffix = `${processToken}-${(tempCount++).toString(36)}${TEMP_SUFFIX}`;
   return path.join(path.dirname(file), `.${path.basename(file)}.${suffix}`);
 }

@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, it } from "node:test";
 import {
   type CniClient,
   CniConfigError,
+  CniError,
   CniInvalidResultError,
   CniPluginError,
   CniPluginNotFoundError,
@@ -77,6 +78,22 @@ function names(error: Error, network: string, plugin: string): void {
   assert.match(error.message, new RegExp(`plugin ${plugin}`));
 }
 
+/** PIDs of running processes (zombies aside) whose program is the CNI plugin `type`. */
+function pluginProcesses(type: string): number[] {
+  return fs
+    .readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .filter((pid) => {
+      try {
+        const running = !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
+        return running && path.basename(fs.readlinkSync(`/proc/${pid}/exe`)) === type;
+      } catch {
+        return false; // gone meanwhile
+      }
+    })
+    .map(Number);
+}
+
 function bridgeOf(conf: { plugins: unknown[] }): string {
   return (conf.plugins[0] as { bridge: string }).bridge;
 }
@@ -137,6 +154,30 @@ describe("CNI errors", () => {
       /^State:\s+Z/m.test(fs.readFileSync(`/proc/${p}/status`, "utf8"));
     await eventually(() => gone(pid!) && gone(childPid!));
     assertNothingLeft("to", bridgeOf(conf));
+  });
+
+  it("a record that cannot be written: the bridge plugin, started meanwhile, is killed before it reads its config, and nothing is left", async () => {
+    const conf = bridgeList("rf", "1.0.0", sandbox.dataDir, "10.48.0.0/24");
+    const client = await clientWith(conf);
+    // A cache on a tmpfs that is full: the record's write fails with ENOSPC.
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=4k", "tmpfs", sandbox.cacheDir]);
+    try {
+      fs.writeFileSync(path.join(sandbox.cacheDir, ".fill"), Buffer.alloc(4096));
+      const error = await client.addPod(pod, ns.path).catch((e: Error) => e);
+      assert.ok(error instanceof CniError, String(error));
+      assert.match(
+        error.message,
+        /network rf.*record the attachment in the CNI cache before ADD: ENOSPC/,
+      );
+      assert.match(error.message, /no plugin ran, nothing to roll back/);
+      fs.rmSync(path.join(sandbox.cacheDir, ".fill"));
+      assertNothingLeft("rf");
+      assert.deepEqual(pluginProcesses("bridge"), [], "a bridge plugin still running");
+      // The node bridge was never made: the plugin acted on nothing.
+      assert.throws(() => execFileSync("ip", ["link", "show", bridgeOf(conf)], { stdio: "pipe" }));
+    } finally {
+      execFileSync("umount", [sandbox.cacheDir], { stdio: "pipe" });
+    }
   });
 
   it("a plugin whose DEL hangs makes DEL fail with CniTimeoutError and keeps the record for a retry", async () => {

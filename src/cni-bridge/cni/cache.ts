@@ -72,7 +72,13 @@ export class ResultCache {
       // (and ADD starts) only once both are.
       if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
       fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-      await Promise.all([syncDir(this.dir), writeFileAtomic(file, text)]);
+      // Settled both: a failed write must not return while the dir's fsync holds its fd.
+      const [dirSynced, written] = await Promise.allSettled([
+        syncDir(this.dir),
+        writeFileAtomic(file, text),
+      ]);
+      if (written.status === "rejected") throw written.reason;
+      if (dirSynced.status === "rejected") throw dirSynced.reason;
     }
   }
 

@@ -192,12 +192,22 @@ export class CniClient {
           capabilities: rt.capabilities,
           config: listJson(list),
         };
-        await this.cache.put(entry);
+        // The record is made durable while the first plugin starts: the plugin is given
+        // its config, and so acts, only once the record is on disk.
+        const recorded = this.cache.put(entry).catch((error: Error) => {
+          throw new CniError(
+            { command: "ADD", pod: podName(pod), network: list.name, ifname: rt.ifname },
+            `record the attachment in the CNI cache before ADD: ${error.message}`,
+            { cause: error },
+          );
+        });
         // addNetworkList rolls its own network back; the record goes once that worked.
         let result: CniResult;
         try {
-          result = await addNetworkList(runner, list, rt);
+          result = await addNetworkList(runner, list, rt, recorded);
         } catch (error) {
+          // A first plugin that is not installed never waited on the record.
+          await recorded.catch(() => {});
           if (wasRolledBack(error)) {
             await this.cache.remove(entry);
           }

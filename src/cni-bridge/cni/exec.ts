@@ -20,6 +20,12 @@ export interface PluginInvocation {
   args?: string;
   /** The JSON written to the plugin's stdin. */
   stdin: string;
+  /**
+   * Holds the config back until this resolves: the plugin starts meanwhile (a Go
+   * plugin's runtime start is most of its time) but can act on nothing before it reads
+   * its config. If it rejects, the plugin is killed unread and the call fails with it.
+   */
+  stdinAfter?: Promise<void>;
 }
 
 function lookUp(type: string, binDirs: string[]): string | undefined {
@@ -151,7 +157,20 @@ export function execPlugin(
         else reject(pluginFailure(ctx, stdout, stderr, code, signal));
       });
     });
-    child.stdin.end(inv.stdin);
+    if (!inv.stdinAfter) {
+      child.stdin.end(inv.stdin);
+      return;
+    }
+    inv.stdinAfter.then(
+      () => {
+        if (!settled) child.stdin.end(inv.stdin);
+      },
+      (error: unknown) => {
+        if (settled) return;
+        killGroup(child.pid);
+        settle(() => reject(error));
+      },
+    );
   });
 }
 

@@ -75,6 +75,7 @@ async function run(
   plugin: PluginConfig,
   rt: AttachmentArgs | undefined,
   stdin: string,
+  stdinAfter?: Promise<void>,
 ): Promise<string> {
   const ctx = context(command, list, rt, plugin);
   const file = findPlugin(plugin.type, runner.binDirs, ctx);
@@ -87,6 +88,7 @@ async function run(
       ifname: rt?.ifname,
       args: rt?.args,
       stdin,
+      ...(stdinAfter ? { stdinAfter } : {}),
     },
     runner.binDirs,
     runner.timeoutMs,
@@ -106,15 +108,25 @@ export function wasRolledBack(error: unknown): boolean {
 /**
  * ADD: runs each plugin with the previous one's result as prevResult, and returns the
  * last result at the list's version. On failure it runs DEL for the whole list (with
- * the partial result) before rethrowing, so nothing stays allocated.
+ * the partial result) before rethrowing, so nothing stays allocated. With `recorded`,
+ * the first plugin is started at once but given its config only once `recorded`
+ * resolves (the caller's durable record of the attachment); if it rejects, no plugin
+ * has acted, and the ADD fails with its error.
  */
 export async function addNetworkList(
   runner: PluginRunner,
   list: NetworkConfigList,
   rt: AttachmentArgs,
+  recorded?: Promise<void>,
 ): Promise<CniResult> {
   let prev: CniResult | undefined;
   let started = 0;
+  let unrecorded: unknown;
+  const gate = recorded?.catch((error: unknown) => {
+    unrecorded = error;
+    throw error;
+  });
+  gate?.catch(() => {}); // a first plugin that is not found never waits on it
   try {
     for (const plugin of list.plugins) {
       started++;
@@ -125,14 +137,16 @@ export async function addNetworkList(
         plugin,
         rt,
         pluginConfigJson(list, plugin, { prevResult: prev, capabilities: rt.capabilities }),
+        started === 1 ? gate : undefined,
       );
       prev = parsePluginResult(out, list, plugin, rt);
     }
   } catch (error) {
     try {
-      // Plugins after the failed one never ran, nor did one that was not found: they
-      // hold nothing and may not exist.
-      const ran = error instanceof CniPluginNotFoundError ? started - 1 : started;
+      // Plugins after the failed one never ran, nor did one that was not found or was
+      // killed unread because the record failed: they hold nothing and may not exist.
+      const unread = error instanceof CniPluginNotFoundError || error === unrecorded;
+      const ran = unread ? started - 1 : started;
       await delNetworkList(runner, list, rt, prev, { pluginCount: ran });
       if (error instanceof Error) {
         error.message +=

@@ -25,19 +25,53 @@ function withDir(fn: (dir: string) => Promise<void>) {
 
 /** Runs `script` under strace; the file-system calls it made on paths under `dir`. */
 function traced(dir: string, script: string): string[] {
+  return joinSplitCalls(
+    straceLines(
+      dir,
+      script,
+      "openat,fsync,fdatasync,rename,renameat,renameat2,close,unlink,unlinkat",
+    ),
+  );
+}
+
+/** strace's lines for `calls` made by `script` and its children, as strace wrote them. */
+function straceLines(dir: string, script: string, calls: string): string[] {
   const out = path.join(dir, "strace.out");
   execFileSync("strace", [
     "-f",
     "-qq",
     "-e",
-    "trace=openat,fsync,fdatasync,rename,renameat,renameat2,close",
+    `trace=${calls}`,
     "-o",
     out,
     process.execPath,
     "-e",
     script,
   ]);
-  return joinSplitCalls(fs.readFileSync(out, "utf8").split("\n"));
+  return fs.readFileSync(out, "utf8").split("\n");
+}
+
+/**
+ * Index of the first line where a process got data from its stdin: a read(0, ...) that
+ * returned bytes, whole or resumed (strace splits a read another process interrupts).
+ */
+function firstStdinData(lines: string[]): number {
+  const pendingFd = new Map<string, string>();
+  return lines.findIndex((line) => {
+    const whole = /^(\d+)\s+read\((\d+), "/.exec(line);
+    if (whole) return whole[2] === "0" && /\)\s+= [1-9]\d*$/.test(line);
+    const started = /^(\d+)\s+read\((\d+),\s*<unfinished/.exec(line);
+    if (started) pendingFd.set(started[1]!, started[2]!);
+    const resumed = /^(\d+)\s+<\.\.\. read resumed>.*\)\s+= [1-9]\d*$/.exec(line);
+    return resumed !== null && pendingFd.get(resumed[1]!) === "0";
+  });
+}
+
+/** Indexes of the lines where an fsync returned 0, whole or resumed. */
+function fsyncsDone(lines: string[]): number[] {
+  return lines.flatMap((line, i) =>
+    /^\d+\s+(fsync\(\d+\)|<\.\.\. fsync resumed>\))\s+= 0$/.test(line) ? [i] : [],
+  );
 }
 
 /**
@@ -152,6 +186,115 @@ describe("durable state files", () => {
       assert.ok(dirFsynced(lines, containerDir), `no fsync of ${containerDir}`);
       assert.ok(dirFsynced(lines, cache), `no fsync of ${cache} after making c1/`);
       assert.deepEqual(fs.readdirSync(containerDir), ["net:eth0.json"]);
+    }),
+  );
+
+  it(
+    "a setUp step replaces the pod's record by exchanging names (no flush in a replacing rename), and leaves no temp",
+    withDir(async (dir) => {
+      const pods = path.join(dir, "pods");
+      const state = JSON.stringify(`${DIST}/src/tapmanager/state.js`);
+      const lines = traced(
+        dir,
+        `const { PodStateStore } = require(${state});
+         const store = new PodStateStore(${JSON.stringify(pods)});
+         const record = ${JSON.stringify(pod("s1"))};
+         store.writeStep({ ...record, phase: "creating" });
+         store.writeStep({ ...record, phase: "wiring" });
+         store.writeStep({ ...record, phase: "ready" });`,
+      );
+      const file = path.join(pods, "s1.json");
+      const renames = lines.filter((l) => /rename/.test(l) && l.includes(`${file}"`));
+      assert.equal(renames.length, 4, `the renames:\n${renames.join("\n")}`);
+      // The first step has no record to exchange with: a plain rename to a new name.
+      assert.match(renames[0]!, /RENAME_EXCHANGE\) = -1 ENOENT/);
+      assert.match(renames[1]!, /^\d+\s+rename(at)?\(/);
+      for (const exchanged of renames.slice(2)) assert.match(exchanged, /RENAME_EXCHANGE\)\s+= 0/);
+      assert.equal(lines.filter((l) => /unlink/.test(l) && /\.tmp"/.test(l)).length, 2);
+      const fds = lines
+        .filter((l) => /openat\(/.test(l) && l.includes(pods))
+        .map((l) => /\)\s+= (\d+)$/.exec(l)?.[1]);
+      const fsyncs = lines.filter((l) => fds.some((fd) => l.includes(`fsync(${fd})`)));
+      assert.deepEqual(fsyncs, [], "a step is not fsynced");
+      assert.deepEqual(fs.readdirSync(pods), ["s1.json"], "no temp file left");
+      assert.equal(new PodStateStore(pods).read("s1")?.phase, "ready");
+    }),
+  );
+
+  it(
+    "a CNI result replaces the durable entry by a plain rename, which ext4 flushes, never by an exchange",
+    withDir(async (dir) => {
+      const cache = path.join(dir, "cni");
+      const entry = { network: "net", containerId: "c1", ifname: "eth0", cniArgs: "" };
+      const lines = traced(
+        dir,
+        `const { ResultCache } = require(${JSON.stringify(`${DIST}/src/cni-bridge/cni/cache.js`)});
+         const c = new ResultCache(${JSON.stringify(cache)});
+         const e = { ...${JSON.stringify(entry)}, capabilities: {}, config: {} };
+         c.put(e).then(() => c.putStep({ ...e, result: { cniVersion: "1.0.0" } }));`,
+      );
+      const file = path.join(cache, "c1", "net:eth0.json");
+      const renames = lines.filter((l) => /rename/.test(l) && l.includes(`${file}"`));
+      assert.equal(renames.length, 2, `the renames:\n${renames.join("\n")}`);
+      assert.ok(!renames.some((l) => /RENAME_EXCHANGE/.test(l)), renames.join("\n"));
+      assert.deepEqual(fs.readdirSync(path.join(cache, "c1")), ["net:eth0.json"]);
+    }),
+  );
+
+  it(
+    "an emptied record (a step a power cut cut short) is set aside as unreadable, not read as a pod",
+    withDir(async (dir) => {
+      const pods = path.join(dir, "pods");
+      fs.mkdirSync(pods);
+      fs.writeFileSync(path.join(pods, "s1.json"), "");
+      const unreadable: string[] = [];
+      const store = new PodStateStore(pods, (r) => unreadable.push(r.sandboxId));
+      assert.equal(store.read("s1"), undefined);
+      assert.deepEqual(unreadable, ["s1"]);
+      assert.deepEqual(store.list(), []);
+    }),
+  );
+
+  it(
+    "a CNI plugin is given its config only once the attachment's record is durable, though it starts before",
+    withDir(async (dir) => {
+      // A plugin that only reads its config and answers: what is timed here is the
+      // client's order, which does not depend on what the plugin then does.
+      const bin = path.join(dir, "bin");
+      const conf = path.join(dir, "net.d");
+      fs.mkdirSync(bin);
+      fs.mkdirSync(conf);
+      fs.writeFileSync(
+        path.join(bin, "reader"),
+        `#!/bin/sh\ncat >/dev/null\necho '{"cniVersion":"1.0.0"}'\n`,
+        { mode: 0o755 },
+      );
+      fs.writeFileSync(
+        path.join(conf, "10-r.conflist"),
+        JSON.stringify({ cniVersion: "1.0.0", name: "r", plugins: [{ type: "reader" }] }),
+      );
+      const cni = JSON.stringify(`${DIST}/src/cni-bridge/cni/index.js`);
+      const lines = straceLines(
+        dir,
+        `const { CniClient } = require(${cni});
+         const c = new CniClient({ confDir: ${JSON.stringify(conf)}, binDirs: [${JSON.stringify(bin)}],
+           cacheDir: ${JSON.stringify(path.join(dir, "cache"))} });
+         const pod = { namespace: "default", name: "p", uid: "u", sandboxId: "s1" };
+         const go = () => c.status().ready
+           ? c.addPod(pod, "/run/netns/none").then(() => c.close())
+           : setTimeout(go, 10);
+         go();`,
+        "fsync,read",
+      );
+      const config = firstStdinData(lines);
+      assert.ok(config > 0, `the plugin never read its config:\n${lines.join("\n")}`);
+      const fsyncs = fsyncsDone(lines);
+      // The entry, its new container dir, and the cache dir that got that dir.
+      assert.ok(fsyncs.length >= 3, `fsyncs:\n${lines.join("\n")}`);
+      assert.ok(
+        fsyncs.every((i) => i < config),
+        `an fsync of the record returned after the plugin read its config:\n${lines.join("\n")}`,
+      );
     }),
   );
 
