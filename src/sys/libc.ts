@@ -92,6 +92,8 @@ export const MSG_DONTWAIT = 0x40;
 // asm-generic/errno-base.h, asm-generic/errno.h
 export const ENOENT = 2;
 export const EINVAL = 22;
+export const ENOSYS = 38;
+export const EOPNOTSUPP = 95;
 export const EADDRNOTAVAIL = 99;
 
 /** errno of the last failed call on this thread. */

@@ -27,8 +27,9 @@ export function replaceFileUnflushed(file: string, data: string | Buffer): void 
     }
     const errno = libc.errno();
     // ENOENT: no file to exchange with yet (a new file is no replacing rename, so it
-    // costs no flush either); EINVAL: a file system without exchange.
-    if (errno !== libc.ENOENT && errno !== libc.EINVAL) {
+    // costs no flush either); the others: a file system (or FUSE server) without exchange.
+    const noExchange = [libc.ENOENT, libc.EINVAL, libc.ENOSYS, libc.EOPNOTSUPP];
+    if (!noExchange.includes(errno)) {
       throw new libc.SysCallError(`replace ${file}: renameat2 RENAME_EXCHANGE`, errno);
     }
     fs.renameSync(temp, file);
