@@ -303,12 +303,15 @@ const LOAD_ATTEMPTS = 5;
 /**
  * One BPF_PROG_LOAD, again while the verifier was interrupted: a daemon that runs CNI
  * plugins gets a SIGCHLD for each, and with hundreds of pods at once one lands mid-verify.
- * SIGCHLD is blocked on this thread meanwhile (another of Node's threads takes it, and
- * libuv hears of it as ever), so a plugin's exit no longer throws the verifier's work
- * away: the loads run while CNI ADD does, and its plugins exit then.
+ * The signals that come at a steady rate are blocked on this thread meanwhile, so that
+ * they no longer throw the verifier's work away: SIGCHLD (another of Node's threads takes
+ * it, and libuv hears of it as ever; the loads run while CNI ADD does, and its plugins
+ * exit then) and SIGPROF (`node --cpu-prof`'s sampler, every millisecond: with it, every
+ * load of the guard's larger program failed all its attempts). A blocked SIGPROF is taken
+ * once the load returns; one sample is late.
  */
 function tryLoad(name: string, progType: number, insns: Buffer, log?: Buffer): number {
-  return withSigchldBlocked(() => {
+  return withSteadySignalsBlocked(() => {
     let fd = loadOnce(name, progType, insns, log);
     for (let i = 1; i < LOAD_ATTEMPTS && fd < 0 && libc.errno() === EAGAIN; i++) {
       fd = loadOnce(name, progType, insns, log);
@@ -317,16 +320,18 @@ function tryLoad(name: string, progType: number, insns: Buffer, log?: Buffer): n
   });
 }
 
-const sigchldOnly = (() => {
+const steadySignals = (() => {
   const set = Buffer.alloc(libc.SIGSET_BYTES);
-  const bit = libc.SIGCHLD - 1;
-  set[bit >> 3] |= 1 << (bit & 7);
+  for (const signal of [libc.SIGCHLD, libc.SIGPROF]) {
+    const bit = signal - 1;
+    set[bit >> 3] |= 1 << (bit & 7);
+  }
   return set;
 })();
 
-function withSigchldBlocked<T>(fn: () => T): T {
+function withSteadySignalsBlocked<T>(fn: () => T): T {
   const old = Buffer.alloc(libc.SIGSET_BYTES);
-  if (libc.pthreadSigmask(libc.SIG_BLOCK, sigchldOnly, old) !== 0) return fn();
+  if (libc.pthreadSigmask(libc.SIG_BLOCK, steadySignals, old) !== 0) return fn();
   try {
     return fn();
   } finally {

@@ -47,6 +47,7 @@ export const pthreadSigmask = libc.func(
 export const SIG_BLOCK = 0;
 export const SIG_SETMASK = 2;
 export const SIGCHLD = 17;
+export const SIGPROF = 27;
 export const SIGSET_BYTES = 128;
 
 // linux/sched.h

@@ -1,6 +1,10 @@
 // The guard's programs as the kernel's verifier sees them, for every shape of policy the
 // annotation allows, and the assembler's label handling.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { describe, it } from "node:test";
 import {
   DROP_REASONS,
@@ -116,6 +120,41 @@ describe("guard programs", () => {
         `${GUARD_PREFIX_SLOTS + 1} IPv6 source prefixes; at most ${GUARD_PREFIX_SLOTS} fit`,
       ),
     );
+  });
+});
+
+describe("guard programs under a profiler", () => {
+  it("load in a daemon run with node --cpu-prof: its SIGPROF every 100 us does not make the verifier give up", () => {
+    // The real sampler of the real runtime, in a child: V8's profiler signals the main
+    // thread at this interval, and a pending signal ends verification with EAGAIN.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "vmlet-prof-"));
+    try {
+      const policy = require.resolve("../../src/guard/policy");
+      const bpfModule = require.resolve("../../src/sys/bpf");
+      const script = `
+        const policy = require(${JSON.stringify(policy)});
+        const bpf = require(${JSON.stringify(bpfModule)});
+        const map = bpf.createCounterMap("vmlet_prof", policy.DROP_REASONS.length);
+        const config = bpf.createArrayMap("vmlet_prof_cfg", policy.GUARD_CONFIG_SIZE, 1);
+        let loaded = 0;
+        for (let i = 0; i < 20; i++) {
+          const fd = bpf.loadProgram("t_tap", bpf.BPF_PROG_TYPE_SCHED_CLS,
+            policy.tapIngressProgram(config, map));
+          require("node:fs").closeSync(fd);
+          loaded++;
+        }
+        console.log("loaded " + loaded);`;
+      const run = spawnSync(
+        process.execPath,
+        ["--cpu-prof", "--cpu-prof-interval", "100", "--cpu-prof-dir", dir, "-e", script],
+        { encoding: "utf8", timeout: 60_000 },
+      );
+      assert.equal(run.status, 0, `child failed: ${run.stderr}`);
+      assert.match(run.stdout, /loaded 20/);
+      assert.equal(fs.readdirSync(dir).filter((f) => f.endsWith(".cpuprofile")).length, 1);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
