@@ -97,7 +97,7 @@ export async function rewireInterface(
     );
   }
   // Calico and others pin the pod IP to this MAC on the node: the guest must take it.
-  if (veth.mac === view.mac) await rtnl.setMac(ifname, randomLocalMac());
+  const newVethMac = veth.mac === view.mac ? randomLocalMac() : undefined;
 
   if (!prepared && !(await rtnl.findLink(bridge))) {
     await rtnl.createBridge(bridge, randomLocalMac());
@@ -110,10 +110,17 @@ export async function rewireInterface(
     );
   }
   await rtnl.setMtu(tap, view.mtu);
-  await rtnl.setMaster(ifname, bridge);
   if (!prepared) await rtnl.setMaster(tap, bridge);
+  // The veth's new MAC, its port on the bridge and up, in one request. Up before the
+  // guest's MAC is pinned to the tap is safe: no frame with that MAC exists before the
+  // guest runs, so the veth port cannot learn it meanwhile.
+  await rtnl.changeLink(ifname, {
+    ...(newVethMac ? { mac: newVethMac } : {}),
+    master: bridge,
+    up: true,
+  });
   await pinGuestToTap(rtnl, names, view.mac);
-  for (const name of prepared ? [ifname] : [bridge, tap, ifname]) await rtnl.setUp(name);
+  if (!prepared) for (const name of [bridge, tap]) await rtnl.setUp(name);
   return { ...names, guestMac: view.mac };
 }
 

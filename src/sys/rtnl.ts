@@ -150,7 +150,7 @@ export class Rtnl {
 
   private constructor(
     private readonly transport: SyncNetlinkSocket,
-    readonly nsPath: string,
+    private path: string,
   ) {
     // The netlink package formats and parses; the transport sends and reads.
     this.socket = new RtNetlinkSocket(transport as unknown as NetlinkSocket);
@@ -209,6 +209,19 @@ export class Rtnl {
    */
   async cachedLink(name: string): Promise<LinkInfo> {
     return this.seen.get(name) ?? this.link(name);
+  }
+
+  /** The netns this connection is to, by the name it had when opened or was given since. */
+  get nsPath(): string {
+    return this.path;
+  }
+
+  /**
+   * The netns was given another name (a pooled one, taken by a pod): the socket stays
+   * bound to the namespace itself; only what errors name it changes.
+   */
+  netnsRenamed(nsPath: string): void {
+    this.path = nsPath;
   }
 
   static open(nsPath: string): Rtnl {
@@ -470,6 +483,30 @@ export class Rtnl {
 
   async setMac(name: string, mac: string): Promise<void> {
     await this.setLink(`set ${name} address ${mac}`, name, {}, { address: macToBuffer(mac) });
+  }
+
+  /**
+   * Several changes to one link in a single RTM_SETLINK: the kernel applies the address,
+   * then the flags, then the master (do_setlink's order), and stops at the first refused.
+   */
+  async changeLink(
+    name: string,
+    change: { mac?: string; master?: string; up?: boolean },
+  ): Promise<void> {
+    const attrs: { address?: Buffer; master?: number } = {};
+    const what: string[] = [];
+    if (change.mac) {
+      attrs.address = macToBuffer(change.mac);
+      what.push(`address ${change.mac}`);
+    }
+    if (change.master) {
+      attrs.master = await this.indexOf(change.master);
+      // A bridge whose MTU was never set follows its ports'.
+      this.seen.delete(change.master);
+      what.push(`master ${change.master}`);
+    }
+    if (change.up !== undefined) what.push(change.up ? "up" : "down");
+    await this.setLink(`set ${name} ${what.join(" ")}`, name, { up: change.up }, attrs);
   }
 
   async setMtu(name: string, mtu: number): Promise<void> {

@@ -9,8 +9,8 @@
 
 import crypto from "node:crypto";
 import type { DhcpLog } from "../dhcp/server";
-import type { PreparedGuard } from "../guard/guard";
 import { createNetns, deleteNetns, listNetns, renameNetns } from "../sys/netns";
+import { closePreparedNic, type PreparedNic } from "./prepare-nic";
 
 /** The daemon's pool unless told otherwise: enough for the pods kubelet starts one by one. */
 export const DEFAULT_NETNS_POOL = 2;
@@ -26,16 +26,16 @@ export interface NetnsPoolOptions {
    */
   owner: string;
   /** Builds a pooled netns's contents; what it returns is handed out with it. */
-  prepare(nsPath: string): Promise<PreparedGuard>;
+  prepare(nsPath: string): Promise<PreparedNic>;
   /** True while a setUp or tearDown runs: refilling waits. */
   busy(): boolean;
   log: DhcpLog;
 }
 
-/** A pooled netns, renamed for its pod, with its first NIC's guard programs. */
+/** A pooled netns, renamed for its pod, with its first NIC made. */
 export interface TakenNetns {
   path: string;
-  guard: PreparedGuard;
+  nic: PreparedNic;
 }
 
 const POOL_PREFIX = "vmletpool-";
@@ -46,7 +46,7 @@ export function isPoolNetns(name: string): boolean {
 }
 
 export class NetnsPool {
-  private readonly ready: { name: string; guard: PreparedGuard }[] = [];
+  private readonly ready: { name: string; nic: PreparedNic }[] = [];
   private readonly prefix: string;
   private serial = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -70,7 +70,10 @@ export class NetnsPool {
     const entry = this.ready.shift();
     if (!entry) return undefined;
     try {
-      return { path: renameNetns(entry.name, name), guard: entry.guard };
+      const path = renameNetns(entry.name, name);
+      // The connection is to the namespace, whatever its name: only the name it reports.
+      entry.nic.rtnl.netnsRenamed(path);
+      return { path, nic: entry.nic };
     } catch (error) {
       this.discard(entry);
       this.options.log.warn(
@@ -123,8 +126,8 @@ export class NetnsPool {
     while (!this.closed && this.ready.length < this.options.size && !this.options.busy()) {
       const name = `${this.prefix}${this.serial++}`;
       try {
-        const guard = await this.options.prepare(createNetns(name));
-        this.ready.push({ name, guard });
+        const nic = await this.options.prepare(createNetns(name));
+        this.ready.push({ name, nic });
       } catch (error) {
         // Until the next idle moment: a failure that repeats is not retried in a loop.
         deleteNetnsQuietly(name);
@@ -135,8 +138,8 @@ export class NetnsPool {
     if (this.closed) for (const entry of this.ready.splice(0)) this.discard(entry);
   }
 
-  private discard(entry: { name: string; guard: PreparedGuard }): void {
-    entry.guard.close();
+  private discard(entry: { name: string; nic: PreparedNic }): void {
+    closePreparedNic(entry.nic);
     deleteNetnsQuietly(entry.name);
   }
 }

@@ -13,17 +13,32 @@ import type { StepHook } from "../util/steps";
 export const PREPARED_IFNAME = ifnameFor(0);
 
 /**
- * Prepares the first NIC in the netns at `nsPath`; the guard's programs are returned for
- * rewiring to attach. In chunks of a millisecond or so with a turn of the event loop
- * between them, so a plugin's pipes and exit are read in time when this runs beside ADD.
- * A later network's plugins find nothing of vmlet's under their names (br-/tap- are
- * vmlet's own), as CNI leaves a netns.
+ * A first NIC made ahead: its guard's programs for rewiring to attach, and the connection
+ * to its netns that made it, kept open for setUp's second half (it knows the bridge's and
+ * the tap's indexes, and opening another costs a netns switch). Close both if unused.
+ */
+export interface PreparedNic {
+  guard: PreparedGuard;
+  rtnl: Rtnl;
+}
+
+/** Lets go of a prepared NIC that no setUp took. */
+export function closePreparedNic(nic: PreparedNic): void {
+  nic.guard.close();
+  nic.rtnl.close();
+}
+
+/**
+ * Prepares the first NIC in the netns at `nsPath`. In chunks of a millisecond or so with a
+ * turn of the event loop between them, so a plugin's pipes and exit are read in time when
+ * this runs beside ADD. A later network's plugins find nothing of vmlet's under their
+ * names (br-/tap- are vmlet's own), as CNI leaves a netns. On failure nothing stays open.
  */
 export async function prepareFirstNic(
   nsPath: string,
   slots: PrefixSlots,
   steps?: StepHook,
-): Promise<PreparedGuard> {
+): Promise<PreparedNic> {
   const rtnl = Rtnl.open(nsPath);
   try {
     await rtnl.setUp("lo");
@@ -39,9 +54,10 @@ export async function prepareFirstNic(
       guard.close();
       throw error;
     }
-    return guard;
-  } finally {
+    return { guard, rtnl };
+  } catch (error) {
     rtnl.close();
+    throw error;
   }
 }
 

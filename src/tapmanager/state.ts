@@ -10,7 +10,7 @@ import type { IpAddress, PodInterface, PodNetworkRequest } from "./types";
 export type PodPhase =
   /** The netns may exist and CNI ADD may have run; nothing was read yet. */
   | "creating"
-  /** The interfaces were read off the netns; rewiring may be partial. */
+  /** Rewired once, but not serving now: re-attaching it after a restart failed. */
   | "wiring"
   /** Rewired and served. */
   | "ready";
@@ -75,7 +75,7 @@ export class PodStateStore {
   }
 
   /**
-   * Records a step of setUp ("creating", "wiring", "ready"), atomically but without fsync
+   * Records a step of setUp ("creating", "ready"), atomically but without fsync
    * and without ext4's flush on a replacing rename (sys/replace-file). A crash of vmlet
    * keeps it (the page cache outlives the process), so recovery is as with write(). A
    * power cut may lose it, leave an older one, or leave it empty, which read() sets aside

@@ -22,7 +22,12 @@ import { guestIpv6Of, withoutDefaultRoute6 } from "./guest-ipv6";
 import { guestViewOf, leaseOf, readNicSnapshot, withoutDefaultRoute } from "./guest-network";
 import { routeNicIpv6, serveNicIpv6 } from "./ipv6-service";
 import { NetnsPool } from "./netns-pool";
-import { PREPARED_IFNAME, prepareFirstNic } from "./prepare-nic";
+import {
+  closePreparedNic,
+  PREPARED_IFNAME,
+  type PreparedNic,
+  prepareFirstNic,
+} from "./prepare-nic";
 import { type PersistedInterface, type PodRecord, PodStateStore, RECORD_VERSION } from "./state";
 import type { OpenedTap, PodDrops, PodNetwork, PodNetworkRequest } from "./types";
 
@@ -82,6 +87,15 @@ export interface RecoverOutcome {
   removed: string[];
   /** Pods that could not be re-attached or removed; their records stay. */
   failed: { sandboxId: string; error: string }[];
+}
+
+/** The pod's netns after CNI ADD, with what was made ahead of the result. */
+interface AddedNetns {
+  attachments: PodAttachment[];
+  /** The guard programs loaded ahead, by ifname, for configure() to attach. */
+  early: Map<string, PreparedGuard>;
+  /** The connection that made the first NIC, still open, when one was made ahead. */
+  rtnl?: Rtnl;
 }
 
 function podLabel(request: PodNetworkRequest): string {
@@ -181,18 +195,20 @@ export class Tapmanager {
       interfaces: [],
     };
     await this.timed("record creating", () => this.store.writeStep(record));
-    const { attachments, early } = await this.netnsAndAdd(record);
+    const { attachments, early, rtnl: opened } = await this.netnsAndAdd(record);
+    // One connection for all of it after ADD, the one that made the first NIC if there is
+    // one: each link is looked up once (rtnl.ts).
+    const rtnl = opened ?? Rtnl.open(record.netnsPath);
     try {
-      // One connection for all of it after ADD: each link is looked up once (rtnl.ts).
-      await this.withRtnl(record, async (rtnl) => {
-        record.interfaces = await this.step("read the netns", () =>
-          this.discover(rtnl, record, attachments),
-        );
-        record.phase = "wiring";
-        await this.timed("record wiring", () => this.store.writeStep(record));
-        await this.configureOn(rtnl, record, early);
-      });
+      // Not recorded until ready: a crash before then leaves "creating", and recover()
+      // tears that down, which is all a half-made pod gets anyway (the runtime tears down
+      // a sandbox a crash caught being made, and setUp again starts afresh).
+      record.interfaces = await this.step("read the netns", () =>
+        this.discover(rtnl, record, attachments),
+      );
+      await this.configureOn(rtnl, record, early);
     } finally {
+      rtnl.close();
       for (const guard of early.values()) guard.close(); // those not attached
     }
     record.phase = "ready";
@@ -209,9 +225,7 @@ export class Tapmanager {
    * a new one, prepared while ADD runs. Either way the first NIC's guard programs come
    * back in `early`, by ifname, for configure() to attach.
    */
-  private async netnsAndAdd(
-    record: PodRecord,
-  ): Promise<{ attachments: PodAttachment[]; early: Map<string, PreparedGuard> }> {
+  private async netnsAndAdd(record: PodRecord): Promise<AddedNetns> {
     const pooled =
       this.pool &&
       (await this.timed("netns from the pool", () => this.pool?.take(record.netnsName)));
@@ -223,9 +237,13 @@ export class Tapmanager {
       const attachments = await this.timed("CNI ADD", () =>
         this.options.cni.addPod(record.request.pod, record.netnsPath, cniOptions(record.request)),
       );
-      return { attachments, early: new Map([[PREPARED_IFNAME, pooled.guard]]) };
+      return {
+        attachments,
+        early: new Map([[PREPARED_IFNAME, pooled.nic.guard]]),
+        rtnl: pooled.nic.rtnl,
+      };
     } catch (error) {
-      pooled.guard.close();
+      closePreparedNic(pooled.nic);
       throw error;
     }
   }
@@ -236,9 +254,7 @@ export class Tapmanager {
    * this thread is free meanwhile. Both are settled before this returns or throws, so a
    * failure of either leaves nothing being built behind the teardown.
    */
-  private async addWithEarlyWork(
-    record: PodRecord,
-  ): Promise<{ attachments: PodAttachment[]; early: Map<string, PreparedGuard> }> {
+  private async addWithEarlyWork(record: PodRecord): Promise<AddedNetns> {
     const { request } = record;
     let started: () => void = () => {};
     const pluginStarted = new Promise<boolean>((resolve) => {
@@ -250,7 +266,7 @@ export class Tapmanager {
         onPluginStart: started,
       }),
     );
-    const early = new Map<string, PreparedGuard>();
+    let nic: PreparedNic | undefined;
     const earlyWork = (async () => {
       // An ADD that fails before any plugin starts (none found) leaves nothing to overlap.
       const go = await Promise.race([
@@ -263,19 +279,18 @@ export class Tapmanager {
       if (go) {
         await this.step("early work (during ADD)", async () => {
           const slots = prefixSlots(record.request);
-          early.set(
-            PREPARED_IFNAME,
-            await prepareFirstNic(record.netnsPath, slots, this.options.steps),
-          );
+          nic = await prepareFirstNic(record.netnsPath, slots, this.options.steps);
         });
       }
     })();
     const [added, prepared] = await Promise.allSettled([add, earlyWork]);
     if (added.status === "rejected" || prepared.status === "rejected") {
-      for (const guard of early.values()) guard.close();
+      if (nic) closePreparedNic(nic);
       throw added.status === "rejected" ? added.reason : (prepared as PromiseRejectedResult).reason;
     }
-    return { attachments: added.value, early };
+    return nic
+      ? { attachments: added.value, early: new Map([[PREPARED_IFNAME, nic.guard]]), rtnl: nic.rtnl }
+      : { attachments: added.value, early: new Map() };
   }
 
   /** Reads what CNI built for each attachment into the guest's side of the network. */
