@@ -1,10 +1,11 @@
 // The per-pod static DHCP server: a socket on the pod's bridge inside the pod's netns,
 // answering only the MACs it was given. All pods' servers live in the one daemon.
 import type dgram from "node:dgram";
+import fs from "node:fs";
 import type { ReplyCacheCounts } from "../sys/reply-cache";
 import { Rtnl } from "../sys/rtnl";
 import { addServedAddress, removeServedAddress, type ServedAddress } from "../sys/served-address";
-import { openBoundUdpSocket } from "../sys/udp";
+import { bindUdpFd, listenOnUdpFd } from "../sys/udp";
 import { DeferredAttach } from "../util/deferred-attach";
 import { countDrop } from "../util/drop-log";
 import { ipv4ToUint32 } from "../util/ip";
@@ -81,6 +82,11 @@ export interface DhcpServerOptions {
    * one of the server's own (the tapmanager's one per pod).
    */
   rtnl?: Rtnl;
+  /**
+   * A UDP socket made ahead in the netns and bound to `device`'s port 67 (bindUdpFd):
+   * the server owns it from start() on, and closes it also if start() fails.
+   */
+  socketFd?: number;
   /** Told the socket's opening time (the benchmarks' breakdown). */
   steps?: StepHook;
 }
@@ -215,6 +221,7 @@ export class DhcpServer {
     let socket: dgram.Socket | undefined;
     let handler: DhcpHandler | undefined;
     let cache: DeferredAttach<DhcpReplyCache> | undefined;
+    let aheadFd = options.socketFd;
     const rtnl = options.rtnl ?? Rtnl.open(nsPath);
     try {
       const send = (datagram: Buffer, port: number, address: string) =>
@@ -237,9 +244,11 @@ export class DhcpServer {
       // permanent neighbour entry per lease: the netns never sends an ARP request (which
       // would teach the guest that the gateway address lives at the bridge's MAC).
       await addServedAddress(rtnl, servedAddress(device, serverId, handler.responder.leases()));
-      socket = await timeStep(options.steps, "DHCP: socket open", () =>
-        openBoundUdpSocket(nsPath, { device, port: SERVER_PORT }),
-      );
+      socket = await timeStep(options.steps, "DHCP: socket open", () => {
+        const fd = aheadFd ?? bindUdpFd(nsPath, { device, port: SERVER_PORT });
+        aheadFd = undefined; // dgram's from here, failing or not
+        return listenOnUdpFd(fd);
+      });
       const served = handler;
       socket.on("message", (datagram) => served.handle(datagram));
       socket.on("error", (error) =>
@@ -283,6 +292,7 @@ export class DhcpServer {
       return new DhcpServer(options, handler, socket, intercept, cache);
     } catch (error) {
       socket?.close();
+      if (aheadFd !== undefined) fs.closeSync(aheadFd);
       await cache?.detach().catch(() => undefined);
       let cleaned = "nothing to clean up";
       if (handler) {

@@ -30,14 +30,14 @@ function setIntOption(fd: number, name: number, label: string): void {
   libc.check(libc.setsockopt(fd, libc.SOL_SOCKET, name, one, 4), label);
 }
 
-/** Opens the socket inside `nsPath` and returns it bound and listening. */
-export async function openBoundUdpSocket(
-  nsPath: string,
-  options: BoundUdpSocketOptions,
-): Promise<dgram.Socket> {
+/**
+ * Makes the socket inside `nsPath` and binds it: a plain fd, for listenOnUdpFd() now or
+ * later (a socket made ahead holds no handle on Node's loop meanwhile).
+ */
+export function bindUdpFd(nsPath: string, options: BoundUdpSocketOptions): number {
   const { device, port, address = "0.0.0.0" } = options;
   const where = `udp ${address}:${port} on ${device} in ${nsPath}`;
-  const fd = withNetns(nsPath, () => {
+  return withNetns(nsPath, () => {
     const sock = libc.check(
       libc.socket(libc.AF_INET, libc.SOCK_DGRAM | libc.SOCK_CLOEXEC, libc.IPPROTO_UDP),
       `socket for ${where}`,
@@ -58,13 +58,29 @@ export async function openBoundUdpSocket(
       throw error;
     }
   });
+}
+
+/** A bound UDP fd handed to dgram, listening; the socket owns the fd from here on. */
+export async function listenOnUdpFd(fd: number): Promise<dgram.Socket> {
   const socket = dgram.createSocket({ type: "udp4" });
   await new Promise<void>((resolve, reject) => {
-    socket.once("error", reject);
+    const failed = (error: Error) => {
+      socket.close(); // and the fd with it
+      reject(error);
+    };
+    socket.once("error", failed);
     socket.bind({ fd }, () => {
-      socket.off("error", reject);
+      socket.off("error", failed);
       resolve();
     });
   });
   return socket;
+}
+
+/** Opens the socket inside `nsPath` and returns it bound and listening. */
+export async function openBoundUdpSocket(
+  nsPath: string,
+  options: BoundUdpSocketOptions,
+): Promise<dgram.Socket> {
+  return listenOnUdpFd(bindUdpFd(nsPath, options));
 }

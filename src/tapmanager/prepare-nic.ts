@@ -1,12 +1,15 @@
 // What a pod's first NIC needs before its CNI result is known: loopback up, the bridge and
-// the tap (rewire.ts), the tap's clsact qdisc, and the guard's programs loaded and verified
-// (guard.ts). setUp does it while CNI ADD runs, or the netns pool does it ahead of the pod.
+// the tap (rewire.ts), the tap's clsact qdisc, the guard's programs loaded and verified
+// (guard.ts), and the DHCP server's socket on the bridge. setUp does it while CNI ADD runs, or the netns pool does it ahead of the pod.
 
+import fs from "node:fs";
 import { ifnameFor } from "../cni-bridge/cni";
 import { prepareBridgeAndTap, rewireNames } from "../cni-bridge/rewire";
+import { SERVER_PORT } from "../dhcp/codec";
 import { PreparedGuard } from "../guard/guard";
 import type { PrefixSlots } from "../guard/policy";
 import { Rtnl } from "../sys/rtnl";
+import { bindUdpFd } from "../sys/udp";
 import type { StepHook } from "../util/steps";
 
 /** The NIC this prepares: pods mostly have one, and every pod has this one. */
@@ -20,12 +23,19 @@ export const PREPARED_IFNAME = ifnameFor(0);
 export interface PreparedNic {
   guard: PreparedGuard;
   rtnl: Rtnl;
+  /**
+   * The DHCP server's socket, bound to the bridge's port 67 (a plain fd: nothing on
+   * Node's loop until a server takes it, and sets this undefined).
+   */
+  dhcpSocketFd: number | undefined;
 }
 
-/** Lets go of a prepared NIC that no setUp took. */
+/** Lets go of what of a prepared NIC no setUp took (an attached guard is its filters'). */
 export function closePreparedNic(nic: PreparedNic): void {
   nic.guard.close();
   nic.rtnl.close();
+  if (nic.dhcpSocketFd !== undefined) fs.closeSync(nic.dhcpSocketFd);
+  nic.dhcpSocketFd = undefined;
 }
 
 /**
@@ -50,11 +60,12 @@ export async function prepareFirstNic(
     try {
       // The tap's clsact qdisc, on this connection: attach() then need not ask for it.
       await guard.prepareTap(rtnl, names.tap);
+      const dhcpSocketFd = bindUdpFd(nsPath, { device: names.bridge, port: SERVER_PORT });
+      return { guard, rtnl, dhcpSocketFd };
     } catch (error) {
       guard.close();
       throw error;
     }
-    return { guard, rtnl };
   } catch (error) {
     rtnl.close();
     throw error;

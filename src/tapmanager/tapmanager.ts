@@ -9,7 +9,7 @@ import type { CniClient, CniResult, NetworkStatus, PodAttachment } from "../cni-
 import { rewireInterface, rewireNames } from "../cni-bridge/rewire";
 import { type DhcpLease, type DhcpLog, DhcpServer, type DhcpStats } from "../dhcp/server";
 import type { Ipv6Server, Ipv6ServerStats } from "../dhcp6";
-import { addDrops, InterfaceGuard, type PreparedGuard } from "../guard/guard";
+import { addDrops, InterfaceGuard } from "../guard/guard";
 import type { Prefix, PrefixSlots } from "../guard/policy";
 import { createNetns, deleteNetns, isNetns, netnsPath } from "../sys/netns";
 import { Rtnl } from "../sys/rtnl";
@@ -92,10 +92,8 @@ export interface RecoverOutcome {
 /** The pod's netns after CNI ADD, with what was made ahead of the result. */
 interface AddedNetns {
   attachments: PodAttachment[];
-  /** The guard programs loaded ahead, by ifname, for configure() to attach. */
-  early: Map<string, PreparedGuard>;
-  /** The connection that made the first NIC, still open, when one was made ahead. */
-  rtnl?: Rtnl;
+  /** The first NIC (PREPARED_IFNAME), made ahead, unless nothing could be overlapped. */
+  early?: PreparedNic;
 }
 
 function podLabel(request: PodNetworkRequest): string {
@@ -195,10 +193,10 @@ export class Tapmanager {
       interfaces: [],
     };
     await this.timed("record creating", () => this.store.writeStep(record));
-    const { attachments, early, rtnl: opened } = await this.netnsAndAdd(record);
+    const { attachments, early } = await this.netnsAndAdd(record);
     // One connection for all of it after ADD, the one that made the first NIC if there is
     // one: each link is looked up once (rtnl.ts).
-    const rtnl = opened ?? Rtnl.open(record.netnsPath);
+    const rtnl = early?.rtnl ?? Rtnl.open(record.netnsPath);
     try {
       // Not recorded until ready: a crash before then leaves "creating", and recover()
       // tears that down, which is all a half-made pod gets anyway (the runtime tears down
@@ -209,7 +207,7 @@ export class Tapmanager {
       await this.configureOn(rtnl, record, early);
     } finally {
       rtnl.close();
-      for (const guard of early.values()) guard.close(); // those not attached
+      if (early) closePreparedNic(early); // what was not taken
     }
     record.phase = "ready";
     // Atomic, not fsynced: a crash of vmlet keeps it (the page cache outlives the
@@ -222,8 +220,8 @@ export class Tapmanager {
 
   /**
    * The pod's netns and CNI ADD in it: a netns from the pool, prepared already, or else
-   * a new one, prepared while ADD runs. Either way the first NIC's guard programs come
-   * back in `early`, by ifname, for configure() to attach.
+   * a new one, prepared while ADD runs. Either way the first NIC made ahead comes back in
+   * `early`, for configure() to take its parts.
    */
   private async netnsAndAdd(record: PodRecord): Promise<AddedNetns> {
     const pooled =
@@ -237,11 +235,7 @@ export class Tapmanager {
       const attachments = await this.timed("CNI ADD", () =>
         this.options.cni.addPod(record.request.pod, record.netnsPath, cniOptions(record.request)),
       );
-      return {
-        attachments,
-        early: new Map([[PREPARED_IFNAME, pooled.nic.guard]]),
-        rtnl: pooled.nic.rtnl,
-      };
+      return { attachments, early: pooled.nic };
     } catch (error) {
       closePreparedNic(pooled.nic);
       throw error;
@@ -288,9 +282,7 @@ export class Tapmanager {
       if (nic) closePreparedNic(nic);
       throw added.status === "rejected" ? added.reason : (prepared as PromiseRejectedResult).reason;
     }
-    return nic
-      ? { attachments: added.value, early: new Map([[PREPARED_IFNAME, nic.guard]]), rtnl: nic.rtnl }
-      : { attachments: added.value, early: new Map() };
+    return { attachments: added.value, ...(nic ? { early: nic } : {}) };
   }
 
   /** Reads what CNI built for each attachment into the guest's side of the network. */
@@ -357,15 +349,12 @@ export class Tapmanager {
 
   /**
    * Rewires every interface and serves DHCP on it: setUp's second half and recover(), all
-   * on `rtnl` (rewiring, the guards, the servers). `early` holds the guard programs setUp
-   * loaded during ADD, by ifname; attached here. The servers' reply caches are attached
+   * on `rtnl` (rewiring, the guards, the servers). `early` is the first NIC as made
+   * ahead: its bridge and tap are used, its guard attached, its DHCP socket served on. The servers' reply caches are attached
    * after this returns (DeferredAttach): until then the servers answer every request.
    */
-  private async configureOn(
-    rtnl: Rtnl,
-    record: PodRecord,
-    early?: Map<string, PreparedGuard>,
-  ): Promise<void> {
+  private async configureOn(rtnl: Rtnl, record: PodRecord, early?: PreparedNic): Promise<void> {
+    const ahead = (ifname: string) => (ifname === PREPARED_IFNAME ? early : undefined);
     const id = record.request.pod.sandboxId;
     await this.stopServing(id);
     const servers: DhcpServer[] = [];
@@ -389,7 +378,7 @@ export class Tapmanager {
               mac: iface.guestMac,
             },
             this.options.steps,
-            early?.has(iface.ifname),
+            ahead(iface.ifname) !== undefined,
           ),
         "rewire",
       );
@@ -405,7 +394,7 @@ export class Tapmanager {
         prefixes: sourcePrefixes(record, iface),
         routesIpv6: iface.ipv6 !== undefined,
       };
-      const prepared = early?.get(iface.ifname);
+      const prepared = ahead(iface.ifname)?.guard;
       const guard = await this.step(
         `guard ${iface.tap}`,
         () =>
@@ -419,6 +408,9 @@ export class Tapmanager {
     for (const iface of record.interfaces) {
       const lease = this.leaseFor(record, iface);
       if (!lease) continue;
+      const nic = ahead(iface.ifname);
+      const socketFd = nic?.dhcpSocketFd;
+      if (nic) nic.dhcpSocketFd = undefined; // the server's now, whatever becomes of it
       const server = await this.step(
         `serve DHCP on ${iface.bridge}`,
         () =>
@@ -435,6 +427,7 @@ export class Tapmanager {
             replyPort: iface.tap,
             replyCacheInBackground: true,
             rtnl,
+            ...(socketFd === undefined ? {} : { socketFd }),
             ...(this.options.steps ? { steps: this.options.steps } : {}),
           }),
         "DHCP ready",
