@@ -229,13 +229,11 @@ export class DhcpServer {
           if (!socket) return reject(new Error("no socket"));
           socket.send(datagram, port, address, (error) => (error ? reject(error) : resolve()));
         });
-      handler = new DhcpHandler(
-        serverId,
-        leases,
-        send,
-        options.log,
-        options.maxRepliesPerSecond,
-        where,
+      handler = await timeStep(
+        options.steps,
+        "DHCP: handler",
+        () =>
+          new DhcpHandler(serverId, leases, send, options.log, options.maxRepliesPerSecond, where),
       );
       const bridge = await rtnl.linkAddress(device);
       // The bridge holds the server id (the guest's gateway address) so that steered
@@ -243,7 +241,8 @@ export class DhcpServer {
       // guest's traffic to the real gateway. Unicast replies need a route and a
       // permanent neighbour entry per lease: the netns never sends an ARP request (which
       // would teach the guest that the gateway address lives at the bridge's MAC).
-      await addServedAddress(rtnl, servedAddress(device, serverId, handler.responder.leases()));
+      const address = servedAddress(device, serverId, handler.responder.leases());
+      await timeStep(options.steps, "DHCP: served address", () => addServedAddress(rtnl, address));
       socket = await timeStep(options.steps, "DHCP: socket open", () => {
         const fd = aheadFd ?? bindUdpFd(nsPath, { device, port: SERVER_PORT });
         aheadFd = undefined; // dgram's from here, failing or not
